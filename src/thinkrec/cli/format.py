@@ -1,0 +1,29 @@
+"""Plain-text tables for the terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    text_rows = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in text_rows)) if text_rows else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in text_rows]
+    return "\n".join([line, sep, *body])
+
+
+def metrics_table(metrics: dict[str, float], ks: Sequence[int]) -> str:
+    names = sorted({key.split("@")[0] for key in metrics}, key=["NDCG", "HR", "MRR"].index)
+    rows = [[name, *(metrics.get(f"{name}@{k}", float("nan")) for k in ks)] for name in names]
+    return table(["metric", *(f"@{k}" for k in ks)], rows)
+
+
+def protocol_lines(protocol: dict[str, Any]) -> str:
+    keep = ("split", "candidates", "history_masking", "ks", "seed", "n_valid", "n_test", "valid_cut", "test_cut")
+    return "\n".join(f"  {k}: {protocol[k]}" for k in keep if k in protocol)

@@ -1,0 +1,118 @@
+"""The ``thinkrec`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from thinkrec import __version__
+from thinkrec.errors import ThinkrecError
+
+CONFIG_HELP = (
+    "a config file (.toml/.yaml) or the name of a bundled preset (list them with: thinkrec config show)"
+)
+OVERRIDE_HELP = "dotted overrides applied after the config, e.g. train.lr=0.002 model.hidden=128 eval.ks=[10,20]"
+
+
+def _add_config_args(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    parser.add_argument("config", nargs="?" if optional else None, help=CONFIG_HELP)
+    parser.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from thinkrec.cli import commands as c
+
+    parser = argparse.ArgumentParser(
+        prog="thinkrec",
+        description="Sequential recommendation whose models think before they recommend.",
+        epilog=(
+            "examples:\n"
+            "  thinkrec demo                                   # SASRec on MovieLens-100K in a minute\n"
+            "  thinkrec train ml100k-sasrec train.epochs=50    # a preset with an override\n"
+            "  thinkrec evaluate runs/ml100k-sasrec-s2020 --mask-history\n"
+            "  thinkrec recommend runs/ml100k-sasrec-s2020 --history 50,172,133 -k 10\n"
+            "datasets are read from $THINKREC_DATA_DIR (e.g. export THINKREC_DATA_DIR=../shared/data)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"thinkrec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="train and evaluate SASRec on MovieLens-100K (short)")
+    demo.add_argument("--epochs", type=int, default=20, help="number of training epochs (default 20)")
+    demo.add_argument("--run-dir", help="where to write the run (default runs/demo)")
+    demo.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+    demo.set_defaults(func=c.cmd_demo)
+
+    data = sub.add_parser("data", help="prepare and describe datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    prep = data_sub.add_parser(
+        "prepare", help="read, filter and cache a dataset (Parquet + JSON) as a config's data section says"
+    )
+    _add_config_args(prep)
+    prep.set_defaults(func=c.cmd_data_prepare)
+    desc = data_sub.add_parser("describe", help="statistics of a dataset and of its split")
+    desc.add_argument("config", help=CONFIG_HELP + ", or a prepared dataset folder")
+    desc.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+    desc.set_defaults(func=c.cmd_data_describe)
+
+    train = sub.add_parser(
+        "train",
+        help="train a model; early-stops on validation and evaluates the best checkpoint on test",
+        description="Train a model. Re-running the same command in the same run directory resumes it.",
+    )
+    _add_config_args(train)
+    train.add_argument("--run-dir", help="output folder (default runs/<data>-<model>-s<seed>)")
+    train.set_defaults(func=c.cmd_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a trained run on the full catalogue")
+    ev.add_argument("run_dir", help="a run directory written by thinkrec train")
+    ev.add_argument("--split", choices=["valid", "test"], default="test", help="which samples (default test)")
+    ev.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
+    mask = ev.add_mutually_exclusive_group()
+    mask.add_argument("--mask-history", dest="mask_history", action="store_true", default=None,
+                      help="exclude history items from the ranking")
+    mask.add_argument("--no-mask-history", dest="mask_history", action="store_false",
+                      help="rank history items too (the default of most papers)")
+    ev.add_argument("--ks", help="comma-separated cut-offs, e.g. 5,10,20")
+    ev.add_argument("--output", help="also write the report (metrics + protocol) to this JSON file")
+    ev.set_defaults(func=c.cmd_evaluate)
+
+    rec = sub.add_parser("recommend", help="top-K items with titles for a history or a dataset user")
+    rec.add_argument("run_dir", help="a run directory written by thinkrec train")
+    rec.add_argument("--history", help="external item ids, oldest first, separated by commas")
+    rec.add_argument("--user", help="an external user id of the run's dataset (uses the whole sequence)")
+    rec.add_argument("-k", type=int, default=10, help="how many items (default 10)")
+    rec.add_argument("--exclude-seen", action="store_true", help="never recommend items of the history")
+    rec.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
+    rec.set_defaults(func=c.cmd_recommend)
+
+    config = sub.add_parser("config", help="show configuration keys, defaults and presets")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_sub.add_parser(
+        "show", help="every key with its default and description; with a config: its resolved values"
+    )
+    _add_config_args(show, optional=True)
+    show.set_defaults(func=c.cmd_config_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ThinkrecError as exc:
+        print(f"thinkrec: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        print("\nthinkrec: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

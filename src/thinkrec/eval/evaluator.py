@@ -1,0 +1,97 @@
+"""Full-catalogue evaluation, chunked so memory stays bounded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from thinkrec.data.batches import eval_histories, position_ids, trim
+from thinkrec.data.split import EvalSamples, Split
+from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
+from thinkrec.eval.protocol import EvalConfig
+from thinkrec.models.model import SeqRecModel
+
+
+@dataclass
+class EvalResult:
+    """Ranks of every sample for every reasoning step (``[K+1, n]``) and for the chosen inference mode."""
+
+    ranks: np.ndarray  # int64 [n] for the configured inference mode
+    step_ranks: np.ndarray  # int64 [K+1, n]; row k scores with step k alone
+    mean_ranks: np.ndarray | None  # int64 [n] when K > 0: scoring with the mean of steps
+
+    def metrics(self, ks: list[int]) -> dict[str, float]:
+        return metrics_from_ranks(self.ranks, ks)
+
+
+def chunk_size(cfg: EvalConfig, n_items: int) -> int:
+    budget = cfg.memory_budget_mb * 2**20 // (4 * max(1, n_items))
+    return max(1, min(cfg.batch_size, budget))
+
+
+@torch.no_grad()
+def evaluate(
+    model: SeqRecModel,
+    split: Split,
+    samples: EvalSamples,
+    cfg: EvalConfig,
+    steps: int | None = None,
+    progress: bool = False,
+    per_step: bool = True,
+) -> EvalResult:
+    """Rank every sample's target among all items, in chunks of at most ``cfg.memory_budget_mb``.
+
+    With ``per_step`` (default) every reasoning step is also scored on its own (for step curves and the
+    oracle analysis); without it only the configured inference mode is scored (what serving costs).
+    """
+    model.eval()
+    max_len = model.backbone.max_len
+    n = len(samples)
+    size = chunk_size(cfg, model.n_items)
+    k_plus_1 = (steps if steps is not None else model.reasoning_steps) + 1
+    step_ranks = np.zeros((k_plus_1, n), dtype=np.int64)
+    mean_ranks = np.zeros(n, dtype=np.int64) if k_plus_1 > 1 else None
+    ranks = np.zeros(n, dtype=np.int64)
+    starts = range(0, n, size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="evaluate", unit="chunk", leave=False)
+    items = model.item_vectors()
+    for start in starts:
+        part = samples.subset(slice(start, start + size))
+        history = eval_histories(split, part, max_len)
+        (trimmed,) = trim(history)
+        inputs = torch.from_numpy(trimmed)
+        states = model.encode(inputs, position_ids(inputs.shape[1], max_len), steps)
+        targets = torch.from_numpy(part.targets - 1)
+        hist = torch.from_numpy(history) if cfg.mask_history else None
+
+        def rank_of(user: torch.Tensor) -> np.ndarray:
+            scores = model.scorer(user, items).float()
+            if hist is not None:
+                # History ids are 1-based; padding (0) maps to column -1 and is skipped by the mask.
+                rows = torch.arange(len(hist))[:, None].expand_as(hist)
+                real = hist > 0
+                scores[rows[real], hist[real] - 1] = float("-inf")
+            return target_ranks(scores, targets).numpy()
+
+        sl = slice(start, start + len(part))
+        mode = cfg.inference if k_plus_1 > 1 else "last"
+        if per_step:
+            for k in range(k_plus_1):
+                step_ranks[k, sl] = rank_of(states[:, k])
+            if mean_ranks is not None:
+                mean_ranks[sl] = rank_of(states.mean(dim=1))
+            if mode == "last":
+                ranks[sl] = step_ranks[-1, sl]
+            elif mode == "mean":
+                assert mean_ranks is not None
+                ranks[sl] = mean_ranks[sl]
+            else:
+                ranks[sl] = step_ranks[cfg.inference_step or 0, sl]
+        else:
+            ranks[sl] = rank_of(model.user_vector(states, mode, cfg.inference_step))
+    return EvalResult(ranks, step_ranks, mean_ranks)

@@ -1,0 +1,34 @@
+"""The evaluation protocol, written next to every number thinkrec prints or saves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EvalConfig(BaseModel):
+    """How models are evaluated (RecBole: eval_args.mode = full, topk, valid_metric)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ks: list[int] = Field([5, 10, 20], description="cut-offs K for NDCG@K, HR@K (= Recall@K) and MRR@K")
+    mask_history: bool = Field(False, description="exclude the user's history items from the ranking")
+    batch_size: int = Field(1024, description="evaluation samples per chunk", ge=1)
+    memory_budget_mb: int = Field(
+        256, description="upper bound on the score matrix of one chunk (samples x items x 4 bytes)", ge=1
+    )
+    inference: str = Field("last", description="reasoning models: 'last', 'mean' or 'step'")
+    inference_step: int | None = Field(None, description="with inference='step': which step to score")
+
+
+def describe_protocol(cfg: EvalConfig, split_protocol: dict[str, Any], seed: int, n_items: int) -> dict[str, Any]:
+    """A self-contained description of how a number was measured."""
+    return {
+        **split_protocol,
+        "candidates": f"full catalogue ({n_items} items)",
+        "history_masking": "history items excluded" if cfg.mask_history else "history items not masked",
+        "ks": list(cfg.ks),
+        "ranking": "pessimistic ties (items scoring equal to the target rank before it)",
+        "seed": seed,
+    }

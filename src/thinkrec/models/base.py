@@ -1,0 +1,86 @@
+"""The narrow interfaces every model part implements.
+
+- A :class:`Backbone` turns a left-padded item sequence into hidden states, and (for Transformer
+  backbones) can *extend* an encoded sequence by new input vectors reusing its per-layer key/value cache.
+  That is all latent reasoning needs.
+- A :class:`SeqRecModel` = backbone + scorer + (optional) reasoner. ``encode`` returns the user states
+  ``[B, K+1, d]`` (step 0 = the backbone's last hidden state, steps 1..K = reasoning steps), ``score``
+  turns a user vector into logits over the whole catalogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [B, heads, T, head_dim]
+
+
+@dataclass
+class Encoded:
+    """Output of a backbone pass: hidden states of every column and, if asked, the KV cache."""
+
+    hidden: torch.Tensor  # [B, W, d]
+    cache: KVCache | None = None
+    key_padding: torch.Tensor | None = None  # bool [B, W], True where the column is padding
+
+
+@dataclass
+class LossOutput:
+    """A scalar loss to minimise and its named parts (every part is logged)."""
+
+    total: torch.Tensor
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A sequence encoder over item ids 0..n_items (0 = padding)."""
+
+    hidden_size: int
+    max_len: int
+    item_embedding: nn.Embedding
+
+    def __call__(self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False) -> Encoded: ...
+
+
+@runtime_checkable
+class CachedBackbone(Backbone, Protocol):
+    """A backbone that can run new input vectors against an encoded sequence's cached keys/values."""
+
+    def extend(
+        self, tokens: torch.Tensor, encoded: Encoded, extra_mask: torch.Tensor | None = None
+    ) -> Encoded: ...
+
+
+class Scorer(nn.Module):
+    """Scores user vectors against item vectors: dot product or cosine, divided by a temperature."""
+
+    def __init__(self, kind: str = "dot", temperature: float = 1.0) -> None:
+        super().__init__()
+        if kind not in ("dot", "cosine"):
+            raise ValueError(f"unknown scorer kind {kind!r}; use 'dot' or 'cosine'")
+        if temperature <= 0:
+            raise ValueError("temperature must be positive")
+        self.kind = kind
+        self.temperature = temperature
+
+    def _prepare(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kind == "cosine":
+            return nn.functional.normalize(users, dim=-1), nn.functional.normalize(items, dim=-1)
+        return users, items
+
+    def forward(
+        self, users: torch.Tensor, items: torch.Tensor, temperature: float | None = None
+    ) -> torch.Tensor:
+        """All pairs: ``[B, d] x [N, d] -> [B, N]``."""
+        users, items = self._prepare(users, items)
+        return users @ items.T / (temperature or self.temperature)
+
+    def rowwise(self, users: torch.Tensor, items: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """Matching rows: ``[B, d] x [B, d] -> [B]``."""
+        users, items = self._prepare(users, items)
+        return (users * items).sum(-1) / (temperature or self.temperature)

@@ -1,0 +1,109 @@
+"""SASRec (Kang & McAuley, ICDM 2018): a causal Transformer over the item sequence.
+
+Item + learned position embeddings, a stack of pre-LN blocks with causal self-attention, a final
+LayerNorm; the output embeddings are tied to the item table. Padding keys are masked; every position may
+attend to itself so padded rows stay finite.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from thinkrec.models.base import Encoded
+from thinkrec.models.transformer import Block
+
+
+class SASRecConfig(BaseModel):
+    """SASRec backbone settings (RecBole names in brackets)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["sasrec"] = "sasrec"
+    hidden: int = Field(64, description="embedding and hidden size [hidden_size]", ge=1)
+    layers: int = Field(2, description="number of Transformer blocks [n_layers]", ge=1)
+    heads: int = Field(2, description="attention heads per block [n_heads]", ge=1)
+    ffn: int | None = Field(None, description="feed-forward inner size; default 4 x hidden [inner_size]")
+    dropout: float = Field(0.2, description="dropout on embeddings and block outputs", ge=0, lt=1)
+    attn_dropout: float = Field(0.2, description="dropout on attention weights", ge=0, lt=1)
+    max_len: int = Field(50, description="maximum history length [MAX_ITEM_LIST_LENGTH]", ge=1)
+    scale_embeddings: bool = Field(False, description="multiply item embeddings by sqrt(hidden)")
+    scorer: Literal["dot", "cosine"] = Field("dot", description="user-item similarity")
+    temperature: float = Field(1.0, description="logits are similarity / temperature", gt=0)
+
+
+class SASRec(nn.Module):
+    """Causal self-attentive sequential encoder exposing its per-layer key/value cache."""
+
+    def __init__(self, n_items: int, cfg: SASRecConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.hidden_size = cfg.hidden
+        self.max_len = cfg.max_len
+        self.item_embedding = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
+        self.position_embedding = nn.Embedding(cfg.max_len, cfg.hidden)
+        self.input_norm = nn.LayerNorm(cfg.hidden)
+        self.input_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            Block(cfg.hidden, cfg.heads, cfg.ffn or 4 * cfg.hidden, cfg.dropout, cfg.attn_dropout)
+            for _ in range(cfg.layers)
+        )
+        self.final_norm = nn.LayerNorm(cfg.hidden)
+        self.emb_scale = math.sqrt(cfg.hidden) if cfg.scale_embeddings else 1.0
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    def input_tokens(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Normalise and drop out input vectors (item + position embeddings, or reasoning inputs)."""
+        return self.input_dropout(self.input_norm(vectors))
+
+    def embed(self, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self.item_embedding(inputs) * self.emb_scale + self.position_embedding(positions)[None]
+        return self.input_tokens(x)
+
+    def forward(self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False) -> Encoded:
+        """``inputs``: int64 ``[B, W]`` left-padded item ids; ``positions``: int64 ``[W]``."""
+        pad = inputs == 0
+        w = inputs.shape[1]
+        eye = torch.eye(w, dtype=torch.bool, device=inputs.device)
+        causal = torch.ones(w, w, dtype=torch.bool, device=inputs.device).tril()
+        mask = (causal[None] & ~pad[:, None, :]) | eye[None]
+        encoded = self.run_blocks(self.embed(inputs, positions), mask[:, None], None)
+        encoded.key_padding = pad
+        return encoded
+
+    def run_blocks(self, x: torch.Tensor, mask: torch.Tensor, past: list[tuple[torch.Tensor, torch.Tensor]] | None) -> Encoded:
+        cache = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, mask, None if past is None else past[i])
+            cache.append(kv)
+        return Encoded(self.final_norm(x), cache)
+
+    def extend(self, tokens: torch.Tensor, encoded: Encoded, extra_mask: torch.Tensor | None = None) -> Encoded:
+        """Run new input vectors ``tokens [B, T, d]`` (already normalised by :meth:`input_tokens`) after the
+        cached sequence. They attend to every real cached column and causally to each other; ``extra_mask``
+        (bool ``[B|1, T, S]``) can restrict that further. Returns their hidden states and the grown cache."""
+        assert encoded.cache is not None and encoded.key_padding is not None
+        b, t, _ = tokens.shape
+        past_pad = encoded.key_padding
+        s_past = past_pad.shape[1]
+        new = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
+        mask = torch.cat([(~past_pad)[:, None, :].expand(b, t, s_past), new[None].expand(b, t, t)], dim=2)
+        if extra_mask is not None:
+            mask = mask & extra_mask
+        out = self.run_blocks(tokens, mask[:, None], encoded.cache)
+        out.key_padding = torch.cat([past_pad, torch.zeros(b, t, dtype=torch.bool, device=tokens.device)], 1)
+        return out

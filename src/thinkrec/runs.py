@@ -1,0 +1,136 @@
+"""Runs: build every component from a :class:`RunConfig`, train, evaluate, and reload a saved run.
+
+A run directory holds ``config.json`` (the resolved config), ``checkpoints/{best,last}.{safetensors,json}``,
+``log.jsonl`` (one line per epoch), ``curve.png``, ``items.parquet`` (the item vocabulary with titles, so
+a saved model can recommend without the raw data) and ``results.json`` (metrics with their protocol).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from thinkrec.config.schema import RunConfig
+from thinkrec.data.batches import TrainSampler
+from thinkrec.data.dataset import SequenceDataset
+from thinkrec.data.prepare import load_or_prepare
+from thinkrec.data.split import Split, make_split
+from thinkrec.errors import ThinkrecError
+from thinkrec.eval.evaluator import EvalResult, evaluate
+from thinkrec.eval.protocol import EvalConfig, describe_protocol
+from thinkrec.models.model import SeqRecModel
+from thinkrec.models.registry import build_model
+from thinkrec.seed import Seeds
+from thinkrec.train.checkpoint import atomic_write_json, checkpoint_exists, load_checkpoint
+from thinkrec.train.objectives import CrossEntropy, Objective
+from thinkrec.train.trainer import FitResult, Trainer
+
+
+def load_data(cfg: RunConfig) -> tuple[SequenceDataset, Split]:
+    ds = load_or_prepare(cfg.data.source, cfg.data.prepare, cfg.data.name)
+    return ds, make_split(ds, cfg.data.split)
+
+
+def build(cfg: RunConfig, n_items: int) -> SeqRecModel:
+    """The model of ``cfg``, initialised from the root seed."""
+    torch.manual_seed(Seeds(cfg.train.seed).torch_seed("init"))
+    return build_model(cfg.model, n_items)
+
+
+def build_objective(cfg: RunConfig) -> Objective:
+    return CrossEntropy(cfg.train.loss, cfg.train.n_negatives, Seeds(cfg.train.seed).torch_generator("negatives"))
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def save_vocabulary(ds: SequenceDataset, path: Path) -> None:
+    columns: dict[str, Any] = {"item": pa.array(range(1, ds.n_items + 1)), "external_id": pa.array(ds.item_ids)}
+    for name, values in ds.item_text.items():
+        columns[name] = pa.array(values[1:], type=pa.string())
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.table(columns), tmp)
+    tmp.replace(path)
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    fit: FitResult
+    results: dict[str, Any]
+
+
+def evaluation_report(
+    model: SeqRecModel, split: Split, cfg: RunConfig, which: Literal["valid", "test"], eval_cfg: EvalConfig
+) -> tuple[dict[str, Any], EvalResult]:
+    t0 = time.perf_counter()
+    result = evaluate(model, split, split.samples(which), eval_cfg, progress=cfg.train.progress)
+    seconds = time.perf_counter() - t0
+    report: dict[str, Any] = {
+        "split": which,
+        "metrics": result.metrics(eval_cfg.ks),
+        "n_samples": int(len(result.ranks)),
+        "eval_seconds": seconds,
+        "protocol": describe_protocol(eval_cfg, split.protocol, cfg.train.seed, split.dataset.n_items),
+    }
+    return report, result
+
+
+def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainedRun:
+    """Prepare data, train with early stopping, evaluate the best checkpoint on validation and test."""
+    set_threads(cfg.train.threads)
+    out = Path(run_dir or cfg.default_run_dir())
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.json"
+    if saved.exists() and cfg.train.resume:
+        previous = json.loads(saved.read_text())
+        if previous != json.loads(cfg.model_dump_json()):
+            raise ThinkrecError(
+                f"{out} holds a run with a different config; choose another run_dir, or set "
+                "train.resume=false to start over there"
+            )
+    atomic_write_json(saved, json.loads(cfg.model_dump_json()))
+    ds, split = load_data(cfg)
+    save_vocabulary(ds, out / "items.parquet")
+    model = build(cfg, ds.n_items)
+    sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
+    info = {"config": json.loads(cfg.model_dump_json()), "dataset": ds.describe()}
+    trainer = Trainer(model, build_objective(cfg), split, sampler, cfg.train, cfg.eval, out, info)
+    fit = trainer.fit()
+    results: dict[str, Any] = {
+        "best_epoch": fit.best_epoch,
+        "epochs_run": fit.epochs_run,
+        "stopped": fit.stopped,
+        "train_targets_per_epoch": sampler.n_targets,
+        "dataset": ds.describe(),
+    }
+    for which in ("valid", "test"):
+        report, _ = evaluation_report(model, split, cfg, which, cfg.eval)
+        results[which] = report
+    atomic_write_json(out / "results.json", results)
+    return TrainedRun(out, fit, results)
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[RunConfig, SeqRecModel]:
+    """The config and trained model of a run directory."""
+    path = Path(run_dir)
+    if not (path / "config.json").exists():
+        raise ThinkrecError(f"{path}: not a thinkrec run directory (no config.json); train one with thinkrec train")
+    cfg = RunConfig.model_validate_json((path / "config.json").read_text())
+    ckpt_dir = path / "checkpoints"
+    if not checkpoint_exists(ckpt_dir, checkpoint):
+        raise ThinkrecError(f"{path}: no '{checkpoint}' checkpoint yet; has training finished an epoch?")
+    items = pq.read_metadata(path / "items.parquet").num_rows
+    model = build_model(cfg.model, items)
+    load_checkpoint(ckpt_dir, checkpoint, model)
+    model.eval()
+    return cfg, model

@@ -1,0 +1,230 @@
+"""The training loop: epochs of shuffled batches, validation, early stopping, checkpoints, resume.
+
+Everything random is derived from the root seed per epoch (data order, dropout), so a run killed after
+epoch ``e`` and resumed from its ``last`` checkpoint continues exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from thinkrec.data.batches import TrainSampler
+from thinkrec.data.split import Split
+from thinkrec.errors import ThinkrecError
+from thinkrec.eval.evaluator import evaluate
+from thinkrec.eval.protocol import EvalConfig
+from thinkrec.models.model import SeqRecModel
+from thinkrec.seed import Seeds
+from thinkrec.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from thinkrec.train.objectives import Objective
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings (RecBole names in brackets)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(200, description="maximum number of epochs [epochs]", ge=1)
+    batch_size: int = Field(256, description="training samples per batch [train_batch_size]", ge=1)
+    optimizer: Literal["adam", "adamw"] = Field("adam", description="optimiser")
+    lr: float = Field(1e-3, description="learning rate [learning_rate]", gt=0)
+    weight_decay: float = Field(0.0, description="weight decay (L2 for adam, decoupled for adamw)", ge=0)
+    grad_clip: float | None = Field(None, description="clip the gradient norm to this value")
+    sample_mode: Literal["all", "last"] = Field(
+        "all", description="'all': every position predicts its next item; 'last': one target per prefix"
+    )
+    stride: int | None = Field(
+        None, description="'all' mode: targets per window for sequences longer than max_len (default max_len)"
+    )
+    loss: Literal["ce", "sampled"] = Field("ce", description="full-softmax or sampled-softmax cross-entropy")
+    n_negatives: int = Field(256, description="sampled softmax: negatives per batch", ge=1)
+    valid_metric: str = Field("NDCG@10", description="validation metric for early stopping [valid_metric]")
+    patience: int = Field(10, description="stop after this many evaluations without improvement", ge=1)
+    eval_every: int = Field(1, description="validate every this many epochs", ge=1)
+    autocast: Literal["none", "bf16"] = Field("none", description="CPU mixed precision for training")
+    threads: int | None = Field(None, description="torch CPU threads (default: torch's choice)")
+    seed: int = Field(2020, description="root seed: data order, initialisation, dropout and noise")
+    resume: bool = Field(True, description="continue from the run directory's last checkpoint if present")
+    progress: bool = Field(True, description="show progress bars")
+
+
+class NonFiniteLossError(ThinkrecError):
+    """Training produced a NaN/inf loss; the run stops and the last good checkpoint is kept."""
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_valid: dict[str, float]
+    epochs_run: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str = "max_epochs"
+
+
+class Trainer:
+    """Fits a model with an objective on a split; checkpoints and logs go to ``run_dir``."""
+
+    def __init__(
+        self,
+        model: SeqRecModel,
+        objective: Objective,
+        split: Split,
+        sampler: TrainSampler,
+        cfg: TrainConfig,
+        eval_cfg: EvalConfig,
+        run_dir: Path,
+        run_info: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.objective = objective
+        self.split = split
+        self.sampler = sampler
+        self.cfg = cfg
+        self.eval_cfg = eval_cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.run_info = run_info or {}
+        self.seeds = Seeds(cfg.seed)
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    # ------------------------------------------------------------------------------------ one epoch
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        start_epoch = getattr(self.objective, "start_epoch", None)
+        if start_epoch is not None:
+            start_epoch(epoch)
+        rng = self.seeds.numpy(f"data-order/{epoch}")
+        torch.manual_seed(self.seeds.torch_seed(f"dropout/{epoch}"))
+        n_batches = self.sampler.n_batches(self.cfg.batch_size)
+        batches = self.sampler.batches(self.cfg.batch_size, rng)
+        bar = tqdm(
+            batches, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
+            disable=None if self.cfg.progress else True,
+        )
+        sums: dict[str, float] = {}
+        count = 0
+        t0 = time.perf_counter()
+        for batch in bar:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
+                out = self.objective(self.model, batch)
+            if not torch.isfinite(out.total):
+                raise NonFiniteLossError(
+                    f"epoch {epoch}: the loss became {float(out.total)} (parts: {out.parts}); training "
+                    f"stopped and the last good checkpoint in {self.ckpt_dir} is kept. Lower train.lr, add "
+                    "train.grad_clip, or lengthen the warm-up before the reasoning losses switch on."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            out.total.backward()
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            count += 1
+            for key, value in {"loss": float(out.total.detach()), **out.parts}.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
+        stats = {key: value / max(1, count) for key, value in sums.items()}
+        stats["train_seconds"] = time.perf_counter() - t0
+        stats["batches"] = count
+        return stats
+
+    # ------------------------------------------------------------------------------------------ fit
+    def fit(self) -> FitResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.run_dir / "log.jsonl"
+        state: dict[str, Any] = {"epoch": 0, "best_value": -math.inf, "best_epoch": -1, "bad": 0,
+                                 "best_valid": {}, "history": []}
+        if self.cfg.resume and checkpoint_exists(self.ckpt_dir, "last"):
+            info = load_checkpoint(self.ckpt_dir, "last", self.model, self.optimizer)
+            state = info["trainer_state"]
+            tqdm.write(f"resuming {self.run_dir} after epoch {state['epoch'] - 1}")
+        elif log_path.exists():
+            log_path.unlink()
+        stopped = "max_epochs"
+        if state.get("stopped") == "early_stop":
+            stopped = "early_stop"
+        epoch = state["epoch"]
+        while epoch < self.cfg.epochs and stopped != "early_stop":
+            row: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
+            if (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs:
+                t0 = time.perf_counter()
+                result = evaluate(self.model, self.split, self.split.valid, self.eval_cfg)
+                valid = result.metrics(self.eval_cfg.ks)
+                row["valid"] = valid
+                row["eval_seconds"] = time.perf_counter() - t0
+                value = valid.get(self.cfg.valid_metric)
+                if value is None:
+                    raise ThinkrecError(
+                        f"train.valid_metric {self.cfg.valid_metric!r} is not computed; choose one of "
+                        f"{sorted(valid)} (eval.ks sets the K values)"
+                    )
+                if value > state["best_value"]:
+                    state.update(best_value=value, best_epoch=epoch, bad=0, best_valid=valid)
+                    save_checkpoint(self.ckpt_dir, "best", self.model, {
+                        **self.run_info, "epoch": epoch, "valid": valid})
+                else:
+                    state["bad"] += 1
+                if state["bad"] >= self.cfg.patience:
+                    stopped = "early_stop"
+            state["history"].append(row)
+            state["epoch"] = epoch + 1
+            state["stopped"] = stopped
+            save_checkpoint(self.ckpt_dir, "last", self.model, {**self.run_info, "trainer_state": state},
+                            self.optimizer)
+            with log_path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            self._report(row, state)
+            epoch += 1
+        if checkpoint_exists(self.ckpt_dir, "best"):
+            load_checkpoint(self.ckpt_dir, "best", self.model)
+        plot_curves(state["history"], self.run_dir / "curve.png", self.cfg.valid_metric)
+        return FitResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], stopped)
+
+    def _report(self, row: dict[str, Any], state: dict[str, Any]) -> None:
+        if not self.cfg.progress:
+            return
+        text = f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  {row['train_seconds']:.1f}s"
+        if "valid" in row:
+            text += f"  valid {self.cfg.valid_metric} {row['valid'][self.cfg.valid_metric]:.4f}"
+            text += "  *" if state["best_epoch"] == row["epoch"] else ""
+        tqdm.write(text)
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, metric: str) -> None:
+    """Training loss and validation metric per epoch, saved as a PNG (atomically)."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from thinkrec.train.checkpoint import atomic_write_bytes
+
+    epochs = [row["epoch"] for row in history]
+    fig, ax_loss = plt.subplots(figsize=(7, 4))
+    ax_loss.plot(epochs, [row["loss"] for row in history], color="tab:blue", label="training loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss", color="tab:blue")
+    valid = [(row["epoch"], row["valid"][metric]) for row in history if "valid" in row]
+    if valid:
+        ax_valid = ax_loss.twinx()
+        ax_valid.plot(*zip(*valid, strict=True), color="tab:orange", marker=".", label=f"valid {metric}")
+        ax_valid.set_ylabel(f"validation {metric}", color="tab:orange")
+    ax_loss.set_title("training curve")
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
