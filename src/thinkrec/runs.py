@@ -45,7 +45,9 @@ def build(cfg: RunConfig, n_items: int) -> SeqRecModel:
 
 
 def build_objective(cfg: RunConfig) -> Objective:
-    return CrossEntropy(cfg.train.loss, cfg.train.n_negatives, Seeds(cfg.train.seed).torch_generator("negatives"))
+    return CrossEntropy(
+        cfg.train.loss, cfg.train.n_negatives, Seeds(cfg.train.seed).torch_generator("negatives")
+    )
 
 
 def set_threads(threads: int | None) -> None:
@@ -54,7 +56,10 @@ def set_threads(threads: int | None) -> None:
 
 
 def save_vocabulary(ds: SequenceDataset, path: Path) -> None:
-    columns: dict[str, Any] = {"item": pa.array(range(1, ds.n_items + 1)), "external_id": pa.array(ds.item_ids)}
+    columns: dict[str, Any] = {
+        "item": pa.array(range(1, ds.n_items + 1)),
+        "external_id": pa.array(ds.item_ids),
+    }
     for name, values in ds.item_text.items():
         columns[name] = pa.array(values[1:], type=pa.string())
     tmp = path.with_name(f".{path.name}.tmp")
@@ -78,7 +83,7 @@ def evaluation_report(
     report: dict[str, Any] = {
         "split": which,
         "metrics": result.metrics(eval_cfg.ks),
-        "n_samples": int(len(result.ranks)),
+        "n_samples": len(result.ranks),
         "eval_seconds": seconds,
         "protocol": describe_protocol(eval_cfg, split.protocol, cfg.train.seed, split.dataset.n_items),
     }
@@ -124,7 +129,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[RunConfig, 
     """The config and trained model of a run directory."""
     path = Path(run_dir)
     if not (path / "config.json").exists():
-        raise ThinkrecError(f"{path}: not a thinkrec run directory (no config.json); train one with thinkrec train")
+        raise ThinkrecError(
+            f"{path}: not a thinkrec run directory (no config.json); train one with thinkrec train"
+        )
     cfg = RunConfig.model_validate_json((path / "config.json").read_text())
     ckpt_dir = path / "checkpoints"
     if not checkpoint_exists(ckpt_dir, checkpoint):

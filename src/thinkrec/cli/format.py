@@ -11,7 +11,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
     text_rows = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in text_rows)) if text_rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in text_rows)) if text_rows else len(h) for i, h in enumerate(headers)
+    ]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     sep = "  ".join("-" * w for w in widths)
     body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in text_rows]
@@ -25,5 +27,15 @@ def metrics_table(metrics: dict[str, float], ks: Sequence[int]) -> str:
 
 
 def protocol_lines(protocol: dict[str, Any]) -> str:
-    keep = ("split", "candidates", "history_masking", "ks", "seed", "n_valid", "n_test", "valid_cut", "test_cut")
+    keep = (
+        "split",
+        "candidates",
+        "history_masking",
+        "ks",
+        "seed",
+        "n_valid",
+        "n_test",
+        "valid_cut",
+        "test_cut",
+    )
     return "\n".join(f"  {k}: {protocol[k]}" for k in keep if k in protocol)

@@ -12,7 +12,9 @@ from thinkrec.errors import ThinkrecError
 CONFIG_HELP = (
     "a config file (.toml/.yaml) or the name of a bundled preset (list them with: thinkrec config show)"
 )
-OVERRIDE_HELP = "dotted overrides applied after the config, e.g. train.lr=0.002 model.hidden=128 eval.ks=[10,20]"
+OVERRIDE_HELP = (
+    "dotted overrides applied after the config, e.g. train.lr=0.002 model.hidden=128 eval.ks=[10,20]"
+)
 
 
 def _add_config_args(parser: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -71,10 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["valid", "test"], default="test", help="which samples (default test)")
     ev.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
     mask = ev.add_mutually_exclusive_group()
-    mask.add_argument("--mask-history", dest="mask_history", action="store_true", default=None,
-                      help="exclude history items from the ranking")
-    mask.add_argument("--no-mask-history", dest="mask_history", action="store_false",
-                      help="rank history items too (the default of most papers)")
+    mask.add_argument(
+        "--mask-history",
+        dest="mask_history",
+        action="store_true",
+        default=None,
+        help="exclude history items from the ranking",
+    )
+    mask.add_argument(
+        "--no-mask-history",
+        dest="mask_history",
+        action="store_false",
+        help="rank history items too (the default of most papers)",
+    )
     ev.add_argument("--ks", help="comma-separated cut-offs, e.g. 5,10,20")
     ev.add_argument("--output", help="also write the report (metrics + protocol) to this JSON file")
     ev.set_defaults(func=c.cmd_evaluate)

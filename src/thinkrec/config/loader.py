@@ -109,7 +109,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             valid = _fields_at(RunConfig, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-            hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
+            hint = f"; did you mean '{'.'.join(str(p) for p in (*loc[:-1], close[0]))}'?" if close else ""
             lines.append(f"  {dotted}: unknown key{hint} (valid keys here: {', '.join(valid)})")
         else:
             lines.append(f"  {dotted}: {err['msg']} (got {err.get('input')!r})")
@@ -145,6 +145,8 @@ def config_table(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[t
             rows.append((key, "", (field.description or sub[0].__doc__ or "").strip().splitlines()[0]))
             rows.extend(config_table(sub[0], key + "."))
         else:
-            default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            default = (
+                "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            )
             rows.append((key, default, field.description or ""))
     return rows

@@ -36,7 +36,9 @@ class RunConfig(BaseModel):
     model: ModelConfig = Field(default_factory=SASRecConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    run_dir: str | None = Field(None, description="output folder (default runs/<data.name>-<model.kind>-<seed>)")
+    run_dir: str | None = Field(
+        None, description="output folder (default runs/<data.name>-<model.kind>-<seed>)"
+    )
 
     def default_run_dir(self) -> str:
         return self.run_dir or f"runs/{self.data.name}-{self.model.kind}-s{self.train.seed}"

@@ -135,7 +135,7 @@ def time_cut_points(ds: SequenceDataset, cfg: SplitConfig) -> tuple[int, int]:
         return int(cfg.valid_cut), int(cfg.test_cut)
     t_min, t_max = int(ds.timestamps.min()), int(ds.timestamps.max())
     span = t_max - t_min
-    return t_min + int(round(cfg.valid_cut * span)), t_min + int(round(cfg.test_cut * span))
+    return t_min + round(cfg.valid_cut * span), t_min + round(cfg.test_cut * span)
 
 
 def global_time(ds: SequenceDataset, cfg: SplitConfig) -> Split:

@@ -26,6 +26,24 @@ class EvalResult:
         return metrics_from_ranks(self.ranks, ks)
 
 
+def _ranks(
+    model: SeqRecModel,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    history: torch.Tensor | None,
+) -> np.ndarray:
+    """Pessimistic 0-based rank of each target column; history items are set to -inf when given."""
+    scores = model.scorer(users, items).float()
+    if history is not None:
+        # History ids are 1-based item ids; padding (0) is skipped.
+        rows = torch.arange(len(history))[:, None].expand_as(history)
+        real = history > 0
+        scores[rows[real], history[real] - 1] = float("-inf")
+    ranks: np.ndarray = target_ranks(scores, targets).numpy()
+    return ranks
+
+
 def chunk_size(cfg: EvalConfig, n_items: int) -> int:
     budget = cfg.memory_budget_mb * 2**20 // (4 * max(1, n_items))
     return max(1, min(cfg.batch_size, budget))
@@ -69,14 +87,10 @@ def evaluate(
         targets = torch.from_numpy(part.targets - 1)
         hist = torch.from_numpy(history) if cfg.mask_history else None
 
-        def rank_of(user: torch.Tensor) -> np.ndarray:
-            scores = model.scorer(user, items).float()
-            if hist is not None:
-                # History ids are 1-based; padding (0) maps to column -1 and is skipped by the mask.
-                rows = torch.arange(len(hist))[:, None].expand_as(hist)
-                real = hist > 0
-                scores[rows[real], hist[real] - 1] = float("-inf")
-            return target_ranks(scores, targets).numpy()
+        def rank_of(
+            user: torch.Tensor, targets: torch.Tensor = targets, hist: torch.Tensor | None = hist
+        ) -> np.ndarray:
+            return _ranks(model, user, items, targets, hist)
 
         sl = slice(start, start + len(part))
         mode = cfg.inference if k_plus_1 > 1 else "last"

@@ -22,7 +22,9 @@ class EvalConfig(BaseModel):
     inference_step: int | None = Field(None, description="with inference='step': which step to score")
 
 
-def describe_protocol(cfg: EvalConfig, split_protocol: dict[str, Any], seed: int, n_items: int) -> dict[str, Any]:
+def describe_protocol(
+    cfg: EvalConfig, split_protocol: dict[str, Any], seed: int, n_items: int
+) -> dict[str, Any]:
     """A self-contained description of how a number was measured."""
     return {
         **split_protocol,

@@ -80,7 +80,9 @@ class Scorer(nn.Module):
         users, items = self._prepare(users, items)
         return users @ items.T / (temperature or self.temperature)
 
-    def rowwise(self, users: torch.Tensor, items: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+    def rowwise(
+        self, users: torch.Tensor, items: torch.Tensor, temperature: float | None = None
+    ) -> torch.Tensor:
         """Matching rows: ``[B, d] x [B, d] -> [B]``."""
         users, items = self._prepare(users, items)
         return (users * items).sum(-1) / (temperature or self.temperature)

@@ -21,30 +21,32 @@ class Reasoner(Protocol):
 class SeqRecModel(nn.Module):
     """Backbone + scorer (+ reasoner). Item ids are 1..n_items; logits columns are items 1..n_items."""
 
-    def __init__(self, backbone: nn.Module, scorer: Scorer, reasoner: nn.Module | None = None) -> None:
+    def __init__(self, backbone: Backbone, scorer: Scorer, reasoner: nn.Module | None = None) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.backbone: Backbone = backbone
         self.scorer = scorer
         self.reasoner = reasoner
 
     @property
     def n_items(self) -> int:
-        return int(self.backbone.item_embedding.num_embeddings) - 1
+        return self.backbone.item_embedding.num_embeddings - 1
 
     @property
     def reasoning_steps(self) -> int:
-        return 0 if self.reasoner is None else int(self.reasoner.steps)
+        return 0 if self.reasoner is None else int(getattr(self.reasoner, "steps", 0))
 
     def item_vectors(self) -> torch.Tensor:
         """Output item vectors ``[n_items, d]`` (tied to the input embedding table, padding row dropped)."""
-        return self.backbone.item_embedding.weight[1:]
+        weight: torch.Tensor = self.backbone.item_embedding.weight
+        return weight[1:]
 
     def encode(self, inputs: torch.Tensor, positions: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """User states ``[B, K+1, d]``: the last hidden state followed by ``K`` reasoning steps."""
         if self.reasoner is None or steps == 0:
             return self.backbone(inputs, positions).hidden[:, -1:]
         encoded = self.backbone(inputs, positions, use_cache=True)
-        return self.reasoner(self.backbone, encoded, steps)
+        states: torch.Tensor = self.reasoner(self.backbone, encoded, steps)
+        return states
 
     def user_vector(self, states: torch.Tensor, mode: str = "last", step: int | None = None) -> torch.Tensor:
         """Collapse per-step states ``[B, K+1, d]`` to one user vector: last step, mean of steps, or a step."""
@@ -60,4 +62,5 @@ class SeqRecModel(nn.Module):
 
     def score(self, users: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """Logits ``[B, n_items]`` of user vectors ``[B, d]`` against the whole catalogue."""
-        return self.scorer(users, self.item_vectors(), temperature)
+        logits: torch.Tensor = self.scorer(users, self.item_vectors(), temperature)
+        return logits

@@ -8,11 +8,11 @@ from typing import Annotated, Any
 from pydantic import Field
 from torch import nn
 
-from thinkrec.models.base import Scorer
+from thinkrec.models.base import Backbone, Scorer
 from thinkrec.models.model import SeqRecModel
 from thinkrec.models.sasrec import SASRec, SASRecConfig
 
-BackboneBuilder = Callable[[int, Any], nn.Module]
+BackboneBuilder = Callable[[int, Any], Backbone]
 
 BACKBONES: dict[str, BackboneBuilder] = {
     "sasrec": SASRec,

@@ -68,7 +68,8 @@ class SASRec(nn.Module):
 
     def input_tokens(self, vectors: torch.Tensor) -> torch.Tensor:
         """Normalise and drop out input vectors (item + position embeddings, or reasoning inputs)."""
-        return self.input_dropout(self.input_norm(vectors))
+        out: torch.Tensor = self.input_dropout(self.input_norm(vectors))
+        return out
 
     def embed(self, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = self.item_embedding(inputs) * self.emb_scale + self.position_embedding(positions)[None]
@@ -85,14 +86,18 @@ class SASRec(nn.Module):
         encoded.key_padding = pad
         return encoded
 
-    def run_blocks(self, x: torch.Tensor, mask: torch.Tensor, past: list[tuple[torch.Tensor, torch.Tensor]] | None) -> Encoded:
+    def run_blocks(
+        self, x: torch.Tensor, mask: torch.Tensor, past: list[tuple[torch.Tensor, torch.Tensor]] | None
+    ) -> Encoded:
         cache = []
         for i, block in enumerate(self.blocks):
             x, kv = block(x, mask, None if past is None else past[i])
             cache.append(kv)
         return Encoded(self.final_norm(x), cache)
 
-    def extend(self, tokens: torch.Tensor, encoded: Encoded, extra_mask: torch.Tensor | None = None) -> Encoded:
+    def extend(
+        self, tokens: torch.Tensor, encoded: Encoded, extra_mask: torch.Tensor | None = None
+    ) -> Encoded:
         """Run new input vectors ``tokens [B, T, d]`` (already normalised by :meth:`input_tokens`) after the
         cached sequence. They attend to every real cached column and causally to each other; ``extra_mask``
         (bool ``[B|1, T, S]``) can restrict that further. Returns their hidden states and the grown cache."""

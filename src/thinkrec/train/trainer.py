@@ -108,7 +108,11 @@ class Trainer:
         n_batches = self.sampler.n_batches(self.cfg.batch_size)
         batches = self.sampler.batches(self.cfg.batch_size, rng)
         bar = tqdm(
-            batches, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
+            batches,
+            total=n_batches,
+            desc=f"epoch {epoch}",
+            unit="batch",
+            leave=False,
             disable=None if self.cfg.progress else True,
         )
         sums: dict[str, float] = {}
@@ -119,12 +123,12 @@ class Trainer:
                 out = self.objective(self.model, batch)
             if not torch.isfinite(out.total):
                 raise NonFiniteLossError(
-                    f"epoch {epoch}: the loss became {float(out.total)} (parts: {out.parts}); training "
+                    f"epoch {epoch}: the loss became {float(out.total.detach())} (parts: {out.parts}); training "
                     f"stopped and the last good checkpoint in {self.ckpt_dir} is kept. Lower train.lr, add "
                     "train.grad_clip, or lengthen the warm-up before the reasoning losses switch on."
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            out.total.backward()
+            torch.autograd.backward(out.total)
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
@@ -141,8 +145,14 @@ class Trainer:
     def fit(self) -> FitResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.run_dir / "log.jsonl"
-        state: dict[str, Any] = {"epoch": 0, "best_value": -math.inf, "best_epoch": -1, "bad": 0,
-                                 "best_valid": {}, "history": []}
+        state: dict[str, Any] = {
+            "epoch": 0,
+            "best_value": -math.inf,
+            "best_epoch": -1,
+            "bad": 0,
+            "best_valid": {},
+            "history": [],
+        }
         if self.cfg.resume and checkpoint_exists(self.ckpt_dir, "last"):
             info = load_checkpoint(self.ckpt_dir, "last", self.model, self.optimizer)
             state = info["trainer_state"]
@@ -169,8 +179,9 @@ class Trainer:
                     )
                 if value > state["best_value"]:
                     state.update(best_value=value, best_epoch=epoch, bad=0, best_valid=valid)
-                    save_checkpoint(self.ckpt_dir, "best", self.model, {
-                        **self.run_info, "epoch": epoch, "valid": valid})
+                    save_checkpoint(
+                        self.ckpt_dir, "best", self.model, {**self.run_info, "epoch": epoch, "valid": valid}
+                    )
                 else:
                     state["bad"] += 1
                 if state["bad"] >= self.cfg.patience:
@@ -178,8 +189,9 @@ class Trainer:
             state["history"].append(row)
             state["epoch"] = epoch + 1
             state["stopped"] = stopped
-            save_checkpoint(self.ckpt_dir, "last", self.model, {**self.run_info, "trainer_state": state},
-                            self.optimizer)
+            save_checkpoint(
+                self.ckpt_dir, "last", self.model, {**self.run_info, "trainer_state": state}, self.optimizer
+            )
             with log_path.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             self._report(row, state)

@@ -1,0 +1,46 @@
+"""Small made-up datasets for unit tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from thinkrec.data.dataset import SequenceDataset
+
+
+def random_dataset(
+    n_users: int = 40, n_items: int = 30, min_len: int = 1, max_len: int = 25, seed: int = 0
+) -> SequenceDataset:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(min_len, max_len + 1, n_users)
+    items = rng.integers(1, n_items + 1, int(lengths.sum()))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    # Chronological, with ties: times grow by 0 or 1 per step within a user, users interleave in time.
+    steps = rng.integers(0, 2, int(lengths.sum()))
+    times = np.concatenate(
+        [rng.integers(0, 50) + np.cumsum(steps[offsets[u] : offsets[u + 1]]) for u in range(n_users)]
+    )
+    return SequenceDataset(
+        name="toy",
+        offsets=offsets,
+        items=items,
+        timestamps=times,
+        user_ids=np.arange(n_users) + 100,
+        item_ids=np.arange(n_items) + 1000,
+        item_text={"title": ["", *(f"item {i}" for i in range(1, n_items + 1))]},
+    )
+
+
+def cyclic_dataset(n_users: int = 200, n_items: int = 50, length: int = 30, seed: int = 0) -> SequenceDataset:
+    """Each user walks the catalogue in steps of +1 from a random start: perfectly predictable."""
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, n_items, n_users)
+    items = ((starts[:, None] + np.arange(length)[None, :]) % n_items + 1).ravel()
+    offsets = np.arange(n_users + 1) * length
+    return SequenceDataset(
+        name="cyclic",
+        offsets=offsets,
+        items=items,
+        timestamps=np.tile(np.arange(length), n_users),
+        user_ids=np.arange(n_users),
+        item_ids=np.arange(n_items) + 1,
+    )
