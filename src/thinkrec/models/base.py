@@ -43,6 +43,7 @@ class Backbone(Protocol):
     hidden_size: int
     max_len: int
     item_embedding: nn.Embedding
+    causal: bool  # True if the hidden state of column t depends on columns <= t only (all-prefix training)
 
     def __call__(self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False) -> Encoded: ...
 
@@ -50,6 +51,10 @@ class Backbone(Protocol):
 @runtime_checkable
 class CachedBackbone(Backbone, Protocol):
     """A backbone that can run new input vectors against an encoded sequence's cached keys/values."""
+
+    def input_tokens(self, vectors: torch.Tensor) -> torch.Tensor:
+        """What the backbone does to an input vector before its blocks (e.g. LayerNorm + dropout)."""
+        ...
 
     def extend(
         self, tokens: torch.Tensor, encoded: Encoded, extra_mask: torch.Tensor | None = None
@@ -68,7 +73,8 @@ class Scorer(nn.Module):
         self.kind = kind
         self.temperature = temperature
 
-    def _prepare(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vectors whose dot product (divided by the temperature) is the score."""
         if self.kind == "cosine":
             return nn.functional.normalize(users, dim=-1), nn.functional.normalize(items, dim=-1)
         return users, items
@@ -77,12 +83,12 @@ class Scorer(nn.Module):
         self, users: torch.Tensor, items: torch.Tensor, temperature: float | None = None
     ) -> torch.Tensor:
         """All pairs: ``[B, d] x [N, d] -> [B, N]``."""
-        users, items = self._prepare(users, items)
+        users, items = self.prepare(users, items)
         return users @ items.T / (temperature or self.temperature)
 
     def rowwise(
         self, users: torch.Tensor, items: torch.Tensor, temperature: float | None = None
     ) -> torch.Tensor:
         """Matching rows: ``[B, d] x [B, d] -> [B]``."""
-        users, items = self._prepare(users, items)
+        users, items = self.prepare(users, items)
         return (users * items).sum(-1) / (temperature or self.temperature)

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from thinkrec.data.batches import IGNORE, TrainBatch
 from thinkrec.models.base import LossOutput
 from thinkrec.models.model import SeqRecModel
+from thinkrec.train.losses import softmax_cross_entropy
 
 
 class Objective(Protocol):
@@ -63,5 +64,6 @@ class CrossEntropy:
         if self.loss == "sampled":
             loss = sampled_softmax_loss(users, targets, model, self.n_negatives, self.generator)
         else:
-            loss = F.cross_entropy(model.score(users).float(), targets)
+            prepared_users, items = model.scorer.prepare(users, model.item_vectors())
+            loss = softmax_cross_entropy(prepared_users, items, targets, model.scorer.temperature)
         return LossOutput(loss, {"ce": float(loss.detach())})

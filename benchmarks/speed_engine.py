@@ -1,0 +1,173 @@
+"""Engine speed: one training epoch and one full-catalogue test evaluation, thinkrec vs RecBole 1.2.1.
+
+Both sides train SASRec with the same size (hidden 64, 2 layers, 2 heads, FFN 4 x hidden, max length 50,
+batch 256, full-softmax cross-entropy, Adam) over the same training targets: every next-item target of
+every training sequence under leave-one-out. thinkrec trains each target once in the all-positions mode
+(length-bucketed windows); RecBole trains every prefix as its own instance. RecBole's epoch is estimated
+from a fixed number of timed batches (its full epoch takes minutes). The processes run one at a time with
+the same thread count. Also reported: achieved GFLOP/s of thinkrec's epoch against this machine's measured
+fp32 matmul peak, and epoch time on MovieLens-1M (growth from MovieLens-100K).
+
+    python benchmarks/speed_engine.py --threads 2 --peer-batches 20 > benchmarks/results/speed.jsonl
+
+Prints one JSON line per measurement and a summary line (``"kind": "summary"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from thinkrec.config.loader import load_config
+from thinkrec.data.batches import TrainSampler
+from thinkrec.eval.evaluator import evaluate
+from thinkrec.runs import build, build_objective, load_data
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = {
+    # name: (preset, peer --inter-source, peer --dataset-name)
+    "ml100k": ("ml100k-sasrec", "ml100k", None),
+    "beauty": ("beauty-sasrec", "seqrecbench", "amazon2014-beauty"),
+    "ml1m": ("ml1m-sasrec", None, None),
+}
+SAME = ["model.hidden=64", "model.layers=2", "model.heads=2", "model.max_len=50", "train.batch_size=256"]
+
+
+def matmul_peak(threads: int) -> float:
+    torch.set_num_threads(threads)
+    a = torch.randn(2048, 2048)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    return 5 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
+
+
+def epoch_flops(sampler: TrainSampler, batch_size: int, hidden: int, layers: int, ffn: int, n_items: int) -> float:
+    """Analytic forward+backward FLOPs (3x forward) of one epoch: Transformer tokens and the output layer."""
+    rng = np.random.default_rng(0)
+    tokens = 0
+    attn = 0
+    for batch in sampler.batches(batch_size, rng):
+        b, w = batch.inputs.shape
+        tokens += b * w
+        attn += b * w * w
+    per_token = layers * (2 * hidden * 3 * hidden + 2 * hidden * hidden + 2 * 2 * hidden * ffn)
+    forward = tokens * per_token + layers * 2 * 2 * attn * hidden + sampler.n_targets * 2 * hidden * n_items
+    return 3.0 * forward
+
+
+def ours(name: str, threads: int, extra: list[str]) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    preset = DATASETS[name][0]
+    cfg = load_config(preset, [*SAME, "train.progress=false", *extra])
+    ds, split = load_data(cfg)
+    model = build(cfg, ds.n_items)
+    objective = build_objective(cfg)
+    sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    model.train()
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    n_batches = 0
+    for batch in sampler.batches(cfg.train.batch_size, rng):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.autocast == "bf16"):
+            out = objective(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(out.total)
+        optimizer.step()
+        n_batches += 1
+    epoch_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluate(model, split, split.test, cfg.eval)
+    eval_seconds = time.perf_counter() - t0
+    ffn = cfg.model.ffn or 4 * cfg.model.hidden
+    flops = epoch_flops(sampler, cfg.train.batch_size, cfg.model.hidden, cfg.model.layers, ffn, ds.n_items)
+    return {
+        "kind": "thinkrec",
+        "dataset": name,
+        "threads": threads,
+        "overrides": [*SAME, *extra],
+        "train_targets": sampler.n_targets,
+        "batches": n_batches,
+        "epoch_seconds": epoch_seconds,
+        "eval_seconds": eval_seconds,
+        "n_test": len(split.test),
+        "n_items": ds.n_items,
+        "epoch_gflop": flops / 1e9,
+        "achieved_gflops": flops / 1e9 / epoch_seconds,
+    }
+
+
+def peer(name: str, threads: int, batches: int, venv: Path) -> dict[str, Any] | None:
+    _, source, dataset_name = DATASETS[name]
+    python = venv / "bin" / "python"
+    if source is None or not python.exists():
+        return None
+    cmd = [
+        str(python),
+        str(REPO / "benchmarks" / "peer_recbole.py"),
+        "--inter-source",
+        source,
+        "--train-batches",
+        str(batches),
+        "--eval",
+        "--threads",
+        str(threads),
+        "--dropout",
+        "0.2",
+    ]
+    if dataset_name:
+        cmd += ["--dataset-name", dataset_name]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    row["kind"] = "recbole"
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--peer-batches", type=int, default=20, help="RecBole batches to time per dataset")
+    parser.add_argument("--datasets", default="ml100k,beauty,ml1m")
+    parser.add_argument(
+        "--peer-venv", type=Path, default=Path(os.environ.get("THINKREC_PEER_VENV", REPO / ".peer-venv"))
+    )
+    parser.add_argument("--autocast", choices=["none", "bf16"], default="none")
+    args = parser.parse_args()
+    extra = [f"train.autocast={args.autocast}"]
+    peak = matmul_peak(args.threads)
+    print(json.dumps({"kind": "machine", "threads": args.threads, "matmul_peak_gflops_fp32": peak}), flush=True)
+    rows: dict[str, dict[str, Any]] = {}
+    for name in args.datasets.split(","):
+        mine = ours(name, args.threads, extra)
+        mine["fraction_of_peak"] = mine["achieved_gflops"] / peak
+        print(json.dumps(mine), flush=True)
+        rows[name] = mine
+        other = peer(name, args.threads, args.peer_batches, args.peer_venv)
+        if other is not None:
+            print(json.dumps(other), flush=True)
+            mine["recbole_epoch_seconds"] = other["est_epoch_seconds"]
+            mine["recbole_eval_seconds"] = other["eval_seconds"]
+    summary: dict[str, Any] = {"kind": "summary", "threads": args.threads}
+    for name, row in rows.items():
+        if "recbole_epoch_seconds" in row:
+            summary[f"{name}_epoch_ratio"] = row["epoch_seconds"] / row["recbole_epoch_seconds"]
+            summary[f"{name}_eval_ratio"] = row["eval_seconds"] / row["recbole_eval_seconds"]
+    if "ml100k" in rows and "ml1m" in rows:
+        summary["ml1m_over_ml100k_epoch"] = rows["ml1m"]["epoch_seconds"] / rows["ml100k"]["epoch_seconds"]
+        summary["ml1m_over_ml100k_targets"] = rows["ml1m"]["train_targets"] / rows["ml100k"]["train_targets"]
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
