@@ -21,7 +21,7 @@ def _chunk_rows(n_items: int, budget_bytes: int = 3 * 2**19) -> int:
 
 class _ChunkedSoftmaxCE(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, scale: float, chunk: int
     ) -> torch.Tensor:
         m = users.shape[0]
@@ -37,7 +37,7 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         return (lse - target_logits).mean()
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         users, items, targets, lse = ctx.saved_tensors
         scale, chunk = ctx.scale, ctx.chunk
         m = users.shape[0]
@@ -66,7 +66,7 @@ def softmax_cross_entropy(
     """
     if users.shape[0] == 0:
         return users.sum() * 0.0
-    out: torch.Tensor = _ChunkedSoftmaxCE.apply(
+    out: torch.Tensor = _ChunkedSoftmaxCE.apply(  # type: ignore[no-untyped-call]
         users, items, targets, 1.0 / temperature, chunk or _chunk_rows(items.shape[0])
     )
     return out
