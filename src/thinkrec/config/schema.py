@@ -1,4 +1,4 @@
-"""The typed run configuration: data, model, training and evaluation sections.
+"""The typed run configuration: data, model, reasoning, training and evaluation sections.
 
 Every section rejects unknown keys; ``thinkrec config show`` prints every key with its default and
 description, generated from these models.
@@ -6,13 +6,14 @@ description, generated from these models.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from thinkrec.data.config import PrepareConfig, SourceConfig
 from thinkrec.data.split import SplitConfig
 from thinkrec.eval.protocol import EvalConfig
 from thinkrec.models.registry import ModelConfig
 from thinkrec.models.sasrec import SASRecConfig
+from thinkrec.reasoning.config import ReasoningConfig
 from thinkrec.train.trainer import TrainConfig
 
 
@@ -34,11 +35,36 @@ class RunConfig(BaseModel):
 
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=SASRecConfig)
+    reasoning: ReasoningConfig = Field(default_factory=ReasoningConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run_dir: str | None = Field(
-        None, description="output folder (default runs/<data.name>-<model.kind>-<seed>)"
+        None, description="output folder (default runs/<data.name>-<model.kind>[-<reasoning.kind>]-s<seed>)"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model_kind(cls, data: object) -> object:
+        """A model section without ``kind`` means the default backbone (SASRec)."""
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "kind" not in data["model"]:
+            data = {**data, "model": {"kind": "sasrec", **data["model"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.reasoning.enabled and self.train.loss != "ce":
+            raise ValueError(
+                "reasoning objectives score every item (ERL's KL needs whole distributions); "
+                "use train.loss=ce with reasoning.kind=" + self.reasoning.kind
+            )
+        if self.eval.inference == "auto":
+            self.eval = self.eval.model_copy(update={"inference": self.reasoning.default_inference})
+        if self.eval.inference == "step":
+            top = self.reasoning.table_size if self.reasoning.enabled else 0
+            if self.eval.inference_step is None or self.eval.inference_step > top:
+                raise ValueError(f"eval.inference='step' needs eval.inference_step in 0..{top}")
+        return self
+
     def default_run_dir(self) -> str:
-        return self.run_dir or f"runs/{self.data.name}-{self.model.kind}-s{self.train.seed}"
+        model = self.model.kind + (f"-{self.reasoning.kind}" if self.reasoning.enabled else "")
+        return self.run_dir or f"runs/{self.data.name}-{model}-s{self.train.seed}"

@@ -1,0 +1,118 @@
+"""The command line end to end on a small made-up CSV log, and its error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thinkrec.cli.main import main
+
+
+@pytest.fixture()
+def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A CSV log where every user walks the catalogue in steps of +1, an item table, and a config."""
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    rows = ["customer,sku,ts"]
+    for user in range(120):
+        start = rng.integers(0, 30)
+        rows += [f"u{user},{(start + i) % 30 + 1},{1000 + 10 * i}" for i in range(12)]
+    (tmp_path / "events.csv").write_text("\n".join(rows) + "\n")
+    items = ["sku,title"] + [f"{i},Product &amp; Co. {i}" for i in range(1, 31)]
+    (tmp_path / "products.csv").write_text("\n".join(items) + "\n")
+    (tmp_path / "shop.toml").write_text(
+        f"""
+[data]
+name = "shop"
+
+[data.source]
+format = "table"
+path = "{tmp_path / "events.csv"}"
+user_col = "customer"
+item_col = "sku"
+time_col = "ts"
+items_path = "{tmp_path / "products.csv"}"
+items_id_col = "sku"
+
+[model]
+hidden = 16
+layers = 1
+max_len = 8
+
+[train]
+epochs = 8
+batch_size = 32
+lr = 0.01
+progress = false
+"""
+    )
+    return tmp_path
+
+
+def test_train_evaluate_recommend(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "prepare", "shop.toml"]) == 0
+    assert "120 users, 30 items" in capsys.readouterr().out
+    assert main(["train", "shop.toml", "train.seed=3", "--run-dir", "run"]) == 0
+    out = capsys.readouterr().out
+    assert "test (120 samples)" in out and "leave-one-out" in out
+    results = json.loads((shop / "run" / "results.json").read_text())
+    assert results["test"]["metrics"]["HR@10"] > 0.8
+    assert results["test"]["protocol"]["history_masking"] == "history items not masked"
+    assert results["test"]["protocol"]["seed"] == 3
+    assert main(["evaluate", "run", "--mask-history", "--ks", "1,5", "--output", "report.json"]) == 0
+    report = json.loads((shop / "report.json").read_text())
+    assert set(report["metrics"]) == {"NDCG@1", "HR@1", "MRR@1", "NDCG@5", "HR@5", "MRR@5"}
+    assert report["protocol"]["history_masking"] == "history items excluded"
+    capsys.readouterr()
+    assert main(["recommend", "run", "--history", "3,4,5,6", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "Product & Co. 7" in out.split("top-3:")[1].splitlines()[3]  # rank 1 is the next item
+    assert main(["recommend", "run", "--user", "u5", "-k", "2", "--exclude-seen"]) == 0
+
+
+def test_rerunning_train_resumes_and_refuses_a_different_config(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "shop.toml", "train.epochs=2", "--run-dir", "run"]) == 0
+    assert main(["train", "shop.toml", "train.epochs=3", "--run-dir", "run"]) == 2
+    assert "different config" in capsys.readouterr().err
+    assert main(["train", "shop.toml", "train.epochs=2", "--run-dir", "run"]) == 0
+    log = (shop / "run" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 2  # nothing retrained
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "no-such-preset"], "no such config file or preset"),
+        (["train", "shop.toml", "train.lrr=0.1"], "did you mean 'train.lr'"),
+        (["train", "shop.toml", "model.hidden=abc"], "model.hidden"),
+        (["train", "shop.toml", "data.source.path=/nonexistent/x.csv"], "/nonexistent/x.csv"),
+        (["evaluate", "not-a-run"], "not a thinkrec run directory"),
+        (["train", "shop.toml", "data.source.user_col=client"], "client"),
+    ],
+)
+def test_bad_input_gives_one_clear_message_and_exit_2(
+    shop: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_file_names_the_line(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = (shop / "events.csv").read_text().splitlines()
+    text[5] = "u1,3,yesterday"
+    (shop / "events.csv").write_text("\n".join(text) + "\n")
+    assert main(["data", "prepare", "shop.toml"]) == 2
+    err = capsys.readouterr().err
+    assert "events.csv" in err and "line 6" in err and "ts" in err
+
+
+def test_config_show_lists_every_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    for key in ("model.max_len", "train.valid_metric", "eval.mask_history", "data.split.kind", "presets:"):
+        assert key in out
