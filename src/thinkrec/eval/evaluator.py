@@ -9,6 +9,7 @@ import torch
 
 from thinkrec.data.batches import eval_histories, position_ids, trim
 from thinkrec.data.split import EvalSamples, Split
+from thinkrec.errors import ThinkrecError
 from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
 from thinkrec.eval.protocol import EvalConfig
 from thinkrec.models.model import SeqRecModel
@@ -21,6 +22,7 @@ class EvalResult:
     ranks: np.ndarray  # int64 [n] for the configured inference mode
     step_ranks: np.ndarray  # int64 [K+1, n]; row k scores with step k alone
     mean_ranks: np.ndarray | None  # int64 [n] when K > 0: scoring with the mean of steps
+    mode: str = "last"  # the inference mode of ``ranks``: 'last', 'mean' or 'step <k>'
 
     def metrics(self, ks: list[int]) -> dict[str, float]:
         return metrics_from_ranks(self.ranks, ks)
@@ -69,9 +71,15 @@ def evaluate(
     n = len(samples)
     size = chunk_size(cfg, model.n_items)
     k_plus_1 = (steps if steps is not None else model.reasoning_steps) + 1
+    # 'auto' is resolved from reasoning.kind by RunConfig; a bare EvalConfig treats it as 'last'.
+    mode, step = (cfg.inference, cfg.inference_step) if k_plus_1 > 1 else ("last", None)
+    mode = "last" if mode == "auto" else mode
+    if mode == "step" and (step is None or not 0 <= step < k_plus_1):
+        raise ThinkrecError(f"eval.inference_step {step} is outside the steps evaluated (0..{k_plus_1 - 1})")
     step_ranks = np.zeros((k_plus_1, n), dtype=np.int64)
     mean_ranks = np.zeros(n, dtype=np.int64) if k_plus_1 > 1 else None
     ranks = np.zeros(n, dtype=np.int64)
+    order = np.argsort(np.minimum(samples.positions, max_len), kind="stable")
     starts = range(0, n, size)
     if progress:
         from tqdm import tqdm
@@ -79,7 +87,9 @@ def evaluate(
         starts = tqdm(starts, desc="evaluate", unit="chunk", leave=False)
     items = model.item_vectors()
     for start in starts:
-        part = samples.subset(slice(start, start + size))
+        # Samples are visited shortest history first, so each chunk is trimmed to little padding.
+        sl = order[start : start + size]
+        part = samples.subset(sl)
         history = eval_histories(split, part, max_len)
         (trimmed,) = trim(history)
         inputs = torch.from_numpy(trimmed)
@@ -92,8 +102,6 @@ def evaluate(
         ) -> np.ndarray:
             return _ranks(model, user, items, targets, hist)
 
-        sl = slice(start, start + len(part))
-        mode = cfg.inference if k_plus_1 > 1 else "last"
         if per_step:
             for k in range(k_plus_1):
                 step_ranks[k, sl] = rank_of(states[:, k])
@@ -105,7 +113,7 @@ def evaluate(
                 assert mean_ranks is not None
                 ranks[sl] = mean_ranks[sl]
             else:
-                ranks[sl] = step_ranks[cfg.inference_step or 0, sl]
+                ranks[sl] = step_ranks[step or 0, sl]
         else:
-            ranks[sl] = rank_of(model.user_vector(states, mode, cfg.inference_step))
-    return EvalResult(ranks, step_ranks, mean_ranks)
+            ranks[sl] = rank_of(model.user_vector(states, mode, step))
+    return EvalResult(ranks, step_ranks, mean_ranks, mode if mode != "step" else f"step {step}")
