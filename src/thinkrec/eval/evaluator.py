@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from thinkrec.blocking import rows_per_block
 from thinkrec.data.batches import eval_histories, position_ids, trim
 from thinkrec.data.split import EvalSamples, Split
 from thinkrec.errors import ThinkrecError
@@ -35,15 +36,25 @@ def _ranks(
     targets: torch.Tensor,
     history: torch.Tensor | None,
 ) -> np.ndarray:
-    """Pessimistic 0-based rank of each target column; history items are set to -inf when given."""
-    scores = model.scorer(users, items).float()
-    if history is not None:
-        # History ids are 1-based item ids; padding (0) is skipped.
-        rows = torch.arange(len(history))[:, None].expand_as(history)
-        real = history > 0
-        scores[rows[real], history[real] - 1] = float("-inf")
-    ranks: np.ndarray = target_ranks(scores, targets).numpy()
-    return ranks
+    """Pessimistic 0-based rank of each target column; history items are set to -inf when given.
+
+    Scores are computed in cache-sized row blocks; each block's target score is read from the same
+    block, so ties are judged on identical numbers.
+    """
+    ranks = torch.empty(len(users), dtype=torch.long)
+    block = rows_per_block(items.shape[0])
+    for start in range(0, len(users), block):
+        rows = slice(start, start + block)
+        scores = model.scorer(users[rows], items).float()
+        if history is not None:
+            # History ids are 1-based item ids; padding (0) is skipped.
+            hist = history[rows]
+            index = torch.arange(len(hist))[:, None].expand_as(hist)
+            real = hist > 0
+            scores[index[real], hist[real] - 1] = float("-inf")
+        ranks[rows] = target_ranks(scores, targets[rows])
+    result: np.ndarray = ranks.numpy()
+    return result
 
 
 def chunk_size(cfg: EvalConfig, n_items: int) -> int:

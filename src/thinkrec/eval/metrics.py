@@ -17,7 +17,7 @@ METRICS = ("NDCG", "HR", "MRR")
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """0-based pessimistic rank of column ``targets[i]`` in row ``scores[i]`` (``[B, N]``, ``[B]``)."""
     target_scores = scores.gather(1, targets[:, None])
-    return (scores >= target_scores).sum(dim=1) - 1
+    return torch.count_nonzero(scores >= target_scores, dim=1) - 1
 
 
 def metrics_from_ranks(ranks: npt.ArrayLike, ks: tuple[int, ...] | list[int]) -> dict[str, float]:

@@ -13,10 +13,7 @@ from typing import Any
 
 import torch
 
-
-def _chunk_rows(n_items: int, budget_bytes: int = 3 * 2**19) -> int:
-    """Rows per chunk so one chunk of fp32 logits (~1.5 MB) stays in a core's L2 cache."""
-    return max(8, budget_bytes // (4 * max(1, n_items)))
+from thinkrec.blocking import rows_per_block
 
 
 class _ChunkedSoftmaxCE(torch.autograd.Function):
@@ -67,6 +64,6 @@ def softmax_cross_entropy(
     if users.shape[0] == 0:
         return users.sum() * 0.0
     out: torch.Tensor = _ChunkedSoftmaxCE.apply(  # type: ignore[no-untyped-call]
-        users, items, targets, 1.0 / temperature, chunk or _chunk_rows(items.shape[0])
+        users, items, targets, 1.0 / temperature, chunk or rows_per_block(items.shape[0])
     )
     return out
