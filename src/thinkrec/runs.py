@@ -25,8 +25,13 @@ from thinkrec.data.split import Split, make_split
 from thinkrec.errors import ThinkrecError
 from thinkrec.eval.evaluator import EvalResult, evaluate
 from thinkrec.eval.protocol import EvalConfig, describe_protocol
+from thinkrec.eval.steps import step_report
+from thinkrec.models.bert4rec import BERT4RecConfig, ClozeObjective, check_training
 from thinkrec.models.model import SeqRecModel
 from thinkrec.models.registry import build_model
+from thinkrec.models.text_items import attach_item_text
+from thinkrec.reasoning.objectives import build_reasoning_objective
+from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.seed import Seeds
 from thinkrec.train.checkpoint import atomic_write_json, checkpoint_exists, load_checkpoint
 from thinkrec.train.objectives import CrossEntropy, Objective
@@ -39,12 +44,24 @@ def load_data(cfg: RunConfig) -> tuple[SequenceDataset, Split]:
 
 
 def build(cfg: RunConfig, n_items: int) -> SeqRecModel:
-    """The model of ``cfg``, initialised from the root seed."""
+    """The model of ``cfg`` (with its latent reasoner if ``cfg.reasoning`` asks), initialised from the root
+    seed; the backbone is initialised first, so it starts equal to the plain model of the same seed."""
     torch.manual_seed(Seeds(cfg.train.seed).torch_seed("init"))
-    return build_model(cfg.model, n_items)
+    model = build_model(cfg.model, n_items)
+    r = cfg.reasoning
+    if r.enabled:
+        model.reasoner = LatentReasoner(cfg.model.hidden, r.steps, r.table_size, r.normalise_feedback)
+    return model
 
 
 def build_objective(cfg: RunConfig) -> Objective:
+    if isinstance(cfg.model, BERT4RecConfig):  # bidirectional: no all-prefix next-item training; cloze
+        check_training(cfg.model, cfg.train.sample_mode, cfg.reasoning.enabled)
+        if cfg.model.train_objective == "cloze":
+            return ClozeObjective(cfg.model.mask_prob, Seeds(cfg.train.seed))
+    if cfg.reasoning.enabled:
+        tau = cfg.reasoning.tau or cfg.model.temperature
+        return build_reasoning_objective(cfg.reasoning, tau, cfg.train.seed)
     return CrossEntropy(
         cfg.train.loss, cfg.train.n_negatives, Seeds(cfg.train.seed).torch_generator("negatives")
     )
@@ -75,10 +92,17 @@ class TrainedRun:
 
 
 def evaluation_report(
-    model: SeqRecModel, split: Split, cfg: RunConfig, which: Literal["valid", "test"], eval_cfg: EvalConfig
+    model: SeqRecModel,
+    split: Split,
+    cfg: RunConfig,
+    which: Literal["valid", "test"],
+    eval_cfg: EvalConfig,
+    steps: int | None = None,
 ) -> tuple[dict[str, Any], EvalResult]:
+    """Metrics of ``which`` with their protocol; reasoning models (``steps`` overrides K) also get the
+    metrics of every step, of the mean of steps and of the oracle under ``"reasoning"``."""
     t0 = time.perf_counter()
-    result = evaluate(model, split, split.samples(which), eval_cfg, progress=cfg.train.progress)
+    result = evaluate(model, split, split.samples(which), eval_cfg, steps=steps, progress=cfg.train.progress)
     seconds = time.perf_counter() - t0
     report: dict[str, Any] = {
         "split": which,
@@ -87,6 +111,11 @@ def evaluation_report(
         "eval_seconds": seconds,
         "protocol": describe_protocol(eval_cfg, split.protocol, cfg.train.seed, split.dataset.n_items),
     }
+    if model.reasoner is not None:
+        k = result.step_ranks.shape[0] - 1
+        report["protocol"]["reasoning"] = f"{cfg.reasoning.kind}, K={k} steps, user vector: {result.mode}"
+        if k > 0:
+            report["reasoning"] = step_report(result, eval_cfg.ks)
     return report, result
 
 
@@ -107,6 +136,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainedRun:
     ds, split = load_data(cfg)
     save_vocabulary(ds, out / "items.parquet")
     model = build(cfg, ds.n_items)
+    attach_item_text(model, ds, progress=cfg.train.progress)  # text backbones: frozen item text embeddings
     sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
     info = {"config": json.loads(cfg.model_dump_json()), "dataset": ds.describe()}
     trainer = Trainer(model, build_objective(cfg), split, sampler, cfg.train, cfg.eval, out, info)
@@ -137,7 +167,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[RunConfig, 
     if not checkpoint_exists(ckpt_dir, checkpoint):
         raise ThinkrecError(f"{path}: no '{checkpoint}' checkpoint yet; has training finished an epoch?")
     items = pq.read_metadata(path / "items.parquet").num_rows
-    model = build_model(cfg.model, items)
+    model = build(cfg, items)
     load_checkpoint(ckpt_dir, checkpoint, model)
     model.eval()
     return cfg, model

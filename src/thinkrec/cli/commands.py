@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,6 +15,9 @@ import torch
 from thinkrec.cli.format import metrics_table, protocol_lines, table
 from thinkrec.config.loader import config_table, load_config, preset_names
 from thinkrec.errors import ThinkrecError
+
+if TYPE_CHECKING:
+    from thinkrec.models.model import SeqRecModel
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
@@ -100,9 +105,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         updates["ks"] = [int(k) for k in args.ks.split(",")]
     eval_cfg = cfg.eval.model_copy(update=updates)
     _, split = load_data(cfg)
-    report, _ = evaluation_report(model, split, cfg, args.split, eval_cfg)
+    report, _ = evaluation_report(model, split, cfg, args.split, eval_cfg, steps=args.steps)
     print(f"{args.split} ({report['n_samples']} samples, {report['eval_seconds']:.2f}s):")
     print(metrics_table(report["metrics"], eval_cfg.ks))
+    if "reasoning" in report:
+        print_reasoning_steps(report, eval_cfg.ks, Path(args.run_dir), args.split, args.steps)
     print("\nprotocol:")
     print(protocol_lines(report["protocol"]))
     if args.output:
@@ -163,6 +170,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     ]
     print(f"\ntop-{args.k}:")
     print(table(["rank", "item", "score", "title"], rows))
+    if args.show_steps:
+        seen = history if args.exclude_seen else None
+        print_step_recommendations(model, states, seen, args.k, external, titles)
     return 0
 
 
@@ -183,3 +193,112 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     print(f"\npresets: {', '.join(preset_names())}")
     print("override any key on the command line: thinkrec train PRESET key.path=value")
     return 0
+
+
+# --- serving (issue 6): batch recommendation and the HTTP server -------------------------------------------
+
+
+def cmd_recommend_batch(args: argparse.Namespace) -> int:
+    """``thinkrec recommend RUN_DIR --batch INPUT --output OUT``: top-K for every user of a file."""
+    from thinkrec.serve.batch import recommend_file
+    from thinkrec.serve.recommender import MAX_K, Recommender
+
+    if args.output is None:
+        raise ThinkrecError("--batch needs --output OUT.parquet or OUT.csv")
+    if args.history is not None or args.user is not None:
+        raise ThinkrecError("--batch cannot be combined with --history or --user")
+    if not 1 <= args.k <= MAX_K:
+        raise ThinkrecError(f"-k must be in 1..{MAX_K}")
+    rec = Recommender.from_run(args.run_dir, args.checkpoint)
+    summary = recommend_file(
+        rec,
+        args.batch,
+        args.output,
+        k=args.k,
+        id_type=args.id_type,
+        chunk_size=args.chunk_size,
+        exclude_seen=args.exclude_seen,
+    )
+    print(json.dumps({"output": str(args.output), **summary.as_dict()}))
+    if summary.unknown_items:
+        print(
+            f"thinkrec: note: skipped {summary.unknown_items} unknown item ids "
+            f"({summary.users_without_known_items} users had no known item and were left out)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_recommend_or_batch(args: argparse.Namespace) -> int:
+    """``thinkrec recommend``: batch mode with ``--batch``, else one history or user."""
+    if getattr(args, "batch", None) is not None:
+        return cmd_recommend_batch(args)
+    if getattr(args, "output", None) is not None:
+        raise ThinkrecError("--output is only used with --batch INPUT")
+    return cmd_recommend(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``thinkrec serve RUN_DIR``: the HTTP API and web page (needs the ``serve`` extra)."""
+    try:
+        from thinkrec.serve.app import serve
+    except ImportError as exc:
+        raise ThinkrecError(f"thinkrec serve needs the serve extra: pip install 'thinkrec[serve]' ({exc})") from exc
+    serve(args.run_dir, args.host, args.port)
+    return 0
+
+
+# --- reasoning (issue 3): per-step metrics and per-step recommendations ------------------------------------
+
+
+def print_reasoning_steps(
+    report: dict[str, Any], ks: list[int], run_dir: Path, split: str, steps_override: int | None
+) -> None:
+    """The metrics of every step r_0..r_K, the mean and the oracle; saves ``steps-<split>[-K<k>].png``
+    (``-K<k>`` when ``--steps`` changed K)."""
+    from thinkrec.eval.steps import plot_steps, step_rows
+
+    steps = report["reasoning"]
+    metrics = [f"{name}@{k}" for name in ("NDCG", "HR") for k in ks]
+    print(f"\nper reasoning step (inference uses: {steps['mode']}):")
+    print(table(["user vector", *metrics], step_rows(steps, metrics)))
+    print(f"oracle: {steps['oracle_note']}")
+    suffix = "" if steps_override is None else f"-K{steps_override}"
+    path = run_dir / f"steps-{split}{suffix}.png"
+    plot_steps(steps, path, [f"NDCG@{ks[-1]}", f"HR@{ks[-1]}"])
+    print(f"plot: {path}")
+
+
+def print_step_recommendations(
+    model: SeqRecModel,
+    states: torch.Tensor,
+    seen: list[int] | None,
+    k: int,
+    external: np.ndarray,
+    titles: list[str] | None,
+) -> None:
+    """The top-``k`` of every reasoning step side by side (``+`` marks an item new at that step), and how
+    many items each step keeps from the previous one."""
+    if states.shape[1] < 2:
+        print("\n--show-steps: this model does not reason (K = 0); nothing to compare")
+        return
+    with torch.no_grad():
+        scores = torch.stack([model.score(states[:, j])[0] for j in range(states.shape[1])])
+    if seen is not None:
+        scores[:, torch.tensor(seen) - 1] = float("-inf")
+    top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.tolist()
+
+    def label(item: int, new: bool) -> str:
+        name = titles[item] if titles else ""
+        text = f"{external[item]} {name[:28]}".strip()
+        return ("+ " if new else "  ") + text
+
+    header = [f"r_{j}" + (" (backbone)" if j == 0 else "") for j in range(len(top))]
+    rows = [
+        [rank + 1, *(label(top[j][rank], j > 0 and top[j][rank] not in top[j - 1]) for j in range(len(top)))]
+        for rank in range(len(top[0]))
+    ]
+    print(f"\ntop-{k} of every reasoning step (+ = not in the previous step's top-{k}):")
+    print(table(["rank", *header], rows))
+    kept = [f"r_{j - 1}->r_{j}: {len(set(top[j]) & set(top[j - 1]))}/{len(top[j])} kept" for j in range(1, len(top))]
+    print("  " + ";  ".join(kept))

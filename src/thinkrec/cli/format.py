@@ -37,5 +37,7 @@ def protocol_lines(protocol: dict[str, Any]) -> str:
         "n_test",
         "valid_cut",
         "test_cut",
+        "cut_unit",
+        "reasoning",
     )
     return "\n".join(f"  {k}: {protocol[k]}" for k in keep if k in protocol)

@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--ks", help="comma-separated cut-offs, e.g. 5,10,20")
     ev.add_argument("--output", help="also write the report (metrics + protocol) to this JSON file")
+    ev.add_argument(
+        "--steps",
+        type=int,
+        metavar="K",
+        help="reasoning models: reason for K steps instead of the trained K (0 = the plain backbone)",
+    )
     ev.set_defaults(func=c.cmd_evaluate)
 
     rec = sub.add_parser("recommend", help="top-K items with titles for a history or a dataset user")
@@ -97,7 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     rec.add_argument("--exclude-seen", action="store_true", help="never recommend items of the history")
     rec.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
+    rec.add_argument(
+        "--show-steps", action="store_true", help="reasoning models: the top-K of every step r_0..r_K side by side"
+    )
     rec.set_defaults(func=c.cmd_recommend)
+    _add_recommend_batch_args(rec)
+    _add_serve_parser(sub)
+    _add_llm_parser(sub)
 
     config = sub.add_parser("config", help="show configuration keys, defaults and presets")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -107,6 +119,52 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(show, optional=True)
     show.set_defaults(func=c.cmd_config_show)
     return parser
+
+
+# --- serving (issue 6) ---------------------------------------------------------------------------------------
+
+
+def _add_recommend_batch_args(rec: argparse.ArgumentParser) -> None:
+    """``thinkrec recommend RUN_DIR --batch INPUT --output OUT``: top-K for every user of a file."""
+    from thinkrec.cli import commands as c
+
+    rec.add_argument(
+        "--batch",
+        metavar="INPUT",
+        help="recommend for every user of INPUT (.parquet/.csv/.jsonl; columns user, items) instead",
+    )
+    rec.add_argument("--output", metavar="OUT", help="with --batch: where to write top-K rows (.parquet or .csv)")
+    rec.add_argument(
+        "--id-type",
+        choices=["internal", "external"],
+        default="external",
+        help="with --batch: the ids in INPUT's items column (default external)",
+    )
+    rec.add_argument("--chunk-size", type=int, default=1024, help="with --batch: users per chunk (default 1024)")
+    rec.set_defaults(func=c.cmd_recommend_or_batch)
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``thinkrec serve RUN_DIR``: the HTTP API and web page."""
+    from thinkrec.cli import commands as c
+
+    serve = sub.add_parser(
+        "serve", help="serve a trained run over HTTP (API + web page; needs pip install 'thinkrec[serve]')"
+    )
+    serve.add_argument("run_dir", help="a run directory written by thinkrec train")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, local only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.set_defaults(func=c.cmd_serve)
+
+
+# --- LLM recommender, R²ec (issue 5) -------------------------------------------------------------------------
+
+
+def _add_llm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``thinkrec llm prepare-model|train|evaluate|recommend`` (verbs live in :mod:`thinkrec.llm.cli`)."""
+    from thinkrec.llm.cli import add_llm_parser
+
+    add_llm_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -111,6 +111,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
             hint = f"; did you mean '{'.'.join(str(p) for p in (*loc[:-1], close[0]))}'?" if close else ""
             lines.append(f"  {dotted}: unknown key{hint} (valid keys here: {', '.join(valid)})")
+        elif err["type"] == "value_error":  # a cross-field check of a whole section: its message says it all
+            lines.append(f"  {dotted or 'config'}: {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {dotted}: {err['msg']} (got {err.get('input')!r})")
     lines.append("  see every key with: thinkrec config show")

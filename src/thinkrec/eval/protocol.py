@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,8 +18,14 @@ class EvalConfig(BaseModel):
     memory_budget_mb: int = Field(
         256, description="upper bound on the score matrix of one chunk (samples x items x 4 bytes)", ge=1
     )
-    inference: str = Field("last", description="reasoning models: 'last', 'mean' or 'step'")
-    inference_step: int | None = Field(None, description="with inference='step': which step to score")
+    inference: Literal["auto", "last", "mean", "step"] = Field(
+        "auto",
+        description=(
+            "reasoning models' user vector: 'last' = r_K, 'mean' = mean of r_0..r_K, 'step' = r_(inference_step);"
+            " 'auto' = the objective's own (ERL: mean, PRL: last)"
+        ),
+    )
+    inference_step: int | None = Field(None, description="with inference='step': which step to score", ge=0)
 
 
 def describe_protocol(

@@ -61,6 +61,34 @@ class CachedBackbone(Backbone, Protocol):
     ) -> Encoded: ...
 
 
+@runtime_checkable
+class ChainBackbone(CachedBackbone, Protocol):
+    """A cached backbone with a fast path for many independent token chains over one encoded sequence.
+
+    Chain ``i`` of row ``b`` attends to the cached columns ``shared_mask[b, i]`` allows and to its own
+    earlier tokens only (all-prefix reasoning: one chain per history prefix). The same result as
+    :meth:`CachedBackbone.extend` with a block-diagonal mask, without scoring the other chains' tokens.
+    """
+
+    def extend_chains(
+        self, tokens: torch.Tensor, encoded: Encoded, shared_mask: torch.Tensor, own: KVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Run one new token per chain ``tokens [B, T, d]``; ``shared_mask`` bool ``[B, T, W]`` over the
+        encoded columns; ``own`` the chains' earlier keys/values per layer ``[B, h, T, j, hd]`` (None = no
+        earlier token). Returns their hidden states ``[B, T, d]`` and the grown ``own``."""
+        ...
+
+
+@runtime_checkable
+class ComputedItems(Protocol):
+    """A backbone whose item vectors are computed (e.g. from item text) instead of read from
+    ``item_embedding``: the same table feeds its inputs and the scorer."""
+
+    def item_table(self) -> torch.Tensor:
+        """Item vectors of all ids ``[n_items + 1, d]`` (row 0 = padding)."""
+        ...
+
+
 class Scorer(nn.Module):
     """Scores user vectors against item vectors: dot product or cosine, divided by a temperature."""
 

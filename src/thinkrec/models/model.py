@@ -7,25 +7,34 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from thinkrec.models.base import Backbone, Encoded, Scorer
+from thinkrec.errors import ThinkrecError
+from thinkrec.models.base import Backbone, CachedBackbone, ComputedItems, Encoded, Scorer
 
 
 class Reasoner(Protocol):
-    """Turns an encoded sequence into user states ``[B, K+1, d]`` (step 0 = last hidden state)."""
+    """Turns an encoded sequence into user states ``[B, K+1, d]`` (step 0 = last hidden state).
 
-    steps: int
+    ``steps`` is the K used by default, ``max_steps`` the largest K it can run.
+    """
 
-    def __call__(self, backbone: Backbone, encoded: Encoded, steps: int | None = None) -> torch.Tensor: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def max_steps(self) -> int: ...
+
+    def __call__(self, backbone: CachedBackbone, encoded: Encoded, steps: int | None = None) -> torch.Tensor: ...
 
 
 class SeqRecModel(nn.Module):
     """Backbone + scorer (+ reasoner). Item ids are 1..n_items; logits columns are items 1..n_items."""
 
-    def __init__(self, backbone: Backbone, scorer: Scorer, reasoner: nn.Module | None = None) -> None:
+    def __init__(self, backbone: Backbone, scorer: Scorer, reasoner: Reasoner | None = None) -> None:
         super().__init__()
+        if reasoner is not None and not isinstance(backbone, CachedBackbone):
+            raise TypeError(f"{type(backbone).__name__} has no key/value cache (extend); it cannot reason")
         self.backbone: Backbone = backbone
         self.scorer = scorer
-        self.reasoner = reasoner
+        self.reasoner: Reasoner | None = reasoner
 
     @property
     def n_items(self) -> int:
@@ -33,20 +42,32 @@ class SeqRecModel(nn.Module):
 
     @property
     def reasoning_steps(self) -> int:
-        return 0 if self.reasoner is None else int(getattr(self.reasoner, "steps", 0))
+        return 0 if self.reasoner is None else self.reasoner.steps
+
+    @property
+    def cached_backbone(self) -> CachedBackbone:
+        """The backbone as a :class:`CachedBackbone` (what reasoning needs)."""
+        if not isinstance(self.backbone, CachedBackbone):
+            raise TypeError(f"{type(self.backbone).__name__} has no key/value cache (extend)")
+        return self.backbone
 
     def item_vectors(self) -> torch.Tensor:
-        """Output item vectors ``[n_items, d]`` (tied to the input embedding table, padding row dropped)."""
+        """Output item vectors ``[n_items, d]`` (tied to the input embedding table, or to the backbone's computed
+        :class:`ComputedItems` table; padding row dropped)."""
+        if isinstance(self.backbone, ComputedItems):
+            return self.backbone.item_table()[1:]
         weight: torch.Tensor = self.backbone.item_embedding.weight
         return weight[1:]
 
     def encode(self, inputs: torch.Tensor, positions: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        """User states ``[B, K+1, d]``: the last hidden state followed by ``K`` reasoning steps."""
+        """User states ``[B, K+1, d]``: the last hidden state followed by ``K`` reasoning steps
+        (``steps`` overrides the reasoner's K; plain models only allow ``K = 0``)."""
+        if self.reasoner is None and steps:
+            raise ThinkrecError(f"this model has no reasoner; it cannot reason for {steps} steps")
         if self.reasoner is None or steps == 0:
             return self.backbone(inputs, positions).hidden[:, -1:]
         encoded = self.backbone(inputs, positions, use_cache=True)
-        states: torch.Tensor = self.reasoner(self.backbone, encoded, steps)
-        return states
+        return self.reasoner(self.cached_backbone, encoded, steps)
 
     def user_vector(self, states: torch.Tensor, mode: str = "last", step: int | None = None) -> torch.Tensor:
         """Collapse per-step states ``[B, K+1, d]`` to one user vector: last step, mean of steps, or a step."""

@@ -6,23 +6,31 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import Field
-from torch import nn
 
 from thinkrec.models.base import Backbone, Scorer
-from thinkrec.models.model import SeqRecModel
+from thinkrec.models.bert4rec import BERT4Rec, BERT4RecConfig
+from thinkrec.models.gru4rec import GRU4Rec, GRU4RecConfig
+from thinkrec.models.model import Reasoner, SeqRecModel
 from thinkrec.models.sasrec import SASRec, SASRecConfig
+from thinkrec.models.text_items import MoRecConfig, TextSASRec, UniSRecConfig
 
 BackboneBuilder = Callable[[int, Any], Backbone]
 
 BACKBONES: dict[str, BackboneBuilder] = {
     "sasrec": SASRec,
+    "bert4rec": BERT4Rec,
+    "gru4rec": GRU4Rec,
+    "unisrec": TextSASRec,
+    "morec": TextSASRec,
 }
 
 # Discriminated on ``kind``; extend the union when a backbone is added.
-ModelConfig = Annotated[SASRecConfig, Field(discriminator="kind")]
+ModelConfig = Annotated[
+    SASRecConfig | BERT4RecConfig | GRU4RecConfig | UniSRecConfig | MoRecConfig, Field(discriminator="kind")
+]
 
 
-def build_model(cfg: SASRecConfig, n_items: int, reasoner: nn.Module | None = None) -> SeqRecModel:
+def build_model(cfg: ModelConfig, n_items: int, reasoner: Reasoner | None = None) -> SeqRecModel:
     """Build the model ``cfg.kind`` names for a catalogue of ``n_items`` items."""
     try:
         builder = BACKBONES[cfg.kind]

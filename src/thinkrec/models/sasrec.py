@@ -8,13 +8,13 @@ attend to itself so padded rows stay finite.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from thinkrec.models.base import Encoded
+from thinkrec.models.base import Encoded, KVCache
 from thinkrec.models.transformer import Block
 
 
@@ -38,6 +38,8 @@ class SASRecConfig(BaseModel):
 
 class SASRec(nn.Module):
     """Causal self-attentive sequential encoder exposing its per-layer key/value cache."""
+
+    causal = True
 
     def __init__(self, n_items: int, cfg: SASRecConfig) -> None:
         super().__init__()
@@ -112,3 +114,21 @@ class SASRec(nn.Module):
         out = self.run_blocks(tokens, mask[:, None], encoded.cache)
         out.key_padding = torch.cat([past_pad, torch.zeros(b, t, dtype=torch.bool, device=tokens.device)], 1)
         return out
+
+    def extend_chains(
+        self, tokens: torch.Tensor, encoded: Encoded, shared_mask: torch.Tensor, own: KVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
+        """One new token per chain ``tokens [B, T, d]``, attending to the encoded columns ``shared_mask
+        [B, T, W]`` allows and to its own chain's earlier tokens ``own`` (see
+        :class:`~thinkrec.models.base.ChainBackbone`). Returns their hidden states and the grown ``own``."""
+        assert encoded.cache is not None
+        b, t, _ = tokens.shape
+        if own is None:
+            heads = self.cfg.heads
+            empty = tokens.new_zeros(b, heads, t, 0, self.hidden_size // heads)
+            own = [(empty, empty)] * len(self.blocks)
+        x, grown = tokens, []
+        for block, shared, chain in zip(self.blocks, encoded.cache, own, strict=True):
+            x, kv = cast(Block, block).forward_chains(x, shared, shared_mask[:, None], chain)
+            grown.append(kv)
+        return self.final_norm(x), grown

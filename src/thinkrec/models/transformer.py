@@ -26,6 +26,19 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.attn_dropout = attn_dropout
 
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values ``[B, h, T, hd]`` of new tokens ``x [B, T, d]``."""
+        b, t, _ = x.shape
+        q, k, v = self.qkv(self.ln_attn(x)).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def _finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Output projection of the attention ``[B, h, T, hd]`` + residual, then the feed-forward sub-layer."""
+        b, t, d = x.shape
+        x = x + self.dropout(self.out(attn.transpose(1, 2).reshape(b, t, d)))
+        out: torch.Tensor = x + self.dropout(self.ffn(self.ln_ffn(x)))
+        return out
+
     def forward(
         self,
         x: torch.Tensor,
@@ -34,14 +47,39 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """``x``: ``[B, T, d]`` new tokens; ``mask``: bool ``[B|1, 1, T, S]`` (True = may attend), where
         ``S`` = cached length + ``T``; ``past``: cached keys/values ``[B, h, S-T, hd]``."""
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln_attn(x)).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = self._qkv(x)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
         attn = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
         )
-        x = x + self.dropout(self.out(attn.transpose(1, 2).reshape(b, t, d)))
-        x = x + self.dropout(self.ffn(self.ln_ffn(x)))
-        return x, (k, v)
+        return self._finish(x, attn), (k, v)
+
+    def forward_chains(
+        self,
+        x: torch.Tensor,
+        shared: tuple[torch.Tensor, torch.Tensor],
+        shared_mask: torch.Tensor,
+        own: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attention for ``T`` independent token chains that share one cached prefix.
+
+        Token ``i`` of ``x [B, T, d]`` attends to the shared cached keys/values ``[B, h, W, hd]`` where
+        ``shared_mask [B, 1, T, W]`` allows it, to its OWN chain's earlier keys/values ``own [B, h, T, j, hd]``
+        (``j >= 0``) and to itself -- never to another chain. This equals :meth:`forward` with the shared
+        columns, every chain's earlier tokens and a block-diagonal mask, but costs ``T x (W + j + 1)`` scores
+        instead of ``T x (W + (j + 1) T)``. Returns the new hidden states and the chains' keys/values grown by
+        this token, ``[B, h, T, j+1, hd]``.
+        """
+        q, k, v = self._qkv(x)
+        keys = torch.cat([own[0], k[:, :, :, None]], dim=3)  # [B, h, T, j+1, hd]
+        values = torch.cat([own[1], v[:, :, :, None]], dim=3)
+        scale = self.head_dim**-0.5
+        shared_scores = (q @ shared[0].transpose(-1, -2) * scale).masked_fill(~shared_mask, float("-inf"))
+        own_scores = torch.einsum("bhtd,bhtjd->bhtj", q, keys) * scale
+        w = shared_scores.shape[-1]
+        probs = torch.softmax(torch.cat([shared_scores, own_scores], dim=-1), dim=-1)
+        probs = F.dropout(probs, self.attn_dropout, self.training)
+        attn = probs[..., :w] @ shared[1] + torch.einsum("bhtj,bhtjd->bhtd", probs[..., w:], values)
+        return self._finish(x, attn), (keys, values)

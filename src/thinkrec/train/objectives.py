@@ -8,6 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from thinkrec.data.batches import IGNORE, TrainBatch
+from thinkrec.errors import ThinkrecError
 from thinkrec.models.base import LossOutput
 from thinkrec.models.model import SeqRecModel
 from thinkrec.train.losses import softmax_cross_entropy
@@ -53,6 +54,11 @@ class CrossEntropy:
     def user_states(self, model: SeqRecModel, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """User vectors ``[M, d]`` and 0-based target columns ``[M]`` of every position with a target."""
         if batch.mode == "all":
+            if not model.backbone.causal:
+                raise ThinkrecError(
+                    f"{type(model.backbone).__name__} is not causal: in train.sample_mode='all' a position would "
+                    "see its own target; use train.sample_mode='last'"
+                )
             hidden = model.backbone(batch.inputs, batch.positions).hidden
             use = batch.targets != IGNORE
             return hidden[use], batch.targets[use] - 1

@@ -1,0 +1,82 @@
+"""Cold-item analysis of a trained run: ranking quality on test targets that are rare in training.
+
+``cold_item_report(run_dir)`` reloads the run (config + best checkpoint), rebuilds its split, counts every
+item's interactions in the training part, and evaluates with the run's own protocol (full ranking, its
+history masking and inference mode) on (a) all test samples and (b) the test samples whose target has at
+most ``max_train`` training interactions. Text-based models (UniSRec, MoRec) are expected to lose less on
+(b) than ID-based ones.
+
+Usage: ``python benchmarks/cold_items.py RUN_DIR [RUN_DIR ...] [--max-train 5] [--split test] [--k 20]``;
+prints one JSON object per run and writes ``cold_items.json`` into each run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from thinkrec.data.split import Split
+from thinkrec.eval.evaluator import evaluate
+from thinkrec.runs import load_data, load_run
+from thinkrec.train.checkpoint import atomic_write_json
+
+
+def train_counts(split: Split) -> np.ndarray:
+    """Interactions of every item id (index = item id, 0 = padding) in the training part of ``split``."""
+    ds = split.dataset
+    pos_in_user = np.arange(ds.n_interactions) - np.repeat(ds.offsets[:-1], ds.lengths)
+    in_train = pos_in_user < np.repeat(split.train_lengths, ds.lengths)
+    return np.bincount(ds.items[in_train], minlength=ds.n_items + 1)
+
+
+def cold_item_report(
+    run_dir: str | Path, max_train: int = 5, which: Literal["valid", "test"] = "test", k: int = 20
+) -> dict[str, Any]:
+    """NDCG@k / Recall@k on all ``which`` samples and on those whose target has <= ``max_train`` training
+    interactions (the run's protocol otherwise)."""
+    cfg, model = load_run(run_dir)
+    _, split = load_data(cfg)
+    samples = split.samples(which)
+    counts = train_counts(split)[samples.targets]
+    cold = np.flatnonzero(counts <= max_train)
+    ks = sorted({*cfg.eval.ks, k})
+    report: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "model": cfg.model.kind,
+        "reasoning": cfg.reasoning.kind,
+        "split": which,
+        "cold_definition": f"target item has <= {max_train} interactions in the training part",
+    }
+    for name, index in (("all", np.arange(len(samples))), ("cold", cold)):
+        if len(index) == 0:
+            report[name] = {"n_samples": 0}
+            continue
+        result = evaluate(model, split, samples.subset(index), cfg.eval)
+        metrics = result.metrics(ks)
+        report[name] = {
+            "n_samples": len(index),
+            f"NDCG@{k}": metrics[f"NDCG@{k}"],
+            f"HR@{k} (= Recall@{k})": metrics[f"HR@{k}"],
+        }
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("--max-train", type=int, default=5, help="cold = at most this many training interactions")
+    parser.add_argument("--split", choices=["valid", "test"], default="test")
+    parser.add_argument("--k", type=int, default=20)
+    args = parser.parse_args()
+    for run_dir in args.run_dirs:
+        report = cold_item_report(run_dir, args.max_train, args.split, args.k)
+        atomic_write_json(run_dir / "cold_items.json", report)
+        print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

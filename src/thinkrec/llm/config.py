@@ -1,0 +1,185 @@
+"""The typed configuration of an R²ec run (``thinkrec llm train CONFIG key.path=value ...``).
+
+Every section forbids unknown keys and every field has a description. Loaded from TOML/YAML with dotted
+overrides exactly like the engine's :mod:`thinkrec.config.loader`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from thinkrec.config.schema import DataConfig
+from thinkrec.data.config import SourceConfig
+from thinkrec.data.split import SplitConfig
+from thinkrec.errors import ConfigError
+from thinkrec.llm.recpo import AdvantageKind, LossPairing
+
+
+def _ml100k_time() -> DataConfig:
+    return DataConfig(
+        name="ml100k-time",
+        source=SourceConfig(format="ml100k", path="ml-100k"),
+        split=SplitConfig(kind="time", valid_cut=0.8, test_cut=0.9),
+    )
+
+
+class SampleConfig(BaseModel):
+    """Which users and examples of the split an (affordable) LLM run uses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train_users: int = Field(300, ge=1, description="training users drawn (seeded) from users with >= 2 training items")
+    examples_per_user: int = Field(1, ge=1, description="training examples (random prefixes) per drawn user")
+    eval_users: int = Field(100, ge=1, description="validation / test samples drawn (seeded) from the split's")
+    history_len: int = Field(10, ge=1, description="most recent history items shown in the prompt")
+    seed: int = Field(0, description="seed of the user / example / evaluation-sample draws")
+
+
+class ModelSection(BaseModel):
+    """The causal LM and how it is fine-tuned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        None,
+        description=(
+            "a local Hugging Face model directory; null = the default SmolLM2-135M-Instruct written by"
+            " 'thinkrec llm prepare-model' (under $THINKREC_CACHE_DIR/models)"
+        ),
+    )
+    finetune: Literal["lora", "full"] = Field("lora", description="LoRA adapters (peft) or full fine-tuning")
+    lora_r: int = Field(4, ge=1, description="LoRA rank (the code's 4)")
+    lora_alpha: int = Field(128, gt=0, description="LoRA alpha (the code's 128: scaling alpha/r = 32)")
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="module names that get LoRA adapters",
+    )
+    tau: float = Field(0.02, gt=0, description="temperature of cosine similarity (score = cos / tau)")
+    max_prompt_tokens: int = Field(1024, ge=16, description="user prompts are cut to their last this many tokens")
+    max_item_tokens: int = Field(128, ge=8, description="item texts are cut to this many tokens")
+    system_prompt: str | None = Field(
+        "You are a helpful movie recommendation assistant.",
+        description=(
+            "the system turn of every prompt (users and items alike); null = the chat template's own default"
+            " (SmolLM2 inserts a long one)"
+        ),
+    )
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+
+class PromptSection(BaseModel):
+    """Nouns and item text used in prompts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    noun_singular: str = Field("movie", description="what one item is called in prompts")
+    noun_plural: str = Field("movies", description="what items are called in prompts")
+    item_fields: list[str] | None = Field(
+        None, description="item text columns shown in item prompts (null = every column the dataset has)"
+    )
+    field_words: int = Field(32, ge=1, description="each non-title field is cut to this many words ('...' appended)")
+    relative_time: bool | None = Field(
+        None, description="show '<time> ago' before history titles (null = when the source has timestamps)"
+    )
+    answer_marker: str = Field("<answer>", description="the plain-text marker that ends the reasoning")
+
+
+class RecPOSection(BaseModel):
+    """RecPO (or the no-reasoning baseline) optimisation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: Literal["recpo", "no_reasoning"] = Field(
+        "recpo", description="'recpo' = reasoning + RecPO; 'no_reasoning' = contrastive training on the prompt alone"
+    )
+    pairing: LossPairing = Field(
+        "per_rollout",
+        description="'per_rollout' = each rollout's own advantage (paper); 'faithful_to_code' = the released bug",
+    )
+    group_size: int = Field(4, ge=1, description="rollouts per user (G)")
+    users_per_step: int = Field(4, ge=1, description="users per step (B); the in-batch item loss has B-1 negatives")
+    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature (the code's 2.0; see decisions)")
+    top_k: int = Field(50, ge=0, description="rollout top-k sampling (0 = off)")
+    max_new_tokens: int = Field(64, ge=1, description="reasoning tokens per rollout at most (the code's 640)")
+    beta: float = Field(0.05, ge=0, le=1, description="weight of the softmax term in the fused reward")
+    ndcg_cutoff: int = Field(1000, ge=1, description="NDCG cut-off of the reward (capped at the catalogue size)")
+    advantage: AdvantageKind = Field("gaussian", description="group normalisation of rewards")
+    adv_std_floor: float = Field(
+        1e-6, ge=0, description="gaussian advantages divide by max(std, this): reward noise is not blown up (0 = code)"
+    )
+    relabel_topk: int = Field(2, ge=1, description="rollouts per group that get the item loss")
+    clip_low: float = Field(0.2, ge=0, description="PPO clip epsilon below 1")
+    clip_high: float = Field(0.28, ge=0, description="PPO clip epsilon above 1 (clip-higher)")
+    steps: int = Field(20, ge=1, description="optimiser steps")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    grad_clip: float | None = Field(1.0, description="clip the gradient norm (null = off)")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps (the code's 32 had no effect)")
+    eval_every: int = Field(0, ge=0, description="evaluate on validation every this many steps (0 = at the end)")
+    seed: int = Field(42, description="root seed: initialisation, data order and rollout sampling")
+
+
+class LLMEvalSection(BaseModel):
+    """Full-catalogue evaluation of the LLM recommender."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ks: list[int] = Field([5, 10, 20], description="cut-offs K of HR@K and NDCG@K")
+    batch_size: int = Field(16, ge=1, description="users per greedy-reasoning batch")
+    item_batch_size: int = Field(64, ge=1, description="items per encoding batch of the item table")
+    mask_history: bool = Field(True, description="exclude the user's whole history from the ranking (paper)")
+
+
+class LLMRunConfig(BaseModel):
+    """An R²ec run: data, model, prompts, RecPO and evaluation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: DataConfig = Field(default_factory=_ml100k_time, description="dataset and split (as the engine's)")
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    model: ModelSection = Field(default_factory=ModelSection)
+    prompt: PromptSection = Field(default_factory=PromptSection)
+    recpo: RecPOSection = Field(default_factory=RecPOSection)
+    eval: LLMEvalSection = Field(default_factory=LLMEvalSection)
+    run_dir: str | None = Field(None, description="output folder (default runs/llm-<data.name>-<variant>-s<seed>)")
+
+    def default_run_dir(self) -> str:
+        return self.run_dir or f"runs/llm-{self.data.name}-{self.recpo.variant}-s{self.recpo.seed}"
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    current: Any = LLMRunConfig
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        current = annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def load_llm_config(path: str | None = None, overrides: list[str] | None = None) -> LLMRunConfig:
+    """Load a TOML/YAML file (or the defaults) and apply dotted overrides; errors name the nearest key."""
+    from thinkrec.config.loader import _read_file, apply_overrides
+
+    data: dict[str, Any] = _read_file(Path(path)) if path else {}
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return LLMRunConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{path or 'defaults'}: invalid LLM configuration"]
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            dotted = ".".join(str(p) for p in loc)
+            if err["type"] == "extra_forbidden":
+                valid = _fields_at(loc[:-1])
+                close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                lines.append(f"  {dotted}: unknown key{hint} (valid keys here: {', '.join(valid)})")
+            else:
+                lines.append(f"  {dotted}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("\n".join(lines)) from None

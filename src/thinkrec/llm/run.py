@@ -1,0 +1,224 @@
+"""An R²ec run: build from a config, train with RecPO (or the no-reasoning baseline), evaluate, reload.
+
+A run directory holds ``config.json``, ``log.jsonl`` (one line per step: reward, advantage, NDCG@cutoff,
+softmax term, reasoning length, losses, seconds per phase), ``reward.png``, ``checkpoints/last.safetensors``
++ ``last.json`` (the *trainable* tensors only -- LoRA adapters, or all weights for full fine-tuning -- and the
+cached item table, via the engine's atomic checkpoint files) and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from thinkrec.data.prepare import load_or_prepare
+from thinkrec.data.split import Split, make_split
+from thinkrec.errors import ThinkrecError
+from thinkrec.llm.config import LLMRunConfig
+from thinkrec.llm.data import PromptBank, eval_examples, train_examples
+from thinkrec.llm.model import DualHeadLM
+from thinkrec.llm.prompts import PromptBuilder
+from thinkrec.llm.trainer import LLMTrainer, StepLog
+from thinkrec.seed import Seeds
+from thinkrec.train.checkpoint import _atomic_save_tensors, atomic_write_json
+
+
+def load_split(cfg: LLMRunConfig) -> Split:
+    ds = load_or_prepare(cfg.data.source, cfg.data.prepare, cfg.data.name)
+    return make_split(ds, cfg.data.split)
+
+
+def make_builder(model: DualHeadLM, cfg: LLMRunConfig) -> PromptBuilder:
+    return PromptBuilder(
+        model.tokenizer,
+        system_prompt=cfg.model.system_prompt,
+        marker=cfg.prompt.answer_marker,
+        max_prompt_tokens=cfg.model.max_prompt_tokens,
+        max_item_tokens=cfg.model.max_item_tokens,
+    )
+
+
+def build_model(cfg: LLMRunConfig) -> DualHeadLM:
+    from thinkrec.llm.hf import load_dual_head
+
+    torch.manual_seed(Seeds(cfg.recpo.seed).torch_seed("llm-init"))
+    return load_dual_head(cfg.model)
+
+
+def save_llm_checkpoint(directory: Path, model: DualHeadLM, info: dict[str, Any]) -> None:
+    tensors = {f"trainable.{n}": p.detach() for n, p in model.lm.named_parameters() if p.requires_grad}
+    if model.item_table is not None:
+        tensors["item_table"] = model.item_table
+    _atomic_save_tensors(directory / "last.safetensors", tensors)
+    atomic_write_json(directory / "last.json", info)
+
+
+def load_llm_checkpoint(directory: Path, model: DualHeadLM) -> dict[str, Any]:
+    if not (directory / "last.json").exists():
+        raise ThinkrecError(f"{directory}: no checkpoint (last.json); train first with thinkrec llm train")
+    tensors = load_file(str(directory / "last.safetensors"))
+    state = {k.removeprefix("trainable."): v for k, v in tensors.items() if k.startswith("trainable.")}
+    missing = set(state) - {n for n, _ in model.lm.named_parameters()}
+    if missing:
+        raise ThinkrecError(f"{directory}: checkpoint tensors do not fit the model: {sorted(missing)[:3]} ...")
+    model.lm.load_state_dict(state, strict=False)
+    if "item_table" in tensors:
+        model.item_table = tensors["item_table"]
+    info: dict[str, Any] = json.loads((directory / "last.json").read_text())
+    return info
+
+
+def initial_item_table(
+    model: DualHeadLM, bank: PromptBank, cfg: LLMRunConfig, cache: bool, progress: bool = False
+) -> None:
+    """The item table of the untrained model (fresh LoRA adapters are zero, so it is the base model's).
+
+    With ``cache`` it is kept under ``$THINKREC_CACHE_DIR/llm-item-tables``, keyed by the model directory,
+    its weights' size and mtime, and the item token ids, so runs on the same data do not rebuild it.
+    """
+    if not cache:
+        model.build_item_table(bank.item_ids, cfg.eval.item_batch_size, progress)
+        return
+    from safetensors.torch import save_file
+
+    from thinkrec import paths
+    from thinkrec.llm.hf import resolve_model_path
+
+    model_dir = resolve_model_path(cfg.model)
+    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(model_dir.glob("*.safetensors"))]
+    key = hashlib.sha256(json.dumps([str(model_dir.resolve()), stamp, bank.item_ids]).encode()).hexdigest()[:20]
+    path = paths.cache_dir() / "llm-item-tables" / f"{key}.safetensors"
+    if path.exists():
+        model.item_table = load_file(str(path))["item_table"]
+        return
+    table = model.build_item_table(bank.item_ids, cfg.eval.item_batch_size, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"item_table": table}, str(tmp))
+    tmp.replace(path)
+
+
+def plot_rewards(log: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in log]
+    reward = np.array([r["reward"] for r in log])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, reward, marker=".", alpha=0.5, label="mean reward per step")
+    if len(reward) >= 3:
+        window = max(2, len(reward) // 5)
+        smooth = np.convolve(reward, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, label=f"moving average ({window})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("fused reward")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train_llm(
+    cfg: LLMRunConfig,
+    run_dir: str | Path | None = None,
+    model: DualHeadLM | None = None,
+    split: Split | None = None,
+    progress: bool = True,
+    evaluate_test: bool = True,
+) -> dict[str, Any]:
+    """Train for ``cfg.recpo.steps`` steps, then evaluate on the test samples; returns the results."""
+    if cfg.model.threads:
+        torch.set_num_threads(cfg.model.threads)
+    out = Path(run_dir or cfg.default_run_dir())
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", json.loads(cfg.model_dump_json()))
+    split = split or load_split(cfg)
+    own_model = model is None
+    model = model or build_model(cfg)
+    bank = PromptBank(split.dataset, cfg, make_builder(model, cfg))
+    trainer = LLMTrainer(model, bank, cfg)
+    examples = train_examples(split, cfg)
+    valid = eval_examples(split, cfg, "valid") if cfg.recpo.eval_every else []
+    rng = Seeds(cfg.recpo.seed).numpy("llm-order")
+    order: list[int] = []
+    log: list[dict[str, Any]] = []
+    log_path = out / "log.jsonl"
+    log_path.write_text("")
+    t0 = time.perf_counter()
+    initial_item_table(model, bank, cfg, cache=own_model, progress=progress)
+    table_seconds = time.perf_counter() - t0
+    steps = range(1, cfg.recpo.steps + 1)
+    bar: Any = steps
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(steps, desc=f"llm {cfg.recpo.variant}", unit="step")
+    for step in bar:
+        if len(order) < cfg.recpo.users_per_step:
+            order.extend(rng.permutation(len(examples)).tolist())
+        batch = [examples[i] for i in order[: cfg.recpo.users_per_step]]
+        del order[: cfg.recpo.users_per_step]
+        record: StepLog = trainer.step(batch, step)
+        row = record.as_dict()
+        if cfg.recpo.eval_every and step % cfg.recpo.eval_every == 0:
+            report = trainer.evaluate(valid, progress)
+            row["valid"] = report["metrics"]
+        log.append(row)
+        with log_path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if progress:
+            bar.set_postfix(reward=f"{record.reward:.3f}", ndcg=f"{record.ndcg:.3f}", len=f"{record.reasoning_len:.0f}")
+    plot_rewards(log, out / "reward.png")
+    results: dict[str, Any] = {
+        "variant": cfg.recpo.variant,
+        "pairing": cfg.recpo.pairing,
+        "train_examples": len(examples),
+        "item_table_seconds": table_seconds,
+        "train_seconds": time.perf_counter() - t0,
+        "reward_first_half": float(np.mean([r["reward"] for r in log[: max(1, len(log) // 2)]])),
+        "reward_second_half": float(np.mean([r["reward"] for r in log[len(log) // 2 :]])),
+    }
+    if evaluate_test:
+        results["test"] = evaluation(trainer, split, cfg, "test", progress)
+    # after the test evaluation the cached item table is the trained model's (rebuilt), not a stale one
+    info = {"config": json.loads(cfg.model_dump_json()), "steps": cfg.recpo.steps, "item_table_fresh": evaluate_test}
+    save_llm_checkpoint(out / "checkpoints", model, info)
+    atomic_write_json(out / "results.json", results)
+    return results
+
+
+def evaluation(
+    trainer: LLMTrainer, split: Split, cfg: LLMRunConfig, which: Literal["valid", "test"], progress: bool
+) -> dict[str, Any]:
+    examples = eval_examples(split, cfg, which)
+    report = trainer.evaluate(examples, progress)
+    report["protocol"] = {
+        **{k: v for k, v in split.protocol.items() if k != "samples"},
+        "samples": f"{len(examples)} seeded {which} samples (sample.seed={cfg.sample.seed})",
+        "candidates": f"full catalogue ({split.dataset.n_items} items; the pad item never ranks)",
+        "history_masking": "the user's whole history excluded" if cfg.eval.mask_history else "not masked",
+        "reasoning": "greedy, stop at the marker" if cfg.recpo.variant == "recpo" else "none (prompt + marker)",
+        "ranking": "pessimistic ties",
+    }
+    return report
+
+
+def load_llm_run(run_dir: str | Path) -> tuple[LLMRunConfig, DualHeadLM]:
+    path = Path(run_dir)
+    if not (path / "config.json").exists():
+        raise ThinkrecError(f"{path}: not an LLM run directory (no config.json); run thinkrec llm train first")
+    cfg = LLMRunConfig.model_validate_json((path / "config.json").read_text())
+    model = build_model(cfg)
+    info = load_llm_checkpoint(path / "checkpoints", model)
+    if not info.get("item_table_fresh", False):
+        model.item_table = None  # stale rows: rebuilt on first use
+    return cfg, model

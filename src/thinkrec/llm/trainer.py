@@ -1,0 +1,261 @@
+"""One RecPO step, the no-reasoning step, and full-catalogue evaluation of the dual-head model.
+
+A RecPO step on ``B`` users (r2ec.md §4.3, single process):
+
+1. **Rollouts**: every prompt is prefilled once and ``G`` completions are sampled together (no-grad).
+2. **Targets**: the ``B`` target item sequences are encoded *with* gradients once (shared prefix run once);
+   their detached vectors are written into the cached item table before rewards are computed.
+3. **Per group** (one user = one mini-batch, as in the code): the prompt is encoded once with gradients and
+   its ``G`` completions run on the repeated cache; the same forward gives the completion log-probs and the
+   user vectors. Rewards use the *detached* user vectors of this forward against the full cached table with
+   the history masked -- the policy has not changed since sampling (one optimiser step per RecPO step), so
+   no separate no-grad scoring pass is needed. Advantages, top-k mask and both losses follow.
+4. One backward over the sum of the group losses (what plain DDP / one GPU does: gradients of the ``B``
+   mini-batches add up), gradient clipping, one AdamW step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
+from thinkrec.llm.config import LLMRunConfig
+from thinkrec.llm.data import Example, PromptBank
+from thinkrec.llm.model import DualHeadLM
+from thinkrec.llm.recpo import (
+    contrastive_loss,
+    fused_reward,
+    group_advantages,
+    history_mask,
+    inbatch_target_logprobs,
+    item_loss,
+    mask_scores,
+    token_policy_loss,
+    topk_mask,
+)
+
+
+@dataclass
+class StepLog:
+    """What one step logs (means over the step's rollouts unless said otherwise)."""
+
+    step: int
+    reward: float = 0.0
+    advantage: float = 0.0
+    advantage_abs: float = 0.0
+    ndcg: float = 0.0
+    softmax: float = 0.0
+    reasoning_len: float = 0.0
+    marker_rate: float = 0.0
+    loss: float = 0.0
+    loss_token: float = 0.0
+    loss_item: float = 0.0
+    grad_norm: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, start: float) -> float:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - start
+        return now
+
+
+class LLMTrainer:
+    """Runs RecPO (or no-reasoning) steps and evaluations for a :class:`DualHeadLM`."""
+
+    def __init__(self, model: DualHeadLM, bank: PromptBank, cfg: LLMRunConfig) -> None:
+        self.model = model
+        self.bank = bank
+        self.cfg = cfg
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        self.params = params
+        r = cfg.recpo
+        self.optimizer = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / r.warmup_steps) if r.warmup_steps else 1.0
+        )
+        self.generator = torch.Generator().manual_seed(r.seed)
+        self.n_columns = bank.ds.n_items + 1
+        self.cutoff = min(r.ndcg_cutoff, bank.ds.n_items)
+
+    # ---------------------------------------------------------------------------------------- training
+    def step(self, examples: list[Example], step: int) -> StepLog:
+        if self.cfg.recpo.variant == "no_reasoning":
+            return self.step_no_reasoning(examples, step)
+        return self.step_recpo(examples, step)
+
+    def _optimise(self, loss: torch.Tensor, log: StepLog) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        clip = self.cfg.recpo.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip else float("inf"))
+        log.grad_norm = float(norm)
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def _targets(self, examples: list[Example]) -> torch.Tensor:
+        """Target item vectors with gradients; their detached copies refresh the cached table."""
+        ids = [ex.target for ex in examples]
+        vecs = self.model.encode_items([self.bank.item_ids[i] for i in ids])
+        if self.model.item_table is None:
+            self.model.build_item_table(self.bank.item_ids, self.cfg.eval.item_batch_size)
+        self.model.refresh_items(ids, vecs)
+        return vecs
+
+    def step_recpo(self, examples: list[Example], step: int) -> StepLog:
+        r = self.cfg.recpo
+        model, g = self.model, r.group_size
+        timer, t = Timer(), time.perf_counter()
+        log = StepLog(step)
+        prompts = [self.bank.user_ids(ex) for ex in examples]
+        marker_ids = self.bank.builder.marker_ids
+        rollouts = model.generate(
+            prompts,
+            g,
+            max_new_tokens=r.max_new_tokens,
+            marker=self.cfg.prompt.answer_marker,
+            marker_ids=marker_ids,
+            temperature=r.temperature,
+            top_k=r.top_k,
+            generator=self.generator,
+        )
+        t = timer.add("rollouts", t)
+        model.train()
+        items = self._targets(examples)
+        t = timer.add("targets", t)
+        rewards_all, adv_all, ndcg_all, soft_all = [], [], [], []
+        total = torch.zeros(())
+        tok_sum, item_sum = 0.0, 0.0
+        for u, ex in enumerate(examples):
+            completions = rollouts.ids[u * g : (u + 1) * g]
+            out = model.encode_prefixed(prompts[u], completions)
+            logprobs = model.continuation_logprobs(out)
+            scores = model.score_all(out.pooled)
+            masked = history_mask([ex.seen] * g, self.n_columns)
+            targets = torch.full((g,), ex.target, dtype=torch.long)
+            rewards = fused_reward(scores, targets, masked, r.beta, self.cutoff)
+            adv = group_advantages(rewards.reward, g, r.advantage, std_floor=r.adv_std_floor)
+            top = topk_mask(adv, g, r.relabel_topk)
+            l_tok = token_policy_loss(logprobs, out.mask, adv, r.clip_low, r.clip_high, r.pairing)
+            columns = torch.full((g,), u, dtype=torch.long)
+            p_own = inbatch_target_logprobs(out.pooled, items, columns, model.tau)
+            l_item = item_loss(p_own, adv, top, r.clip_low, r.clip_high, r.pairing)
+            total = total + l_tok + l_item
+            tok_sum += float(l_tok.detach())
+            item_sum += float(l_item.detach())
+            rewards_all.append(rewards.reward)
+            adv_all.append(adv)
+            ndcg_all.append(rewards.ndcg)
+            soft_all.append(rewards.softmax)
+        t = timer.add("forward", t)
+        self._optimise(total, log)
+        timer.add("backward+step", t)
+        reward = torch.cat(rewards_all)
+        adv = torch.cat(adv_all)
+        log.reward = float(reward.mean())
+        log.advantage = float(adv.mean())
+        log.advantage_abs = float(adv.abs().mean())
+        log.ndcg = float(torch.cat(ndcg_all).mean())
+        log.softmax = float(torch.cat(soft_all).mean())
+        log.reasoning_len = float(np.mean([len(c) for c in rollouts.ids]))
+        log.marker_rate = float(np.mean(rollouts.hit_marker))
+        log.loss = float(total.detach())
+        log.loss_token = tok_sum
+        log.loss_item = item_sum
+        log.seconds = timer.seconds
+        return log
+
+    def step_no_reasoning(self, examples: list[Example], step: int) -> StepLog:
+        """The baseline: in-batch InfoNCE between prompt+marker vectors and target item vectors."""
+        model = self.model
+        timer, t = Timer(), time.perf_counter()
+        log = StepLog(step)
+        model.train()
+        items = self._targets(examples)
+        users = model.encode([self.bank.builder.with_marker(self.bank.user_ids(ex)) for ex in examples])
+        columns = torch.arange(len(examples))
+        loss = contrastive_loss(inbatch_target_logprobs(users, items, columns, model.tau))
+        with torch.no_grad():
+            scores = model.score_all(users)
+            masked = history_mask([ex.seen for ex in examples], self.n_columns)
+            rewards = fused_reward(scores, torch.as_tensor([ex.target for ex in examples]), masked, 0.0, self.cutoff)
+        t = timer.add("forward", t)
+        self._optimise(loss, log)
+        timer.add("backward+step", t)
+        log.reward = float(rewards.reward.mean())
+        log.ndcg = float(rewards.ndcg.mean())
+        log.softmax = float(rewards.softmax.mean())
+        log.loss = log.loss_item = float(loss.detach())
+        log.seconds = timer.seconds
+        return log
+
+    # -------------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def user_vectors(self, examples: list[Example], reasoning: bool) -> tuple[torch.Tensor, list[str]]:
+        """User vectors (greedy reasoning first when ``reasoning``) and the reasoning texts."""
+        model = self.model
+        prompts = [self.bank.user_ids(ex) for ex in examples]
+        if not reasoning:
+            return model.encode([self.bank.builder.with_marker(p) for p in prompts]), [""] * len(examples)
+        rollouts = model.generate(
+            prompts,
+            1,
+            max_new_tokens=self.cfg.recpo.max_new_tokens,
+            marker=self.cfg.prompt.answer_marker,
+            marker_ids=self.bank.builder.marker_ids,
+            greedy=True,
+        )
+        return model.encode([p + c for p, c in zip(prompts, rollouts.ids, strict=True)]), rollouts.texts
+
+    @torch.no_grad()
+    def evaluate(self, examples: list[Example], progress: bool = False, rebuild: bool = True) -> dict[str, Any]:
+        """HR/NDCG@ks on the full catalogue (pad item and, if configured, history masked)."""
+        model = self.model
+        model.eval()
+        t0 = time.perf_counter()
+        if rebuild or model.item_table is None:
+            model.build_item_table(self.bank.item_ids, self.cfg.eval.item_batch_size, progress)
+        t_items = time.perf_counter() - t0
+        reasoning = self.cfg.recpo.variant == "recpo"
+        ranks: list[np.ndarray] = []
+        lengths: list[int] = []
+        texts: list[str] = []
+        bs = self.cfg.eval.batch_size
+        starts = range(0, len(examples), bs)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="evaluate", unit="batch", leave=False)
+        for start in starts:
+            part = examples[start : start + bs]
+            users, part_texts = self.user_vectors(part, reasoning)
+            texts.extend(part_texts)
+            lengths.extend(len(self.model.tokenizer.encode(x, add_special_tokens=False)) for x in part_texts)
+            scores = model.score_all(users)
+            seen = [ex.seen if self.cfg.eval.mask_history else [] for ex in part]
+            scores = mask_scores(scores, history_mask(seen, self.n_columns))
+            ranks.append(target_ranks(scores, torch.as_tensor([ex.target for ex in part])).numpy())
+        all_ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+        model.train()
+        return {
+            "metrics": {k: v for k, v in metrics_from_ranks(all_ranks, self.cfg.eval.ks).items() if "MRR" not in k},
+            "n_samples": len(all_ranks),
+            "ranks": all_ranks.tolist(),
+            "reasoning_len": float(np.mean(lengths)) if reasoning and lengths else 0.0,
+            "examples": texts[:5],
+            "seconds": {"item_table": t_items, "total": time.perf_counter() - t0},
+        }

@@ -1,0 +1,289 @@
+"""A trained run, loaded once, answering top-K queries for batches of histories.
+
+:class:`Recommender` holds the model, the item vocabulary (external id <-> internal id 1..N) and titles. Its
+work per call is bounded: ``k`` is capped at :data:`MAX_K`, each history is cut to the model's ``max_len``
+most recent items for encoding, reasoning steps are capped at the model's maximum, and the score matrix of
+one forward pass is kept under a memory budget by splitting large batches.
+
+Histories of one pass are **left-padded** with 0 to the longest row and use the same position ids as
+training (:func:`~thinkrec.data.batches.position_ids`), so a batch gives the same scores as one history at a
+time. Torch inference is serialised by a lock (one forward pass at a time), so one ``Recommender`` may be
+shared by threads (e.g. the HTTP server's thread pool).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+
+from thinkrec.config.schema import RunConfig
+from thinkrec.data.batches import position_ids
+from thinkrec.errors import ThinkrecError
+from thinkrec.models.model import SeqRecModel
+
+MAX_K = 1000
+MAX_SEARCH = 100
+DEFAULT_MEMORY_BUDGET_MB = 64
+
+ExternalId = str | int
+
+
+class Vocabulary:
+    """Item ids and titles of a run. ``external[i]`` and ``titles[i]`` belong to internal id ``i + 1``."""
+
+    def __init__(self, external: list[ExternalId], titles: list[str]) -> None:
+        if len(titles) != len(external):
+            raise ValueError("external ids and titles must have the same length")
+        self.external = external
+        self.titles = titles
+        self._lookup = {str(e): i + 1 for i, e in enumerate(external)}
+        self._lower = [t.lower() for t in titles]
+
+    @classmethod
+    def from_parquet(cls, path: Path) -> Vocabulary:
+        """Read ``items.parquet`` (columns ``item``, ``external_id`` and optionally ``title``)."""
+        if not path.exists():
+            raise ThinkrecError(f"{path}: missing; the run directory needs its item vocabulary")
+        table = pq.read_table(path).sort_by("item")
+        external = table.column("external_id").to_pylist()
+        if "title" in table.column_names:
+            titles = ["" if t is None else str(t) for t in table.column("title").to_pylist()]
+        else:
+            titles = [""] * len(external)
+        return cls([e if isinstance(e, int) else str(e) for e in external], titles)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.external)
+
+    def internal(self, external_id: ExternalId) -> int | None:
+        """The internal id of an external id (compared as text, so ``50`` and ``"50"`` are the same item)."""
+        return self._lookup.get(str(external_id))
+
+    def external_id(self, internal: int) -> ExternalId:
+        return self.external[internal - 1]
+
+    def title(self, internal: int) -> str:
+        return self.titles[internal - 1]
+
+    def search(self, query: str, limit: int = 20) -> list[int]:
+        """Internal ids whose title contains ``query`` (case-insensitive), best first.
+
+        Ranked by: external id equal to the query, title starting with it, a word starting with it, earlier
+        match, shorter title, then internal id. A linear scan of the titles (fine up to ~10^6 items).
+        """
+        q = query.strip().lower()
+        limit = max(0, min(limit, MAX_SEARCH))
+        if not q or not limit:
+            return []
+        hits: list[tuple[int, int, int, int, int]] = []
+        exact = self.internal(query.strip())
+        if exact is not None:
+            hits.append((-1, 0, 0, 0, exact))
+        for i, title in enumerate(self._lower):
+            at = title.find(q)
+            if at < 0 or i + 1 == exact:
+                continue
+            word = at == 0 or not title[at - 1].isalnum()
+            hits.append((0 if at == 0 else 1, 0 if word else 1, at, len(title), i + 1))
+        hits.sort()
+        return [h[-1] for h in hits[:limit]]
+
+
+@dataclass
+class TopK:
+    """Top-K results of a batch. ``ids`` are internal ids ``[B, k]`` (int64), ``scores`` ``[B, k]``.
+
+    Scores of items removed by ``exclude_seen`` are ``-inf``; :meth:`row` drops them. ``step_ids`` /
+    ``step_scores`` (``[B, S+1, k]``) hold the top-K of each reasoning state (step 0 = the backbone's last
+    hidden state) when the model reasons, else ``None``.
+    """
+
+    ids: torch.Tensor
+    scores: torch.Tensor
+    step_ids: torch.Tensor | None = None
+    step_scores: torch.Tensor | None = None
+
+    def row(self, b: int) -> list[tuple[int, float]]:
+        """``(internal id, score)`` pairs of row ``b``, best first, without excluded items."""
+        return _pairs(self.ids[b], self.scores[b])
+
+    def step_rows(self, b: int) -> list[list[tuple[int, float]]]:
+        """Per-step ``(internal id, score)`` lists of row ``b`` (empty if the model does not reason)."""
+        if self.step_ids is None or self.step_scores is None:
+            return []
+        return [_pairs(i, s) for i, s in zip(self.step_ids[b], self.step_scores[b], strict=True)]
+
+
+def _pairs(ids: torch.Tensor, scores: torch.Tensor) -> list[tuple[int, float]]:
+    return [(int(i), float(s)) for i, s in zip(ids.tolist(), scores.tolist(), strict=True) if s != float("-inf")]
+
+
+class Recommender:
+    """A trained model plus its vocabulary, answering batched top-K queries on internal ids."""
+
+    def __init__(
+        self,
+        model: SeqRecModel,
+        vocabulary: Vocabulary,
+        config: RunConfig | None = None,
+        memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB,
+    ) -> None:
+        if vocabulary.n_items != model.n_items:
+            raise ThinkrecError(f"vocabulary has {vocabulary.n_items} items but the model scores {model.n_items}")
+        self.model = model.eval()
+        self.vocabulary = vocabulary
+        self.config = config or RunConfig()
+        self.memory_budget_mb = memory_budget_mb
+        self.max_len = int(model.backbone.max_len)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "best") -> Recommender:
+        """Load the model and vocabulary of a run directory written by ``thinkrec train``."""
+        from thinkrec.runs import load_run
+
+        cfg, model = load_run(run_dir, checkpoint)
+        return cls(model, Vocabulary.from_parquet(Path(run_dir) / "items.parquet"), cfg)
+
+    @property
+    def n_items(self) -> int:
+        return self.vocabulary.n_items
+
+    @property
+    def reasoning_steps(self) -> int:
+        """Default number of reasoning steps K (0 for a plain backbone)."""
+        return self.model.reasoning_steps
+
+    @property
+    def max_reasoning_steps(self) -> int:
+        """Largest K a request may ask for: the reasoner's ``max_steps`` (its reasoning position table)."""
+        if self.model.reasoner is None:
+            return 0
+        return max(self.reasoning_steps, int(self.model.reasoner.max_steps))
+
+    @property
+    def inference(self) -> tuple[str, int | None]:
+        """How per-step states become one user vector: ``('last'|'mean'|'step', step)`` from the run's eval."""
+        mode = self.config.eval.inference
+        if self.model.reasoner is None or mode == "auto":  # 'auto' is resolved by RunConfig; be safe
+            return ("last", None) if self.model.reasoner is None else (self.config.reasoning.default_inference, None)
+        return mode, self.config.eval.inference_step
+
+    def describe(self) -> dict[str, Any]:
+        """Model facts for clients and logs."""
+        mode, step = self.inference
+        return {
+            "kind": self.config.model.kind,
+            "n_items": self.n_items,
+            "max_len": self.max_len,
+            "reasoning_steps": self.reasoning_steps,
+            "max_reasoning_steps": self.max_reasoning_steps,
+            "inference": mode if step is None else f"{mode}:{step}",
+            "scorer": self.config.model.scorer,
+            "dataset": self.config.data.name,
+        }
+
+    def _check(self, histories: Sequence[Sequence[int]], k: int, steps: int | None) -> int:
+        if not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
+        for row, history in enumerate(histories):
+            if not history:
+                raise ValueError(f"history {row} is empty; give at least one item")
+            bad = [i for i in history if not 1 <= i <= self.n_items]
+            if bad:
+                raise ValueError(f"history {row}: internal ids {bad[:5]} are outside 1..{self.n_items}")
+        use = self.reasoning_steps if steps is None else steps
+        if not 0 <= use <= self.max_reasoning_steps:
+            raise ValueError(f"reasoning steps must be in 0..{self.max_reasoning_steps}, got {use}")
+        mode, step = self.inference
+        if mode == "step" and step is not None and step > use:
+            raise ValueError(f"this model scores reasoning step {step}; ask for at least {step} steps")
+        return use
+
+    def _rows_per_pass(self) -> int:
+        """Histories per forward pass so that one score matrix stays under the memory budget."""
+        return max(1, self.memory_budget_mb * 2**20 // (4 * max(self.n_items, 1)))
+
+    def recommend(
+        self,
+        histories: Sequence[Sequence[int]],
+        k: int = 10,
+        steps: int | None = None,
+        exclude_seen: bool = False,
+        per_step: bool = True,
+    ) -> TopK:
+        """Top-``k`` internal ids and scores for each history (internal ids, oldest first).
+
+        ``steps``: reasoning steps (default: the model's K; ignored by plain backbones, which only accept 0 or
+        ``None``). ``exclude_seen``: never recommend an item of the (whole) history. ``per_step``: also the top-K
+        of each reasoning state (reasoning models only; costs one catalogue scoring per state). Raises ``ValueError`` on
+        an empty history, an id outside the catalogue, or ``k``/``steps`` out of range.
+        """
+        use = self._check(histories, k, steps)
+        parts: list[TopK] = []
+        size = self._rows_per_pass()
+        for start in range(0, len(histories), size):
+            chunk = histories[start : start + size]
+            parts.append(self._recommend(chunk, min(k, self.n_items), use, exclude_seen, per_step))
+        if not parts:
+            empty = torch.zeros(0, min(k, self.n_items))
+            return TopK(empty.long(), empty)
+        has_steps = parts[0].step_ids is not None
+        return TopK(
+            torch.cat([p.ids for p in parts]),
+            torch.cat([p.scores for p in parts]),
+            torch.cat([p.step_ids for p in parts if p.step_ids is not None]) if has_steps else None,
+            torch.cat([p.step_scores for p in parts if p.step_scores is not None]) if has_steps else None,
+        )
+
+    def encode_batch(self, histories: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded inputs ``[B, W]`` (the last ``max_len`` items of each history) and positions ``[W]``."""
+        windows = [list(h)[-self.max_len :] for h in histories]
+        width = max(len(w) for w in windows)
+        inputs = torch.zeros(len(windows), width, dtype=torch.long)
+        for row, window in enumerate(windows):
+            inputs[row, width - len(window) :] = torch.tensor(window, dtype=torch.long)
+        return inputs, position_ids(width, self.max_len)
+
+    def _recommend(
+        self, histories: Sequence[Sequence[int]], k: int, steps: int, exclude_seen: bool, per_step: bool
+    ) -> TopK:
+        inputs, positions = self.encode_batch(histories)
+        mode, step = self.inference
+        with self._lock, torch.inference_mode():
+            states = self.model.encode(inputs, positions, steps if self.model.reasoner is not None else None)
+            user = self.model.user_vector(states, mode, step)
+            scores = self.model.score(user)
+            seen = self._seen_mask(histories, scores.shape[1]) if exclude_seen else None
+            if seen is not None:
+                scores = scores.masked_fill(seen, float("-inf"))
+            top = torch.topk(scores, k, dim=1)
+            step_ids = step_scores = None
+            if self.model.reasoner is not None and per_step:
+                tops = []
+                for s in range(states.shape[1]):
+                    logits = self.model.score(states[:, s])
+                    if seen is not None:
+                        logits = logits.masked_fill(seen, float("-inf"))
+                    tops.append(torch.topk(logits, k, dim=1))
+                step_ids = torch.stack([t.indices for t in tops], dim=1) + 1
+                step_scores = torch.stack([t.values for t in tops], dim=1)
+        return TopK(top.indices + 1, top.values, step_ids, step_scores)
+
+    @staticmethod
+    def _seen_mask(histories: Sequence[Sequence[int]], n_items: int) -> torch.Tensor:
+        mask = torch.zeros(len(histories), n_items, dtype=torch.bool)
+        for row, history in enumerate(histories):
+            mask[row, torch.tensor(list(history), dtype=torch.long) - 1] = True
+        return mask
+
+    def search(self, query: str, limit: int = 20) -> list[int]:
+        """Internal ids whose titles match ``query`` (see :meth:`Vocabulary.search`)."""
+        return self.vocabulary.search(query, limit)

