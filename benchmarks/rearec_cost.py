@@ -1,0 +1,104 @@
+"""Cost of latent reasoning on CPU: inference time for K = 0..5 and training-epoch time of PRL vs SASRec.
+
+    python benchmarks/rearec_cost.py --preset ml100k-time-sasrec-prl --threads 2 --repeats 3
+
+Inference: the whole test set of the preset's split is evaluated with the serving path (only the
+configured inference mode is scored, ``per_step=False``) for K = 0..5 with the same weights; K = 0 is the
+plain backbone. Timings are interleaved over ``--repeats`` rounds and the median is reported, with the ratio
+to K = 0. Training: one epoch of the base SASRec preset (all positions) and one of its PRL variant (K = 2,
+after warm-up, all prefixes at once), interleaved, median of ``--repeats``; ratio PRL / SASRec.
+Weights are freshly initialised: timing does not depend on them. Prints one JSON line per measurement and
+a summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from thinkrec.config.loader import load_config
+from thinkrec.data.batches import TrainSampler
+from thinkrec.eval.evaluator import evaluate
+from thinkrec.runs import build, build_objective, load_data
+
+
+def epoch_seconds(preset: str, overrides: list[str], epoch: int) -> float:
+    cfg = load_config(preset, [*overrides, "train.progress=false"])
+    _, split = load_data(cfg)
+    model = build(cfg, split.dataset.n_items)
+    objective = build_objective(cfg)
+    start_epoch = getattr(objective, "start_epoch", None)
+    if start_epoch is not None:
+        start_epoch(epoch)  # past the warm-up: the reasoning losses are on
+    sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    model.train()
+    t0 = time.perf_counter()
+    for batch in sampler.batches(cfg.train.batch_size, np.random.default_rng(0)):
+        out = objective(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(out.total)
+        optimizer.step()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="ml100k-time-sasrec-prl")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-k", type=int, default=5)
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    overrides = [f"reasoning.max_steps={args.max_k}"]
+    cfg = load_config(args.preset, overrides)
+    _, split = load_data(cfg)
+    model = build(cfg, split.dataset.n_items)
+    model.eval()
+    times: dict[int, list[float]] = {k: [] for k in range(args.max_k + 1)}
+    evaluate(model, split, split.test, cfg.eval, steps=0, per_step=False)  # warm-up
+    for _ in range(args.repeats):
+        for k in times:
+            t0 = time.perf_counter()
+            evaluate(model, split, split.test, cfg.eval, steps=k, per_step=False)
+            times[k].append(time.perf_counter() - t0)
+    base = statistics.median(times[0])
+    summary: dict[str, object] = {
+        "kind": "summary",
+        "preset": args.preset,
+        "threads": args.threads,
+        "n_test": len(split.test),
+        "n_items": split.dataset.n_items,
+    }
+    for k, values in times.items():
+        med = statistics.median(values)
+        print(json.dumps({"kind": "inference", "steps": k, "seconds": med, "ratio_to_k0": med / base}), flush=True)
+        summary[f"inference_ratio_k{k}"] = med / base
+    if not args.skip_training:
+        base_preset = args.preset.rsplit("-", 1)[0]  # e.g. ml100k-time-sasrec
+        warm = cfg.reasoning.warmup_epochs
+        sasrec, prl = [], []
+        for _ in range(args.repeats):
+            sasrec.append(epoch_seconds(base_preset, [], warm))
+            prl.append(epoch_seconds(args.preset, [], warm))
+        row = {
+            "kind": "training",
+            "sasrec_epoch_seconds": statistics.median(sasrec),
+            "prl_epoch_seconds": statistics.median(prl),
+            "steps": cfg.reasoning.steps,
+        }
+        row["ratio"] = row["prl_epoch_seconds"] / row["sasrec_epoch_seconds"]
+        print(json.dumps(row), flush=True)
+        summary["training_ratio"] = row["ratio"]
+        summary["training_bound"] = cfg.reasoning.steps + 3
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
