@@ -32,6 +32,13 @@ class SASRecConfig(BaseModel):
     attn_dropout: float = Field(0.2, description="dropout on attention weights", ge=0, lt=1)
     max_len: int = Field(50, description="maximum history length [MAX_ITEM_LIST_LENGTH]", ge=1)
     scale_embeddings: bool = Field(False, description="multiply item embeddings by sqrt(hidden)")
+    positions: Literal["from_end", "from_start"] = Field(
+        "from_end",
+        description=(
+            "position ids: 'from_end' = the newest item always has the last position (original SASRec); "
+            "'from_start' = the oldest item of the window has position 0 (RecBole)"
+        ),
+    )
     scorer: Literal["dot", "cosine"] = Field("dot", description="user-item similarity")
     temperature: float = Field(1.0, description="logits are similarity / temperature", gt=0)
 
@@ -74,7 +81,12 @@ class SASRec(nn.Module):
         return out
 
     def embed(self, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = self.item_embedding(inputs) * self.emb_scale + self.position_embedding(positions)[None]
+        if self.cfg.positions == "from_start":
+            # index of each item among the row's real items: independent of padding and trimming
+            pos = ((inputs != 0).cumsum(dim=1) - 1).clamp(min=0)
+            x = self.item_embedding(inputs) * self.emb_scale + self.position_embedding(pos)
+        else:
+            x = self.item_embedding(inputs) * self.emb_scale + self.position_embedding(positions)[None]
         return self.input_tokens(x)
 
     def forward(self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False) -> Encoded:
@@ -97,9 +109,7 @@ class SASRec(nn.Module):
             cache.append(kv)
         return Encoded(self.final_norm(x), cache)
 
-    def extend(
-        self, tokens: torch.Tensor, encoded: Encoded, extra_mask: torch.Tensor | None = None
-    ) -> Encoded:
+    def extend(self, tokens: torch.Tensor, encoded: Encoded, extra_mask: torch.Tensor | None = None) -> Encoded:
         """Run new input vectors ``tokens [B, T, d]`` (already normalised by :meth:`input_tokens`) after the
         cached sequence. They attend to every real cached column and causally to each other; ``extra_mask``
         (bool ``[B|1, T, S]``) can restrict that further. Returns their hidden states and the grown cache."""

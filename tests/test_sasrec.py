@@ -1,0 +1,41 @@
+"""SASRec's masks and position ids."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from thinkrec.data.batches import position_ids
+from thinkrec.models.sasrec import SASRec, SASRecConfig
+
+
+def _model(positions: str) -> SASRec:
+    torch.manual_seed(0)
+    model = SASRec(20, SASRecConfig(hidden=8, layers=2, heads=2, max_len=6, positions=positions))  # type: ignore[arg-type]
+    return model.eval()
+
+
+@pytest.mark.parametrize("positions", ["from_end", "from_start"])
+def test_causal_and_padding_invariant(positions: str) -> None:
+    model = _model(positions)
+    seq = torch.tensor([[3, 5, 7, 9]])
+    full = model(seq, position_ids(4, 6)).hidden
+    # changing a later item does not change earlier outputs
+    changed = model(torch.tensor([[3, 5, 7, 1]]), position_ids(4, 6)).hidden
+    torch.testing.assert_close(full[:, :3], changed[:, :3])
+    assert not torch.allclose(full[:, 3], changed[:, 3])
+    # extra left padding (an untrimmed batch) gives the same states for the real columns
+    padded = model(torch.tensor([[0, 0, 3, 5, 7, 9]]), position_ids(6, 6)).hidden
+    torch.testing.assert_close(full, padded[:, 2:], rtol=1e-5, atol=1e-6)
+
+
+def test_from_start_positions_count_from_the_oldest_item() -> None:
+    model = _model("from_start")
+    a = model(torch.tensor([[3, 5]]), position_ids(2, 6)).hidden
+    # the same two items as the start of a longer sequence: the causal state at column 1 is identical
+    b = model(torch.tensor([[3, 5, 7, 9]]), position_ids(4, 6)).hidden
+    torch.testing.assert_close(a[:, 1], b[:, 1], rtol=1e-5, atol=1e-6)
+    end = _model("from_end")
+    c = end(torch.tensor([[3, 5]]), position_ids(2, 6)).hidden
+    d = end(torch.tensor([[3, 5, 7, 9]]), position_ids(4, 6)).hidden
+    assert not torch.allclose(c[:, 1], d[:, 1])
