@@ -169,3 +169,14 @@ def test_cloze_model_appends_a_mask_at_inference() -> None:
         assert torch.equal(
             model.encode(short, position_ids(3, 6))[:, 0], bert.encode_tokens(appended, positions).hidden[:, -1]
         )
+
+
+@pytest.mark.skipif("positions" not in SASRecConfig.model_fields, reason="SASRec has no model.positions option")
+def test_position_option_is_honoured_like_sasrec() -> None:
+    for positions in ("from_end", "from_start"):
+        torch.manual_seed(0)
+        bert = BERT4Rec(N_ITEMS, BERT4RecConfig(hidden=8, max_len=6, positions=positions)).eval()  # type: ignore[call-arg]
+        sas = SASRec(N_ITEMS, SASRecConfig(hidden=8, max_len=6, positions=positions)).eval()  # type: ignore[call-arg]
+        sas.load_state_dict(bert.state_dict(), strict=False)
+        with torch.no_grad():
+            assert torch.equal(bert.embed(INPUTS, POS), sas.embed(INPUTS, POS)), positions

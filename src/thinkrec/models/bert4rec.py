@@ -55,6 +55,18 @@ class BERT4RecConfig(SASRecConfig):
     mask_prob: float = Field(0.2, description="cloze: probability that an item is masked [mask_ratio]", gt=0, lt=1)
 
 
+def position_vectors(backbone: SASRec, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The position embeddings :meth:`SASRec.embed <thinkrec.models.sasrec.SASRec.embed>` adds, for subclasses
+    that change the item part: ``positions`` counted from the end, or (``model.positions = "from_start"``,
+    where the config has that key) each column's index among its row's non-padding tokens."""
+    if getattr(backbone.cfg, "positions", "from_end") == "from_start":
+        index = ((inputs != 0).cumsum(dim=1) - 1).clamp(min=0)
+        out: torch.Tensor = backbone.position_embedding(index)
+        return out
+    table: torch.Tensor = backbone.position_embedding(positions)
+    return table[None]
+
+
 class BERT4Rec(SASRec):
     """Bidirectional self-attentive encoder exposing its per-layer key/value cache (prefix masking)."""
 
@@ -73,7 +85,7 @@ class BERT4Rec(SASRec):
         is_mask = inputs == self.mask_id
         items = self.item_embedding(inputs.masked_fill(is_mask, 0)) * self.emb_scale
         items = torch.where(is_mask[..., None], self.mask_embedding.to(items.dtype), items)
-        return self.input_tokens(items + self.position_embedding(positions)[None])
+        return self.input_tokens(items + position_vectors(self, inputs, positions))
 
     def append_mask(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``inputs`` with a ``[MASK]`` column appended (the oldest column dropped if the window would exceed

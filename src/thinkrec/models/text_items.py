@@ -29,6 +29,7 @@ from torch import nn
 from thinkrec.data.dataset import SequenceDataset
 from thinkrec.data.text_embeddings import DEFAULT_ENCODER, FloatArray, TextEncoder, embed_item_text
 from thinkrec.errors import ConfigError
+from thinkrec.models.bert4rec import position_vectors
 from thinkrec.models.model import SeqRecModel
 from thinkrec.models.sasrec import SASRec, SASRecConfig
 
@@ -187,7 +188,7 @@ class TextSASRec(SASRec):
         return out + self.item_embedding(ids) if self.use_ids else out
 
     def embed(self, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = self.item_vectors_of(inputs) * self.emb_scale + self.position_embedding(positions)[None]
+        x = self.item_vectors_of(inputs) * self.emb_scale + position_vectors(self, inputs, positions)
         return self.input_tokens(x)
 
     def item_table(self) -> torch.Tensor:
