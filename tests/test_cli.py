@@ -116,3 +116,9 @@ def test_config_show_lists_every_key(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for key in ("model.max_len", "train.valid_metric", "eval.mask_history", "data.split.kind", "presets:"):
         assert key in out
+
+
+def test_unknown_key_of_another_model_kind_names_that_kinds_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "ml100k-loo-gru4rec", "model.heads=2"]) == 2
+    err = capsys.readouterr().err
+    assert "model.heads: unknown key" in err and "hidden" in err

@@ -83,33 +83,47 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Valid keys of the section at ``loc`` (best effort, for suggestions)."""
-    current: Any = model
+def _members(annotation: Any) -> list[type[BaseModel]]:
+    """The config classes a field may hold (one, or the members of a discriminated union)."""
+    args = getattr(annotation, "__args__", ())
+    if args and hasattr(annotation, "__metadata__"):  # Annotated[Union[...], Field(...)]
+        return _members(args[0])
+    return [a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def _kind(member: type[BaseModel]) -> str | None:
+    field = member.model_fields.get("kind")
+    default = None if field is None else field.get_default()
+    return default if isinstance(default, str) else None
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
+    """Dotted key parts (discriminator tags dropped) and the config class of the section at ``loc``."""
+    parts: list[str] = []
+    current: type[BaseModel] | None = RunConfig
+    members: list[type[BaseModel]] = []
     for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return []
-        annotation = field.annotation
-        args = getattr(annotation, "__args__", ())
-        candidates = [a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
-        current = candidates[0] if candidates else None
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+        tagged = [m for m in members if _kind(m) == part]
+        if tagged:  # pydantic puts the union member's tag into the location
+            current, members = tagged[0], []
+            continue
+        parts.append(str(part))
+        field = current.model_fields.get(str(part)) if current is not None else None
+        members = _members(field.annotation) if field is not None else []
+        current = members[0] if members else None
+    return parts, current
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration"]
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("sasrec",)))
-        dotted = ".".join(str(p) for p in loc)
+        parts, _ = _walk(tuple(err["loc"]))
+        dotted = ".".join(parts)
         if err["type"] == "extra_forbidden":
-            valid = _fields_at(RunConfig, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-            hint = f"; did you mean '{'.'.join(str(p) for p in (*loc[:-1], close[0]))}'?" if close else ""
+            _, section = _walk(tuple(err["loc"])[:-1])
+            valid = list(section.model_fields) if section is not None else []
+            close = difflib.get_close_matches(parts[-1], valid, n=1)
+            hint = f"; did you mean '{'.'.join((*parts[:-1], close[0]))}'?" if close else ""
             lines.append(f"  {dotted}: unknown key{hint} (valid keys here: {', '.join(valid)})")
         elif err["type"] == "value_error":  # a cross-field check of a whole section: its message says it all
             lines.append(f"  {dotted or 'config'}: {err['msg'].removeprefix('Value error, ')}")
@@ -136,19 +150,24 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
 
 
 def config_table(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """Rows ``(dotted key, default, description)`` for every leaf of the schema."""
+    """Rows ``(dotted key, default, description)`` for every leaf of the schema; a section is a row with an
+    empty default, and a section with several kinds (the model) is listed once per kind."""
     rows: list[tuple[str, str, str]] = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        annotation = field.annotation
-        args = getattr(annotation, "__args__", ())
-        sub = [a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if sub:
-            rows.append((key, "", (field.description or sub[0].__doc__ or "").strip().splitlines()[0]))
-            rows.extend(config_table(sub[0], key + "."))
-        else:
-            default = (
-                "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        members = _members(field.annotation)
+        for member in members:
+            doc = (field.description or member.__doc__ or "").strip().splitlines()[0]
+            kind = _kind(member) if len(members) > 1 else None
+            rows.append(
+                (
+                    key,
+                    "",
+                    f"kind = {kind!r}: {member.__doc__.strip().splitlines()[0]}" if kind and member.__doc__ else doc,
+                )
             )
+            rows.extend(config_table(member, key + "."))
+        if not members:
+            default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
             rows.append((key, default, field.description or ""))
     return rows
