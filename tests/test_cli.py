@@ -122,3 +122,13 @@ def test_unknown_key_of_another_model_kind_names_that_kinds_keys(capsys: pytest.
     assert main(["train", "ml100k-loo-gru4rec", "model.heads=2"]) == 2
     err = capsys.readouterr().err
     assert "model.heads: unknown key" in err and "hidden" in err
+
+
+def test_a_run_written_before_a_key_existed_still_resumes(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "shop.toml", "train.epochs=1", "--run-dir", "run"]) == 0
+    saved = json.loads((shop / "run" / "config.json").read_text())
+    del saved["model"]["positions"]  # as written by a thinkrec that did not have this key yet
+    (shop / "run" / "config.json").write_text(json.dumps(saved))
+    assert main(["train", "shop.toml", "train.epochs=1", "train.threads=1", "--run-dir", "run"]) == 0
+    assert main(["train", "shop.toml", "train.epochs=1", "model.hidden=8", "--run-dir", "run"]) == 2
+    assert "model.hidden" in capsys.readouterr().err

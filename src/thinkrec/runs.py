@@ -62,9 +62,7 @@ def build_objective(cfg: RunConfig) -> Objective:
     if cfg.reasoning.enabled:
         tau = cfg.reasoning.tau or cfg.model.temperature
         return build_reasoning_objective(cfg.reasoning, tau, cfg.train.seed)
-    return CrossEntropy(
-        cfg.train.loss, cfg.train.n_negatives, Seeds(cfg.train.seed).torch_generator("negatives")
-    )
+    return CrossEntropy(cfg.train.loss, cfg.train.n_negatives, Seeds(cfg.train.seed).torch_generator("negatives"))
 
 
 def set_threads(threads: int | None) -> None:
@@ -119,6 +117,25 @@ def evaluation_report(
     return report, result
 
 
+# Settings that change how a run is executed, not what it computes: a resumed run may change them.
+OPERATIONAL_KEYS = frozenset({"train.threads", "train.progress", "train.resume"})
+
+
+def _changed_keys(old: RunConfig, new: RunConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+
+    def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(obj, dict):
+            out: dict[str, Any] = {}
+            for key, value in obj.items():
+                out.update(flat(value, f"{prefix}{key}."))
+            return out
+        return {prefix.rstrip("."): obj}
+
+    a, b = flat(old.model_dump(mode="json")), flat(new.model_dump(mode="json"))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in OPERATIONAL_KEYS)
+
+
 def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainedRun:
     """Prepare data, train with early stopping, evaluate the best checkpoint on validation and test."""
     set_threads(cfg.train.threads)
@@ -126,11 +143,17 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainedRun:
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
     if saved.exists() and cfg.train.resume:
-        previous = json.loads(saved.read_text())
-        if previous != json.loads(cfg.model_dump_json()):
+        # Read the saved config through the current schema, so keys added since (with their defaults)
+        # do not block resuming a run written by an older thinkrec.
+        try:
+            previous = RunConfig.model_validate_json(saved.read_text())
+        except ValueError:
+            previous = None
+        changed = _changed_keys(previous, cfg) if previous is not None else ["(unreadable config.json)"]
+        if changed:
             raise ThinkrecError(
-                f"{out} holds a run with a different config; choose another run_dir, or set "
-                "train.resume=false to start over there"
+                f"{out} holds a run with a different config ({', '.join(changed)}); choose another run_dir, "
+                "or set train.resume=false to start over there"
             )
     atomic_write_json(saved, json.loads(cfg.model_dump_json()))
     ds, split = load_data(cfg)
@@ -159,9 +182,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[RunConfig, 
     """The config and trained model of a run directory."""
     path = Path(run_dir)
     if not (path / "config.json").exists():
-        raise ThinkrecError(
-            f"{path}: not a thinkrec run directory (no config.json); train one with thinkrec train"
-        )
+        raise ThinkrecError(f"{path}: not a thinkrec run directory (no config.json); train one with thinkrec train")
     cfg = RunConfig.model_validate_json((path / "config.json").read_text())
     ckpt_dir = path / "checkpoints"
     if not checkpoint_exists(ckpt_dir, checkpoint):
