@@ -88,7 +88,8 @@ def test_zero_steps_is_exactly_the_backbone_and_fewer_steps_are_a_prefix() -> No
     assert isinstance(model.reasoner, LatentReasoner)
     with torch.no_grad():
         plain = model.backbone(INPUTS, POSITIONS).hidden[:, -1:]
-        assert torch.equal(model.encode(INPUTS, POSITIONS, 0), plain)
+        # K = 0 computes only the last column of the final block: the same numbers up to float rounding
+        torch.testing.assert_close(model.encode(INPUTS, POSITIONS, 0), plain, atol=1e-6, rtol=1e-6)
         assert torch.equal(model.reasoner(model.cached_backbone, model.backbone(INPUTS, POSITIONS), 0), plain)
         three = model.encode(INPUTS, POSITIONS, 3)
         torch.testing.assert_close(model.encode(INPUTS, POSITIONS, 1), three[:, :2], atol=1e-6, rtol=0)

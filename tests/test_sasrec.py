@@ -39,3 +39,13 @@ def test_from_start_positions_count_from_the_oldest_item() -> None:
     c = end(torch.tensor([[3, 5]]), position_ids(2, 6)).hidden
     d = end(torch.tensor([[3, 5, 7, 9]]), position_ids(4, 6)).hidden
     assert not torch.allclose(c[:, 1], d[:, 1])
+
+
+@pytest.mark.parametrize("positions", ["from_end", "from_start"])
+def test_last_only_equals_the_last_column_of_the_full_pass(positions: str) -> None:
+    model = _model(positions)
+    seq = torch.tensor([[0, 0, 3, 5, 7, 9], [1, 2, 3, 4, 5, 6]])
+    full = model(seq, position_ids(6, 6)).hidden[:, -1:]
+    last = model(seq, position_ids(6, 6), last_only=True).hidden
+    assert last.shape == (2, 1, 8)
+    torch.testing.assert_close(full, last, rtol=1e-5, atol=1e-6)

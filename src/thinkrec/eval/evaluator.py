@@ -104,7 +104,8 @@ def evaluate(
         history = eval_histories(split, part, max_len)
         (trimmed,) = trim(history)
         inputs = torch.from_numpy(trimmed)
-        states = model.encode(inputs, position_ids(inputs.shape[1], max_len), steps)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+            states = model.encode(inputs, position_ids(inputs.shape[1], max_len), steps).float()
         targets = torch.from_numpy(part.targets - 1)
         hist = torch.from_numpy(history) if cfg.mask_history else None
 

@@ -26,16 +26,19 @@ class EvalConfig(BaseModel):
         ),
     )
     inference_step: int | None = Field(None, description="with inference='step': which step to score", ge=0)
+    autocast: Literal["none", "bf16"] = Field(
+        "none",
+        description="encode histories in bfloat16 (AMX/AVX-512 CPUs); scores and ranks stay float32",
+    )
 
 
-def describe_protocol(
-    cfg: EvalConfig, split_protocol: dict[str, Any], seed: int, n_items: int
-) -> dict[str, Any]:
+def describe_protocol(cfg: EvalConfig, split_protocol: dict[str, Any], seed: int, n_items: int) -> dict[str, Any]:
     """A self-contained description of how a number was measured."""
     return {
         **split_protocol,
         "candidates": f"full catalogue ({n_items} items)",
         "history_masking": "history items excluded" if cfg.mask_history else "history items not masked",
+        "encoder_precision": "bfloat16" if cfg.autocast == "bf16" else "float32",
         "ks": list(cfg.ks),
         "ranking": "pessimistic ties (items scoring equal to the target rank before it)",
         "seed": seed,

@@ -71,8 +71,9 @@ def plot_steps(report: dict[str, Any], path: Path, metrics: list[str], title: st
     ax.set_ylabel("metric")
     ax.set_title(title or f"metric vs reasoning step (inference: {report['mode']})")
     ax.legend(fontsize=7, ncol=2)
-    fig.text(0.01, 0.01, "* oracle: best step per sample chosen with the ground truth (analysis, not a method)",
-             fontsize=7)
+    fig.text(
+        0.01, 0.01, "* oracle: best step per sample chosen with the ground truth (analysis, not a method)", fontsize=7
+    )
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

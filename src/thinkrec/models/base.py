@@ -45,7 +45,12 @@ class Backbone(Protocol):
     item_embedding: nn.Embedding
     causal: bool  # True if the hidden state of column t depends on columns <= t only (all-prefix training)
 
-    def __call__(self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False) -> Encoded: ...
+    def __call__(
+        self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False, last_only: bool = False
+    ) -> Encoded:
+        """Hidden states of every column (``use_cache``: with the per-layer keys/values); ``last_only``: the
+        caller needs only the last column's state, which a backbone may compute alone."""
+        ...
 
 
 @runtime_checkable
@@ -56,9 +61,7 @@ class CachedBackbone(Backbone, Protocol):
         """What the backbone does to an input vector before its blocks (e.g. LayerNorm + dropout)."""
         ...
 
-    def extend(
-        self, tokens: torch.Tensor, encoded: Encoded, extra_mask: torch.Tensor | None = None
-    ) -> Encoded: ...
+    def extend(self, tokens: torch.Tensor, encoded: Encoded, extra_mask: torch.Tensor | None = None) -> Encoded: ...
 
 
 @runtime_checkable
@@ -107,16 +110,12 @@ class Scorer(nn.Module):
             return nn.functional.normalize(users, dim=-1), nn.functional.normalize(items, dim=-1)
         return users, items
 
-    def forward(
-        self, users: torch.Tensor, items: torch.Tensor, temperature: float | None = None
-    ) -> torch.Tensor:
+    def forward(self, users: torch.Tensor, items: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """All pairs: ``[B, d] x [N, d] -> [B, N]``."""
         users, items = self.prepare(users, items)
         return users @ items.T / (temperature or self.temperature)
 
-    def rowwise(
-        self, users: torch.Tensor, items: torch.Tensor, temperature: float | None = None
-    ) -> torch.Tensor:
+    def rowwise(self, users: torch.Tensor, items: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """Matching rows: ``[B, d] x [B, d] -> [B]``."""
         users, items = self.prepare(users, items)
         return (users * items).sum(-1) / (temperature or self.temperature)

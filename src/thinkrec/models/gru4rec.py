@@ -73,8 +73,11 @@ class GRU4Rec(nn.Module):
         out: torch.Tensor = self.input_dropout(self.input_norm(vectors))
         return out
 
-    def forward(self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False) -> Encoded:
-        """``inputs``: int64 ``[B, W]`` left-padded item ids; ``positions`` is unused (no position table).
+    def forward(
+        self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False, last_only: bool = False
+    ) -> Encoded:
+        """``inputs``: int64 ``[B, W]`` left-padded item ids; ``positions`` is unused (no position table);
+        ``last_only`` is accepted for the protocol (a recurrent pass computes every column anyway).
 
         Every row runs from the zero state over its real items; padded columns get state 0."""
         pad = inputs == 0

@@ -65,7 +65,7 @@ class SeqRecModel(nn.Module):
         if self.reasoner is None and steps:
             raise ThinkrecError(f"this model has no reasoner; it cannot reason for {steps} steps")
         if self.reasoner is None or steps == 0:
-            return self.backbone(inputs, positions).hidden[:, -1:]
+            return self.backbone(inputs, positions, last_only=True).hidden[:, -1:]
         encoded = self.backbone(inputs, positions, use_cache=True)
         return self.reasoner(self.cached_backbone, encoded, steps)
 

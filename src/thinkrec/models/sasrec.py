@@ -89,23 +89,33 @@ class SASRec(nn.Module):
             x = self.item_embedding(inputs) * self.emb_scale + self.position_embedding(positions)[None]
         return self.input_tokens(x)
 
-    def forward(self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False) -> Encoded:
-        """``inputs``: int64 ``[B, W]`` left-padded item ids; ``positions``: int64 ``[W]``."""
+    def forward(
+        self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False, last_only: bool = False
+    ) -> Encoded:
+        """``inputs``: int64 ``[B, W]`` left-padded item ids; ``positions``: int64 ``[W]``. With ``last_only``
+        the final block computes only the last column (``hidden`` is ``[B, 1, d]``)."""
         pad = inputs == 0
         w = inputs.shape[1]
         eye = torch.eye(w, dtype=torch.bool, device=inputs.device)
         causal = torch.ones(w, w, dtype=torch.bool, device=inputs.device).tril()
         mask = (causal[None] & ~pad[:, None, :]) | eye[None]
-        encoded = self.run_blocks(self.embed(inputs, positions), mask[:, None], None)
+        encoded = self.run_blocks(self.embed(inputs, positions), mask[:, None], None, last_only)
         encoded.key_padding = pad
         return encoded
 
     def run_blocks(
-        self, x: torch.Tensor, mask: torch.Tensor, past: list[tuple[torch.Tensor, torch.Tensor]] | None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        past: list[tuple[torch.Tensor, torch.Tensor]] | None,
+        last_only: bool = False,
     ) -> Encoded:
         cache = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, mask, None if past is None else past[i])
+            if last_only and past is None and i == len(self.blocks) - 1:
+                x, kv = cast(Block, block).forward_last(x, mask)
+            else:
+                x, kv = block(x, mask, None if past is None else past[i])
             cache.append(kv)
         return Encoded(self.final_norm(x), cache)
 

@@ -20,9 +20,7 @@ class Block(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
         self.ln_ffn = nn.LayerNorm(hidden)
-        self.ffn = nn.Sequential(
-            nn.Linear(hidden, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, hidden)
-        )
+        self.ffn = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, hidden))
         self.dropout = nn.Dropout(dropout)
         self.attn_dropout = attn_dropout
 
@@ -55,6 +53,18 @@ class Block(nn.Module):
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
         )
         return self._finish(x, attn), (k, v)
+
+    def forward_last(
+        self, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`forward` (no cache) when only the last column's output is needed: keys and values are
+        computed for every column, but only the last column queries, and only it goes through the output
+        projection and the feed-forward sub-layer. Returns ``[B, 1, d]`` and the full keys/values."""
+        q, k, v = self._qkv(x)
+        attn = F.scaled_dot_product_attention(
+            q[:, :, -1:], k, v, attn_mask=mask[..., -1:, :], dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        return self._finish(x[:, -1:], attn), (k, v)
 
     def forward_chains(
         self,
