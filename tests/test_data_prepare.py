@@ -182,9 +182,7 @@ def test_max_users_is_seeded() -> None:
 def test_text_aligned_unescaped_and_missing_empty() -> None:
     raw = raw_log([1, 1, 2], [10, 20, 30], [1, 2, 3])
     # item 30 twice (the first row wins), 99 is not in the log, 20 has no row
-    raw.items = pa.table(
-        {"item": [30, 10, 99, 30], "title": ["Salt &amp; Pepper &quot;XL&quot;", "Plain", "x", "dup"]}
-    )
+    raw.items = pa.table({"item": [30, 10, 99, 30], "title": ["Salt &amp; Pepper &quot;XL&quot;", "Plain", "x", "dup"]})
     ds = prepare(raw, PrepareConfig(), "t")
     assert ds.item_ids.tolist() == [10, 20, 30]
     assert ds.titles == ["", "Plain", "", 'Salt & Pepper "XL"']

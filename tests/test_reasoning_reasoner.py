@@ -178,3 +178,11 @@ def test_the_generic_kv_cache_path_equals_the_chain_fast_path() -> None:
     generic = model.reasoner.prefixes(plain, model.backbone(INPUTS, POSITIONS), columns)
     (fast.sum() + generic.sum()).backward()
     assert model.reasoner.rpe.grad is not None and torch.isfinite(model.reasoner.rpe.grad).all()
+
+
+def test_inference_with_only_the_last_column_computed_equals_the_full_pass() -> None:
+    model = _model().eval()
+    with torch.no_grad():
+        fast = model.encode(INPUTS, POSITIONS, 3)  # eval mode: the final block computes the last column only
+        full = model.reasoner(model.cached_backbone, model.backbone(INPUTS, POSITIONS, use_cache=True), 3)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)

@@ -59,10 +59,7 @@ def test_global_time_split_windows_and_drops() -> None:
         assert np.all(samples.positions >= 1)
         counts = split.protocol["samples"][which]
         assert counts["kept"] == len(samples)
-        assert (
-            counts["in_window"]
-            == counts["kept"] + counts["dropped_unseen_target"] + counts["dropped_no_history"]
-        )
+        assert counts["in_window"] == counts["kept"] + counts["dropped_unseen_target"] + counts["dropped_no_history"]
     # histories drop items unseen in training and keep chronological order
     hist = eval_histories(split, split.test, 200)
     for row, u, pos in zip(hist, split.test.users, split.test.positions, strict=True):

@@ -25,9 +25,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     ds = load_or_prepare(cfg.data.source, cfg.data.prepare, cfg.data.name)
-    print(
-        f"prepared {cfg.data.name}: {ds.n_users} users, {ds.n_items} items, {ds.n_interactions} interactions"
-    )
+    print(f"prepared {cfg.data.name}: {ds.n_users} users, {ds.n_items} items, {ds.n_interactions} interactions")
     return 0
 
 
@@ -73,9 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     run = train(cfg, args.run_dir)
-    print(
-        f"\nrun: {run.run_dir}  (best epoch {run.fit.best_epoch}, {run.fit.epochs_run} epochs, {run.fit.stopped})"
-    )
+    print(f"\nrun: {run.run_dir}  (best epoch {run.fit.best_epoch}, {run.fit.epochs_run} epochs, {run.fit.stopped})")
     print_results(run.results, cfg.eval.ks)
     return 0
 
@@ -85,9 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     overrides = [f"train.epochs={args.epochs}", *args.overrides]
     cfg = load_config("ml100k-sasrec", overrides)
-    print(
-        f"demo: SASRec on MovieLens-100K, leave-one-out, full ranking, {args.epochs} epochs (seed {cfg.train.seed})"
-    )
+    print(f"demo: SASRec on MovieLens-100K, leave-one-out, full ranking, {args.epochs} epochs (seed {cfg.train.seed})")
     run = train(cfg, args.run_dir or "runs/demo")
     print(f"\nrun: {run.run_dir}  (best epoch {run.fit.best_epoch}; curve: {run.run_dir / 'curve.png'})")
     print_results(run.results, cfg.eval.ks)
@@ -128,9 +122,7 @@ def _parse_history(text: str, external: np.ndarray) -> list[int]:
             raise ThinkrecError(f"--history: item id {token!r} is not in this model's catalogue")
         history.append(lookup[token])
     if not history:
-        raise ThinkrecError(
-            "--history is empty; give item ids separated by commas, e.g. --history 50,172,133"
-        )
+        raise ThinkrecError("--history is empty; give item ids separated by commas, e.g. --history 50,172,133")
     return history
 
 

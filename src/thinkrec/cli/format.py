@@ -11,9 +11,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
     text_rows = [[cell(v) for v in row] for row in rows]
-    widths = [
-        max(len(h), *(len(r[i]) for r in text_rows)) if text_rows else len(h) for i, h in enumerate(headers)
-    ]
+    widths = [max(len(h), *(len(r[i]) for r in text_rows)) if text_rows else len(h) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     sep = "  ".join("-" * w for w in widths)
     body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in text_rows]

@@ -9,12 +9,8 @@ from collections.abc import Sequence
 from thinkrec import __version__
 from thinkrec.errors import ThinkrecError
 
-CONFIG_HELP = (
-    "a config file (.toml/.yaml) or the name of a bundled preset (list them with: thinkrec config show)"
-)
-OVERRIDE_HELP = (
-    "dotted overrides applied after the config, e.g. train.lr=0.002 model.hidden=128 eval.ks=[10,20]"
-)
+CONFIG_HELP = "a config file (.toml/.yaml) or the name of a bundled preset (list them with: thinkrec config show)"
+OVERRIDE_HELP = "dotted overrides applied after the config, e.g. train.lr=0.002 model.hidden=128 eval.ks=[10,20]"
 
 
 def _add_config_args(parser: argparse.ArgumentParser, optional: bool = False) -> None:

@@ -79,12 +79,8 @@ class PrepareConfig(BaseModel):
             "keep only interactions with rating >= min_rating (null = keep all); the source must have ratings"
         ),
     )
-    user_min: int = Field(
-        default=0, ge=0, description="k-core: every kept user has at least this many interactions"
-    )
-    item_min: int = Field(
-        default=0, ge=0, description="k-core: every kept item has at least this many interactions"
-    )
+    user_min: int = Field(default=0, ge=0, description="k-core: every kept user has at least this many interactions")
+    item_min: int = Field(default=0, ge=0, description="k-core: every kept item has at least this many interactions")
     dedup: DedupMode = Field(
         default="exact",
         description=(

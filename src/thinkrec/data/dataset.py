@@ -166,8 +166,7 @@ class SequenceDataset:
         meta = json.loads(meta_path.read_text())
         if meta.get("format_version") != FORMAT_VERSION:
             raise DataError(
-                f"prepared with format version {meta.get('format_version')}, this thinkrec reads "
-                f"{FORMAT_VERSION}",
+                f"prepared with format version {meta.get('format_version')}, this thinkrec reads {FORMAT_VERSION}",
                 path=meta_path,
                 hint="prepare the dataset again with this version",
             )

@@ -72,9 +72,7 @@ def _dedup(user: IntArray, item: IntArray, time: IntArray, rows: IntArray, mode:
     return rows[~drop]
 
 
-def _k_core(
-    user: IntArray, item: IntArray, rows: IntArray, user_min: int, item_min: int
-) -> tuple[IntArray, int]:
+def _k_core(user: IntArray, item: IntArray, rows: IntArray, user_min: int, item_min: int) -> tuple[IntArray, int]:
     """Drop users/items below their minimum count, repeatedly, until nothing changes."""
     iterations = 0
     while True:
@@ -146,8 +144,7 @@ def prepare(raw: RawLog, cfg: PrepareConfig, name: str) -> SequenceDataset:
     if cfg.min_rating is not None:
         if not raw.has_rating:
             raise DataError(
-                f"min_rating={cfg.min_rating} is set but the {raw.source.get('format', '')} source has no "
-                "ratings",
+                f"min_rating={cfg.min_rating} is set but the {raw.source.get('format', '')} source has no ratings",
                 path=_source_path(raw),
                 field="min_rating",
                 hint="remove min_rating, or (format 'table') set rating_col to the rating column",
@@ -155,9 +152,7 @@ def prepare(raw: RawLog, cfg: PrepareConfig, name: str) -> SequenceDataset:
         rating = np.asarray(table.column("rating").to_numpy(), dtype=np.float64)
         rows = rows[rating[rows] >= cfg.min_rating]
         steps.append(_counts("min_rating", user, item, rows, min_rating=cfg.min_rating))
-        _require_rows(
-            rows, raw, f"no interaction has rating >= {cfg.min_rating}", "min_rating", "lower min_rating"
-        )
+        _require_rows(rows, raw, f"no interaction has rating >= {cfg.min_rating}", "min_rating", "lower min_rating")
 
     if cfg.dedup != "none":
         rows = _dedup(user, item, time, rows, cfg.dedup)
@@ -247,9 +242,7 @@ def load_or_prepare(
     outdated cache entry is rebuilt.
     """
     if not _NAME_RE.match(name):
-        raise ConfigError(
-            f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-' (it names a folder)"
-        )
+        raise ConfigError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
     key = cache_key(source, prep)
     target = Path(cache_root if cache_root is not None else paths.cache_dir()) / "datasets" / f"{name}-{key}"
     if (target / "meta.json").exists():

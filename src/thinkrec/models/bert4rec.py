@@ -106,7 +106,7 @@ class BERT4Rec(SASRec):
         encoded.key_padding = pad
         if not use_cache:
             encoded.cache = None
-        return encoded
+        return self.keep_cache(encoded, use_cache)
 
     def forward(
         self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False, last_only: bool = False

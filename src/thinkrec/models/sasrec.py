@@ -101,6 +101,13 @@ class SASRec(nn.Module):
         mask = (causal[None] & ~pad[:, None, :]) | eye[None]
         encoded = self.run_blocks(self.embed(inputs, positions), mask[:, None], None, last_only)
         encoded.key_padding = pad
+        return self.keep_cache(encoded, use_cache)
+
+    @staticmethod
+    def keep_cache(encoded: Encoded, use_cache: bool) -> Encoded:
+        """Store the keys/values contiguously when they will be reused (each reasoning step reads them)."""
+        if use_cache and encoded.cache is not None:
+            encoded.cache = [(k.contiguous(), v.contiguous()) for k, v in encoded.cache]
         return encoded
 
     def run_blocks(

@@ -97,10 +97,7 @@ def per_step_cross_entropy(
     cosine), ``targets [M]`` are 0-based item columns.
     """
     return torch.stack(
-        [
-            softmax_cross_entropy(states[:, k], items, targets, float(temperatures[k]))
-            for k in range(states.shape[1])
-        ]
+        [softmax_cross_entropy(states[:, k], items, targets, float(temperatures[k])) for k in range(states.shape[1])]
     )
 
 

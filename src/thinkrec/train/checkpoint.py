@@ -115,9 +115,7 @@ def load_checkpoint(
     tensors = load_file(str(directory / f"{name}.safetensors"))
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     if optimizer is not None and "optimizer" in info:
-        _restore_optimizer(
-            optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, info["optimizer"]
-        )
+        _restore_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, info["optimizer"])
         if "rng.torch" in tensors:
             torch.set_rng_state(tensors["rng.torch"])
     return info
