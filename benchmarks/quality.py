@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--runs-root", type=Path, default=Path("runs/quality"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality"))
     parser.add_argument("--summarise-only", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         run_dir = args.runs_root / f"{args.preset}-s{seed}"
