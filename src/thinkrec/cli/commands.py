@@ -236,7 +236,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from thinkrec.serve.app import serve
     except ImportError as exc:
         raise ThinkrecError(f"thinkrec serve needs the serve extra: pip install 'thinkrec[serve]' ({exc})") from exc
-    serve(args.run_dir, args.host, args.port)
+    serve(args.run_dir, args.host, args.port, ann=args.ann)
     return 0
 
 

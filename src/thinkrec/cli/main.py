@@ -150,6 +150,11 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("run_dir", help="a run directory written by thinkrec train")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, local only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--ann",
+        action="store_true",
+        help="approximate top-K through a FAISS HNSW index, for very large catalogues (pip install 'thinkrec[ann]')",
+    )
     serve.set_defaults(func=c.cmd_serve)
 
 

@@ -202,8 +202,9 @@ def create_app(run_dir: str | Path | None = None, *, recommender: Recommender | 
     return app
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the API with uvicorn (blocking)."""
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, ann: bool = False) -> None:
+    """Run the API with uvicorn (blocking); ``ann``: approximate top-K through a FAISS index."""
     import uvicorn
 
-    uvicorn.run(create_app(run_dir), host=host, port=port, log_level="info")
+    app = create_app(recommender=Recommender.from_run(run_dir, ann=ann))
+    uvicorn.run(app, host=host, port=port, log_level="info")

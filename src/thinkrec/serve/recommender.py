@@ -26,6 +26,7 @@ from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import position_ids
 from thinkrec.errors import ThinkrecError
 from thinkrec.models.model import SeqRecModel
+from thinkrec.serve.ann import AnnIndex
 
 MAX_K = 1000
 MAX_SEARCH = 100
@@ -134,6 +135,7 @@ class Recommender:
         vocabulary: Vocabulary,
         config: RunConfig | None = None,
         memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB,
+        ann: AnnIndex | None = None,
     ) -> None:
         if vocabulary.n_items != model.n_items:
             raise ThinkrecError(f"vocabulary has {vocabulary.n_items} items but the model scores {model.n_items}")
@@ -142,15 +144,18 @@ class Recommender:
         self.config = config or RunConfig()
         self.memory_budget_mb = memory_budget_mb
         self.max_len = int(model.backbone.max_len)
+        self.ann = ann  # approximate top-K instead of exact scoring, when set
         self._lock = threading.Lock()
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, checkpoint: str = "best") -> Recommender:
-        """Load the model and vocabulary of a run directory written by ``thinkrec train``."""
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", ann: bool = False) -> Recommender:
+        """Load the model and vocabulary of a run directory written by ``thinkrec train``; ``ann`` builds a
+        FAISS HNSW index for approximate top-K (needs the ``ann`` extra)."""
         from thinkrec.runs import load_run
 
         cfg, model = load_run(run_dir, checkpoint)
-        return cls(model, Vocabulary.from_parquet(Path(run_dir) / "items.parquet"), cfg)
+        index = AnnIndex.for_model(model) if ann else None
+        return cls(model, Vocabulary.from_parquet(Path(run_dir) / "items.parquet"), cfg, ann=index)
 
     @property
     def n_items(self) -> int:
@@ -187,6 +192,7 @@ class Recommender:
             "max_reasoning_steps": self.max_reasoning_steps,
             "inference": mode if step is None else f"{mode}:{step}",
             "scorer": self.config.model.scorer,
+            "top_k": "approximate (FAISS HNSW)" if self.ann is not None else "exact (full catalogue)",
             "dataset": self.config.data.name,
         }
 
@@ -260,6 +266,8 @@ class Recommender:
         with self._lock, torch.inference_mode():
             states = self.model.encode(inputs, positions, steps if self.model.reasoner is not None else None)
             user = self.model.user_vector(states, mode, step)
+            if self.ann is not None:
+                return self._recommend_ann(histories, states, user, k, exclude_seen, per_step)
             scores = self.model.score(user)
             seen = self._seen_mask(histories, scores.shape[1]) if exclude_seen else None
             if seen is not None:
@@ -276,6 +284,31 @@ class Recommender:
                 step_ids = torch.stack([t.indices for t in tops], dim=1) + 1
                 step_scores = torch.stack([t.values for t in tops], dim=1)
         return TopK(top.indices + 1, top.values, step_ids, step_scores)
+
+    def _recommend_ann(
+        self,
+        histories: Sequence[Sequence[int]],
+        states: torch.Tensor,
+        user: torch.Tensor,
+        k: int,
+        exclude_seen: bool,
+        per_step: bool,
+    ) -> TopK:
+        assert self.ann is not None
+        probe = self.model.item_vectors()[:1]
+        exclude = histories if exclude_seen else None
+
+        def search(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            assert self.ann is not None
+            return self.ann.search(self.model.scorer.prepare(vectors, probe)[0], k, exclude)
+
+        ids, scores = search(user)
+        step_ids = step_scores = None
+        if self.model.reasoner is not None and per_step:
+            tops = [search(states[:, s]) for s in range(states.shape[1])]
+            step_ids = torch.stack([t[0] for t in tops], dim=1)
+            step_scores = torch.stack([t[1] for t in tops], dim=1)
+        return TopK(ids, scores, step_ids, step_scores)
 
     @staticmethod
     def _seen_mask(histories: Sequence[Sequence[int]], n_items: int) -> torch.Tensor:
