@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from thinkrec.data.dataset import SequenceDataset
@@ -44,3 +46,15 @@ def cyclic_dataset(n_users: int = 200, n_items: int = 50, length: int = 30, seed
         user_ids=np.arange(n_users),
         item_ids=np.arange(n_items) + 1,
     )
+
+
+def write_walk_csv(folder: Path, n_users: int, n_items: int, length: int, seed: int = 0) -> Path:
+    """``events.csv`` (user_id, item_id, ts) where every user walks the catalogue in steps of +1."""
+    rng = np.random.default_rng(seed)
+    rows = ["user_id,item_id,ts"]
+    for user in range(n_users):
+        start = rng.integers(0, n_items)
+        rows += [f"u{user},{(start + i) % n_items + 1},{1000 + 10 * i}" for i in range(length)]
+    path = folder / "events.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,18 +13,15 @@ from thinkrec.cli.main import main
 from thinkrec.data.batches import position_ids
 from thinkrec.runs import load_run
 
+from helpers import write_walk_csv
+
 
 @pytest.fixture()
 def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A small CSV log where users walk the catalogue in steps of +1, and a config for it."""
     monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    rng = np.random.default_rng(0)
-    rows = ["user_id,item_id,ts"]
-    for user in range(40):
-        start = rng.integers(0, 20)
-        rows += [f"u{user},{(start + i) % 20 + 1},{1000 + 10 * i}" for i in range(8)]
-    (tmp_path / "events.csv").write_text("\n".join(rows) + "\n")
+    write_walk_csv(tmp_path, n_users=40, n_items=20, length=8)
     (tmp_path / "shop.toml").write_text(
         f"""
 [data]

@@ -16,7 +16,7 @@ from thinkrec.errors import ConfigError
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.runs import load_run
 
-from helpers import random_dataset
+from helpers import random_dataset, write_walk_csv
 
 
 @pytest.fixture()
@@ -24,12 +24,7 @@ def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A small CSV log where users walk the catalogue in steps of +1, and a config for it."""
     monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    rng = np.random.default_rng(0)
-    rows = ["user_id,item_id,ts"]
-    for user in range(80):
-        start = rng.integers(0, 20)
-        rows += [f"u{user},{(start + i) % 20 + 1},{1000 + 10 * i}" for i in range(10)]
-    (tmp_path / "events.csv").write_text("\n".join(rows) + "\n")
+    write_walk_csv(tmp_path, n_users=80, n_items=20, length=10)
     (tmp_path / "shop.toml").write_text(
         f"""
 [data]
