@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -147,7 +148,7 @@ def embed_item_text(
     model: TextEncoder = SentenceTransformerEncoder(encoder) if isinstance(encoder, str) else encoder
     order = np.argsort([-len(t) for t in texts], kind="stable")
     parts: list[FloatArray] = []
-    starts = range(0, len(texts), chunk)
+    starts: Iterable[int] = range(0, len(texts), chunk)
     if progress:
         from tqdm import tqdm
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,7 +92,7 @@ def evaluate(
     mean_ranks = np.zeros(n, dtype=np.int64) if k_plus_1 > 1 else None
     ranks = np.zeros(n, dtype=np.int64)
     order = np.argsort(np.minimum(samples.positions, max_len), kind="stable")
-    starts = range(0, n, size)
+    starts: Iterable[int] = range(0, n, size)
     if progress:
         from tqdm import tqdm
 

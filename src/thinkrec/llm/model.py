@@ -19,7 +19,7 @@ Efficiency (what the 4x4 step profile showed matters on CPU):
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -207,7 +207,7 @@ class DualHeadLM(nn.Module):
         prefix = item_seqs[1][:n_prefix]
         cached = self.prefix_cache(prefix) if n_prefix else None
         table = torch.zeros(len(item_seqs), self.hidden_size)
-        starts = range(1, len(item_seqs), batch_size)
+        starts: Iterable[int] = range(1, len(item_seqs), batch_size)
         if progress:
             from tqdm import tqdm
 

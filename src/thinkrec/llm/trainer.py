@@ -17,6 +17,7 @@ A RecPO step on ``B`` users (r2ec.md §4.3, single process):
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,7 +236,7 @@ class LLMTrainer:
         lengths: list[int] = []
         texts: list[str] = []
         bs = self.cfg.eval.batch_size
-        starts = range(0, len(examples), bs)
+        starts: Iterable[int] = range(0, len(examples), bs)
         if progress:
             from tqdm import tqdm
 
