@@ -1,12 +1,15 @@
-"""Reproduce ReaRec's comparison: SASRec vs SASRec+ERL vs SASRec+PRL with the same budget, over seeds.
+"""Reproduce ReaRec's comparison: a backbone vs backbone+ERL vs backbone+PRL with the same budget, over seeds.
 
     python benchmarks/rearec_repro.py --dataset beauty --protocol time --seeds 3 --threads 1 \
         --out benchmarks/results/rearec
+    python benchmarks/rearec_repro.py --dataset beauty --protocol time --backbone morec --seeds 3
 
-For every seed, trains (or resumes) the presets ``<dataset>-<protocol>-sasrec``, ``-sasrec-erl`` and
-``-sasrec-prl`` with the same epochs cap, early stopping and seed through :func:`thinkrec.runs.train`,
-then re-scores the best checkpoints on test to get per-sample ranks of every reasoning step. It writes
-``<out>/rearec-<dataset>-<protocol>.{md,json}``:
+For every seed, trains (or resumes) the presets ``<dataset>-<protocol>-<backbone>``, ``-<backbone>-erl``
+and ``-<backbone>-prl`` (backbone: sasrec, bert4rec, gru4rec, unisrec, morec; default sasrec) with the
+same epochs cap, early stopping and seed through :func:`thinkrec.runs.train`, then re-scores the best
+checkpoints on test to get per-sample ranks of every reasoning step. After every finished seed it
+(re)writes ``<out>/rearec-<dataset>-<protocol>[-<backbone>].{md,json}`` (no suffix for sasrec), so a long
+run that is stopped still leaves the table of the seeds it completed:
 
 - test N@10, N@20, R@10, R@20 (R = Recall = HR with one target): mean +- std over seeds, and the relative
   change of each reasoning variant vs the backbone;
@@ -34,8 +37,9 @@ from thinkrec.eval.metrics import metrics_from_ranks, per_sample
 from thinkrec.eval.significance import paired_t_test
 from thinkrec.eval.steps import oracle_ranks
 from thinkrec.runs import load_data, load_run, set_threads, train
+from thinkrec.train.checkpoint import atomic_write_text
 
-VARIANTS = ("sasrec", "sasrec-erl", "sasrec-prl")
+BACKBONES = ("sasrec", "bert4rec", "gru4rec", "unisrec", "morec")
 METRICS = {"N@10": "NDCG@10", "N@20": "NDCG@20", "R@10": "HR@10", "R@20": "HR@20"}
 TEST_METRIC = "NDCG@20"
 
@@ -44,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["ml100k", "beauty", "game"], required=True)
     parser.add_argument("--protocol", choices=["time", "loo"], default="time", help="default time (the paper's)")
+    parser.add_argument("--backbone", choices=BACKBONES, default="sasrec", help="default sasrec")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds 1..N (default 3)")
     parser.add_argument("--epochs", type=int, help="cap on training epochs (default: the presets' 200)")
     parser.add_argument("--patience", type=int, help="early-stopping patience (default: the presets' 10)")
@@ -106,18 +111,20 @@ def step_curves(results: list[EvalResult], ks: list[int]) -> dict[str, Any]:
 
 
 def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    first = runs["sasrec"][0]["results"]["test"]
+    base_name = args.backbone
+    first = runs[base_name][0]["results"]["test"]
     ks = list(first["protocol"]["ks"])
     summary: dict[str, Any] = {
         "dataset": args.dataset,
         "protocol_name": args.protocol,
-        "seeds": [run["seed"] for run in runs["sasrec"]],
+        "backbone": base_name,
+        "seeds": [run["seed"] for run in runs[base_name]],
         "epochs_cap": args.epochs,
         "protocol": {k: v for k, v in first["protocol"].items() if k != "seed"},
         "n_test": first["n_samples"],
         "variants": {},
     }
-    base_samples = np.concatenate([per_sample(run["result"].ranks, TEST_METRIC) for run in runs["sasrec"]])
+    base_samples = np.concatenate([per_sample(run["result"].ranks, TEST_METRIC) for run in runs[base_name]])
     for variant, variant_runs in runs.items():
         metrics = {short: mean_std([r["results"]["test"]["metrics"][name] for r in variant_runs])
                    for short, name in METRICS.items()}
@@ -129,8 +136,8 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
             "seconds_per_epoch": mean_or_none([r["epoch_seconds"] for r in variant_runs]),
             "inference": variant_runs[0]["results"]["test"]["protocol"].get("reasoning", "backbone (r_0)"),
         }
-        if variant != "sasrec":
-            base = summary["variants"]["sasrec"]["metrics"]
+        if variant != base_name:
+            base = summary["variants"][base_name]["metrics"]
             entry["relative_change"] = {
                 short: (metrics[short]["mean"] - base[short]["mean"]) / base[short]["mean"]
                 if base[short]["mean"] else float("nan") for short in METRICS
@@ -166,7 +173,8 @@ def markdown(summary: dict[str, Any]) -> str:
         p_value = f"{entry['paired_t_test']['p_value']:.3g}" if "paired_t_test" in entry else "-"
         secs = f"{entry['seconds_per_epoch']:.1f}" if entry["seconds_per_epoch"] is not None else "-"
         lines.append(f"| {variant} | {' | '.join(cells)} | {p_value} | {secs} | {entry['best_epochs']} |")
-    lines += ["", "Relative change vs sasrec in brackets. R@K = Recall@K = HR@K (one target per sample).", ""]
+    lines += ["", f"Relative change vs {summary['backbone']} in brackets. "
+              "R@K = Recall@K = HR@K (one target per sample).", ""]
     for variant, entry in summary["variants"].items():
         if "step_curves" not in entry:
             continue
@@ -186,19 +194,22 @@ def markdown(summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
-    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
-    for seed in range(1, args.seeds + 1):
-        for variant in VARIANTS:
-            runs[variant].append(run_variant(args, variant, seed))
-    summary = summarise(args, runs)
+    variants = (args.backbone, f"{args.backbone}-erl", f"{args.backbone}-prl")
+    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
+    suffix = "" if args.backbone == "sasrec" else f"-{args.backbone}"
+    stem = args.out / f"rearec-{args.dataset}-{args.protocol}{suffix}"
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"rearec-{args.dataset}-{args.protocol}"
-    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    stem.with_suffix(".md").write_text(markdown(summary) + "\n")
+    for seed in range(1, args.seeds + 1):
+        for variant in variants:
+            runs[variant].append(run_variant(args, variant, seed))
+        summary = summarise(args, runs)
+        atomic_write_text(stem.with_suffix(".json"), json.dumps(summary, indent=2))
+        atomic_write_text(stem.with_suffix(".md"), markdown(summary) + "\n")
     print(markdown(summary))
     line = {
         "dataset": args.dataset,
         "protocol": args.protocol,
+        "backbone": args.backbone,
         "seeds": args.seeds,
         "epochs_cap": args.epochs,
         **{

@@ -132,3 +132,14 @@ def test_a_run_written_before_a_key_existed_still_resumes(shop: Path, capsys: py
     assert main(["train", "shop.toml", "train.epochs=1", "train.threads=1", "--run-dir", "run"]) == 0
     assert main(["train", "shop.toml", "train.epochs=1", "model.hidden=8", "--run-dir", "run"]) == 2
     assert "model.hidden" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_options_and_stray_words_are_still_rejected() -> None:
+    from thinkrec.cli.main import build_parser, parse
+
+    args = parse(build_parser(), ["train", "ml100k-sasrec", "train.lr=0.002", "--run-dir", "x", "train.seed=3"])
+    assert args.run_dir == "x" and args.overrides == ["train.lr=0.002", "train.seed=3"]
+    with pytest.raises(SystemExit):
+        parse(build_parser(), ["train", "ml100k-sasrec", "--run-dir", "x", "oops"])
+    with pytest.raises(SystemExit):  # a command without overrides takes none
+        parse(build_parser(), ["config", "show", "--bogus", "a=1"])

@@ -168,9 +168,21 @@ def _add_llm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_llm_parser(sub)
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; dotted overrides may also come after options (``train P --run-dir D a.b=1``),
+    where argparse alone would reject them because the positional list already ended."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     try:
         code: int = args.func(args)
     except ThinkrecError as exc:
