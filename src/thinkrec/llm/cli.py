@@ -16,7 +16,9 @@ LLM_EPILOG = """examples:
   thinkrec llm train benchmarks/llm_ml100k.toml recpo.variant=no_reasoning
   thinkrec llm evaluate runs/llm-ml100k-time-recpo-s42 --split test
   thinkrec llm recommend runs/llm-ml100k-time-recpo-s42 --user 196 -k 10
-multi-GPU: not implemented in this version (one process; see docs/r2ec-decisions.md)"""
+data-parallel over CPU processes (GPUs are not used yet): launch the same command with accelerate, e.g.
+  accelerate launch --cpu --num_processes 4 -m thinkrec.cli.main llm train cfg.toml recpo.users_per_step=16
+  (torchrun --nproc_per_node 4 -m thinkrec.cli.main ... works too); see docs/llm.md"""
 
 
 def add_llm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,11 +66,14 @@ def cmd_llm_prepare_model(args: argparse.Namespace) -> int:
 
 def cmd_llm_train(args: argparse.Namespace) -> int:
     from thinkrec.llm.config import load_llm_config
+    from thinkrec.llm.distributed import Replicas
     from thinkrec.llm.run import train_llm
 
     cfg = load_llm_config(args.config, args.overrides)
     out = Path(args.run_dir or cfg.default_run_dir())
     results = train_llm(cfg, out, progress=not args.no_progress)
+    if not Replicas.detect().is_main:
+        return 0
     print(
         f"\nrun: {out}  (reward: first half {results['reward_first_half']:.4f}, second half "
         f"{results['reward_second_half']:.4f}; curve: {out / 'reward.png'})"

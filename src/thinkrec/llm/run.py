@@ -23,6 +23,7 @@ from thinkrec.data.split import Split, make_split
 from thinkrec.errors import ThinkrecError
 from thinkrec.llm.config import LLMRunConfig
 from thinkrec.llm.data import PromptBank, eval_examples, train_examples
+from thinkrec.llm.distributed import Replicas
 from thinkrec.llm.model import DualHeadLM
 from thinkrec.llm.prompts import PromptBuilder
 from thinkrec.llm.trainer import LLMTrainer, StepLog
@@ -135,29 +136,47 @@ def train_llm(
     progress: bool = True,
     evaluate_test: bool = True,
 ) -> dict[str, Any]:
-    """Train for ``cfg.recpo.steps`` steps, then evaluate on the test samples; returns the results."""
+    """Train for ``cfg.recpo.steps`` steps, then evaluate on the test samples; returns the results.
+
+    Under ``accelerate launch`` / ``torchrun`` the processes train one model data-parallel
+    (:mod:`thinkrec.llm.distributed`); only the main process writes the run directory.
+    """
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
+    replicas = Replicas.detect()
+    if cfg.recpo.users_per_step < replicas.world:
+        raise ThinkrecError(
+            f"recpo.users_per_step={cfg.recpo.users_per_step} is smaller than the {replicas.world} processes; "
+            "every process needs at least one user per step"
+        )
+    main = replicas.is_main
     out = Path(run_dir or cfg.default_run_dir())
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", json.loads(cfg.model_dump_json()))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", json.loads(cfg.model_dump_json()))
     split = split or load_split(cfg)
     own_model = model is None
     model = model or build_model(cfg)
     bank = PromptBank(split.dataset, cfg, make_builder(model, cfg))
-    trainer = LLMTrainer(model, bank, cfg)
+    trainer = LLMTrainer(model, bank, cfg, replicas)
     examples = train_examples(split, cfg)
     valid = eval_examples(split, cfg, "valid") if cfg.recpo.eval_every else []
     rng = Seeds(cfg.recpo.seed).numpy("llm-order")
     order: list[int] = []
     log: list[dict[str, Any]] = []
     log_path = out / "log.jsonl"
-    log_path.write_text("")
+    if main:
+        log_path.write_text("")
     t0 = time.perf_counter()
-    initial_item_table(model, bank, cfg, cache=own_model, progress=progress)
+    if main:  # the main process fills the shared cache first; the others then read it
+        initial_item_table(model, bank, cfg, cache=own_model, progress=progress)
+    replicas.barrier()
+    if not main:
+        initial_item_table(model, bank, cfg, cache=own_model)
     table_seconds = time.perf_counter() - t0
     steps = range(1, cfg.recpo.steps + 1)
     bar: Any = steps
+    progress = progress and main
     if progress:
         from tqdm import tqdm
 
@@ -173,14 +192,18 @@ def train_llm(
             report = trainer.evaluate(valid, progress)
             row["valid"] = report["metrics"]
         log.append(row)
-        with log_path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        if main:
+            with log_path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
         if progress:
             bar.set_postfix(reward=f"{record.reward:.3f}", ndcg=f"{record.ndcg:.3f}", len=f"{record.reasoning_len:.0f}")
-    plot_rewards(log, out / "reward.png")
+    replicas.check_in_sync(trainer.params)
+    if main:
+        plot_rewards(log, out / "reward.png")
     results: dict[str, Any] = {
         "variant": cfg.recpo.variant,
         "pairing": cfg.recpo.pairing,
+        "processes": replicas.world,
         "train_examples": len(examples),
         "item_table_seconds": table_seconds,
         "train_seconds": time.perf_counter() - t0,
@@ -191,8 +214,10 @@ def train_llm(
         results["test"] = evaluation(trainer, split, cfg, "test", progress)
     # after the test evaluation the cached item table is the trained model's (rebuilt), not a stale one
     info = {"config": json.loads(cfg.model_dump_json()), "steps": cfg.recpo.steps, "item_table_fresh": evaluate_test}
-    save_llm_checkpoint(out / "checkpoints", model, info)
-    atomic_write_json(out / "results.json", results)
+    if main:
+        save_llm_checkpoint(out / "checkpoints", model, info)
+        atomic_write_json(out / "results.json", results)
+    replicas.barrier()
     return results
 
 

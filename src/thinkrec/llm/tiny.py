@@ -39,8 +39,9 @@ def tiny_tokenizer() -> Any:
     return tok
 
 
-def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2) -> Any:
-    """A randomly initialised ``LlamaForCausalLM`` (fp32, tied embeddings)."""
+def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2, init_std: float = 0.02) -> Any:
+    """A randomly initialised ``LlamaForCausalLM`` (fp32, tied embeddings). A larger ``init_std`` than the
+    usual 0.02 makes its hidden states differ between prompts (well-conditioned similarity gradients)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -57,5 +58,6 @@ def tiny_llama(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2
         pad_token_id=0,
         eos_token_id=2,
         bos_token_id=1,
+        initializer_range=init_std,
     )
     return LlamaForCausalLM(config)

@@ -12,6 +12,11 @@ A RecPO step on ``B`` users (r2ec.md §4.3, single process):
    no separate no-grad scoring pass is needed. Advantages, top-k mask and both losses follow.
 4. One backward over the sum of the group losses (what plain DDP / one GPU does: gradients of the ``B``
    mini-batches add up), gradient clipping, one AdamW step.
+
+Data-parallel (``accelerate launch``, see :mod:`thinkrec.llm.distributed`): every replica encodes all ``B``
+targets (so in-batch negatives and the cached table are the same everywhere), runs steps 1 and 3 for its
+share of the users, and the gradients are summed over replicas before step 4 -- the same update as one
+process on the whole batch. Evaluation splits the samples and gathers their ranks.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
 from thinkrec.llm.config import LLMRunConfig
 from thinkrec.llm.data import Example, PromptBank
+from thinkrec.llm.distributed import Replicas
 from thinkrec.llm.model import DualHeadLM
 from thinkrec.llm.recpo import (
     contrastive_loss,
@@ -76,20 +82,25 @@ class Timer:
 class LLMTrainer:
     """Runs RecPO (or no-reasoning) steps and evaluations for a :class:`DualHeadLM`."""
 
-    def __init__(self, model: DualHeadLM, bank: PromptBank, cfg: LLMRunConfig) -> None:
+    def __init__(
+        self, model: DualHeadLM, bank: PromptBank, cfg: LLMRunConfig, replicas: Replicas | None = None
+    ) -> None:
         self.model = model
+        self.replicas = replicas or Replicas()
         self.bank = bank
         self.cfg = cfg
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
         self.params = params
+        self.replicas.broadcast_params(params)
         r = cfg.recpo
         self.optimizer = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / r.warmup_steps) if r.warmup_steps else 1.0
         )
-        self.generator = torch.Generator().manual_seed(r.seed)
+        # replicas sample different rollouts for their different users
+        self.generator = torch.Generator().manual_seed(r.seed + 7919 * self.replicas.rank)
         self.n_columns = bank.ds.n_items + 1
         self.cutoff = min(r.ndcg_cutoff, bank.ds.n_items)
 
@@ -102,6 +113,7 @@ class LLMTrainer:
     def _optimise(self, loss: torch.Tensor, log: StepLog) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
+        self.replicas.sum_grads(self.params)
         clip = self.cfg.recpo.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip else float("inf"))
         log.grad_norm = float(norm)
@@ -122,7 +134,8 @@ class LLMTrainer:
         model, g = self.model, r.group_size
         timer, t = Timer(), time.perf_counter()
         log = StepLog(step)
-        prompts = [self.bank.user_ids(ex) for ex in examples]
+        own = self.replicas.shard(list(enumerate(examples)))  # (column of the target, example)
+        prompts = [self.bank.user_ids(ex) for _, ex in own]
         marker_ids = self.bank.builder.marker_ids
         rollouts = model.generate(
             prompts,
@@ -141,7 +154,7 @@ class LLMTrainer:
         rewards_all, adv_all, ndcg_all, soft_all = [], [], [], []
         total = torch.zeros(())
         tok_sum, item_sum = 0.0, 0.0
-        for u, ex in enumerate(examples):
+        for u, (column, ex) in enumerate(own):
             completions = rollouts.ids[u * g : (u + 1) * g]
             out = model.encode_prefixed(prompts[u], completions)
             logprobs = model.continuation_logprobs(out)
@@ -152,7 +165,7 @@ class LLMTrainer:
             adv = group_advantages(rewards.reward, g, r.advantage, std_floor=r.adv_std_floor)
             top = topk_mask(adv, g, r.relabel_topk)
             l_tok = token_policy_loss(logprobs, out.mask, adv, r.clip_low, r.clip_high, r.pairing)
-            columns = torch.full((g,), u, dtype=torch.long)
+            columns = torch.full((g,), column, dtype=torch.long)
             p_own = inbatch_target_logprobs(out.pooled, items, columns, model.tau)
             l_item = item_loss(p_own, adv, top, r.clip_low, r.clip_high, r.pairing)
             total = total + l_tok + l_item
@@ -165,18 +178,25 @@ class LLMTrainer:
         t = timer.add("forward", t)
         self._optimise(total, log)
         timer.add("backward+step", t)
-        reward = torch.cat(rewards_all)
-        adv = torch.cat(adv_all)
-        log.reward = float(reward.mean())
-        log.advantage = float(adv.mean())
-        log.advantage_abs = float(adv.abs().mean())
-        log.ndcg = float(torch.cat(ndcg_all).mean())
-        log.softmax = float(torch.cat(soft_all).mean())
-        log.reasoning_len = float(np.mean([len(c) for c in rollouts.ids]))
-        log.marker_rate = float(np.mean(rollouts.hit_marker))
-        log.loss = float(total.detach())
-        log.loss_token = tok_sum
-        log.loss_item = item_sum
+        local = {
+            "reward": torch.cat(rewards_all).tolist() if rewards_all else [],
+            "adv": torch.cat(adv_all).tolist() if adv_all else [],
+            "ndcg": torch.cat(ndcg_all).tolist() if ndcg_all else [],
+            "softmax": torch.cat(soft_all).tolist() if soft_all else [],
+            "length": [len(c) for c in rollouts.ids],
+            "marker": [float(h) for h in rollouts.hit_marker],
+            "loss": [float(total.detach()), tok_sum, item_sum],
+        }
+        every = self.replicas.gather(local)
+        pooled = {key: [v for part in every for v in part[key]] for key in local if key != "loss"}
+        log.reward = float(np.mean(pooled["reward"]))
+        log.advantage = float(np.mean(pooled["adv"]))
+        log.advantage_abs = float(np.mean(np.abs(pooled["adv"])))
+        log.ndcg = float(np.mean(pooled["ndcg"]))
+        log.softmax = float(np.mean(pooled["softmax"]))
+        log.reasoning_len = float(np.mean(pooled["length"]))
+        log.marker_rate = float(np.mean(pooled["marker"]))
+        log.loss, log.loss_token, log.loss_item = (sum(part["loss"][i] for part in every) for i in range(3))
         log.seconds = timer.seconds
         return log
 
@@ -187,20 +207,28 @@ class LLMTrainer:
         log = StepLog(step)
         model.train()
         items = self._targets(examples)
-        users = model.encode([self.bank.builder.with_marker(self.bank.user_ids(ex)) for ex in examples])
-        columns = torch.arange(len(examples))
-        loss = contrastive_loss(inbatch_target_logprobs(users, items, columns, model.tau))
+        own = self.replicas.shard(list(enumerate(examples)))
+        users = model.encode([self.bank.builder.with_marker(self.bank.user_ids(ex)) for _, ex in own])
+        columns = torch.as_tensor([column for column, _ in own], dtype=torch.long)
+        # the mean over the whole batch, as a sum of this replica's rows / B (replicas' gradients add up)
+        loss = contrastive_loss(inbatch_target_logprobs(users, items, columns, model.tau)) * (
+            len(own) / len(examples)
+        )
         with torch.no_grad():
             scores = model.score_all(users)
-            masked = history_mask([ex.seen for ex in examples], self.n_columns)
-            rewards = fused_reward(scores, torch.as_tensor([ex.target for ex in examples]), masked, 0.0, self.cutoff)
+            masked = history_mask([ex.seen for _, ex in own], self.n_columns)
+            targets = torch.as_tensor([ex.target for _, ex in own])
+            rewards = fused_reward(scores, targets, masked, 0.0, self.cutoff)
         t = timer.add("forward", t)
         self._optimise(loss, log)
         timer.add("backward+step", t)
-        log.reward = float(rewards.reward.mean())
-        log.ndcg = float(rewards.ndcg.mean())
-        log.softmax = float(rewards.softmax.mean())
-        log.loss = log.loss_item = float(loss.detach())
+        every = self.replicas.gather(
+            (rewards.reward.tolist(), rewards.ndcg.tolist(), rewards.softmax.tolist(), float(loss.detach()))
+        )
+        log.reward = float(np.mean([v for part in every for v in part[0]]))
+        log.ndcg = float(np.mean([v for part in every for v in part[1]]))
+        log.softmax = float(np.mean([v for part in every for v in part[2]]))
+        log.loss = log.loss_item = sum(part[3] for part in every)
         log.seconds = timer.seconds
         return log
 
@@ -227,11 +255,13 @@ class LLMTrainer:
         """HR/NDCG@ks on the full catalogue (pad item and, if configured, history masked)."""
         model = self.model
         model.eval()
+        progress = progress and self.replicas.is_main
         t0 = time.perf_counter()
         if rebuild or model.item_table is None:
             model.build_item_table(self.bank.item_ids, self.cfg.eval.item_batch_size, progress)
         t_items = time.perf_counter() - t0
         reasoning = self.cfg.recpo.variant == "recpo"
+        examples = self.replicas.shard(examples)
         ranks: list[np.ndarray] = []
         lengths: list[int] = []
         texts: list[str] = []
@@ -250,7 +280,11 @@ class LLMTrainer:
             seen = [ex.seen if self.cfg.eval.mask_history else [] for ex in part]
             scores = mask_scores(scores, history_mask(seen, self.n_columns))
             ranks.append(target_ranks(scores, torch.as_tensor([ex.target for ex in part])).numpy())
-        all_ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+        own_ranks = np.concatenate(ranks).tolist() if ranks else []
+        every = self.replicas.gather((own_ranks, texts, lengths))
+        all_ranks = np.asarray(self.replicas.unshard([part[0] for part in every]), dtype=np.int64)
+        texts = self.replicas.unshard([part[1] for part in every])
+        lengths = self.replicas.unshard([part[2] for part in every])
         model.train()
         return {
             "metrics": {k: v for k, v in metrics_from_ranks(all_ranks, self.cfg.eval.ks).items() if "MRR" not in k},
