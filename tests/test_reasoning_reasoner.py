@@ -25,9 +25,10 @@ INPUTS = torch.tensor(
 POSITIONS = torch.arange(3, 10)  # the last 7 positions of max_len = 10
 
 
-def _model(steps: int = 3, normalise: bool = True, seed: int = 0) -> SeqRecModel:
+def _model(steps: int = 3, normalise: bool = True, seed: int = 0, norm: str = "pre") -> SeqRecModel:
     torch.manual_seed(seed)
-    model = build_model(SASRecConfig(hidden=HIDDEN, layers=2, heads=2, max_len=10), n_items=15)
+    cfg = SASRecConfig(hidden=HIDDEN, layers=2, heads=2, max_len=10, norm=norm)  # type: ignore[arg-type]
+    model = build_model(cfg, n_items=15)
     with torch.no_grad():  # weights large enough that every sub-layer and every RPE row matters
         for name, p in model.named_parameters():
             if p.dim() > 1 and "norm" not in name:
@@ -62,10 +63,11 @@ def _recompute(model: SeqRecModel, inputs: torch.Tensor, positions: torch.Tensor
     return torch.stack(states, dim=1)
 
 
+@pytest.mark.parametrize("norm", ["pre", "post"])
 @pytest.mark.parametrize("normalise", [True, False])
 @pytest.mark.parametrize("steps", [1, 2, 3])
-def test_cached_reasoning_equals_recomputing_the_extended_sequence(steps: int, normalise: bool) -> None:
-    model = _model(steps=3, normalise=normalise)
+def test_cached_reasoning_equals_recomputing_the_extended_sequence(steps: int, normalise: bool, norm: str) -> None:
+    model = _model(steps=3, normalise=normalise, norm=norm)
     with torch.no_grad():
         cached = model.encode(INPUTS, POSITIONS, steps)
         full = _recompute(model, INPUTS, POSITIONS, steps)
@@ -107,11 +109,12 @@ def test_the_reasoning_position_embeddings_are_the_only_new_parameters() -> None
     assert wide.rpe.shape == (4, HIDDEN) and wide.steps == 2
 
 
+@pytest.mark.parametrize("norm", ["pre", "post"])
 @pytest.mark.parametrize("normalise", [True, False])
-def test_all_prefix_reasoning_equals_one_prefix_per_row(normalise: bool) -> None:
+def test_all_prefix_reasoning_equals_one_prefix_per_row(normalise: bool, norm: str) -> None:
     """Every prefix of every row in one pass == the 'last' path (model.encode) on each prefix alone,
     with the same item positions."""
-    model = _model(steps=2, normalise=normalise)
+    model = _model(steps=2, normalise=normalise, norm=norm)
     assert isinstance(model.reasoner, LatentReasoner)
     b, w = INPUTS.shape
     with torch.no_grad():

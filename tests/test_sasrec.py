@@ -49,3 +49,25 @@ def test_last_only_equals_the_last_column_of_the_full_pass(positions: str) -> No
     last = model(seq, position_ids(6, 6), last_only=True).hidden
     assert last.shape == (2, 1, 8)
     torch.testing.assert_close(full, last, rtol=1e-5, atol=1e-6)
+
+
+def test_post_norm_block_is_layernorm_after_each_residual_sum() -> None:
+    """The post-LN block against the formula written out: LN2(h + FFN(h)), h = LN1(x + Attn(x))."""
+    from torch.nn import functional as F
+
+    from thinkrec.models.transformer import Block
+
+    torch.manual_seed(0)
+    block = Block(8, 2, 16, 0.0, 0.0, post_norm=True).eval()
+    x = torch.randn(2, 5, 8)
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    q, k, v = block.qkv(x).view(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(2, 5, 8)
+    h = block.ln_attn(x + block.out(attn))
+    expected = block.ln_ffn(h + block.ffn(h))
+    torch.testing.assert_close(block(x, mask)[0], expected)
+    pre = Block(8, 2, 16, 0.0, 0.0).eval()
+    pre.load_state_dict(block.state_dict())
+    assert not torch.allclose(pre(x, mask)[0], expected)  # the two placements really differ
+    model = SASRec(20, SASRecConfig(hidden=8, layers=1, heads=2, max_len=6, norm="post"))
+    assert isinstance(model.final_norm, torch.nn.Identity)

@@ -39,6 +39,13 @@ class SASRecConfig(BaseModel):
             "'from_start' = the oldest item of the window has position 0 (RecBole)"
         ),
     )
+    norm: Literal["pre", "post"] = Field(
+        "pre",
+        description=(
+            "LayerNorm placement: 'pre' = before each sub-layer plus a final LayerNorm; "
+            "'post' = after each residual sum, no final LayerNorm (original Transformer, RecBole)"
+        ),
+    )
     scorer: Literal["dot", "cosine"] = Field("dot", description="user-item similarity")
     temperature: float = Field(1.0, description="logits are similarity / temperature", gt=0)
 
@@ -58,10 +65,12 @@ class SASRec(nn.Module):
         self.input_norm = nn.LayerNorm(cfg.hidden)
         self.input_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
-            Block(cfg.hidden, cfg.heads, cfg.ffn or 4 * cfg.hidden, cfg.dropout, cfg.attn_dropout)
+            Block(
+                cfg.hidden, cfg.heads, cfg.ffn or 4 * cfg.hidden, cfg.dropout, cfg.attn_dropout, cfg.norm == "post"
+            )
             for _ in range(cfg.layers)
         )
-        self.final_norm = nn.LayerNorm(cfg.hidden)
+        self.final_norm: nn.Module = nn.LayerNorm(cfg.hidden) if cfg.norm == "pre" else nn.Identity()
         self.emb_scale = math.sqrt(cfg.hidden) if cfg.scale_embeddings else 1.0
         self.reset_parameters()
 

@@ -1,4 +1,4 @@
-"""A pre-LayerNorm Transformer block whose attention can reuse a key/value cache."""
+"""A Transformer block (pre- or post-LayerNorm) whose attention can reuse a key/value cache."""
 
 from __future__ import annotations
 
@@ -8,10 +8,15 @@ from torch.nn import functional as F
 
 
 class Block(nn.Module):
-    """``x + Attn(LN(x))`` then ``+ FFN(LN(.))``; returns the new hidden states and this pass's keys/values."""
+    """Pre-LN ``x + Attn(LN(x))`` then ``+ FFN(LN(.))`` (default), or post-LN ``LN(x + Attn(x))`` then
+    ``LN(. + FFN(.))`` (the original Transformer, RecBole's SASRec); returns the new hidden states and this
+    pass's keys/values."""
 
-    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float, attn_dropout: float) -> None:
+    def __init__(
+        self, hidden: int, heads: int, ffn: int, dropout: float, attn_dropout: float, post_norm: bool = False
+    ) -> None:
         super().__init__()
+        self.post_norm = post_norm
         if hidden % heads:
             raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
         self.heads = heads
@@ -27,13 +32,18 @@ class Block(nn.Module):
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values ``[B, h, T, hd]`` of new tokens ``x [B, T, d]``."""
         b, t, _ = x.shape
-        q, k, v = self.qkv(self.ln_attn(x)).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        h = x if self.post_norm else self.ln_attn(x)
+        q, k, v = self.qkv(h).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return q, k, v
 
     def _finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Output projection of the attention ``[B, h, T, hd]`` + residual, then the feed-forward sub-layer."""
         b, t, d = x.shape
         x = x + self.dropout(self.out(attn.transpose(1, 2).reshape(b, t, d)))
+        if self.post_norm:
+            x = self.ln_attn(x)
+            post: torch.Tensor = self.ln_ffn(x + self.dropout(self.ffn(x)))
+            return post
         out: torch.Tensor = x + self.dropout(self.ffn(self.ln_ffn(x)))
         return out
 
