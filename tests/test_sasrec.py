@@ -71,3 +71,18 @@ def test_post_norm_block_is_layernorm_after_each_residual_sum() -> None:
     assert not torch.allclose(pre(x, mask)[0], expected)  # the two placements really differ
     model = SASRec(20, SASRecConfig(hidden=8, layers=1, heads=2, max_len=6, norm="post"))
     assert isinstance(model.final_norm, torch.nn.Identity)
+
+
+def test_untied_output_embeddings_score_items() -> None:
+    from thinkrec.models.registry import build_model
+
+    torch.manual_seed(0)
+    tied = build_model(SASRecConfig(hidden=8, layers=1, heads=2, max_len=6), n_items=20)
+    untied = build_model(SASRecConfig(hidden=8, layers=1, heads=2, max_len=6, tie_embeddings=False), n_items=20)
+    assert tied.item_vectors().data_ptr() == tied.backbone.item_embedding.weight[1:].data_ptr()
+    out = untied.backbone.output_embedding
+    assert isinstance(out, torch.nn.Embedding) and untied.item_vectors().shape == (20, 8)
+    assert untied.item_vectors().data_ptr() == out.weight[1:].data_ptr()
+    users = untied.encode(torch.tensor([[3, 5, 7]]), position_ids(3, 6))[:, -1]
+    untied.score(users)[0, 4].backward()
+    assert out.weight.grad is not None and out.weight.grad[5].abs().sum() > 0  # column 4 = item 5

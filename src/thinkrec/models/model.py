@@ -52,10 +52,14 @@ class SeqRecModel(nn.Module):
         return self.backbone
 
     def item_vectors(self) -> torch.Tensor:
-        """Output item vectors ``[n_items, d]`` (tied to the input embedding table, or to the backbone's computed
-        :class:`ComputedItems` table; padding row dropped)."""
+        """Output item vectors ``[n_items, d]`` (tied to the input embedding table, a separate output table, or the
+        backbone's computed :class:`ComputedItems` table; padding row dropped)."""
         if isinstance(self.backbone, ComputedItems):
             return self.backbone.item_table()[1:]
+        output = getattr(self.backbone, "output_embedding", None)  # SASRec with tie_embeddings=false
+        if isinstance(output, nn.Embedding):
+            untied: torch.Tensor = output.weight[1:]
+            return untied
         weight: torch.Tensor = self.backbone.item_embedding.weight
         return weight[1:]
 

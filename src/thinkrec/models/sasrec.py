@@ -46,6 +46,13 @@ class SASRecConfig(BaseModel):
             "'post' = after each residual sum, no final LayerNorm (original Transformer, RecBole)"
         ),
     )
+    tie_embeddings: bool = Field(
+        True,
+        description=(
+            "score items with the input embedding table (tied, as SASRec and RecBole); false = a separate "
+            "output table (then an item's own input does not score it highly by construction)"
+        ),
+    )
     scorer: Literal["dot", "cosine"] = Field("dot", description="user-item similarity")
     temperature: float = Field(1.0, description="logits are similarity / temperature", gt=0)
 
@@ -71,6 +78,9 @@ class SASRec(nn.Module):
             for _ in range(cfg.layers)
         )
         self.final_norm: nn.Module = nn.LayerNorm(cfg.hidden) if cfg.norm == "pre" else nn.Identity()
+        self.output_embedding: nn.Embedding | None = (
+            None if cfg.tie_embeddings else nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
+        )
         self.emb_scale = math.sqrt(cfg.hidden) if cfg.scale_embeddings else 1.0
         self.reset_parameters()
 
@@ -83,6 +93,8 @@ class SASRec(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
+            if self.output_embedding is not None:
+                self.output_embedding.weight[0].zero_()
 
     def input_tokens(self, vectors: torch.Tensor) -> torch.Tensor:
         """Normalise and drop out input vectors (item + position embeddings, or reasoning inputs)."""
