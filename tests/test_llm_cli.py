@@ -23,14 +23,15 @@ from thinkrec.llm.tiny import tiny_llama, tiny_tokenizer
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("llm")
     tok = tiny_tokenizer()
-    tiny_llama(len(tok)).save_pretrained(str(root / "model"))
+    tiny_llama(len(tok), init_std=0.5).save_pretrained(str(root / "model"))  # distinct item vectors
     tok.save_pretrained(str(root / "model"))
     lines = ["user_id,item_id,timestamp"]
     for u in range(6):
         for j in range(7):
             lines.append(f"u{u},i{(u * 3 + j) % 10},{1000 + 3600 * j + u}")
     (root / "log.csv").write_text("\n".join(lines) + "\n")
-    (root / "items.csv").write_text("item_id,title\n" + "".join(f"i{i},Film {i}\n" for i in range(10)))
+    words = ["zebra", "a quiet harbour", "x", "ninety-nine red balloons", "oslo", "!!", "qqqq", "m", "tea", "yo"]
+    (root / "items.csv").write_text("item_id,title\n" + "".join(f"i{i},Film {i} {words[i]}\n" for i in range(10)))
     (root / "llm.toml").write_text(
         f"""
 [data]
@@ -95,3 +96,38 @@ def test_prepare_model_fixes_the_smollm2_tokenizer(tmp_path: Path) -> None:
     assert config.pad_token_id == 0 and config.vocab_size == 49152 == len(tok)
     assert tok.encode("<answer>", add_special_tokens=False) == [44, 11247, 46]
     assert (tmp_path / "smol" / "model.safetensors").exists()
+
+
+def test_serving_an_llm_run_returns_its_reasoning(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from thinkrec.serve.app import create_app, load_recommender
+    from thinkrec.serve.llm import LLMRecommender, is_llm_run
+
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tiny_dir / "cache"))
+    run = tiny_dir / "served"
+    assert main(["llm", "train", str(tiny_dir / "llm.toml"), "--run-dir", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert is_llm_run(run) and not is_llm_run(tiny_dir)
+    rec = load_recommender(run)
+    assert isinstance(rec, LLMRecommender)
+    client = TestClient(create_app(recommender=rec))
+    body = client.post("/recommend", json={"history": ["i1", "i2"], "k": 3, "exclude_seen": True}).json()
+    assert isinstance(body["reasoning"], str) and body["steps"] is None and body["model"]["kind"] == "r2ec"
+    assert len(body["items"]) == 3 and {"i1", "i2"}.isdisjoint(it["item"] for it in body["items"])
+    assert all(it["title"].startswith("Film") for it in body["items"])
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    # the same reasoning and ranking as the command line's recommend (greedy, history excluded)
+    assert main(["llm", "recommend", str(run), "--history", "i1,i2", "-k", "3"]) == 0
+    printed = capsys.readouterr().out
+    cli_items = [line.split()[1] for line in printed.splitlines() if line.strip()[:2] in {"1.", "2.", "3."}]
+    assert cli_items == [it["item"] for it in body["items"]]
+    if body["reasoning"].strip():
+        assert body["reasoning"].strip().splitlines()[0] in printed
+    assert client.post("/recommend", json={"history": ["nope"]}).status_code == 422
+    assert client.post("/recommend", json={"history": ["i1"], "reasoning_steps": 2}).status_code == 422
+    assert client.get("/items/search", params={"q": "film 3"}).json()["items"][0]["item"] == "i3"

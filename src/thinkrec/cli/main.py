@@ -147,7 +147,10 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve = sub.add_parser(
         "serve", help="serve a trained run over HTTP (API + web page; needs pip install 'thinkrec[serve]')"
     )
-    serve.add_argument("run_dir", help="a run directory written by thinkrec train")
+    serve.add_argument(
+        "run_dir",
+        help="a run directory of thinkrec train, or of thinkrec llm train (R²ec: answers include its reasoning)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, local only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument(

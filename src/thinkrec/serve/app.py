@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from thinkrec import __version__
-from thinkrec.serve.recommender import MAX_K, MAX_SEARCH, Recommender
+from thinkrec.serve.recommender import MAX_K, MAX_SEARCH, Recommender, Recommends
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_HISTORY = 2000
@@ -63,6 +63,7 @@ class RecommendResponse(BaseModel):
     steps: list[list[Item]] | None = Field(
         None, description="reasoning models: the top-K of each state, step 0 = before reasoning"
     )
+    reasoning: str | None = Field(None, description="R²ec models: the reasoning text written before ranking")
     history_used: int = Field(..., description="history items the model saw (the most recent max_len)")
     reasoning_steps: int
     model: dict[str, Any]
@@ -119,12 +120,25 @@ def _static(name: str) -> str:
     return resources.files("thinkrec.serve").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def create_app(run_dir: str | Path | None = None, *, recommender: Recommender | None = None) -> FastAPI:
+def load_recommender(run_dir: str | Path, ann: bool = False) -> Recommends:
+    """The run in ``run_dir``: an R²ec run (``thinkrec llm train``) or an engine run (``thinkrec train``)."""
+    from thinkrec.serve.llm import LLMRecommender, is_llm_run
+
+    if is_llm_run(run_dir):
+        if ann:
+            from thinkrec.errors import ThinkrecError
+
+            raise ThinkrecError(f"{run_dir}: --ann is for engine runs; an R²ec run always scores exactly")
+        return LLMRecommender.from_run(run_dir)
+    return Recommender.from_run(run_dir, ann=ann)
+
+
+def create_app(run_dir: str | Path | None = None, *, recommender: Recommends | None = None) -> FastAPI:
     """The API for the run in ``run_dir`` (or an already loaded ``recommender``), model loaded once."""
     if recommender is None:
         if run_dir is None:
             raise ValueError("give run_dir or recommender")
-        recommender = Recommender.from_run(run_dir)
+        recommender = load_recommender(run_dir)
     rec = recommender
     pages = {"index.html": _static("index.html"), **{name: _static(name) for name in STATIC_FILES}}
     app = FastAPI(title="thinkrec", version=__version__, description="Sequential recommendations of a trained run.")
@@ -166,9 +180,10 @@ def create_app(run_dir: str | Path | None = None, *, recommender: Recommender | 
         return RecommendResponse(
             items=[item(i, s) for i, s in top.row(0)],
             steps=[[item(i, s) for i, s in row] for row in steps] if steps else None,
+            reasoning=top.texts[0] if top.texts else None,
             history_used=min(len(history), rec.max_len),
             reasoning_steps=(rec.reasoning_steps if request.reasoning_steps is None else request.reasoning_steps)
-            if rec.model.reasoner is not None
+            if rec.max_reasoning_steps > 0
             else 0,
             model=rec.describe(),
         )
@@ -206,5 +221,5 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, ann: b
     """Run the API with uvicorn (blocking); ``ann``: approximate top-K through a FAISS index."""
     import uvicorn
 
-    app = create_app(recommender=Recommender.from_run(run_dir, ann=ann))
+    app = create_app(recommender=load_recommender(run_dir, ann=ann))
     uvicorn.run(app, host=host, port=port, log_level="info")

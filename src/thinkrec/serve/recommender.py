@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow.parquet as pq
 import torch
@@ -110,6 +110,7 @@ class TopK:
     scores: torch.Tensor
     step_ids: torch.Tensor | None = None
     step_scores: torch.Tensor | None = None
+    texts: list[str] | None = None  # the reasoning text of each row (R²ec models)
 
     def row(self, b: int) -> list[tuple[int, float]]:
         """``(internal id, score)`` pairs of row ``b``, best first, without excluded items."""
@@ -124,6 +125,33 @@ class TopK:
 
 def _pairs(ids: torch.Tensor, scores: torch.Tensor) -> list[tuple[int, float]]:
     return [(int(i), float(s)) for i, s in zip(ids.tolist(), scores.tolist(), strict=True) if s != float("-inf")]
+
+
+class Recommends(Protocol):
+    """What the HTTP API needs of a loaded run: :class:`Recommender` (engine models) or
+    :class:`~thinkrec.serve.llm.LLMRecommender` (R²ec)."""
+
+    vocabulary: Vocabulary
+    max_len: int
+
+    @property
+    def reasoning_steps(self) -> int: ...
+
+    @property
+    def max_reasoning_steps(self) -> int: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def recommend(
+        self,
+        histories: Sequence[Sequence[int]],
+        k: int = 10,
+        steps: int | None = None,
+        exclude_seen: bool = False,
+        per_step: bool = True,
+    ) -> TopK: ...
+
+    def search(self, query: str, limit: int = 20) -> list[int]: ...
 
 
 class Recommender:

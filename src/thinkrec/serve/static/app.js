@@ -73,7 +73,9 @@ function showError(message) {
 
 async function recommend() {
   const tbody = $("recs").querySelector("tbody");
-  if (!state.history.length) { tbody.replaceChildren(); $("steps-view").hidden = true; return; }
+  if (!state.history.length) {
+    tbody.replaceChildren(); $("steps-view").hidden = true; $("reasoning-view").hidden = true; return;
+  }
   const request = {
     history: state.history.map((it) => it.item),
     k: Math.max(1, Math.min(1000, parseInt($("k").value, 10) || 10)),
@@ -97,6 +99,8 @@ async function recommend() {
       return tr;
     }));
     renderSteps(body.steps);
+    $("reasoning").textContent = body.reasoning || "";
+    $("reasoning-view").hidden = !body.reasoning;
   } catch (err) { if (id === state.requestId) showError(err.message); }
 }
 

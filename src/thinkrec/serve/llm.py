@@ -1,0 +1,123 @@
+"""Serving an R²ec run (``thinkrec llm train``): the LLM writes its reasoning, then ranks the catalogue.
+
+:class:`LLMRecommender` answers the same calls as :class:`~thinkrec.serve.recommender.Recommender`, so the
+HTTP API and its web page serve either kind of run. Per history it builds the user prompt from the item
+titles (no timestamps: a served history has none), generates the reasoning greedily up to the run's
+``recpo.max_new_tokens`` (stopping at the answer marker), pools the user vector, and scores every item
+against the run's cached item table (cosine / tau). The reasoning text is returned with the top-K.
+Generation is serialised by a lock, like the engine models' inference.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from thinkrec.serve.recommender import MAX_K, TopK, Vocabulary
+
+
+def is_llm_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` was written by ``thinkrec llm train`` (its config has a ``recpo`` section)."""
+    path = Path(run_dir) / "config.json"
+    try:
+        return "recpo" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+class LLMRecommender:
+    """A trained R²ec run behind the :class:`~thinkrec.serve.recommender.Recommender` interface."""
+
+    reasoning_steps = 0  # latent reasoning steps: none (this model reasons in text)
+    max_reasoning_steps = 0
+
+    def __init__(self, trainer: Any, vocabulary: Vocabulary, history_len: int, dataset: str) -> None:
+        self.trainer = trainer
+        self.vocabulary = vocabulary
+        self.max_len = history_len
+        self.dataset = dataset
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> LLMRecommender:
+        """Load the run's model (LoRA adapters and item table) and its dataset's titles."""
+        from thinkrec.llm.data import PromptBank
+        from thinkrec.llm.run import load_llm_run, load_split, make_builder
+        from thinkrec.llm.trainer import LLMTrainer
+
+        cfg, model = load_llm_run(run_dir)
+        ds = load_split(cfg).dataset
+        cfg = cfg.model_copy(update={"prompt": cfg.prompt.model_copy(update={"relative_time": False})})
+        bank = PromptBank(ds, cfg, make_builder(model, cfg))
+        if model.item_table is None:
+            model.build_item_table(bank.item_ids, cfg.eval.item_batch_size, progress=True)
+        vocabulary = Vocabulary(
+            [e if isinstance(e, int) else str(e) for e in ds.item_ids], [str(t) for t in bank.titles[1:]]
+        )
+        model.eval()
+        return cls(LLMTrainer(model, bank, cfg), vocabulary, cfg.sample.history_len, cfg.data.name)
+
+    @property
+    def n_items(self) -> int:
+        return self.vocabulary.n_items
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.trainer.cfg
+        reasons = cfg.recpo.variant == "recpo"
+        return {
+            "kind": "r2ec",
+            "n_items": self.n_items,
+            "max_len": self.max_len,
+            "reasoning_steps": 0,
+            "max_reasoning_steps": 0,
+            "reasoning": f"text, greedy, <= {cfg.recpo.max_new_tokens} tokens" if reasons else "none",
+            "scorer": f"cosine / {cfg.model.tau}",
+            "top_k": "exact (full catalogue)",
+            "dataset": self.dataset,
+        }
+
+    def recommend(
+        self,
+        histories: Sequence[Sequence[int]],
+        k: int = 10,
+        steps: int | None = None,
+        exclude_seen: bool = False,
+        per_step: bool = True,
+    ) -> TopK:
+        """Top-``k`` internal ids and scores per history, with the reasoning text of each in ``TopK.texts``."""
+        from thinkrec.llm.data import Example
+        from thinkrec.llm.recpo import history_mask, mask_scores
+
+        if not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
+        if steps:
+            raise ValueError("this model reasons in text; it has no latent reasoning steps (use 0 or none)")
+        for row, history in enumerate(histories):
+            if not history:
+                raise ValueError(f"history {row} is empty; give at least one item")
+            bad = [i for i in history if not 1 <= i <= self.n_items]
+            if bad:
+                raise ValueError(f"history {row}: internal ids {bad[:5]} are outside 1..{self.n_items}")
+        examples = []
+        for history in histories:
+            shown = list(history)[-self.max_len :]
+            examples.append(Example(-1, len(history), shown, [0] * len(shown), 0, 0, sorted(set(history))))
+        reasons = self.trainer.cfg.recpo.variant == "recpo"
+        with self._lock, torch.inference_mode():
+            users, texts = self.trainer.user_vectors(examples, reasons)
+            scores = self.trainer.model.score_all(users)[:, 1:]  # column 0 is the pad item
+        if exclude_seen:
+            seen = history_mask([[i - 1 for i in ex.seen] for ex in examples], self.n_items, mask_pad=False)
+            scores = mask_scores(scores, seen)
+        # a stable sort: equal scores keep the lower item id first (cosine scores of an LLM tie more often)
+        values, order = torch.sort(scores, dim=1, descending=True, stable=True)
+        k = min(k, self.n_items)
+        return TopK(order[:, :k] + 1, values[:, :k], texts=list(texts) if reasons else None)
+
+    def search(self, query: str, limit: int = 20) -> list[int]:
+        return self.vocabulary.search(query, limit)
