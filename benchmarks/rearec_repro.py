@@ -80,7 +80,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
         "run_dir": str(run_dir),
         "results": run.results,
         "result": result,
-        "epoch_seconds": statistics.fmean(seconds) if seconds else None,
+        "epoch_seconds": statistics.median(seconds) if seconds else None,  # median: robust to a paused epoch
     }
 
 
