@@ -1,13 +1,14 @@
 """The HTTP API (FastAPI) and its web page.
 
-Endpoints: ``POST /recommend``, ``GET /items/search``, ``GET /health``, ``GET /`` (the web page; its
-script and style at ``/static/app.js`` and ``/static/style.css``), OpenAPI at ``/openapi.json``.
+Endpoints: ``POST /recommend``, ``GET /items/search``, ``GET /health``, ``GET /`` (the web page; its script
+and style at ``/static/app.js`` and ``/static/style.css``), OpenAPI at ``/openapi.json``.
 
 Every error a client can cause is a 4xx with a JSON body ``{"error": "...", "detail": ...}``: malformed JSON,
 wrong types, unknown fields and out-of-range values (422), unknown item ids (422), a body over
-:data:`MAX_BODY_BYTES` (413). The model is loaded once by :func:`create_app`; endpoints are synchronous
-(run in the server's thread pool) and torch inference is serialised by the :class:`Recommender`'s lock
-(no micro-batching). The web page's three files are read once at start-up; no request reads a file.
+:data:`MAX_BODY_BYTES` (413). The model is loaded once by :func:`create_app`; endpoints are synchronous (run
+in the server's thread pool); concurrent ``/recommend`` requests are micro-batched
+(:mod:`thinkrec.serve.batching`): requests that arrive while a model pass runs share the next one. The web
+page's three files are read once at start-up; no request reads a file.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from thinkrec import __version__
+from thinkrec.serve.batching import MicroBatcher
+from thinkrec.serve.batching import Query as BatchQuery
 from thinkrec.serve.recommender import MAX_K, MAX_SEARCH, Recommender, Recommends
 
 MAX_BODY_BYTES = 64 * 1024
@@ -140,9 +143,11 @@ def create_app(run_dir: str | Path | None = None, *, recommender: Recommends | N
             raise ValueError("give run_dir or recommender")
         recommender = load_recommender(run_dir)
     rec = recommender
+    batcher = MicroBatcher(rec)
     pages = {"index.html": _static("index.html"), **{name: _static(name) for name in STATIC_FILES}}
     app = FastAPI(title="thinkrec", version=__version__, description="Sequential recommendations of a trained run.")
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.state.batcher = batcher  # its pass / answer counters show how much batching happened
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -173,14 +178,14 @@ def create_app(run_dir: str | Path | None = None, *, recommender: Recommends | N
         if request.reasoning_steps is not None and request.reasoning_steps > rec.max_reasoning_steps:
             raise HTTPException(422, f"reasoning_steps must be in 0..{rec.max_reasoning_steps} for this model")
         try:
-            top = rec.recommend([history], request.k, request.reasoning_steps, request.exclude_seen)
+            answer = batcher.submit(BatchQuery(history, request.k, request.reasoning_steps, request.exclude_seen))
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
-        steps = top.step_rows(0)
+        steps = answer.steps
         return RecommendResponse(
-            items=[item(i, s) for i, s in top.row(0)],
+            items=[item(i, s) for i, s in answer.items],
             steps=[[item(i, s) for i, s in row] for row in steps] if steps else None,
-            reasoning=top.texts[0] if top.texts else None,
+            reasoning=answer.text,
             history_used=min(len(history), rec.max_len),
             reasoning_steps=(rec.reasoning_steps if request.reasoning_steps is None else request.reasoning_steps)
             if rec.max_reasoning_steps > 0
