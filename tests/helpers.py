@@ -58,3 +58,57 @@ def write_walk_csv(folder: Path, n_users: int, n_items: int, length: int, seed: 
     path = folder / "events.csv"
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+TITLE_WORDS = ["zebra", "a quiet harbour", "x", "ninety-nine red balloons", "oslo", "!!", "qqqq", "m", "tea", "yo"]
+
+
+def write_tiny_llm_setup(
+    root: Path,
+    n_users: int,
+    train_users: int,
+    eval_users: int,
+    users_per_step: int,
+    extra_model: str = "",
+    extra_recpo: str = "",
+) -> Path:
+    """A tiny random LM directory (``root/model``), a titled 10-item toy log and an LLM config using them
+    (``root/llm.toml``, 2 RecPO steps of groups of 2, 4 new tokens); returns ``root``. Needs the llm extra."""
+    from thinkrec.llm.tiny import tiny_llama, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tiny_llama(len(tok), init_std=0.5).save_pretrained(str(root / "model"))  # distinct item vectors
+    tok.save_pretrained(str(root / "model"))
+    lines = ["user_id,item_id,timestamp"]
+    for u in range(n_users):
+        for j in range(7):
+            lines.append(f"u{u},i{(u * 3 + j) % 10},{1000 + 3600 * j + u}")
+    (root / "log.csv").write_text("\n".join(lines) + "\n")
+    titles = "".join(f"i{i},Film {i} {TITLE_WORDS[i]}\n" for i in range(10))
+    (root / "items.csv").write_text("item_id,title\n" + titles)
+    (root / "llm.toml").write_text(
+        f"""
+[data]
+name = "toy"
+source = {{ format = "table", path = "{root / "log.csv"}", items_path = "{root / "items.csv"}" }}
+split = {{ kind = "loo" }}
+[sample]
+train_users = {train_users}
+eval_users = {eval_users}
+history_len = 3
+[model]
+path = "{root / "model"}"
+system_prompt = "s"
+max_item_tokens = 12
+{extra_model}
+[recpo]
+steps = 2
+users_per_step = {users_per_step}
+group_size = 2
+max_new_tokens = 4
+{extra_recpo}
+[eval]
+item_batch_size = 4
+"""
+    )
+    return root

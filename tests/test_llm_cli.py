@@ -12,50 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from helpers import write_tiny_llm_setup
+
 pytest.importorskip("transformers", reason="the llm extra is not installed: pip install 'thinkrec[llm]'")
 pytest.importorskip("peft", reason="the llm extra is not installed: pip install 'thinkrec[llm]'")
 
 from thinkrec.cli.main import main
-from thinkrec.llm.tiny import tiny_llama, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("llm")
-    tok = tiny_tokenizer()
-    tiny_llama(len(tok), init_std=0.5).save_pretrained(str(root / "model"))  # distinct item vectors
-    tok.save_pretrained(str(root / "model"))
-    lines = ["user_id,item_id,timestamp"]
-    for u in range(6):
-        for j in range(7):
-            lines.append(f"u{u},i{(u * 3 + j) % 10},{1000 + 3600 * j + u}")
-    (root / "log.csv").write_text("\n".join(lines) + "\n")
-    words = ["zebra", "a quiet harbour", "x", "ninety-nine red balloons", "oslo", "!!", "qqqq", "m", "tea", "yo"]
-    (root / "items.csv").write_text("item_id,title\n" + "".join(f"i{i},Film {i} {words[i]}\n" for i in range(10)))
-    (root / "llm.toml").write_text(
-        f"""
-[data]
-name = "toy"
-source = {{ format = "table", path = "{root / "log.csv"}", items_path = "{root / "items.csv"}" }}
-split = {{ kind = "loo" }}
-[sample]
-train_users = 4
-eval_users = 3
-history_len = 3
-[model]
-path = "{root / "model"}"
-system_prompt = "s"
-max_item_tokens = 12
-[recpo]
-steps = 2
-users_per_step = 2
-group_size = 2
-max_new_tokens = 4
-[eval]
-item_batch_size = 4
-"""
-    )
-    return root
+    return write_tiny_llm_setup(root, n_users=6, train_users=4, eval_users=3, users_per_step=2)
 
 
 def test_llm_train_evaluate_recommend(

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import write_tiny_llm_setup
+
 pytest.importorskip("transformers", reason="the llm extra is not installed: pip install 'thinkrec[llm]'")
 pytest.importorskip("peft", reason="the llm extra is not installed: pip install 'thinkrec[llm]'")
 pytest.importorskip("accelerate", reason="the llm extra is not installed: pip install 'thinkrec[llm]'")
@@ -19,7 +21,6 @@ pytest.importorskip("accelerate", reason="the llm extra is not installed: pip in
 from safetensors.torch import load_file
 
 from thinkrec.llm.distributed import Replicas
-from thinkrec.llm.tiny import tiny_llama, tiny_tokenizer
 
 
 def test_shard_and_unshard_are_inverse() -> None:
@@ -34,41 +35,15 @@ def test_shard_and_unshard_are_inverse() -> None:
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("llm-ddp")
-    tok = tiny_tokenizer()
-    tiny_llama(len(tok), init_std=0.5).save_pretrained(str(root / "model"))
-    tok.save_pretrained(str(root / "model"))
-    lines = ["user_id,item_id,timestamp"]
-    for u in range(8):
-        for j in range(7):
-            lines.append(f"u{u},i{(u * 3 + j) % 10},{1000 + 3600 * j + u}")
-    (root / "log.csv").write_text("\n".join(lines) + "\n")
-    (root / "items.csv").write_text("item_id,title\n" + "".join(f"i{i},Film {i}\n" for i in range(10)))
-    (root / "llm.toml").write_text(
-        f"""
-[data]
-name = "toy"
-source = {{ format = "table", path = "{root / "log.csv"}", items_path = "{root / "items.csv"}" }}
-split = {{ kind = "loo" }}
-[sample]
-train_users = 6
-eval_users = 5
-history_len = 3
-[model]
-path = "{root / "model"}"
-system_prompt = "s"
-max_item_tokens = 12
-threads = 1
-[recpo]
-steps = 2
-users_per_step = 4
-group_size = 2
-max_new_tokens = 4
-lr = 0.01
-[eval]
-item_batch_size = 4
-"""
+    return write_tiny_llm_setup(
+        root,
+        n_users=8,
+        train_users=6,
+        eval_users=5,
+        users_per_step=4,
+        extra_model="threads = 1",
+        extra_recpo="lr = 0.01",
     )
-    return root
 
 
 def run_cli(toy: Path, run: Path, processes: int, *overrides: str) -> dict[str, object]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from thinkrec.serve.recommender import MAX_K, TopK, Vocabulary
+from thinkrec.serve.recommender import TopK, Vocabulary, check_request
 
 
 def is_llm_run(run_dir: str | Path) -> bool:
@@ -93,16 +93,9 @@ class LLMRecommender:
         from thinkrec.llm.data import Example
         from thinkrec.llm.recpo import history_mask, mask_scores
 
-        if not 1 <= k <= MAX_K:
-            raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
+        check_request(histories, k, self.n_items)
         if steps:
             raise ValueError("this model reasons in text; it has no latent reasoning steps (use 0 or none)")
-        for row, history in enumerate(histories):
-            if not history:
-                raise ValueError(f"history {row} is empty; give at least one item")
-            bad = [i for i in history if not 1 <= i <= self.n_items]
-            if bad:
-                raise ValueError(f"history {row}: internal ids {bad[:5]} are outside 1..{self.n_items}")
         examples = []
         for history in histories:
             shown = list(history)[-self.max_len :]

@@ -127,6 +127,18 @@ def _pairs(ids: torch.Tensor, scores: torch.Tensor) -> list[tuple[int, float]]:
     return [(int(i), float(s)) for i, s in zip(ids.tolist(), scores.tolist(), strict=True) if s != float("-inf")]
 
 
+def check_request(histories: Sequence[Sequence[int]], k: int, n_items: int) -> None:
+    """Raise ``ValueError`` for ``k`` outside 1..MAX_K, an empty history or an id outside the catalogue."""
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
+    for row, history in enumerate(histories):
+        if not history:
+            raise ValueError(f"history {row} is empty; give at least one item")
+        bad = [i for i in history if not 1 <= i <= n_items]
+        if bad:
+            raise ValueError(f"history {row}: internal ids {bad[:5]} are outside 1..{n_items}")
+
+
 class Recommends(Protocol):
     """What the HTTP API needs of a loaded run: :class:`Recommender` (engine models) or
     :class:`~thinkrec.serve.llm.LLMRecommender` (R²ec)."""
@@ -225,14 +237,7 @@ class Recommender:
         }
 
     def _check(self, histories: Sequence[Sequence[int]], k: int, steps: int | None) -> int:
-        if not 1 <= k <= MAX_K:
-            raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
-        for row, history in enumerate(histories):
-            if not history:
-                raise ValueError(f"history {row} is empty; give at least one item")
-            bad = [i for i in history if not 1 <= i <= self.n_items]
-            if bad:
-                raise ValueError(f"history {row}: internal ids {bad[:5]} are outside 1..{self.n_items}")
+        check_request(histories, k, self.n_items)
         use = self.reasoning_steps if steps is None else steps
         if not 0 <= use <= self.max_reasoning_steps:
             raise ValueError(f"reasoning steps must be in 0..{self.max_reasoning_steps}, got {use}")
