@@ -64,9 +64,13 @@ def test_zero_steps_is_the_backbone_last_column() -> None:
     model = tiny()
     with torch.no_grad():
         last = model.backbone(INPUTS, POS).hidden[:, -1]
-        assert torch.equal(model.encode(INPUTS, POS, steps=0)[:, 0], last)
+        # At inference the final block computes the newest column alone: a matmul of another shape, whose
+        # rounding differs by CPU (equal bit for bit on Intel AMX, ~1e-7 apart on AMD EPYC), hence allclose.
+        assert torch.allclose(model.encode(INPUTS, POS, steps=0)[:, 0], last, atol=1e-6)
         assert torch.allclose(model.encode(INPUTS, POS)[:, 0], last, atol=1e-6)
-        assert torch.equal(tiny(steps=0).encode(INPUTS, POS)[:, 0], last)
+        assert torch.allclose(tiny(steps=0).encode(INPUTS, POS)[:, 0], last, atol=1e-6)
+        # ... and one reasoning step moves the state far more than that tolerance.
+        assert not torch.allclose(model.encode(INPUTS, POS, steps=1)[:, 1], last, atol=1e-3)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3])
