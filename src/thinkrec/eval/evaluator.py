@@ -58,6 +58,19 @@ def _ranks(
     return result
 
 
+def encode_in_blocks(model: SeqRecModel, inputs: torch.Tensor, steps: int | None, cfg: EvalConfig) -> torch.Tensor:
+    """User states ``[B, K+1, d]`` of left-padded histories ``inputs [B, W]``, encoded in passes of at most
+    ``cfg.encode_tokens`` positions: one pass over thousands of histories streams every activation through
+    main memory, small ones stay in cache (ML-100K's 943 x 50 test histories: several times faster)."""
+    positions = position_ids(inputs.shape[1], model.backbone.max_len)
+    rows = max(1, cfg.encode_tokens // max(1, inputs.shape[1]))
+    parts = []
+    for start in range(0, inputs.shape[0], rows):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+            parts.append(model.encode(inputs[start : start + rows], positions, steps).float())
+    return torch.cat(parts)
+
+
 def chunk_size(cfg: EvalConfig, n_items: int) -> int:
     budget = cfg.memory_budget_mb * 2**20 // (4 * max(1, n_items))
     return max(1, min(cfg.batch_size, budget))
@@ -104,9 +117,7 @@ def evaluate(
         part = samples.subset(sl)
         history = eval_histories(split, part, max_len)
         (trimmed,) = trim(history)
-        inputs = torch.from_numpy(trimmed)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
-            states = model.encode(inputs, position_ids(inputs.shape[1], max_len), steps).float()
+        states = encode_in_blocks(model, torch.from_numpy(trimmed), steps, cfg)
         targets = torch.from_numpy(part.targets - 1)
         hist = torch.from_numpy(history) if cfg.mask_history else None
 

@@ -18,6 +18,14 @@ class EvalConfig(BaseModel):
     memory_budget_mb: int = Field(
         256, description="upper bound on the score matrix of one chunk (samples x items x 4 bytes)", ge=1
     )
+    encode_tokens: int = Field(
+        6400,
+        description=(
+            "history positions per encoder pass (rows x width): small passes keep the activations in the CPU's"
+            " cache, which on a CPU is faster than one big pass; results do not depend on it"
+        ),
+        ge=1,
+    )
     inference: Literal["auto", "last", "mean", "step"] = Field(
         "auto",
         description=(
