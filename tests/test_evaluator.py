@@ -23,7 +23,9 @@ def test_chunking_does_not_change_ranks_and_matches_a_direct_computation() -> No
     whole = evaluate(model, split, split.test, EvalConfig(batch_size=10_000))
     tiny = evaluate(model, split, split.test, EvalConfig(batch_size=3))
     budget = evaluate(model, split, split.test, EvalConfig(memory_budget_mb=1, batch_size=10_000))
+    passes = evaluate(model, split, split.test, EvalConfig(batch_size=10_000, encode_tokens=25))  # 2-3 rows
     assert np.array_equal(whole.ranks, tiny.ranks) and np.array_equal(whole.ranks, budget.ranks)
+    assert np.array_equal(whole.ranks, passes.ranks)
     # independent: one sample at a time, untrimmed, argsort
     hist = eval_histories(split, split.test, 12)
     model.eval()
