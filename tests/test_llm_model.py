@@ -126,8 +126,9 @@ def _setup(overrides: list[str], finetune: str = "lora") -> tuple[LLMRunConfig, 
     return cfg, split, tiny_model(finetune)
 
 
-def test_full_recpo_step_updates_lora_and_logs() -> None:
-    cfg, split, model = _setup([])
+@pytest.mark.parametrize("negatives", ["in_batch", "catalogue"])
+def test_full_recpo_step_updates_lora_and_logs(negatives: str) -> None:
+    cfg, split, model = _setup([f"recpo.negatives={negatives}"])
     bank = PromptBank(split.dataset, cfg, PromptBuilder(model.tokenizer, system_prompt="s", max_item_tokens=16))
     trainer = LLMTrainer(model, bank, cfg)
     model.build_item_table(bank.item_ids, 5)
@@ -168,8 +169,11 @@ def test_token_loss_alone_moves_the_lm_only_with_per_rollout_pairing() -> None:
     assert max(float(g.abs().max()) for g in g_code) < 1e-7
 
 
-def test_no_reasoning_step_and_full_finetuning() -> None:
-    cfg, split, model = _setup(["recpo.variant=no_reasoning", "model.finetune=full"], finetune="full")
+@pytest.mark.parametrize("negatives", ["in_batch", "catalogue"])
+def test_no_reasoning_step_and_full_finetuning(negatives: str) -> None:
+    cfg, split, model = _setup(
+        ["recpo.variant=no_reasoning", "model.finetune=full", f"recpo.negatives={negatives}"], finetune="full"
+    )
     bank = PromptBank(split.dataset, cfg, PromptBuilder(model.tokenizer, system_prompt="s", max_item_tokens=16))
     trainer = LLMTrainer(model, bank, cfg)
     model.build_item_table(bank.item_ids, 5)

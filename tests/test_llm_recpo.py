@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from thinkrec.llm.recpo import (
+    catalogue_target_logprobs,
     completion_span,
     contrastive_loss,
     cosine_scores,
@@ -206,6 +207,26 @@ def test_inbatch_logprobs_are_infonce_over_targets() -> None:
     assert lp.tolist() == pytest.approx([want, want])
     assert contrastive_loss(lp).item() == pytest.approx(-want)
     assert cosine_scores(users, items, 0.5).tolist() == [[2.0, 0.0], [0.0, 2.0]]
+
+
+def test_catalogue_logprobs_use_fresh_targets_cached_others_and_mask_history() -> None:
+    # columns = item ids 0..3; column 0 is the pad item. Unit vectors make cos = dot, tau = 1.
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    fresh = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, -1.0]], requires_grad=True)  # ids 1, 1 (repeat), 2
+    ids = torch.tensor([1, 1, 2])
+    targets = torch.tensor([1, 2])
+    masked = torch.tensor([[True, False, False, True], [True, False, True, False]])  # row 1: target in history
+    lp = catalogue_target_logprobs(users, table, fresh, ids, targets, masked, tau=1.0)
+    # row 0 (u = e1): item 1 fresh (0,1) -> 0, item 2 fresh (0,-1) -> 0, item 3 masked: log(e^0 / 2)
+    # row 1 (u = e2): item 1 fresh -> 1, item 2 (its target, in its history but kept) -> -1, item 3 cached -> 0
+    want0 = math.log(0.5)
+    want1 = -1.0 - math.log(math.e + math.exp(-1.0) + 1.0)
+    assert lp.tolist() == pytest.approx([want0, want1], abs=1e-6)
+    lp.sum().backward()
+    assert fresh.grad is not None and users.grad is not None
+    assert fresh.grad[1].abs().max().item() == 0.0  # a repeated id keeps its first vector only
+    assert fresh.grad[0].abs().max().item() > 0.0 and fresh.grad[2].abs().max().item() > 0.0
 
 
 def test_group_advantages_float32_noise_sums_to_zero_and_floor() -> None:

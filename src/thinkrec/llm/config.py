@@ -100,6 +100,13 @@ class RecPOSection(BaseModel):
         "per_rollout",
         description="'per_rollout' = each rollout's own advantage (paper); 'faithful_to_code' = the released bug",
     )
+    negatives: Literal["in_batch", "catalogue"] = Field(
+        "in_batch",
+        description=(
+            "item-loss softmax: 'in_batch' = over the step's B targets (paper and code); 'catalogue' = over every"
+            " item (cached vectors, the step's targets freshly encoded), history masked, like the reward"
+        ),
+    )
     group_size: int = Field(4, ge=1, description="rollouts per user (G)")
     users_per_step: int = Field(4, ge=1, description="users per step (B); the in-batch item loss has B-1 negatives")
     temperature: float = Field(1.0, gt=0, description="rollout sampling temperature (the code's 2.0; see decisions)")

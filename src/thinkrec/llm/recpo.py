@@ -234,6 +234,33 @@ def inbatch_target_logprobs(
     return torch.log_softmax(logits, dim=1).gather(1, columns[:, None]).squeeze(1)
 
 
+def catalogue_target_logprobs(
+    users: torch.Tensor,
+    table: torch.Tensor,
+    items: torch.Tensor,
+    item_ids: torch.Tensor,
+    targets: torch.Tensor,
+    masked: torch.Tensor,
+    tau: float,
+) -> torch.Tensor:
+    """``log softmax`` over the whole catalogue at each row's target (``[R]``).
+
+    Every column scores against the cached item ``table`` (``[N, d]``, column = item id, no gradient) except
+    the step's targets ``item_ids [B]``, which score against their fresh vectors ``items [B, d]`` (with
+    gradients; a repeated id keeps its first vector). ``masked [R, N]`` columns (history, pad) are removed;
+    the row's own ``targets [R]`` column never is.
+    """
+    logits = cosine_scores(users, table.detach(), tau)
+    ids, inverse = torch.unique(item_ids, return_inverse=True)
+    first = torch.full((len(ids),), len(item_ids), dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(item_ids)), reduce="amin")
+    logits = logits.index_copy(1, ids, cosine_scores(users, items[first], tau))
+    keep = torch.zeros_like(masked)
+    keep[torch.arange(len(targets)), targets] = True
+    logits = mask_scores(logits, masked & ~keep)
+    return torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+
+
 def item_loss(
     target_logprobs: torch.Tensor,
     advantages: torch.Tensor,

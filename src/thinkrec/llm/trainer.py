@@ -35,6 +35,7 @@ from thinkrec.llm.data import Example, PromptBank
 from thinkrec.llm.distributed import Replicas
 from thinkrec.llm.model import DualHeadLM
 from thinkrec.llm.recpo import (
+    catalogue_target_logprobs,
     contrastive_loss,
     fused_reward,
     group_advantages,
@@ -129,6 +130,23 @@ class LLMTrainer:
         self.model.refresh_items(ids, vecs)
         return vecs
 
+    def _target_logprobs(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        examples: list[Example],
+        columns: torch.Tensor,
+        masked: torch.Tensor,
+    ) -> torch.Tensor:
+        """Each user row's log-probability of its target (``columns``: its column among the step's targets
+        ``items``), over the step's targets or over the whole catalogue (``recpo.negatives``)."""
+        tau = self.model.tau
+        if self.cfg.recpo.negatives == "in_batch":
+            return inbatch_target_logprobs(users, items, columns, tau)
+        assert self.model.item_table is not None  # built by _targets
+        ids = torch.as_tensor([ex.target for ex in examples], dtype=torch.long)
+        return catalogue_target_logprobs(users, self.model.item_table, items, ids, ids[columns], masked, tau)
+
     def step_recpo(self, examples: list[Example], step: int) -> StepLog:
         r = self.cfg.recpo
         model, g = self.model, r.group_size
@@ -166,7 +184,7 @@ class LLMTrainer:
             top = topk_mask(adv, g, r.relabel_topk)
             l_tok = token_policy_loss(logprobs, out.mask, adv, r.clip_low, r.clip_high, r.pairing)
             columns = torch.full((g,), column, dtype=torch.long)
-            p_own = inbatch_target_logprobs(out.pooled, items, columns, model.tau)
+            p_own = self._target_logprobs(out.pooled, items, examples, columns, masked)
             l_item = item_loss(p_own, adv, top, r.clip_low, r.clip_high, r.pairing)
             total = total + l_tok + l_item
             tok_sum += float(l_tok.detach())
@@ -210,13 +228,13 @@ class LLMTrainer:
         own = self.replicas.shard(list(enumerate(examples)))
         users = model.encode([self.bank.builder.with_marker(self.bank.user_ids(ex)) for _, ex in own])
         columns = torch.as_tensor([column for column, _ in own], dtype=torch.long)
+        masked = history_mask([ex.seen for _, ex in own], self.n_columns)
         # the mean over the whole batch, as a sum of this replica's rows / B (replicas' gradients add up)
-        loss = contrastive_loss(inbatch_target_logprobs(users, items, columns, model.tau)) * (
+        loss = contrastive_loss(self._target_logprobs(users, items, examples, columns, masked)) * (
             len(own) / len(examples)
         )
         with torch.no_grad():
             scores = model.score_all(users)
-            masked = history_mask([ex.seen for _, ex in own], self.n_columns)
             targets = torch.as_tensor([ex.target for _, ex in own])
             rewards = fused_reward(scores, targets, masked, 0.0, self.cutoff)
         t = timer.add("forward", t)
