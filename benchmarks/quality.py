@@ -21,16 +21,19 @@ from thinkrec.config.loader import load_config
 from thinkrec.runs import train
 
 METRICS = ["HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR@10"]
+TRAINING_KEYS = ["sample_mode", "loss", "lr", "batch_size", "epochs", "patience", "valid_metric"]
 
 
 def summarise(preset: str, runs: list[Path], out: Path) -> dict[str, Any]:
     results = [json.loads((run / "results.json").read_text()) for run in runs]
+    trains = [json.loads((run / "config.json").read_text())["train"] for run in runs]
     test = [r["test"]["metrics"] for r in results]
     summary: dict[str, Any] = {
         "preset": preset,
         "seeds": [r["test"]["protocol"]["seed"] for r in results],
         "protocol": {k: v for k, v in results[0]["test"]["protocol"].items() if k != "seed"},
         "best_epochs": [r["best_epoch"] for r in results],
+        "training": {key: sorted({str(t[key]) for t in trains}) for key in TRAINING_KEYS},
         "runs": [str(run) for run in runs],
     }
     for metric in METRICS:
@@ -47,7 +50,8 @@ def summarise(preset: str, runs: list[Path], out: Path) -> dict[str, Any]:
         "",
         f"seeds {summary['seeds']}, best epochs {summary['best_epochs']}; protocol: "
         f"{summary['protocol']['split']}, {summary['protocol']['candidates']}, "
-        f"{summary['protocol']['history_masking']}",
+        f"{summary['protocol']['history_masking']}; training: "
+        + ", ".join(f"{key} {'/'.join(values)}" for key, values in summary["training"].items()),
         "",
         "| metric | mean | std | per seed |",
         "|---|---|---|---|",
