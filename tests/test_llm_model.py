@@ -207,6 +207,20 @@ def test_train_llm_end_to_end_writes_run_and_checkpoint_roundtrips(tmp_path: Pat
     assert fresh.item_table is not None and torch.equal(fresh.item_table, model.item_table)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("refresh_every", "builds"), [(0, 1), (1, 3), (2, 2)])
+def test_item_table_is_rebuilt_every_refresh_every_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refresh_every: int, builds: int
+) -> None:
+    cfg, split, model = _setup(
+        ["recpo.variant=no_reasoning", "recpo.steps=3", f"recpo.refresh_every={refresh_every}"]
+    )
+    calls: list[int] = []
+    build = model.build_item_table
+    monkeypatch.setattr(model, "build_item_table", lambda *a, **k: calls.append(1) or build(*a, **k))
+    train_llm(cfg, tmp_path, model=model, split=split, progress=False, evaluate_test=False)
+    assert len(calls) == builds  # the initial table, then one before each step s > 1 with (s - 1) % N == 0
+
+
 def test_checkpoint_rejects_a_different_model(tmp_path: Path) -> None:
     from thinkrec.errors import ThinkrecError
 

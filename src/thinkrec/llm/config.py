@@ -107,6 +107,15 @@ class RecPOSection(BaseModel):
             " item (cached vectors, the step's targets freshly encoded), history masked, like the reward"
         ),
     )
+    refresh_every: int = Field(
+        0,
+        ge=0,
+        description=(
+            "rebuild the whole cached item table every N steps (0 = never: only the step's targets are"
+            " re-encoded, as in the paper's code; the other rows go stale, so the training reward partly"
+            " measures how a fresh target vector stands out among stale ones)"
+        ),
+    )
     group_size: int = Field(4, ge=1, description="rollouts per user (G)")
     users_per_step: int = Field(4, ge=1, description="users per step (B); the in-batch item loss has B-1 negatives")
     temperature: float = Field(1.0, gt=0, description="rollout sampling temperature (the code's 2.0; see decisions)")

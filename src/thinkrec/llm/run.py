@@ -186,6 +186,8 @@ def train_llm(
             order.extend(rng.permutation(len(examples)).tolist())
         batch = [examples[i] for i in order[: cfg.recpo.users_per_step]]
         del order[: cfg.recpo.users_per_step]
+        if cfg.recpo.refresh_every and step > 1 and (step - 1) % cfg.recpo.refresh_every == 0:
+            model.build_item_table(bank.item_ids, cfg.eval.item_batch_size)
         record: StepLog = trainer.step(batch, step)
         row = record.as_dict()
         if cfg.recpo.eval_every and step % cfg.recpo.eval_every == 0:
