@@ -42,7 +42,8 @@ def main() -> None:
             {  # the reward's NDCG (cut-off recpo.ndcg_cutoff) on the same footing as the log
                 "run": str(args.run_dir),
                 "examples": len(examples),
-                "protocol": "training examples, item table rebuilt with the trained model, history masked, full catalogue",
+                "protocol": "training examples, item table rebuilt with the trained model, history masked, "
+                "full catalogue",
                 "metrics_fresh_table": report["metrics"],
                 "reward_ndcg_fresh_table": float(ndcg_reward(torch.as_tensor(report["ranks"]), trainer.cutoff).mean()),
                 "logged_train_ndcg_second_half": float(np.mean([row["ndcg"] for row in log[half:]])),
