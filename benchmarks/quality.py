@@ -25,6 +25,9 @@ TRAINING_KEYS = ["sample_mode", "loss", "lr", "batch_size", "epochs", "patience"
 
 
 def summarise(preset: str, runs: list[Path], out: Path) -> dict[str, Any]:
+    unfinished = [str(run) for run in runs if not (run / "results.json").exists()]
+    if unfinished:
+        raise SystemExit(f"no results.json yet (still training or never trained): {', '.join(unfinished)}")
     results = [json.loads((run / "results.json").read_text()) for run in runs]
     trains = [json.loads((run / "config.json").read_text())["train"] for run in runs]
     test = [r["test"]["metrics"] for r in results]
