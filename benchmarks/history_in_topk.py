@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from thinkrec.data.batches import gather_histories, position_ids, trim
+from thinkrec.data.batches import eval_histories, trim
+from thinkrec.eval.evaluator import encode_in_blocks
 from thinkrec.runs import load_data, load_run
 
 
@@ -35,11 +36,10 @@ def main() -> None:
     first_is_last = in_topk = history_hits = target_in_history = 0
     for start in range(0, len(samples), args.batch):
         part = samples.subset(slice(start, start + args.batch))
-        hist = gather_histories(split.dataset, part.users, part.positions, max_len, keep=split.history_keep)
+        hist = eval_histories(split, part, max_len)
         (trimmed,) = trim(hist)
-        inputs = torch.from_numpy(trimmed)
         with torch.no_grad():
-            states = model.encode(inputs, position_ids(inputs.shape[1], max_len))
+            states = encode_in_blocks(model, torch.from_numpy(trimmed), None, cfg.eval)
             scores = model.score(model.user_vector(states))  # column = item id - 1
         top = (scores.topk(args.k, dim=1).indices + 1).numpy()
         newest = hist[:, -1]

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -76,11 +76,13 @@ def epoch_flops(sampler: TrainSampler, batch_size: int, hidden: int, layers: int
     return 3.0 * forward
 
 
-def train_epoch(cfg: RunConfig, split: Split, sample_mode: str) -> tuple[SeqRecModel, TrainSampler, int, float]:
+def train_epoch(
+    cfg: RunConfig, split: Split, sample_mode: Literal["all", "last"]
+) -> tuple[SeqRecModel, TrainSampler, int, float]:
     """A fresh model trained for one epoch in ``sample_mode``: the model, sampler, batches and seconds."""
     model = build(cfg, split.dataset.n_items)
     objective = build_objective(cfg)
-    sampler = TrainSampler(split, cfg.model.max_len, sample_mode, cfg.train.stride)  # type: ignore[arg-type]
+    sampler = TrainSampler(split, cfg.model.max_len, sample_mode, cfg.train.stride)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     model.train()
     rng = np.random.default_rng(0)
