@@ -27,6 +27,11 @@ class Encoded:
     cache: KVCache | None = None
     key_padding: torch.Tensor | None = None  # bool [B, W], True where the column is padding
 
+    @property
+    def width(self) -> int:
+        """Columns encoded (``hidden`` may hold only the last of them after a ``last_only`` pass)."""
+        return int(self.key_padding.shape[1] if self.key_padding is not None else self.hidden.shape[1])
+
 
 @dataclass
 class LossOutput:

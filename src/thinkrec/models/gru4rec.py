@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from thinkrec.models.base import Encoded
+from thinkrec.models.dropout import Dropout
 
 
 class GRU4RecConfig(BaseModel):
@@ -60,9 +61,9 @@ class GRU4Rec(nn.Module):
         self.max_len = cfg.max_len
         self.item_embedding = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
         self.input_norm = nn.LayerNorm(cfg.hidden)
-        self.input_dropout = nn.Dropout(cfg.dropout)
+        self.input_dropout = Dropout(cfg.dropout)
         self.grus = nn.ModuleList(nn.GRU(cfg.hidden, cfg.hidden, batch_first=True) for _ in range(cfg.layers))
-        self.between = nn.Dropout(cfg.dropout)
+        self.between = Dropout(cfg.dropout)
         self.final_norm = nn.LayerNorm(cfg.hidden)
         nn.init.normal_(self.item_embedding.weight, std=0.02)
         with torch.no_grad():

@@ -69,10 +69,9 @@ class SeqRecModel(nn.Module):
         if self.reasoner is None and steps:
             raise ThinkrecError(f"this model has no reasoner; it cannot reason for {steps} steps")
         if self.reasoner is None or steps == 0:
-            # At inference only the newest column's state is needed (the final block computes it alone); in
-            # training the full pass keeps dropout's random draws identical across the sample modes.
-            return self.backbone(inputs, positions, last_only=not self.training).hidden[:, -1:]
-        encoded = self.backbone(inputs, positions, use_cache=True, last_only=not self.training)
+            # Only the newest column's state is needed: the final block computes it alone (keys/values of all).
+            return self.backbone(inputs, positions, last_only=True).hidden[:, -1:]
+        encoded = self.backbone(inputs, positions, use_cache=True, last_only=True)
         return self.reasoner(self.cached_backbone, encoded, steps)
 
     def user_vector(self, states: torch.Tensor, mode: str = "last", step: int | None = None) -> torch.Tensor:

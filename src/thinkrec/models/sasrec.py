@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from thinkrec.models.base import Encoded, KVCache
+from thinkrec.models.dropout import Dropout
 from thinkrec.models.transformer import Block
 
 
@@ -70,11 +71,9 @@ class SASRec(nn.Module):
         self.item_embedding = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
         self.position_embedding = nn.Embedding(cfg.max_len, cfg.hidden)
         self.input_norm = nn.LayerNorm(cfg.hidden)
-        self.input_dropout = nn.Dropout(cfg.dropout)
+        self.input_dropout = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
-            Block(
-                cfg.hidden, cfg.heads, cfg.ffn or 4 * cfg.hidden, cfg.dropout, cfg.attn_dropout, cfg.norm == "post"
-            )
+            Block(cfg.hidden, cfg.heads, cfg.ffn or 4 * cfg.hidden, cfg.dropout, cfg.attn_dropout, cfg.norm == "post")
             for _ in range(cfg.layers)
         )
         self.final_norm: nn.Module = nn.LayerNorm(cfg.hidden) if cfg.norm == "pre" else nn.Identity()

@@ -30,6 +30,7 @@ from thinkrec.data.dataset import SequenceDataset
 from thinkrec.data.text_embeddings import DEFAULT_ENCODER, FloatArray, TextEncoder, embed_item_text
 from thinkrec.errors import ConfigError
 from thinkrec.models.bert4rec import position_vectors
+from thinkrec.models.dropout import Dropout
 from thinkrec.models.model import SeqRecModel
 from thinkrec.models.sasrec import SASRec, SASRecConfig
 
@@ -74,7 +75,7 @@ class ParametricWhitening(nn.Module):
 
     def __init__(self, text_dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.bias = nn.Parameter(torch.zeros(text_dim))
         self.linear = nn.Linear(text_dim, hidden, bias=False)
         nn.init.normal_(self.linear.weight, std=0.02)
@@ -154,7 +155,7 @@ class MoRecItems(ItemEncoder):
 
     def __init__(self, n_items: int, cfg: MoRecConfig) -> None:
         super().__init__(n_items, cfg.text.dim, cfg.text.dtype)
-        self.dropout = nn.Dropout(cfg.adaptor_dropout)
+        self.dropout = Dropout(cfg.adaptor_dropout)
         self.projection = nn.Linear(cfg.text.dim, cfg.hidden)
         nn.init.normal_(self.projection.weight, std=0.02)
         nn.init.zeros_(self.projection.bias)

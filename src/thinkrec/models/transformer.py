@@ -6,6 +6,22 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from thinkrec.models.dropout import Dropout, dropout
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, p: float, training: bool
+) -> torch.Tensor:
+    """Scaled dot-product attention (``mask`` True = may attend) with dropout ``p`` on the weights when
+    ``training``: the fused kernel without dropout, else the weights are formed and dropped with the cheap
+    :func:`~thinkrec.models.dropout.dropout` (what the kernel's dropout path would materialise anyway)."""
+    if not training or p == 0.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    out: torch.Tensor = dropout(probs, p).to(v.dtype) @ v
+    return out
+
 
 class Block(nn.Module):
     """Pre-LN ``x + Attn(LN(x))`` then ``+ FFN(LN(.))`` (default), or post-LN ``LN(x + Attn(x))`` then
@@ -25,8 +41,8 @@ class Block(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
         self.ln_ffn = nn.LayerNorm(hidden)
-        self.ffn = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, hidden))
-        self.dropout = nn.Dropout(dropout)
+        self.ffn = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), Dropout(dropout), nn.Linear(ffn, hidden))
+        self.dropout = Dropout(dropout)
         self.attn_dropout = attn_dropout
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -59,9 +75,7 @@ class Block(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
-        attn = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
-        )
+        attn = attend(q, k, v, mask, self.attn_dropout, self.training)
         return self._finish(x, attn), (k, v)
 
     def forward_last(
@@ -71,9 +85,7 @@ class Block(nn.Module):
         computed for every column, but only the last column queries, and only it goes through the output
         projection and the feed-forward sub-layer. Returns ``[B, 1, d]`` and the full keys/values."""
         q, k, v = self._qkv(x)
-        attn = F.scaled_dot_product_attention(
-            q[:, :, -1:], k, v, attn_mask=mask[..., -1:, :], dropout_p=self.attn_dropout if self.training else 0.0
-        )
+        attn = attend(q[:, :, -1:], k, v, mask[..., -1:, :], self.attn_dropout, self.training)
         return self._finish(x[:, -1:], attn), (k, v)
 
     def forward_chains(
@@ -100,6 +112,6 @@ class Block(nn.Module):
         own_scores = torch.einsum("bhtd,bhtjd->bhtj", q, keys) * scale
         w = shared_scores.shape[-1]
         probs = torch.softmax(torch.cat([shared_scores, own_scores], dim=-1), dim=-1)
-        probs = F.dropout(probs, self.attn_dropout, self.training)
+        probs = dropout(probs, self.attn_dropout, self.training)
         attn = probs[..., :w] @ shared[1] + torch.einsum("bhtj,bhtjd->bhtd", probs[..., w:], values)
         return self._finish(x, attn), (keys, values)

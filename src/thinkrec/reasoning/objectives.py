@@ -76,8 +76,9 @@ def select_rows(encoded: Encoded, rows: torch.Tensor) -> Encoded:
 
 def prefix_batch(model: SeqRecModel, batch: TrainBatch) -> PrefixBatch:
     """Encode the items once and list the batch's trained prefixes (valid ones first in each row)."""
-    encoded = model.backbone(batch.inputs, batch.positions, use_cache=True)
     b, w = batch.inputs.shape
+    # one prefix per row: the final block computes only the last column (keys/values of all columns)
+    encoded = model.backbone(batch.inputs, batch.positions, use_cache=True, last_only=batch.mode == "last")
     if batch.mode == "last":
         columns = torch.full((b, 1), w - 1, dtype=torch.long)
         valid = torch.ones(b, 1, dtype=torch.bool)
@@ -136,7 +137,8 @@ class ReasoningObjective(ABC):
     def warmup_loss(self, model: SeqRecModel, prefixes: PrefixBatch) -> LossOutput:
         """Cross-entropy of ``r_0`` (the plain backbone) at temperature ``tau``."""
         hidden = prefixes.encoded.hidden
-        r0 = hidden.gather(1, prefixes.columns[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        offset = prefixes.columns.new_tensor(prefixes.encoded.width - hidden.shape[1])  # last-only passes
+        r0 = hidden.gather(1, (prefixes.columns - offset)[:, :, None].expand(-1, -1, hidden.shape[-1]))
         loss = self.cross_entropy(model, r0[prefixes.valid], prefixes.targets[prefixes.valid], self.tau)
         return LossOutput(loss, {"ce_r0": float(loss.detach())})
 

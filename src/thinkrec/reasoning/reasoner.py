@@ -89,10 +89,8 @@ class LatentReasoner(nn.Module):
         perturb: Perturb | None = None,
     ) -> torch.Tensor:
         """States ``[B, K+1, d]`` of the prefix ending at the last column of each row."""
-        b, w, _ = encoded.hidden.shape
-        if encoded.key_padding is not None:
-            w = encoded.key_padding.shape[1]  # the hidden states may cover only the last column(s)
-        last = torch.full((b, 1), w - 1, dtype=torch.long, device=encoded.hidden.device)
+        b = encoded.hidden.shape[0]
+        last = torch.full((b, 1), encoded.width - 1, dtype=torch.long, device=encoded.hidden.device)
         return self.prefixes(backbone, encoded, last, steps, perturb)[:, 0]
 
     def prefixes(
@@ -114,7 +112,7 @@ class LatentReasoner(nn.Module):
             raise ValueError("reasoning needs the backbone's key/value cache and key padding")
         d = encoded.hidden.shape[-1]
         # A pass with ``last_only`` keeps the hidden states of the last column(s) only (keys/values of all).
-        offset = encoded.key_padding.shape[1] - encoded.hidden.shape[1]
+        offset = encoded.width - encoded.hidden.shape[1]
         r = encoded.hidden.gather(1, (columns - offset)[:, :, None].expand(-1, -1, d))
         states = [r]
         items = prefix_item_mask(columns, encoded.key_padding)

@@ -1,0 +1,69 @@
+"""Dropout that draws its random numbers cheaply on the CPU.
+
+``torch.nn.Dropout`` on the CPU draws one Bernoulli number per element; in SASRec-sized training that was
+40% of a step (profiled on MovieLens-100K prefixes, 2 cores). Here every 64-bit draw of the default
+generator feeds four elements: each element keeps its value when its 16-bit lane is at or above a threshold.
+The drop probability is therefore ``p`` rounded to a multiple of 1/65536 (0.2 becomes 0.199997), and kept
+values are scaled by ``1 / (1 - p_rounded)`` so the expectation is unchanged. The default generator is used,
+so ``torch.manual_seed`` makes the masks reproducible. Forward plus backward costs about a third of
+``torch.nn.functional.dropout`` (``benchmarks/dropout_speed.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+LANES = 65536  # values of a 16-bit lane
+
+
+def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``1 / (1 - p)`` where an element is kept, 0 where it is dropped (drop probability ``p`` in 1/65536)."""
+    n = 1
+    for size in shape:
+        n *= size
+    dropped = round(p * LANES)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
+    lanes = words.view(torch.int16)[:n].view(shape)  # uniform over -32768..32767
+    keep = lanes >= dropped - LANES // 2
+    return keep.to(dtype) * (LANES / (LANES - dropped))
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
+        mask = keep_mask(x.shape, p, x.dtype, x.device)
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Zero each element with probability ``p`` (in steps of 1/65536) and rescale the rest; identity when not
+    ``training`` or ``p == 0``."""
+    if not training or p == 0.0:
+        return x
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    out: torch.Tensor = _Dropout.apply(x, p)  # type: ignore[no-untyped-call]
+    return out
+
+
+class Dropout(nn.Module):
+    """Drop-in for :class:`torch.nn.Dropout` using :func:`dropout` (same ``p`` attribute, no parameters)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
