@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
 from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import TrainSampler
@@ -175,10 +176,14 @@ def main() -> None:
     parser.add_argument("--autocast", choices=["none", "bf16"], default="none")
     parser.add_argument("--last-mode", default="", help="datasets (comma-separated) to also time one "
                         "last-position-prefix epoch on, e.g. ml100k,beauty")
+    parser.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
+                        help="thinkrec's glibc allocator settings (what the CLI uses) or glibc's defaults")
     args = parser.parse_args()
+    tuned = args.allocator == "tuned" and tune_allocator()
     extra = [f"train.autocast={args.autocast}"]
     peak = matmul_peak(args.threads)
-    print(json.dumps({"kind": "machine", "threads": args.threads, "matmul_peak_gflops_fp32": peak}), flush=True)
+    print(json.dumps({"kind": "machine", "threads": args.threads, "matmul_peak_gflops_fp32": peak,
+                      "allocator_tuned": tuned}), flush=True)
     rows: dict[str, dict[str, Any]] = {}
     for name in args.datasets.split(","):
         mine = ours(name, args.threads, extra, name in args.last_mode.split(","))

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from thinkrec import __version__
+from thinkrec.allocator import tune_allocator
 from thinkrec.errors import ThinkrecError
 
 CONFIG_HELP = "a config file (.toml/.yaml) or the name of a bundled preset (list them with: thinkrec config show)"
@@ -186,6 +187,7 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse(parser, argv)
+    tune_allocator()  # freed tensor memory stays in the process: no page fault per new tensor
     try:
         code: int = args.func(args)
     except ThinkrecError as exc:

@@ -62,12 +62,14 @@ def encode_in_blocks(model: SeqRecModel, inputs: torch.Tensor, steps: int | None
     """User states ``[B, K+1, d]`` of left-padded histories ``inputs [B, W]``, encoded in passes of at most
     ``cfg.encode_tokens`` positions: one pass over thousands of histories streams every activation through
     main memory, small ones stay in cache (ML-100K's 943 x 50 test histories: several times faster)."""
-    positions = position_ids(inputs.shape[1], model.backbone.max_len)
     rows = max(1, cfg.encode_tokens // max(1, inputs.shape[1]))
     parts = []
     for start in range(0, inputs.shape[0], rows):
+        # each pass is trimmed to its own longest row (callers sort rows by length, so little padding is left)
+        (block,) = trim(inputs[start : start + rows].numpy())
+        positions = position_ids(block.shape[1], model.backbone.max_len)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
-            parts.append(model.encode(inputs[start : start + rows], positions, steps).float())
+            parts.append(model.encode(torch.from_numpy(block), positions, steps).float())
     return torch.cat(parts)
 
 
