@@ -84,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.2, help="hidden and attention dropout")
     p.add_argument("--train-batches", type=int, default=20, help="timed batches, after 2 warm-up batches")
     p.add_argument("--eval", action="store_true", help="also time one full-ranking pass over the test users")
+    p.add_argument("--eval-repeats", type=int, default=1, help="evaluations to time; the fastest is reported")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=2020)
     args = p.parse_args(argv)
@@ -311,12 +312,15 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     # does not mask them for sequential models).
     eval_seconds: float | None = None
     eval_result: dict[str, float] | None = None
+    eval_all: list[float] = []
     if args.eval:
-        start = time.perf_counter()
-        result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
-        eval_seconds = time.perf_counter() - start
+        for _ in range(max(1, args.eval_repeats)):
+            start = time.perf_counter()
+            result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+            eval_all.append(time.perf_counter() - start)
+        eval_seconds = min(eval_all)
         eval_result = {k: float(v) for k, v in result.items()}
-        log(f"evaluation: {eval_seconds:.3f}s {eval_result}")
+        log(f"evaluation: {eval_seconds:.3f}s (fastest of {len(eval_all)}) {eval_result}")
 
     return {
         "peer": "recbole",
@@ -336,6 +340,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         "seconds_per_batch_median": statistics.median(step_seconds),
         "est_epoch_seconds": seconds_per_batch * batches_per_epoch,
         "eval_seconds": eval_seconds,
+        "eval_seconds_all": eval_all,
         "eval_batch_size": args.eval_batch_size,
         "n_test_users": len(test_data._dataset),
         "eval_metrics_untrained": eval_result,

@@ -99,7 +99,19 @@ def train_epoch(
     return model, sampler, n_batches, time.perf_counter() - t0
 
 
-def ours(name: str, threads: int, extra: list[str], last_mode: bool) -> dict[str, Any]:
+def timed_eval(model: SeqRecModel, split: Split, cfg: RunConfig, repeats: int, bf16: bool) -> float:
+    """Fastest of ``repeats`` full-catalogue test evaluations, after one warm-up on the validation samples."""
+    eval_cfg = cfg.eval.model_copy(update={"autocast": "bf16"}) if bf16 else cfg.eval
+    evaluate(model, split, split.valid, eval_cfg)  # one-time kernel setup; RecBole is warm from training too
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        evaluate(model, split, split.test, eval_cfg)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def ours(name: str, threads: int, extra: list[str], last_mode: bool, eval_repeats: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     preset = DATASETS[name][0]
     cfg = load_config(preset, [*SAME, "train.progress=false", *extra])
@@ -110,15 +122,8 @@ def ours(name: str, threads: int, extra: list[str], last_mode: bool) -> dict[str
         last = {"epoch_last_mode_seconds": last_seconds, "last_mode_batches": last_batches,
                 "last_mode_targets": last_sampler.n_targets}
     model, sampler, n_batches, epoch_seconds = train_epoch(cfg, split, "all")
-    evaluate(model, split, split.valid, cfg.eval)  # warm-up (one-time kernel setup), as RecBole is warm too
-    t0 = time.perf_counter()
-    evaluate(model, split, split.test, cfg.eval)
-    eval_seconds = time.perf_counter() - t0
-    bf16 = cfg.eval.model_copy(update={"autocast": "bf16"})
-    evaluate(model, split, split.valid, bf16)
-    t0 = time.perf_counter()
-    evaluate(model, split, split.test, bf16)
-    eval_bf16_seconds = time.perf_counter() - t0
+    eval_seconds = timed_eval(model, split, cfg, eval_repeats, bf16=False)
+    eval_bf16_seconds = timed_eval(model, split, cfg, eval_repeats, bf16=True)
     ffn = cfg.model.ffn or 4 * cfg.model.hidden
     flops = epoch_flops(sampler, cfg.train.batch_size, cfg.model.hidden, cfg.model.layers, ffn, ds.n_items)
     return {
@@ -139,7 +144,17 @@ def ours(name: str, threads: int, extra: list[str], last_mode: bool) -> dict[str
     }
 
 
-def peer(name: str, threads: int, batches: int, venv: Path) -> dict[str, Any] | None:
+# glibc settings equal to thinkrec.allocator.tune_allocator, for the peer run that gets them too
+TUNED_MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+    "MALLOC_TRIM_THRESHOLD_": str(2**30),
+    "MALLOC_TOP_PAD_": str(64 * 2**20),
+}
+
+
+def peer(
+    name: str, threads: int, batches: int, venv: Path, eval_repeats: int, tuned_malloc: bool = False
+) -> dict[str, Any] | None:
     _, source, dataset_name = DATASETS[name]
     python = venv / "bin" / "python"
     if source is None or not python.exists():
@@ -156,12 +171,16 @@ def peer(name: str, threads: int, batches: int, venv: Path) -> dict[str, Any] | 
         str(threads),
         "--dropout",
         "0.2",
+        "--eval-repeats",
+        str(eval_repeats),
     ]
     if dataset_name:
         cmd += ["--dataset-name", dataset_name]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    env = {**os.environ, **(TUNED_MALLOC_ENV if tuned_malloc else {})}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     row["kind"] = "recbole"
+    row["allocator_tuned"] = tuned_malloc
     return row
 
 
@@ -178,6 +197,10 @@ def main() -> None:
                         "last-position-prefix epoch on, e.g. ml100k,beauty")
     parser.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
                         help="thinkrec's glibc allocator settings (what the CLI uses) or glibc's defaults")
+    parser.add_argument("--eval-repeats", type=int, default=3,
+                        help="evaluations timed per side and model; the fastest counts (both libraries)")
+    parser.add_argument("--peer-tuned-allocator", action="store_true",
+                        help="also run RecBole with thinkrec's allocator settings (MALLOC_* environment)")
     args = parser.parse_args()
     tuned = args.allocator == "tuned" and tune_allocator()
     extra = [f"train.autocast={args.autocast}"]
@@ -186,15 +209,21 @@ def main() -> None:
                       "allocator_tuned": tuned}), flush=True)
     rows: dict[str, dict[str, Any]] = {}
     for name in args.datasets.split(","):
-        mine = ours(name, args.threads, extra, name in args.last_mode.split(","))
+        mine = ours(name, args.threads, extra, name in args.last_mode.split(","), args.eval_repeats)
         mine["fraction_of_peak"] = mine["achieved_gflops"] / peak
         print(json.dumps(mine), flush=True)
         rows[name] = mine
-        other = peer(name, args.threads, args.peer_batches, args.peer_venv)
+        other = peer(name, args.threads, args.peer_batches, args.peer_venv, args.eval_repeats)
         if other is not None:
             print(json.dumps(other), flush=True)
             mine["recbole_epoch_seconds"] = other["est_epoch_seconds"]
             mine["recbole_eval_seconds"] = other["eval_seconds"]
+        if other is not None and args.peer_tuned_allocator:
+            tuned_peer = peer(name, args.threads, args.peer_batches, args.peer_venv, args.eval_repeats, True)
+            assert tuned_peer is not None
+            print(json.dumps(tuned_peer), flush=True)
+            mine["recbole_tuned_epoch_seconds"] = tuned_peer["est_epoch_seconds"]
+            mine["recbole_tuned_eval_seconds"] = tuned_peer["eval_seconds"]
     summary: dict[str, Any] = {"kind": "summary", "threads": args.threads}
     for name, row in rows.items():
         if "recbole_epoch_seconds" in row:
@@ -203,6 +232,13 @@ def main() -> None:
             summary[f"{name}_eval_bf16_ratio"] = row["eval_bf16_seconds"] / row["recbole_eval_seconds"]
             if "epoch_last_mode_seconds" in row:
                 summary[f"{name}_epoch_last_mode_ratio"] = row["epoch_last_mode_seconds"] / row["recbole_epoch_seconds"]
+        if "recbole_tuned_epoch_seconds" in row:  # against RecBole given the same allocator settings
+            summary[f"{name}_vs_tuned_recbole_epoch_ratio"] = row["epoch_seconds"] / row["recbole_tuned_epoch_seconds"]
+            summary[f"{name}_vs_tuned_recbole_eval_ratio"] = row["eval_seconds"] / row["recbole_tuned_eval_seconds"]
+            if "epoch_last_mode_seconds" in row:
+                summary[f"{name}_vs_tuned_recbole_epoch_last_mode_ratio"] = (
+                    row["epoch_last_mode_seconds"] / row["recbole_tuned_epoch_seconds"]
+                )
     if "ml100k" in rows and "ml1m" in rows:
         summary["ml1m_over_ml100k_epoch"] = rows["ml1m"]["epoch_seconds"] / rows["ml100k"]["epoch_seconds"]
         summary["ml1m_over_ml100k_targets"] = rows["ml1m"]["train_targets"] / rows["ml100k"]["train_targets"]

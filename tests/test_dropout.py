@@ -82,5 +82,8 @@ def test_attention_dropout_path_matches_the_fused_kernel_when_nothing_drops() ->
     fused = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     # p below 1/65536 rounds to "drop nothing", so the manual training path must equal the fused kernel
     assert torch.allclose(attend(q, k, v, mask, 1e-9, training=True), fused, atol=1e-6)
+    assert torch.allclose(attend(q, k, v, mask, 0.5, training=False), fused, atol=1e-6)
+    one_query = attend(q[:, :, -1:], k, v, mask[..., -1:, :], 0.0, training=False)
+    assert torch.allclose(one_query, fused[:, :, -1:], atol=1e-6)
     dropped = attend(q, k, v, mask, 0.5, training=True)
     assert not torch.allclose(dropped, fused, atol=1e-3)

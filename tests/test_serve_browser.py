@@ -8,6 +8,7 @@ to the test's tmp_path and to docs/screenshots/serve.png.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import threading
@@ -40,6 +41,15 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 REPO = Path(__file__).resolve().parents[1]
+
+
+def keep_screenshot(shot: Path) -> None:
+    """Copy a screenshot into docs/screenshots only when asked (THINKREC_UPDATE_SCREENSHOTS=1): a test run
+    must not modify the working tree."""
+    if os.environ.get("THINKREC_UPDATE_SCREENSHOTS") == "1":
+        target = REPO / "docs" / "screenshots" / shot.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, target)
 
 
 def free_port() -> int:
@@ -115,9 +125,7 @@ def test_search_add_and_recommend_in_a_browser(server: str, browser: Any, tmp_pa
     shot = tmp_path / "serve.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
-    target = REPO / "docs" / "screenshots" / "serve.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shot, target)
+    keep_screenshot(shot)
 
 
 def test_reasoning_model_shows_each_step(browser: Any, tmp_path: Path) -> None:
@@ -135,4 +143,4 @@ def test_reasoning_model_shows_each_step(browser: Any, tmp_path: Path) -> None:
         page.dispatch_event("#steps", "change")
         sync_api.expect(page.locator("#steps-grid .step")).to_have_count(4)
         page.screenshot(path=str(tmp_path / "serve-steps.png"), full_page=True)
-        shutil.copyfile(tmp_path / "serve-steps.png", REPO / "docs" / "screenshots" / "serve-steps.png")
+        keep_screenshot(tmp_path / "serve-steps.png")

@@ -97,6 +97,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         updates["mask_history"] = args.mask_history
     if args.ks:
         updates["ks"] = [int(k) for k in args.ks.split(",")]
+    if args.autocast:
+        updates["autocast"] = args.autocast
     eval_cfg = cfg.eval.model_copy(update=updates)
     _, split = load_data(cfg)
     report, _ = evaluation_report(model, split, cfg, args.split, eval_cfg, steps=args.steps)

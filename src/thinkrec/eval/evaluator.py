@@ -64,11 +64,12 @@ def encode_in_blocks(model: SeqRecModel, inputs: torch.Tensor, steps: int | None
     main memory, small ones stay in cache (ML-100K's 943 x 50 test histories: several times faster)."""
     rows = max(1, cfg.encode_tokens // max(1, inputs.shape[1]))
     parts = []
-    for start in range(0, inputs.shape[0], rows):
-        # each pass is trimmed to its own longest row (callers sort rows by length, so little padding is left)
-        (block,) = trim(inputs[start : start + rows].numpy())
-        positions = position_ids(block.shape[1], model.backbone.max_len)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+    # one autocast region for all passes: the weights are cast to bf16 once, not once per pass
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+        for start in range(0, inputs.shape[0], rows):
+            # each pass is trimmed to its own longest row (callers sort rows by length: little padding is left)
+            (block,) = trim(inputs[start : start + rows].numpy())
+            positions = position_ids(block.shape[1], model.backbone.max_len)
             parts.append(model.encode(torch.from_numpy(block), positions, steps).float())
     return torch.cat(parts)
 
