@@ -44,10 +44,21 @@ def main() -> None:
             x = torch.randn(*shape, dtype=dtype, requires_grad=True)
             ref = seconds(lambda t: F.dropout(t, args.p, True), x, args.repeats)
             ours = seconds(lambda t: dropout(t, args.p), x, args.repeats)
-            print(json.dumps({
-                "shape": name, "dims": list(shape), "dtype": str(dtype).removeprefix("torch."), "p": args.p,
-                "threads": args.threads, "torch_ms": ref * 1e3, "thinkrec_ms": ours * 1e3, "ratio": ours / ref,
-            }), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "shape": name,
+                        "dims": list(shape),
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "p": args.p,
+                        "threads": args.threads,
+                        "torch_ms": ref * 1e3,
+                        "thinkrec_ms": ours * 1e3,
+                        "ratio": ours / ref,
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

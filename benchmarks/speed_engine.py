@@ -119,8 +119,11 @@ def ours(name: str, threads: int, extra: list[str], last_mode: bool, eval_repeat
     last: dict[str, Any] = {}
     if last_mode:  # one target per prefix (RecBole's instances): same targets, more, smaller batches
         _, last_sampler, last_batches, last_seconds = train_epoch(cfg, split, "last")
-        last = {"epoch_last_mode_seconds": last_seconds, "last_mode_batches": last_batches,
-                "last_mode_targets": last_sampler.n_targets}
+        last = {
+            "epoch_last_mode_seconds": last_seconds,
+            "last_mode_batches": last_batches,
+            "last_mode_targets": last_sampler.n_targets,
+        }
     model, sampler, n_batches, epoch_seconds = train_epoch(cfg, split, "all")
     eval_seconds = timed_eval(model, split, cfg, eval_repeats, bf16=False)
     eval_bf16_seconds = timed_eval(model, split, cfg, eval_repeats, bf16=True)
@@ -193,20 +196,38 @@ def main() -> None:
         "--peer-venv", type=Path, default=Path(os.environ.get("THINKREC_PEER_VENV", REPO / ".peer-venv"))
     )
     parser.add_argument("--autocast", choices=["none", "bf16"], default="none")
-    parser.add_argument("--last-mode", default="", help="datasets (comma-separated) to also time one "
-                        "last-position-prefix epoch on, e.g. ml100k,beauty")
-    parser.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
-                        help="thinkrec's glibc allocator settings (what the CLI uses) or glibc's defaults")
-    parser.add_argument("--eval-repeats", type=int, default=3,
-                        help="evaluations timed per side and model; the fastest counts (both libraries)")
-    parser.add_argument("--peer-tuned-allocator", action="store_true",
-                        help="also run RecBole with thinkrec's allocator settings (MALLOC_* environment)")
+    parser.add_argument(
+        "--last-mode",
+        default="",
+        help="datasets (comma-separated) to also time one last-position-prefix epoch on, e.g. ml100k,beauty",
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=["tuned", "default"],
+        default="tuned",
+        help="thinkrec's glibc allocator settings (what the CLI uses) or glibc's defaults",
+    )
+    parser.add_argument(
+        "--eval-repeats",
+        type=int,
+        default=3,
+        help="evaluations timed per side and model; the fastest counts (both libraries)",
+    )
+    parser.add_argument(
+        "--peer-tuned-allocator",
+        action="store_true",
+        help="also run RecBole with thinkrec's allocator settings (MALLOC_* environment)",
+    )
     args = parser.parse_args()
     tuned = args.allocator == "tuned" and tune_allocator()
     extra = [f"train.autocast={args.autocast}"]
     peak = matmul_peak(args.threads)
-    print(json.dumps({"kind": "machine", "threads": args.threads, "matmul_peak_gflops_fp32": peak,
-                      "allocator_tuned": tuned}), flush=True)
+    print(
+        json.dumps(
+            {"kind": "machine", "threads": args.threads, "matmul_peak_gflops_fp32": peak, "allocator_tuned": tuned}
+        ),
+        flush=True,
+    )
     rows: dict[str, dict[str, Any]] = {}
     for name in args.datasets.split(","):
         mine = ours(name, args.threads, extra, name in args.last_mode.split(","), args.eval_repeats)
