@@ -17,6 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
 from thinkrec.runs import train
 
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality"))
     parser.add_argument("--summarise-only", action="store_true")
     args = parser.parse_intermixed_args()
+    tune_allocator()  # as the CLI does
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         run_dir = args.runs_root / f"{args.preset}-s{seed}"
