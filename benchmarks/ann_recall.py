@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from thinkrec.allocator import tune_allocator
 from thinkrec.data.batches import eval_histories, position_ids, trim
 from thinkrec.runs import load_data, load_run
 from thinkrec.serve.ann import AnnIndex, recall_at_k
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--ef", default="64,128,256")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    tune_allocator()  # as the CLI does
     torch.set_num_threads(args.threads)
     cfg, model = load_run(args.run_dir)
     _, split = load_data(cfg)

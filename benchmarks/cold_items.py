@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from thinkrec.allocator import tune_allocator
 from thinkrec.data.split import Split
 from thinkrec.eval.evaluator import evaluate
 from thinkrec.runs import load_data, load_run
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--split", choices=["valid", "test"], default="test")
     parser.add_argument("--k", type=int, default=20)
     args = parser.parse_args()
+    tune_allocator()  # as the CLI does
     for run_dir in args.run_dirs:
         report = cold_item_report(run_dir, args.max_train, args.split, args.k)
         atomic_write_json(run_dir / "cold_items.json", report)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
+from thinkrec.allocator import tune_allocator
 from thinkrec.models.dropout import dropout
 
 SHAPES = {"hidden": (256, 40, 64), "ffn": (256, 40, 256), "attention": (256, 2, 40, 40)}
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--p", type=float, default=0.2)
     args = parser.parse_args()
+    tune_allocator()  # as the CLI does
     torch.set_num_threads(args.threads)
     for name, shape in SHAPES.items():
         for dtype in (torch.float32, torch.bfloat16):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from thinkrec.allocator import tune_allocator
 from thinkrec.data.batches import eval_histories, trim
 from thinkrec.eval.evaluator import encode_in_blocks
 from thinkrec.runs import load_data, load_run
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1024)
     args = parser.parse_args()
+    tune_allocator()  # as the CLI does
     cfg, model = load_run(args.run_dir, "best")
     _, split = load_data(cfg)
     model.eval()

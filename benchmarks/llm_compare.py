@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
 from thinkrec.data.batches import gather_histories, position_ids, trim
 from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--sasrec-epochs", type=int, default=200, help="SASRec max epochs (early stopping)")
     parser.add_argument("--out", help="write the comparison JSON here")
     args = parser.parse_args()
+    tune_allocator()  # as the CLI does
     rows: dict[str, dict[str, Any]] = {}
     cfg: LLMRunConfig | None = None
     for run in args.llm:

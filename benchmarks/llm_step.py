@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from thinkrec.allocator import tune_allocator
 from thinkrec.llm.config import load_llm_config
 from thinkrec.llm.data import PromptBank, train_examples
 from thinkrec.llm.run import build_model, initial_item_table, load_split, make_builder
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true", help="only the library's step")
     parser.add_argument("--out", help="write the timings JSON here")
     args = parser.parse_args()
+    tune_allocator()  # as the CLI does
     torch.set_num_threads(args.threads)
     cfg = load_llm_config(args.config, ["recpo.users_per_step=4", "recpo.group_size=4"])
     split = load_split(cfg)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from thinkrec.allocator import tune_allocator
 from thinkrec.llm.data import PromptBank, train_examples
 from thinkrec.llm.recpo import ndcg_reward
 from thinkrec.llm.run import load_llm_run, load_split, make_builder
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--n", type=int, default=200, help="training examples to rank (the first n)")
     args = parser.parse_args()
+    tune_allocator()  # as the CLI does
     cfg, model = load_llm_run(args.run_dir)
     split = load_split(cfg)
     bank = PromptBank(split.dataset, cfg, make_builder(model, cfg))

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
 from thinkrec.data.batches import TrainSampler
 from thinkrec.eval.evaluator import evaluate
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--max-k", type=int, default=5)
     parser.add_argument("--skip-training", action="store_true")
     args = parser.parse_args()
+    tune_allocator()  # as the CLI does
     torch.set_num_threads(args.threads)
     overrides = [f"reasoning.max_steps={args.max_k}"]
     cfg = load_config(args.preset, overrides)

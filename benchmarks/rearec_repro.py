@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
 from thinkrec.eval.evaluator import EvalResult, evaluate
 from thinkrec.eval.metrics import metrics_from_ranks, per_sample
@@ -193,6 +194,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_allocator()  # as the CLI does
     set_threads(args.threads)
     variants = (args.backbone, f"{args.backbone}-erl", f"{args.backbone}-prl")
     runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}

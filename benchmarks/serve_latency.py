@@ -36,6 +36,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thinkrec.allocator import tune_allocator
 from thinkrec.serve.batch import recommend_file
 from thinkrec.serve.recommender import Recommender
 
@@ -155,6 +156,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads of this process (batch mode)")
     args = parser.parse_args()
+    tune_allocator()  # as the CLI does
     if args.requests < 1:
         parser.error("--requests must be at least 1")
 

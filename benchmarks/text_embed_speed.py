@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from thinkrec.allocator import tune_allocator
 from thinkrec.data.config import PrepareConfig, SourceConfig
 from thinkrec.data.dataset import SequenceDataset
 from thinkrec.data.prepare import load_or_prepare
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    tune_allocator()  # as the CLI does
     torch.set_num_threads(args.threads)
     source = SourceConfig(format="seqrecbench", path="seqrecbench/amazon2014-beauty")
     ds = subset(load_or_prepare(source, PrepareConfig(), "beauty"), args.items)
