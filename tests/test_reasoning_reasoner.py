@@ -189,3 +189,16 @@ def test_inference_with_only_the_last_column_computed_equals_the_full_pass() -> 
         fast = model.encode(INPUTS, POSITIONS, 3)  # eval mode: the final block computes the last column only
         full = model.reasoner(model.cached_backbone, model.backbone(INPUTS, POSITIONS, use_cache=True), 3)
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+def test_encoding_in_passes_equals_one_pass(steps: int, rows: int) -> None:
+    # the item pass runs per group of rows (each trimmed to its longest row); the reasoning steps run once
+    # over a cache assembled from the groups, left-padded to the full width: the states must not change
+    model = _model(steps=3)
+    inputs = INPUTS[[2, 0, 3, 1]]  # shortest first, as the evaluator orders them: the groups have different widths
+    whole = model.encode(inputs, POSITIONS, steps)
+    passes = model.encode_passes(inputs, rows, steps)
+    assert passes.shape == whole.shape == (4, steps + 1, HIDDEN)
+    assert torch.allclose(passes, whole, atol=1e-5)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from thinkrec.blocking import rows_per_block
-from thinkrec.data.batches import eval_histories, position_ids, trim
+from thinkrec.data.batches import eval_histories, trim
 from thinkrec.data.split import EvalSamples, Split
 from thinkrec.errors import ThinkrecError
 from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
@@ -63,15 +63,9 @@ def encode_in_blocks(model: SeqRecModel, inputs: torch.Tensor, steps: int | None
     ``cfg.encode_tokens`` positions: one pass over thousands of histories streams every activation through
     main memory, small ones stay in cache (ML-100K's 943 x 50 test histories: several times faster)."""
     rows = max(1, cfg.encode_tokens // max(1, inputs.shape[1]))
-    parts = []
     # one autocast region for all passes: the weights are cast to bf16 once, not once per pass
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
-        for start in range(0, inputs.shape[0], rows):
-            # each pass is trimmed to its own longest row (callers sort rows by length: little padding is left)
-            (block,) = trim(inputs[start : start + rows].numpy())
-            positions = position_ids(block.shape[1], model.backbone.max_len)
-            parts.append(model.encode(torch.from_numpy(block), positions, steps).float())
-    return torch.cat(parts)
+        return model.encode_passes(inputs, rows, steps).float()
 
 
 def chunk_size(cfg: EvalConfig, n_items: int) -> int:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from thinkrec.errors import ThinkrecError
-from thinkrec.models.base import Backbone, CachedBackbone, ComputedItems, Encoded, Scorer
+from thinkrec.models.base import Backbone, CachedBackbone, ChainBackbone, ComputedItems, Encoded, Scorer
 
 
 class Reasoner(Protocol):
@@ -74,6 +74,49 @@ class SeqRecModel(nn.Module):
         encoded = self.backbone(inputs, positions, use_cache=True, last_only=True)
         return self.reasoner(self.cached_backbone, encoded, steps)
 
+    def encode_passes(self, inputs: torch.Tensor, rows: int, steps: int | None = None) -> torch.Tensor:
+        """:meth:`encode` of many left-padded histories ``inputs [B, W]`` (positions of a ``max_len``-wide
+        batch), in passes of ``rows`` rows, each trimmed to its longest row: the item pass streams
+        ``rows x W`` activations, so small passes stay in cache. Reasoning steps add one token per row, so per
+        pass they would be dozens of tiny operations; they run once over all ``B`` rows instead, on a
+        key/value cache ``[B, h, W, hd]`` per layer assembled from the passes (left-padded to ``W``; padding
+        is masked) -- for Transformer backbones (:class:`ChainBackbone`); others reason per pass."""
+        b, w = inputs.shape
+        k = self.reasoning_steps if steps is None else steps
+        max_len = self.backbone.max_len
+        if self.reasoner is None or k == 0 or not isinstance(self.backbone, ChainBackbone):
+            # (caches of other layouts, e.g. recurrent states, are reasoned over per pass)
+            parts = [
+                self.encode(block, torch.arange(max_len - block.shape[1], max_len), k)
+                for block in (_trim(inputs[start : start + rows]) for start in range(0, b, rows))
+            ]
+            return torch.cat(parts)
+        hidden: torch.Tensor | None = None
+        cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+        key_padding = torch.ones(b, w, dtype=torch.bool, device=inputs.device)
+        for start in range(0, b, rows):
+            block = _trim(inputs[start : start + rows])
+            width = block.shape[1]
+            part = self.backbone(block, torch.arange(max_len - width, max_len), use_cache=True, last_only=True)
+            assert part.cache is not None and part.key_padding is not None
+            if hidden is None:
+                hidden = part.hidden.new_empty(b, 1, part.hidden.shape[-1])
+                cache = [
+                    (
+                        key.new_zeros(b, key.shape[1], w, key.shape[3]),
+                        value.new_zeros(b, value.shape[1], w, value.shape[3]),
+                    )
+                    for key, value in part.cache
+                ]
+            end = start + block.shape[0]
+            hidden[start:end] = part.hidden[:, -1:]
+            key_padding[start:end, w - width :] = part.key_padding
+            for (keys, values), (new_keys, new_values) in zip(cache, part.cache, strict=True):
+                keys[start:end, :, w - width :] = new_keys
+                values[start:end, :, w - width :] = new_values
+        assert hidden is not None and self.reasoner is not None
+        return self.reasoner(self.cached_backbone, Encoded(hidden, cache, key_padding), k)
+
     def user_vector(self, states: torch.Tensor, mode: str = "last", step: int | None = None) -> torch.Tensor:
         """Collapse per-step states ``[B, K+1, d]`` to one user vector: last step, mean of steps, or a step."""
         if mode == "last":
@@ -90,3 +133,10 @@ class SeqRecModel(nn.Module):
         """Logits ``[B, n_items]`` of user vectors ``[B, d]`` against the whole catalogue."""
         logits: torch.Tensor = self.scorer(users, self.item_vectors(), temperature)
         return logits
+
+
+def _trim(inputs: torch.Tensor) -> torch.Tensor:
+    """Drop the leading columns that are padding (id 0) in every row of a left-padded batch."""
+    real = (inputs != 0).any(dim=0)
+    first = int(real.to(torch.int8).argmax()) if bool(real.any()) else inputs.shape[1] - 1
+    return inputs[:, first:]

@@ -20,6 +20,7 @@ column only", so every path is the same code.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -117,13 +118,14 @@ class LatentReasoner(nn.Module):
         states = [r]
         items = prefix_item_mask(columns, encoded.key_padding)
         grown, own = encoded, None
+        chains = isinstance(backbone, ChainBackbone)  # a runtime-checkable Protocol: check once, not per step
         for k in range(1, k_total + 1):
             z = r + self.rpe[k - 1]
             if perturb is not None:
                 z = perturb(z)
             tokens = backbone.input_tokens(z) if self.normalise_feedback else z
-            if isinstance(backbone, ChainBackbone):
-                r, own = backbone.extend_chains(tokens, encoded, items, own)
+            if chains:
+                r, own = cast(ChainBackbone, backbone).extend_chains(tokens, encoded, items, own)
             else:
                 grown = backbone.extend(tokens, grown, prefix_mask(columns, encoded.key_padding, k))
                 r = grown.hidden
