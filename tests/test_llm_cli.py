@@ -99,3 +99,13 @@ def test_serving_an_llm_run_returns_its_reasoning(
     assert client.post("/recommend", json={"history": ["nope"]}).status_code == 422
     assert client.post("/recommend", json={"history": ["i1"], "reasoning_steps": 2}).status_code == 422
     assert client.get("/items/search", params={"q": "film 3"}).json()["items"][0]["item"] == "i3"
+
+
+def test_missing_default_model_says_where_the_cache_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from thinkrec.errors import ThinkrecError
+    from thinkrec.llm.config import ModelSection
+    from thinkrec.llm.hf import resolve_model_path
+
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "empty-cache"))
+    with pytest.raises(ThinkrecError, match=r"prepare-model.*THINKREC_CACHE_DIR"):
+        resolve_model_path(ModelSection())

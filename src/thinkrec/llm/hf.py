@@ -119,7 +119,12 @@ def prepare_model(out_dir: str | Path | None = None, gguf: str | Path | None = N
 def resolve_model_path(section: ModelSection) -> Path:
     path = Path(section.path).expanduser() if section.path else default_model_dir()
     if not (path / "config.json").exists():
-        hint = "run: thinkrec llm prepare-model" if not section.path else "pass a Hugging Face model directory"
+        hint = (
+            "run: thinkrec llm prepare-model (the cache is $THINKREC_CACHE_DIR, default .thinkrec-cache in the "
+            "working directory: run from the folder where you prepared it, or point the variable at it)"
+            if not section.path
+            else "pass a Hugging Face model directory"
+        )
         raise ThinkrecError(f"{path}: no model there (no config.json); {hint}")
     return path
 
