@@ -87,3 +87,12 @@ def test_attention_dropout_path_matches_the_fused_kernel_when_nothing_drops() ->
     assert torch.allclose(one_query, fused[:, :, -1:], atol=1e-6)
     dropped = attend(q, k, v, mask, 0.5, training=True)
     assert not torch.allclose(dropped, fused, atol=1e-3)
+
+
+def test_torch_dropout_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THINKREC_DROPOUT", "torch")
+    x = torch.ones(1000)
+    torch.manual_seed(5)
+    ours = dropout(x, 0.3)
+    torch.manual_seed(5)
+    assert torch.equal(ours, torch.nn.functional.dropout(x, 0.3, True))

@@ -6,15 +6,18 @@ generator feeds four elements: each element keeps its value when its 16-bit lane
 The drop probability is therefore ``p`` rounded to a multiple of 1/65536 (0.2 becomes 0.199997), and kept
 values are scaled by ``1 / (1 - p_rounded)`` so the expectation is unchanged. The default generator is used,
 so ``torch.manual_seed`` makes the masks reproducible. Forward plus backward costs about a third of
-``torch.nn.functional.dropout`` (``benchmarks/dropout_speed.py``).
+``torch.nn.functional.dropout`` (``benchmarks/dropout_speed.py``). ``THINKREC_DROPOUT=torch`` in the
+environment switches to torch's dropout (for A/B comparisons of training quality).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 LANES = 65536  # values of a 16-bit lane
 
@@ -51,6 +54,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return x
     if not 0.0 < p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if os.environ.get("THINKREC_DROPOUT") == "torch":  # torch's own dropout, for A/B comparisons
+        return F.dropout(x, p, True)
     out: torch.Tensor = _Dropout.apply(x, p)  # type: ignore[no-untyped-call]
     return out
 
