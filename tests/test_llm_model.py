@@ -273,3 +273,13 @@ def test_merged_adapters_give_the_same_outputs_and_restore_weights_exactly() -> 
     assert torch.allclose(plain, merged, atol=1e-4)
     for n, p in model.lm.named_parameters():
         assert torch.equal(p, before[n]), n
+
+
+def test_fresh_table_steps_are_the_first_after_each_rebuild(tmp_path: Path) -> None:
+    from thinkrec.llm.run import plot_rewards, table_is_fresh
+
+    assert [s for s in range(1, 47) if table_is_fresh(s, 15)] == [1, 16, 31, 46]
+    assert [s for s in range(1, 47) if table_is_fresh(s, 0)] == [1]
+    log = [{"step": s, "reward": 0.1 * (s % 3)} for s in range(1, 8)]
+    plot_rewards(log, tmp_path / "reward.png", refresh_every=3)
+    assert (tmp_path / "reward.png").stat().st_size > 1000

@@ -106,7 +106,14 @@ def initial_item_table(
     tmp.replace(path)
 
 
-def plot_rewards(log: list[dict[str, Any]], path: Path) -> None:
+def table_is_fresh(step: int, refresh_every: int) -> bool:
+    """Whether step ``step`` (1-based) computes its reward against a freshly built item table: step 1, and
+    the first step after each rebuild (every ``recpo.refresh_every`` steps); the other steps rank their
+    fresh targets among rows encoded by an older model."""
+    return step == 1 or (refresh_every > 0 and (step - 1) % refresh_every == 0)
+
+
+def plot_rewards(log: list[dict[str, Any]], path: Path, refresh_every: int = 0) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,6 +127,10 @@ def plot_rewards(log: list[dict[str, Any]], path: Path) -> None:
         window = max(2, len(reward) // 5)
         smooth = np.convolve(reward, np.ones(window) / window, mode="valid")
         ax.plot(steps[window - 1 :], smooth, label=f"moving average ({window})")
+    if refresh_every > 0:
+        by_step = {r["step"]: r["reward"] for r in log}
+        fresh = [s for s in steps if table_is_fresh(s, refresh_every)]
+        ax.plot(fresh, [by_step[s] for s in fresh], "s-", color="black", label="fresh item table (honest)")
     ax.set_xlabel("step")
     ax.set_ylabel("fused reward")
     ax.legend()
@@ -186,7 +197,7 @@ def train_llm(
             order.extend(rng.permutation(len(examples)).tolist())
         batch = [examples[i] for i in order[: cfg.recpo.users_per_step]]
         del order[: cfg.recpo.users_per_step]
-        if cfg.recpo.refresh_every and step > 1 and (step - 1) % cfg.recpo.refresh_every == 0:
+        if step > 1 and table_is_fresh(step, cfg.recpo.refresh_every):
             model.build_item_table(bank.item_ids, cfg.eval.item_batch_size)
         record: StepLog = trainer.step(batch, step)
         row = record.as_dict()
@@ -201,7 +212,7 @@ def train_llm(
             bar.set_postfix(reward=f"{record.reward:.3f}", ndcg=f"{record.ndcg:.3f}", len=f"{record.reasoning_len:.0f}")
     replicas.check_in_sync(trainer.params)
     if main:
-        plot_rewards(log, out / "reward.png")
+        plot_rewards(log, out / "reward.png", cfg.recpo.refresh_every)
     results: dict[str, Any] = {
         "variant": cfg.recpo.variant,
         "pairing": cfg.recpo.pairing,
