@@ -7,6 +7,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from thinkrec.data.batches import position_ids, trim
 from thinkrec.errors import ThinkrecError
 from thinkrec.models.base import Backbone, CachedBackbone, ChainBackbone, ComputedItems, Encoded, Scorer
 
@@ -84,20 +85,16 @@ class SeqRecModel(nn.Module):
         b, w = inputs.shape
         k = self.reasoning_steps if steps is None else steps
         max_len = self.backbone.max_len
+        blocks = (_trimmed(inputs[start : start + rows]) for start in range(0, b, rows))
         if self.reasoner is None or k == 0 or not isinstance(self.backbone, ChainBackbone):
             # (caches of other layouts, e.g. recurrent states, are reasoned over per pass)
-            parts = [
-                self.encode(block, torch.arange(max_len - block.shape[1], max_len), k)
-                for block in (_trim(inputs[start : start + rows]) for start in range(0, b, rows))
-            ]
-            return torch.cat(parts)
+            return torch.cat([self.encode(block, position_ids(block.shape[1], max_len), k) for block in blocks])
         hidden: torch.Tensor | None = None
         cache: list[tuple[torch.Tensor, torch.Tensor]] = []
         key_padding = torch.ones(b, w, dtype=torch.bool, device=inputs.device)
-        for start in range(0, b, rows):
-            block = _trim(inputs[start : start + rows])
+        for start, block in zip(range(0, b, rows), blocks, strict=True):
             width = block.shape[1]
-            part = self.backbone(block, torch.arange(max_len - width, max_len), use_cache=True, last_only=True)
+            part = self.backbone(block, position_ids(width, max_len), use_cache=True, last_only=True)
             assert part.cache is not None and part.key_padding is not None
             if hidden is None:
                 hidden = part.hidden.new_empty(b, 1, part.hidden.shape[-1])
@@ -135,8 +132,7 @@ class SeqRecModel(nn.Module):
         return logits
 
 
-def _trim(inputs: torch.Tensor) -> torch.Tensor:
-    """Drop the leading columns that are padding (id 0) in every row of a left-padded batch."""
-    real = (inputs != 0).any(dim=0)
-    first = int(real.to(torch.int8).argmax()) if bool(real.any()) else inputs.shape[1] - 1
-    return inputs[:, first:]
+def _trimmed(inputs: torch.Tensor) -> torch.Tensor:
+    """``inputs`` without the leading columns that are padding in every row (:func:`~thinkrec.data.batches.trim`)."""
+    (kept,) = trim(inputs.numpy())
+    return torch.from_numpy(kept)
