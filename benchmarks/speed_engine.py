@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from thinkrec import allocator
 from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
 from thinkrec.config.schema import RunConfig
@@ -149,9 +150,9 @@ def ours(name: str, threads: int, extra: list[str], last_mode: bool, eval_repeat
 
 # glibc settings equal to thinkrec.allocator.tune_allocator, for the peer run that gets them too
 TUNED_MALLOC_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
-    "MALLOC_TRIM_THRESHOLD_": str(2**30),
-    "MALLOC_TOP_PAD_": str(64 * 2**20),
+    "MALLOC_MMAP_THRESHOLD_": str(allocator.MMAP_THRESHOLD),
+    "MALLOC_TRIM_THRESHOLD_": str(allocator.TRIM_THRESHOLD),
+    "MALLOC_TOP_PAD_": str(allocator.TOP_PAD),
 }
 
 

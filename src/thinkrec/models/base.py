@@ -32,6 +32,13 @@ class Encoded:
         """Columns encoded (``hidden`` may hold only the last of them after a ``last_only`` pass)."""
         return int(self.key_padding.shape[1] if self.key_padding is not None else self.hidden.shape[1])
 
+    def at(self, columns: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[B, T, d]`` at encoded columns ``columns [B, T]`` (columns count all
+        :attr:`width` columns; after a ``last_only`` pass only the last ones are held)."""
+        offset = self.width - self.hidden.shape[1]
+        index = (columns - offset)[:, :, None].expand(-1, -1, self.hidden.shape[-1])
+        return self.hidden.gather(1, index)
+
 
 @dataclass
 class LossOutput:

@@ -12,6 +12,7 @@ environment switches to torch's dropout (for A/B comparisons of training quality
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -24,9 +25,7 @@ LANES = 65536  # values of a 16-bit lane
 
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``1 / (1 - p)`` where an element is kept, 0 where it is dropped (drop probability ``p`` in 1/65536)."""
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     dropped = round(p * LANES)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform over -32768..32767

@@ -136,9 +136,7 @@ class ReasoningObjective(ABC):
 
     def warmup_loss(self, model: SeqRecModel, prefixes: PrefixBatch) -> LossOutput:
         """Cross-entropy of ``r_0`` (the plain backbone) at temperature ``tau``."""
-        hidden = prefixes.encoded.hidden
-        offset = prefixes.columns.new_tensor(prefixes.encoded.width - hidden.shape[1])  # last-only passes
-        r0 = hidden.gather(1, (prefixes.columns - offset)[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        r0 = prefixes.encoded.at(prefixes.columns)
         loss = self.cross_entropy(model, r0[prefixes.valid], prefixes.targets[prefixes.valid], self.tau)
         return LossOutput(loss, {"ce_r0": float(loss.detach())})
 

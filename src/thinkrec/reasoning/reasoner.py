@@ -111,10 +111,7 @@ class LatentReasoner(nn.Module):
         k_total = self.resolve_steps(steps)
         if encoded.cache is None or encoded.key_padding is None:
             raise ValueError("reasoning needs the backbone's key/value cache and key padding")
-        d = encoded.hidden.shape[-1]
-        # A pass with ``last_only`` keeps the hidden states of the last column(s) only (keys/values of all).
-        offset = encoded.width - encoded.hidden.shape[1]
-        r = encoded.hidden.gather(1, (columns - offset)[:, :, None].expand(-1, -1, d))
+        r = encoded.at(columns)
         states = [r]
         items = prefix_item_mask(columns, encoded.key_padding)
         grown, own = encoded, None
