@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from thinkrec.models.dropout import Dropout, dropout
+from thinkrec.models.fused import linear
 
 
 def attend(
@@ -14,12 +17,15 @@ def attend(
 ) -> torch.Tensor:
     """Scaled dot-product attention (``mask`` True = may attend) with dropout ``p`` on the weights when
     ``training``: the fused kernel without dropout, else the weights are formed and dropped with the cheap
-    :func:`~thinkrec.models.dropout.dropout` (what the kernel's dropout path would materialise anyway)."""
-    if not training or p == 0.0:
+    :func:`~thinkrec.models.dropout.dropout` (what the kernel's dropout path would materialise anyway).
+    bf16 inference also forms the weights: on these short sequences torch's fused CPU kernel is 1.3-4x
+    slower in bf16 than two batched products and a softmax (``benchmarks/attention_speed.py``)."""
+    dropping = training and p > 0.0
+    if not dropping and (q.dtype != torch.bfloat16 or torch.is_grad_enabled()):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-    out: torch.Tensor = dropout(probs, p).to(v.dtype) @ v
+    scores = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+    probs = torch.softmax(scores.masked_fill_(~mask, float("-inf")), dim=-1)
+    out: torch.Tensor = (dropout(probs, p) if dropping else probs).to(v.dtype) @ v
     return out
 
 
@@ -49,18 +55,30 @@ class Block(nn.Module):
         """Queries, keys and values ``[B, h, T, hd]`` of new tokens ``x [B, T, d]``."""
         b, t, _ = x.shape
         h = x if self.post_norm else self.ln_attn(x)
-        q, k, v = self.qkv(h).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            linear(h, self.qkv.weight, self.qkv.bias).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        )
         return q, k, v
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.ffn(x)`` (Linear, GELU, Dropout, Linear), with the bias and GELU fused at inference."""
+        first, act, drop, second = (
+            cast(nn.Linear, self.ffn[0]),
+            cast(nn.GELU, self.ffn[1]),
+            self.ffn[2],
+            cast(nn.Linear, self.ffn[3]),
+        )
+        return linear(drop(linear(x, first.weight, first.bias, act.approximate)), second.weight, second.bias)
 
     def _finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Output projection of the attention ``[B, h, T, hd]`` + residual, then the feed-forward sub-layer."""
         b, t, d = x.shape
-        x = x + self.dropout(self.out(attn.transpose(1, 2).reshape(b, t, d)))
+        x = x + self.dropout(linear(attn.transpose(1, 2).reshape(b, t, d), self.out.weight, self.out.bias))
         if self.post_norm:
             x = self.ln_attn(x)
-            post: torch.Tensor = self.ln_ffn(x + self.dropout(self.ffn(x)))
+            post: torch.Tensor = self.ln_ffn(x + self.dropout(self._ffn(x)))
             return post
-        out: torch.Tensor = x + self.dropout(self.ffn(self.ln_ffn(x)))
+        out: torch.Tensor = x + self.dropout(self._ffn(self.ln_ffn(x)))
         return out
 
     def forward(
@@ -82,10 +100,16 @@ class Block(nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """:meth:`forward` (no cache) when only the last column's output is needed: keys and values are
-        computed for every column, but only the last column queries, and only it goes through the output
-        projection and the feed-forward sub-layer. Returns ``[B, 1, d]`` and the full keys/values."""
-        q, k, v = self._qkv(x)
-        attn = attend(q[:, :, -1:], k, v, mask[..., -1:, :], self.attn_dropout, self.training)
+        computed for every column, but only the last column is projected to a query and attends, and only it
+        goes through the output projection and the feed-forward sub-layer. Returns ``[B, 1, d]`` and the
+        full keys/values."""
+        b, t, d = x.shape
+        h = x if self.post_norm else self.ln_attn(x)
+        weight, bias = self.qkv.weight, self.qkv.bias  # rows: queries, keys, values
+        kv = linear(h, weight[d:], bias[d:]).view(b, t, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = kv[0], kv[1]
+        q = linear(h[:, -1:], weight[:d], bias[:d]).view(b, 1, self.heads, self.head_dim).transpose(1, 2)
+        attn = attend(q, k, v, mask[..., -1:, :], self.attn_dropout, self.training)
         return self._finish(x[:, -1:], attn), (k, v)
 
     def forward_chains(

@@ -1,0 +1,80 @@
+"""Inference fast paths of the Transformer block: fused linear, bf16 attention, key/value-only projection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from thinkrec.models import fused
+from thinkrec.models.fused import fused_ok, linear
+from thinkrec.models.transformer import Block, attend
+
+needs_onednn = pytest.mark.skipif(fused._POINTWISE is None, reason="this torch build has no oneDNN linear")
+
+
+@needs_onednn
+@pytest.mark.parametrize("gelu", [None, "none", "tanh"])
+def test_fused_linear_equals_linear_then_gelu(gelu: str | None) -> None:
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(3, 7, 16), torch.randn(24, 16), torch.randn(24)
+    expected = F.linear(x, weight, bias)
+    expected = expected if gelu is None else F.gelu(expected, approximate=gelu)
+    with torch.no_grad():
+        assert fused_ok(x, weight)
+        out = linear(x, weight, bias, gelu)
+        # a non-contiguous input (the last column of a batch) as the final block passes it
+        last = linear(x[:, -1:], weight, bias, gelu)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last, expected[:, -1:], rtol=1e-5, atol=1e-5)
+
+
+def test_fused_linear_is_only_taken_without_autograd_in_float32() -> None:
+    x, weight = torch.randn(4, 8), torch.randn(8, 8)
+    assert not fused_ok(x, weight)  # gradients enabled: training keeps the plain ops
+    with torch.no_grad():
+        assert not fused_ok(x.bfloat16(), weight.bfloat16())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fused_ok(x, weight)
+    # and the plain path still gives gradients
+    w = weight.clone().requires_grad_()
+    linear(x, w, None, "none").sum().backward()
+    assert w.grad is not None
+
+
+def test_bf16_inference_attention_matches_the_fused_kernel() -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 6, 4) for _ in range(3))
+    mask = torch.ones(6, 6, dtype=torch.bool).tril()[None, None].repeat(3, 1, 1, 1)
+    mask[0, :, :, :2] = False  # left padding of row 0 ...
+    mask[0, :, :2, :2] = torch.eye(2, dtype=torch.bool)  # ... whose padding columns attend to themselves
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    with torch.no_grad():
+        formed = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, 0.0, False)
+    assert formed.dtype == torch.bfloat16
+    torch.testing.assert_close(formed.float(), reference, rtol=0.03, atol=0.03)
+    # float32 inference and training without dropout use the kernel itself: identical numbers
+    with torch.no_grad():
+        assert torch.equal(attend(q, k, v, mask, 0.0, False), reference)
+    assert torch.equal(attend(q, k, v, mask, 0.5, False), reference)
+
+
+@pytest.mark.parametrize("post_norm", [False, True])
+def test_block_inference_path_equals_the_training_ops(post_norm: bool) -> None:
+    """An eval-mode block under ``no_grad`` (fused linears, key/value-only final projection) gives the
+    same outputs and keys/values as with autograd on (the plain ops)."""
+    torch.manual_seed(0)
+    block = Block(16, 2, 32, 0.3, 0.3, post_norm=post_norm).eval()
+    x = torch.randn(3, 7, 16)
+    mask = torch.ones(7, 7, dtype=torch.bool).tril()[None, None]
+    plain, (k_plain, v_plain) = block(x, mask)
+    last_plain, _ = block.forward_last(x, mask)
+    with torch.no_grad():
+        fast, (k_fast, v_fast) = block(x, mask)
+        last_fast, (k_last, v_last) = block.forward_last(x, mask)
+    for a, b in [(fast, plain), (k_fast, k_plain), (v_fast, v_plain), (last_fast, last_plain)]:
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
+    # the last-column pass has the full keys/values and the full pass's last column
+    torch.testing.assert_close(last_fast, fast[:, -1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(k_last, k_fast, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v_last, v_fast, rtol=1e-5, atol=1e-5)
