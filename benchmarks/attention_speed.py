@@ -2,8 +2,8 @@
 
 Times ``F.scaled_dot_product_attention`` against two batched products and a softmax (what
 ``thinkrec.models.transformer.attend`` does for bf16 inference) on the shapes of an evaluation pass
-(128 histories x 2 heads x 50 positions x 32 dims, and the final block's last-column query), float32 and
-bf16, one JSON line per case::
+(128 histories x 2 heads x 50 positions x 32 dims, and the final block's last-column query), laid out as
+the block's projection produces them, float32 and bf16, one JSON line per case::
 
     python benchmarks/attention_speed.py --threads 2
 """
@@ -35,7 +35,7 @@ def best_ms(fn: Callable[[], torch.Tensor], repeats: int) -> float:
 
 def formed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     scores = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
-    return torch.softmax(scores.masked_fill_(~mask, float("-inf")), dim=-1).to(v.dtype) @ v
+    return torch.softmax(scores.masked_fill_(~mask, float("-inf")), dim=-1, dtype=torch.float32).to(v.dtype) @ v
 
 
 def main() -> None:
@@ -54,8 +54,9 @@ def main() -> None:
     with torch.no_grad():
         for dtype in (torch.float32, torch.bfloat16):
             for queries in (t, 1):
-                q = torch.randn(b, h, queries, hd, dtype=dtype)
-                k, v = torch.randn(b, h, t, hd, dtype=dtype), torch.randn(b, h, t, hd, dtype=dtype)
+                # the layout the block produces: views of one [B, T, 3, h, hd] projection
+                q, k, v = torch.randn(b, t, 3, h, hd, dtype=dtype).permute(2, 0, 3, 1, 4)
+                q = q[:, :, -queries:]
                 m = mask[..., -queries:, :]
                 kernel = best_ms(
                     lambda q=q, k=k, v=v, m=m: F.scaled_dot_product_attention(q, k, v, attn_mask=m), args.repeats

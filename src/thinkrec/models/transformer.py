@@ -18,13 +18,15 @@ def attend(
     """Scaled dot-product attention (``mask`` True = may attend) with dropout ``p`` on the weights when
     ``training``: the fused kernel without dropout, else the weights are formed and dropped with the cheap
     :func:`~thinkrec.models.dropout.dropout` (what the kernel's dropout path would materialise anyway).
-    bf16 inference also forms the weights: on these short sequences torch's fused CPU kernel is 1.3-4x
-    slower in bf16 than two batched products and a softmax (``benchmarks/attention_speed.py``)."""
+    bf16 inference also forms the weights: on these short sequences torch's fused CPU kernel takes 1.4-1.7x
+    the time of two batched products and a float32 softmax in bf16 (in float32 it is the faster one;
+    ``benchmarks/attention_speed.py``)."""
     dropping = training and p > 0.0
     if not dropping and (q.dtype != torch.bfloat16 or torch.is_grad_enabled()):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     scores = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
-    probs = torch.softmax(scores.masked_fill_(~mask, float("-inf")), dim=-1)
+    # the softmax is taken in float32 (bf16 inputs: more precise and, on this CPU, twice as fast as bf16)
+    probs = torch.softmax(scores.masked_fill_(~mask, float("-inf")), dim=-1, dtype=torch.float32)
     out: torch.Tensor = (dropout(probs, p) if dropping else probs).to(v.dtype) @ v
     return out
 
