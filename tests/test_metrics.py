@@ -13,6 +13,25 @@ def test_target_ranks_are_pessimistic_on_ties() -> None:
     assert ranks.tolist() == [1, 3, 0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_target_ranks_count_ties_and_masked_items_like_a_loop(dtype: torch.dtype) -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.integers(-3, 4, size=(64, 40)).astype(np.float64) / 4  # many exact ties
+    scores[rng.random(scores.shape) < 0.1] = -np.inf  # masked history items
+    targets = rng.integers(0, 40, 64)
+    scores[np.arange(64), targets] = rng.integers(-3, 4, 64) / 4  # targets themselves are not masked
+    expected = [int(np.sum(row >= row[t])) - 1 for row, t in zip(scores, targets, strict=True)]
+    got = target_ranks(torch.from_numpy(scores).to(dtype), torch.from_numpy(targets))
+    assert got.tolist() == expected
+    # a masked target ranks last among everything (every item scores >= -inf), and NaN does not spread
+    scores[0, targets[0]] = -np.inf
+    scores[1, 5] = np.nan
+    got = target_ranks(torch.from_numpy(scores).to(dtype), torch.from_numpy(targets))
+    assert got[0] == 39
+    assert got[1] == int(np.sum(scores[1] >= scores[1, targets[1]])) - 1
+    assert got[2:].tolist() == expected[2:]
+
+
 def test_metrics_match_an_independent_topk_computation() -> None:
     rng = np.random.default_rng(1)
     scores = rng.normal(size=(200, 57))

@@ -40,13 +40,15 @@ def _ranks(
     """Pessimistic 0-based rank of each target column; history items are set to -inf when given.
 
     Scores are computed in cache-sized row blocks; each block's target score is read from the same
-    block, so ties are judged on identical numbers.
+    block, so ties are judged on identical numbers. The scorer's temperature is left out: dividing by a
+    positive number does not change an order, and it would cost a pass over every block.
     """
     ranks = torch.empty(len(users), dtype=torch.long)
     block = rows_per_block(items.shape[0])
+    users, items = model.scorer.prepare(users, items)  # e.g. cosine: normalised once, not per block
     for start in range(0, len(users), block):
         rows = slice(start, start + block)
-        scores = model.scorer(users[rows], items).float()
+        scores = (users[rows] @ items.T).float()
         if history is not None:
             # History ids are 1-based item ids; padding (0) is skipped.
             hist = history[rows]

@@ -14,9 +14,30 @@ import torch
 METRICS = ("NDCG", "HR", "MRR")
 
 
+EXACT_FLOAT_COUNT = 2**24  # float32 represents every integer count up to here exactly
+
+
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based pessimistic rank of column ``targets[i]`` in row ``scores[i]`` (``[B, N]``, ``[B]``)."""
+    """0-based pessimistic rank of column ``targets[i]`` in row ``scores[i]`` (``[B, N]``, ``[B]``): the
+    number of other items scoring at least as high as the target.
+
+    Counted in the scores' float type, not by reducing a boolean matrix (which torch widens to int64
+    element by element, 2.5x slower on the CPU): ``s - t >= 0`` exactly when ``s >= t`` in IEEE
+    arithmetic, and ``clamp(sign(s - t) + 1, max=1)`` is 1 there and 0 elsewhere, a sum of ones that is
+    exact below 2**24 items. Rows whose target scores -inf (a masked target) or whose scores are not
+    finite, larger catalogues and other dtypes (a bf16 sum is not exact) are counted on the boolean matrix.
+    """
     target_scores = scores.gather(1, targets[:, None])
+    if (
+        scores.dtype in (torch.float32, torch.float64)
+        and scores.shape[1] < EXACT_FLOAT_COUNT
+        and bool(torch.isfinite(target_scores).all())
+    ):
+        at_least = (scores - target_scores).sign_().add_(1).clamp_(max=1)
+        # -inf scores (masked history) give sign -1 -> 0; NaN would propagate, so it is checked for
+        counts = at_least.sum(dim=1)
+        if not bool(torch.isnan(counts).any()):
+            return counts.long() - 1
     return torch.count_nonzero(scores >= target_scores, dim=1) - 1
 
 

@@ -100,8 +100,8 @@ class SeqRecModel(nn.Module):
                 hidden = part.hidden.new_empty(b, 1, part.hidden.shape[-1])
                 cache = [
                     (
-                        key.new_zeros(b, key.shape[1], w, key.shape[3]),
-                        value.new_zeros(b, value.shape[1], w, value.shape[3]),
+                        key.new_empty(b, key.shape[1], w, key.shape[3]),
+                        value.new_empty(b, value.shape[1], w, value.shape[3]),
                     )
                     for key, value in part.cache
                 ]
@@ -111,6 +111,9 @@ class SeqRecModel(nn.Module):
             for (keys, values), (new_keys, new_values) in zip(cache, part.cache, strict=True):
                 keys[start:end, :, w - width :] = new_keys
                 values[start:end, :, w - width :] = new_values
+                # the padding columns are masked, but must hold finite numbers (0 x NaN is NaN)
+                keys[start:end, :, : w - width] = 0
+                values[start:end, :, : w - width] = 0
         assert hidden is not None and self.reasoner is not None
         return self.reasoner(self.cached_backbone, Encoded(hidden, cache, key_padding), k)
 
