@@ -126,7 +126,7 @@ class Scorer(nn.Module):
         """All pairs: ``[B, d] x [N, d] -> [B, N]``."""
         users, items = self.prepare(users, items)
         t = temperature or self.temperature
-        # dividing by 1 is a full extra pass over a [B, N] matrix (10% of a Beauty evaluation): skipped
+        # dividing by 1 would be a full extra pass over the [B, N] scores
         return users @ items.T if t == 1.0 else users @ items.T / t
 
     def rowwise(self, users: torch.Tensor, items: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
