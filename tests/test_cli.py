@@ -58,7 +58,7 @@ def test_train_evaluate_recommend(shop: Path, capsys: pytest.CaptureFixture[str]
     assert "120 users, 30 items" in capsys.readouterr().out
     assert main(["train", "shop.toml", "train.seed=3", "--run-dir", "run"]) == 0
     out = capsys.readouterr().out
-    assert "test (120 samples)" in out and "leave-one-out" in out
+    assert "test (120 samples)" in out and "leave-one-out" in out and "encoder_precision: float32" in out
     results = json.loads((shop / "run" / "results.json").read_text())
     assert results["test"]["metrics"]["HR@10"] > 0.8
     assert results["test"]["protocol"]["history_masking"] == "history items not masked"

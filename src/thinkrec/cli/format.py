@@ -29,6 +29,7 @@ def protocol_lines(protocol: dict[str, Any]) -> str:
         "split",
         "candidates",
         "history_masking",
+        "encoder_precision",
         "ks",
         "seed",
         "n_valid",
