@@ -1,9 +1,9 @@
 """Inference attention at SASRec evaluation shapes: torch's fused kernel vs weights formed explicitly.
 
-Times ``F.scaled_dot_product_attention`` against two batched products and a softmax (what
-``thinkrec.models.transformer.attend`` does for bf16 inference) on the shapes of an evaluation pass
-(128 histories x 2 heads x 50 positions x 32 dims, and the final block's last-column query), laid out as
-the block's projection produces them, float32 and bf16, one JSON line per case::
+Times ``F.scaled_dot_product_attention`` against two batched products and a softmax
+(``thinkrec.models.transformer.formed_attention``, what ``attend`` uses for bf16 inference) on the shapes
+of an evaluation pass (128 histories x 2 heads x 50 positions x 32 dims, and the final block's last-column
+query), laid out as the block's projection produces them, float32 and bf16, one JSON line per case::
 
     python benchmarks/attention_speed.py --threads 2
 """
@@ -19,6 +19,8 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
+from thinkrec.models.transformer import formed_attention
+
 
 def best_ms(fn: Callable[[], torch.Tensor], repeats: int) -> float:
     """Fastest of ``repeats`` rounds of 20 calls, in ms per call (after 5 warm-up calls)."""
@@ -31,11 +33,6 @@ def best_ms(fn: Callable[[], torch.Tensor], repeats: int) -> float:
             fn()
         best = min(best, (time.perf_counter() - t0) / 20 * 1e3)
     return best
-
-
-def formed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    scores = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
-    return torch.softmax(scores.masked_fill_(~mask, float("-inf")), dim=-1, dtype=torch.float32).to(v.dtype) @ v
 
 
 def main() -> None:
@@ -61,7 +58,7 @@ def main() -> None:
                 kernel = best_ms(
                     lambda q=q, k=k, v=v, m=m: F.scaled_dot_product_attention(q, k, v, attn_mask=m), args.repeats
                 )
-                explicit = best_ms(lambda q=q, k=k, v=v, m=m: formed(q, k, v, m), args.repeats)
+                explicit = best_ms(lambda q=q, k=k, v=v, m=m: formed_attention(q, k, v, m), args.repeats)
                 row = {
                     "dtype": str(dtype).removeprefix("torch."),
                     "shape": [b, h, queries, t, hd],
