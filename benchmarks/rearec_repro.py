@@ -7,9 +7,11 @@
 For every seed, trains (or resumes) the presets ``<dataset>-<protocol>-<backbone>``, ``-<backbone>-erl``
 and ``-<backbone>-prl`` (backbone: sasrec, bert4rec, gru4rec, unisrec, morec; default sasrec) with the
 same epochs cap, early stopping and seed through :func:`thinkrec.runs.train`, then re-scores the best
-checkpoints on test to get per-sample ranks of every reasoning step. After every finished seed it
-(re)writes ``<out>/rearec-<dataset>-<protocol>[-<backbone>].{md,json}`` (no suffix for sasrec), so a long
-run that is stopped still leaves the table of the seeds it completed:
+checkpoints on test to get per-sample ranks of every reasoning step. ``--variants base,erl`` leaves a
+variant out; ``--first-seed 2`` trains seeds 2..N only, so two processes can split the seeds (``--seeds 1``
+and ``--first-seed 2``; a last run over all seeds, all finished, writes the combined table). After every
+finished seed it (re)writes ``<out>/rearec-<dataset>-<protocol>[-<backbone>].{md,json}`` (no suffix for
+sasrec), so a long run that is stopped still leaves the table of the seeds it completed:
 
 - test N@10, N@20, R@10, R@20 (R = Recall = HR with one target): mean +- std over seeds, and the relative
   change of each reasoning variant vs the backbone;
@@ -51,12 +53,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--protocol", choices=["time", "loo"], default="time", help="default time (the paper's)")
     parser.add_argument("--backbone", choices=BACKBONES, default="sasrec", help="default sasrec")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds 1..N (default 3)")
+    parser.add_argument(
+        "--first-seed", type=int, default=1,
+        help="train seeds FIRST..N only (default 1); finished runs of the earlier seeds are re-scored and"
+        " reported, missing ones are left out: two processes can split the seeds between them",
+    )
+    parser.add_argument(
+        "--variants", default="base,erl,prl",
+        help="comma list of base, erl, prl to train and report (default all three; the table needs base)",
+    )
     parser.add_argument("--epochs", type=int, help="cap on training epochs (default: the presets' 200)")
     parser.add_argument("--patience", type=int, help="early-stopping patience (default: the presets' 10)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/rearec"), help="output folder")
     parser.add_argument("overrides", nargs="*", help="dotted overrides for all three presets, e.g. model.hidden=32")
     return parser.parse_args(argv)
+
+
+def run_dir_of(args: argparse.Namespace, variant: str, seed: int) -> Path:
+    path: Path = args.out / "runs" / f"{args.dataset}-{args.protocol}" / f"{variant}-s{seed}"
+    return path
+
+
+def is_finished(args: argparse.Namespace, variant: str, seed: int) -> bool:
+    """Whether the run of ``variant`` and ``seed`` has written its results (training is over)."""
+    return (run_dir_of(args, variant, seed) / "results.json").exists()
 
 
 def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, Any]:
@@ -68,7 +89,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
     if args.patience is not None:
         overrides.append(f"train.patience={args.patience}")
     cfg = load_config(preset, overrides)
-    run_dir = args.out / "runs" / f"{args.dataset}-{args.protocol}" / f"{variant}-s{seed}"
+    run_dir = run_dir_of(args, variant, seed)
     run = train(cfg, run_dir)
     cfg, model = load_run(run_dir)
     _, split = load_data(cfg)
@@ -196,14 +217,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tune_allocator()  # as the CLI does
     set_threads(args.threads)
-    variants = (args.backbone, f"{args.backbone}-erl", f"{args.backbone}-prl")
+    names = {"base": args.backbone, "erl": f"{args.backbone}-erl", "prl": f"{args.backbone}-prl"}
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(chosen) - names.keys())
+    if unknown or "base" not in chosen:
+        raise SystemExit(f"--variants: {args.variants!r} must list base and any of erl, prl (unknown: {unknown})")
+    variants = tuple(names[v] for v in ("base", "erl", "prl") if v in chosen)
     runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
     suffix = "" if args.backbone == "sasrec" else f"-{args.backbone}"
     stem = args.out / f"rearec-{args.dataset}-{args.protocol}{suffix}"
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in range(1, args.seeds + 1):
+        # another process's seed (below --first-seed) is reported only once all its runs are finished
+        if seed < args.first_seed and not all(is_finished(args, variant, seed) for variant in variants):
+            continue
         for variant in variants:
             runs[variant].append(run_variant(args, variant, seed))
+        if not runs[args.backbone]:
+            continue
         summary = summarise(args, runs)
         atomic_write_text(stem.with_suffix(".json"), json.dumps(summary, indent=2))
         atomic_write_text(stem.with_suffix(".md"), markdown(summary) + "\n")
@@ -212,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": args.dataset,
         "protocol": args.protocol,
         "backbone": args.backbone,
-        "seeds": args.seeds,
+        "seeds": summary["seeds"],
         "epochs_cap": args.epochs,
         **{
             variant: {
