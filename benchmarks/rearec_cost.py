@@ -18,14 +18,19 @@ import argparse
 import json
 import statistics
 import time
+from typing import Any, cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
-from thinkrec.data.batches import TrainSampler
-from thinkrec.eval.evaluator import evaluate
+from thinkrec.config.schema import RunConfig
+from thinkrec.data.batches import TrainSampler, eval_histories, trim
+from thinkrec.data.split import Split
+from thinkrec.eval.evaluator import chunk_size, evaluate
+from thinkrec.models.model import SeqRecModel
 from thinkrec.runs import build, build_objective, load_data
 
 
@@ -49,6 +54,68 @@ def epoch_seconds(preset: str, overrides: list[str], epoch: int) -> float:
     return time.perf_counter() - t0
 
 
+def encoder_breakdown(model: SeqRecModel, split: Split, cfg: RunConfig, steps: int, repeats: int) -> dict[str, float]:
+    """Where K reasoning steps spend their time at inference: the encoder alone (no scoring) over the test
+    chunks the evaluator builds, K = 0 vs K = ``steps``, and the reasoner's own share of the latter (the
+    rest of the difference is assembling the chunk's key/value cache from the item passes). Also the
+    linear-layer FLOPs of the reasoning tokens relative to the item pass's, counted on the same passes: a
+    floor for the ratio that no implementation of the method gets under on a CPU that runs at its matmul
+    peak. Fastest of ``repeats`` interleaved rounds."""
+    samples, max_len = split.test, model.backbone.max_len
+    order = np.argsort(np.minimum(samples.positions, max_len), kind="stable")
+    size = chunk_size(cfg.eval, model.n_items)
+    chunks = []
+    for start in range(0, len(samples), size):
+        (history,) = trim(eval_histories(split, samples.subset(order[start : start + size]), max_len))
+        chunks.append(torch.from_numpy(history))
+    reasoner = cast(nn.Module, model.reasoner)
+    spent = [0.0, 0.0]  # start of the current call, total
+
+    def started(*_: Any) -> None:
+        spent[0] = time.perf_counter()
+
+    def finished(*_: Any) -> None:
+        spent[1] += time.perf_counter() - spent[0]
+
+    encode: dict[int, list[float]] = {0: [], steps: []}
+    in_reasoner: list[float] = []
+    hooks = [reasoner.register_forward_pre_hook(started), reasoner.register_forward_hook(finished)]
+    try:
+        with torch.no_grad():
+            for _ in range(repeats):
+                for k in encode:
+                    spent[1] = 0.0
+                    t0 = time.perf_counter()
+                    for inputs in chunks:
+                        model.encode_passes(inputs, max(1, cfg.eval.encode_tokens // inputs.shape[1]), k)
+                    encode[k].append(time.perf_counter() - t0)
+                    if k:
+                        in_reasoner.append(spent[1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # linear-layer FLOPs per token of one full block, and of the keys/values alone
+    d, layers = cfg.model.hidden, cfg.model.layers
+    ffn = getattr(cfg.model, "ffn", None) or 4 * d
+    full, kv = 2 * (4 * d * d + 2 * d * ffn), 2 * 2 * d * d
+    item_flops = reasoning_flops = 0
+    for inputs in chunks:
+        rows = max(1, cfg.eval.encode_tokens // inputs.shape[1])
+        for start in range(0, inputs.shape[0], rows):
+            (block,) = trim(inputs[start : start + rows].numpy())  # the pass is trimmed to its longest row
+            tokens = block.shape[0] * block.shape[1]
+            item_flops += tokens * ((layers - 1) * full + kv) + block.shape[0] * (full - kv)
+            reasoning_flops += block.shape[0] * steps * layers * full
+    k0, kk, reason = min(encode[0]), min(encode[steps]), min(in_reasoner)
+    return {
+        "encoder_k0_seconds": k0,
+        f"encoder_k{steps}_seconds": kk,
+        "reasoner_seconds": reason,
+        "cache_assembly_seconds": kk - k0 - reason,
+        "reasoning_over_item_linear_flops": reasoning_flops / item_flops,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="ml100k-time-sasrec-prl")
@@ -56,6 +123,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-k", type=int, default=5)
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time the encoder alone and the reasoner's share (K = trained K)"
+    )
     args = parser.parse_args()
     tune_allocator()  # as the CLI does
     torch.set_num_threads(args.threads)
@@ -93,6 +163,10 @@ def main() -> None:
         }
         print(json.dumps(row), flush=True)
         summary[f"inference_ratio_k{k}"] = fastest / base
+    if args.breakdown:
+        parts = encoder_breakdown(model, split, cfg, cfg.reasoning.steps, args.repeats)
+        print(json.dumps({"kind": "breakdown", "steps": cfg.reasoning.steps, **parts}), flush=True)
+        summary.update({f"breakdown_{k}": v for k, v in parts.items()})
     if not args.skip_training:
         base_preset = args.preset.rsplit("-", 1)[0]  # e.g. ml100k-time-sasrec
         warm = cfg.reasoning.warmup_epochs
@@ -100,15 +174,16 @@ def main() -> None:
         for _ in range(args.repeats):
             sasrec.append(epoch_seconds(base_preset, [], warm))
             prl.append(epoch_seconds(args.preset, [], warm))
+        ratio = statistics.median(prl) / statistics.median(sasrec)
         row = {
             "kind": "training",
             "sasrec_epoch_seconds": statistics.median(sasrec),
             "prl_epoch_seconds": statistics.median(prl),
             "steps": cfg.reasoning.steps,
+            "ratio": ratio,
         }
-        row["ratio"] = row["prl_epoch_seconds"] / row["sasrec_epoch_seconds"]
         print(json.dumps(row), flush=True)
-        summary["training_ratio"] = row["ratio"]
+        summary["training_ratio"] = ratio
         summary["training_bound"] = cfg.reasoning.steps + 3
     print(json.dumps(summary), flush=True)
 
