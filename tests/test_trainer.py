@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +93,23 @@ def test_sampled_softmax_trains(tmp_path: Path) -> None:
     result = _trainer(tmp_path, ds, epochs=6, loss="sampled", n_negatives=10).fit()
     assert result.best_valid["HR@10"] > 0.5
     assert np.isfinite(result.history[-1]["loss"])
+
+
+def test_a_run_directory_is_trained_by_one_process_at_a_time(tmp_path: Path) -> None:
+    from thinkrec.config.loader import load_config
+    from thinkrec.errors import ThinkrecError
+    from thinkrec.runs import train
+    from thinkrec.train.checkpoint import exclusive_run_dir
+
+    run_dir = tmp_path / "run"
+    with exclusive_run_dir(run_dir):
+        # a second holder (another open file description, as another process would have) is refused ...
+        refused = pytest.raises(ThinkrecError, match=rf"in use: another thinkrec process \(pid {os.getpid()}\)")
+        with refused, exclusive_run_dir(run_dir):
+            pass
+        # ... and so is training there, before anything is read or written
+        with pytest.raises(ThinkrecError, match="in use"):
+            train(load_config("ml100k-sasrec"), run_dir)
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+    with exclusive_run_dir(run_dir):  # released on exit: the next run (a resume) may take it
+        pass

@@ -2,7 +2,8 @@
 
 A run directory holds ``config.json`` (the resolved config), ``checkpoints/{best,last}.{safetensors,json}``,
 ``log.jsonl`` (one line per epoch), ``curve.png``, ``items.parquet`` (the item vocabulary with titles, so
-a saved model can recommend without the raw data) and ``results.json`` (metrics with their protocol).
+a saved model can recommend without the raw data), ``results.json`` (metrics with their protocol) and
+``.lock`` (held while a process trains there, so the same run cannot be trained twice at once).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from thinkrec.models.text_items import attach_item_text
 from thinkrec.reasoning.objectives import build_reasoning_objective
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.seed import Seeds
-from thinkrec.train.checkpoint import atomic_write_json, checkpoint_exists, load_checkpoint
+from thinkrec.train.checkpoint import atomic_write_json, checkpoint_exists, exclusive_run_dir, load_checkpoint
 from thinkrec.train.objectives import CrossEntropy, Objective
 from thinkrec.train.trainer import FitResult, Trainer
 
@@ -140,7 +141,12 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainedRun:
     """Prepare data, train with early stopping, evaluate the best checkpoint on validation and test."""
     set_threads(cfg.train.threads)
     out = Path(run_dir or cfg.default_run_dir())
-    out.mkdir(parents=True, exist_ok=True)
+    with exclusive_run_dir(out):
+        return _train(cfg, out)
+
+
+def _train(cfg: RunConfig, out: Path) -> TrainedRun:
+    """:func:`train` while holding the run directory's lock."""
     saved = out / "config.json"
     if saved.exists() and cfg.train.resume:
         # Read the saved config through the current schema, so keys added since (with their defaults)

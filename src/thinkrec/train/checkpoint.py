@@ -11,12 +11,51 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from thinkrec.errors import ThinkrecError
+
+LOCK_NAME = ".lock"
+
+
+@contextmanager
+def exclusive_run_dir(directory: Path) -> Iterator[None]:
+    """Hold ``directory``'s lock for the block: a second process training into the same run directory
+    (e.g. the same command started twice) fails at once with a clear message instead of both writing its
+    checkpoints and log. The lock is the operating system's (``flock``): a killed run leaves no stale lock,
+    so resuming never needs a clean-up. Where ``flock`` does not exist (Windows) no lock is taken."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise ThinkrecError(
+                f"{directory} is in use: another thinkrec process (pid {holder}) is training there; wait for it"
+                " to finish, stop it (a stopped run resumes from its last epoch), or choose another run directory"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
