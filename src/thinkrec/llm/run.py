@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,7 @@ from thinkrec.llm.model import DualHeadLM
 from thinkrec.llm.prompts import PromptBuilder
 from thinkrec.llm.trainer import LLMTrainer, StepLog
 from thinkrec.seed import Seeds
-from thinkrec.train.checkpoint import _atomic_save_tensors, atomic_write_json
+from thinkrec.train.checkpoint import _atomic_save_tensors, atomic_write_json, exclusive_run_dir
 
 
 def load_split(cfg: LLMRunConfig) -> Split:
@@ -150,8 +151,22 @@ def train_llm(
     """Train for ``cfg.recpo.steps`` steps, then evaluate on the test samples; returns the results.
 
     Under ``accelerate launch`` / ``torchrun`` the processes train one model data-parallel
-    (:mod:`thinkrec.llm.distributed`); only the main process writes the run directory.
+    (:mod:`thinkrec.llm.distributed`); only the main process writes the run directory, and holds its lock
+    (:func:`~thinkrec.train.checkpoint.exclusive_run_dir`) meanwhile.
     """
+    out = Path(run_dir or cfg.default_run_dir())
+    with exclusive_run_dir(out) if Replicas.detect().is_main else nullcontext():
+        return _train_llm(cfg, out, model, split, progress, evaluate_test)
+
+
+def _train_llm(
+    cfg: LLMRunConfig,
+    out: Path,
+    model: DualHeadLM | None,
+    split: Split | None,
+    progress: bool,
+    evaluate_test: bool,
+) -> dict[str, Any]:
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
     replicas = Replicas.detect()
@@ -161,7 +176,6 @@ def train_llm(
             "every process needs at least one user per step"
         )
     main = replicas.is_main
-    out = Path(run_dir or cfg.default_run_dir())
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", json.loads(cfg.model_dump_json()))
