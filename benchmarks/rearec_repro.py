@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(args, runs)
         atomic_write_text(stem.with_suffix(".json"), json.dumps(summary, indent=2))
         atomic_write_text(stem.with_suffix(".md"), markdown(summary) + "\n")
+    if not runs[args.backbone]:
+        raise SystemExit(f"no seed up to {args.seeds} has all of {', '.join(variants)} finished: nothing to report")
     print(markdown(summary))
     line = {
         "dataset": args.dataset,
