@@ -27,9 +27,9 @@ from torch import nn
 from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
 from thinkrec.config.schema import RunConfig
-from thinkrec.data.batches import TrainSampler, eval_histories, trim
+from thinkrec.data.batches import TrainSampler, trim
 from thinkrec.data.split import Split
-from thinkrec.eval.evaluator import chunk_size, evaluate
+from thinkrec.eval.evaluator import chunk_size, encode_in_blocks, evaluate, history_chunks
 from thinkrec.models.model import SeqRecModel
 from thinkrec.runs import build, build_objective, load_data
 
@@ -61,13 +61,11 @@ def encoder_breakdown(model: SeqRecModel, split: Split, cfg: RunConfig, steps: i
     linear-layer FLOPs of the reasoning tokens relative to the item pass's, counted on the same passes: a
     floor for the ratio that no implementation of the method gets under on a CPU that runs at its matmul
     peak. Fastest of ``repeats`` interleaved rounds."""
-    samples, max_len = split.test, model.backbone.max_len
-    order = np.argsort(np.minimum(samples.positions, max_len), kind="stable")
     size = chunk_size(cfg.eval, model.n_items)
-    chunks = []
-    for start in range(0, len(samples), size):
-        (history,) = trim(eval_histories(split, samples.subset(order[start : start + size]), max_len))
-        chunks.append(torch.from_numpy(history))
+    chunks = [
+        torch.from_numpy(trim(history)[0])
+        for _, _, history in history_chunks(split, split.test, model.backbone.max_len, size)
+    ]
     reasoner = cast(nn.Module, model.reasoner)
     spent = [0.0, 0.0]  # start of the current call, total
 
@@ -87,7 +85,7 @@ def encoder_breakdown(model: SeqRecModel, split: Split, cfg: RunConfig, steps: i
                     spent[1] = 0.0
                     t0 = time.perf_counter()
                     for inputs in chunks:
-                        model.encode_passes(inputs, max(1, cfg.eval.encode_tokens // inputs.shape[1]), k)
+                        encode_in_blocks(model, inputs, k, cfg.eval)
                     encode[k].append(time.perf_counter() - t0)
                     if k:
                         in_reasoner.append(spent[1])

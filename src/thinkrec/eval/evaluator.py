@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +70,18 @@ def encode_in_blocks(model: SeqRecModel, inputs: torch.Tensor, steps: int | None
         return model.encode_passes(inputs, rows, steps).float()
 
 
+def history_chunks(
+    split: Split, samples: EvalSamples, max_len: int, size: int
+) -> Iterator[tuple[np.ndarray, EvalSamples, np.ndarray]]:
+    """The evaluation's chunks of at most ``size`` samples, shortest history first (so each chunk is trimmed to
+    little padding): sample indices, the samples, and their left-padded histories ``[n, max_len]``."""
+    order = np.argsort(np.minimum(samples.positions, max_len), kind="stable")
+    for start in range(0, len(samples), size):
+        sl = order[start : start + size]
+        part = samples.subset(sl)
+        yield sl, part, eval_histories(split, part, max_len)
+
+
 def chunk_size(cfg: EvalConfig, n_items: int) -> int:
     budget = cfg.memory_budget_mb * 2**20 // (4 * max(1, n_items))
     return max(1, min(cfg.batch_size, budget))
@@ -103,18 +115,13 @@ def evaluate(
     step_ranks = np.zeros((k_plus_1, n), dtype=np.int64)
     mean_ranks = np.zeros(n, dtype=np.int64) if k_plus_1 > 1 else None
     ranks = np.zeros(n, dtype=np.int64)
-    order = np.argsort(np.minimum(samples.positions, max_len), kind="stable")
-    starts: Iterable[int] = range(0, n, size)
+    chunks: Iterable[tuple[np.ndarray, EvalSamples, np.ndarray]] = history_chunks(split, samples, max_len, size)
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc="evaluate", unit="chunk", leave=False)
+        chunks = tqdm(chunks, desc="evaluate", unit="chunk", leave=False, total=-(-n // size))
     items = model.item_vectors()
-    for start in starts:
-        # Samples are visited shortest history first, so each chunk is trimmed to little padding.
-        sl = order[start : start + size]
-        part = samples.subset(sl)
-        history = eval_histories(split, part, max_len)
+    for sl, part, history in chunks:
         (trimmed,) = trim(history)
         states = encode_in_blocks(model, torch.from_numpy(trimmed), steps, cfg)
         targets = torch.from_numpy(part.targets - 1)
