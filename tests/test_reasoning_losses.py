@@ -148,3 +148,27 @@ def test_info_nce_ignores_invalid_samples_without_nan_gradients() -> None:
     # gradient reaches both views (no stop-gradient on the clean side)
     assert anchors.grad[0].abs().sum() > 0 and candidates.grad[0].abs().sum() > 0
     assert anchors.grad[1].abs().sum() == 0  # the all-invalid group contributes nothing
+
+
+def test_pairwise_kl_gradient_follows_the_loss_weight_across_chunks() -> None:
+    """The gradient is formed in the forward pass, chunk by chunk: it must equal autograd through an
+    unchunked reference (stop-gradient on the reference side) under a loss weight, for any chunking."""
+    g = torch.Generator().manual_seed(5)
+    users = torch.randn(7, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(10, 4, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def reference() -> torch.Tensor:
+        logp = torch.log_softmax(users @ items.T / 0.5, dim=-1)  # [7, 3, 10]
+        pairs = [
+            (logp[:, j].exp() * (logp[:, j] - logp[:, k].detach())).sum(-1)
+            for j in range(3)
+            for k in range(3)
+            if j != k
+        ]
+        return torch.stack(pairs).mean()
+
+    expected = torch.autograd.grad(-0.01 * reference(), [users, items])
+    for chunk in (1, 3, 7):
+        got = torch.autograd.grad(-0.01 * pairwise_kl(users, items, 0.5, chunk=chunk), [users, items])
+        for a, b in zip(expected, got, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)  # computed in float32

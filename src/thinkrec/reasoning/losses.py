@@ -10,48 +10,50 @@ from typing import Any, Literal
 import torch
 from torch.nn import functional as F
 
-from thinkrec.train.losses import softmax_cross_entropy
-
-
-def _kl_chunk(users: torch.Tensor, items: torch.Tensor, scale: float) -> tuple[torch.Tensor, ...]:
-    """For rows ``users [c, S, d]``: log-probabilities and probabilities ``[c, S, N]`` of every step, and
-    ``KL(p_j || p_k)`` ``[c, S, S]`` (zero diagonal)."""
-    logp = torch.log_softmax((users @ items.T) * scale, dim=-1)
-    p = logp.exp()
-    kl = (p * logp).sum(-1)[:, :, None] - p @ logp.transpose(1, 2)
-    kl = kl * ~torch.eye(kl.shape[1], dtype=torch.bool, device=kl.device)
-    return logp, p, kl
+from thinkrec.train.losses import softmax_cross_entropy, wants_gradient
 
 
 class _ChunkedPairwiseKL(torch.autograd.Function):
-    """:func:`pairwise_kl` computed a few rows at a time: no ``[M, S, N]`` tensor is ever kept (the backward
-    pass recomputes each chunk's distributions)."""
+    """:func:`pairwise_kl` computed a few rows at a time: no ``[M, S, N]`` tensor is ever kept. As in
+    :func:`~thinkrec.train.losses.softmax_cross_entropy`, each chunk's distributions are formed once and,
+    when a gradient will be needed, turned into the gradient right away (the loss is a scalar: the backward
+    pass only scales the stored gradients)."""
 
     @staticmethod
-    def forward(ctx: Any, users: torch.Tensor, items: torch.Tensor, scale: float, chunk: int) -> torch.Tensor:
-        m, s, _ = users.shape
+    def forward(
+        ctx: Any, users: torch.Tensor, items: torch.Tensor, scale: float, chunk: int, with_grad: bool
+    ) -> torch.Tensor:
+        m, s, d = users.shape
+        n = items.shape[0]
+        scaled_items = items * scale
         total = torch.zeros((), dtype=torch.float64)
+        grad_users = users.new_empty(users.shape) if with_grad else None
+        grad_items = torch.zeros_like(items) if with_grad else None
         for start in range(0, m, chunk):
-            total += _kl_chunk(users[start : start + chunk], items, scale)[2].sum().double()
-        ctx.save_for_backward(users, items)
-        ctx.scale, ctx.chunk = scale, chunk
-        return (total / (m * s * (s - 1))).to(users.dtype)
+            u = users[start : start + chunk]
+            c = u.shape[0]
+            logp = torch.log_softmax(u @ scaled_items.T, dim=-1)  # [c, S, N]
+            p = logp.exp()
+            cross = p @ logp.transpose(1, 2)  # [c, S, S]: sum_i p_j(i) log p_k(i)
+            kl = cross.diagonal(dim1=1, dim2=2)[:, :, None] - cross  # KL(p_j || p_k), exactly 0 on the diagonal
+            total += kl.sum().double()
+            if grad_users is not None and grad_items is not None:
+                # d/dl_j sum_{k != j} KL(p_j || sg p_k) = p_j * (S log p_j - sum_k log p_k - sum_{k != j} KL_jk)
+                reference = logp.sum(1, keepdim=True)
+                grad = logp.mul_(s).sub_(reference).sub_(kl.sum(-1, keepdim=True)).mul_(p).view(c * s, n)
+                grad_users[start : start + c] = (grad @ scaled_items).view(c, s, d)
+                grad_items.addmm_(grad.T.to(items.dtype), u.reshape(c * s, d))  # bf16 under autocast
+        norm = m * s * (s - 1)
+        if grad_users is not None and grad_items is not None:
+            grad_users /= norm
+            grad_items *= scale / norm
+            ctx.save_for_backward(grad_users, grad_items)
+        return (total / norm).to(users.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        users, items = ctx.saved_tensors
-        m, s, d = users.shape
-        coef = float(grad_out) * ctx.scale / (m * s * (s - 1))
-        grad_users = torch.empty_like(users)
-        grad_items = torch.zeros_like(items)
-        for start in range(0, m, ctx.chunk):
-            u = users[start : start + ctx.chunk]
-            logp, p, kl = _kl_chunk(u, items, ctx.scale)
-            # d/dl_j sum_{k != j} KL(p_j || sg p_k) = p_j * (S log p_j - sum_k log p_k - sum_{k != j} KL_jk)
-            grad = p * (s * logp - logp.sum(1, keepdim=True) - kl.sum(-1, keepdim=True)) * coef
-            grad_users[start : start + ctx.chunk] = grad @ items
-            grad_items += grad.reshape(-1, grad.shape[-1]).T @ u.reshape(-1, d)
-        return grad_users, grad_items, None, None
+        grad_users, grad_items = ctx.saved_tensors
+        return grad_users * grad_out, grad_items * grad_out, None, None, None
 
 
 def pairwise_kl(
@@ -75,8 +77,9 @@ def pairwise_kl(
     if s < 2 or m == 0:
         return users.new_zeros((), dtype=torch.float32) + 0.0 * users.sum()
     rows = chunk or max(1, 3 * 2**20 // (4 * s * max(1, items.shape[0])))
+    users, items = users.float(), items.float()
     out: torch.Tensor = _ChunkedPairwiseKL.apply(  # type: ignore[no-untyped-call]
-        users.float(), items.float(), 1.0 / temperature, rows
+        users, items, 1.0 / temperature, rows, wants_gradient(users, items)
     )
     return out
 
