@@ -32,8 +32,12 @@ class _ChunkedPairwiseKL(torch.autograd.Function):
         for start in range(0, m, chunk):
             u = users[start : start + chunk]
             c = u.shape[0]
-            logp = torch.log_softmax(u @ scaled_items.T, dim=-1)  # [c, S, N]
+            logp = u @ scaled_items.T  # [c, S, N] logits, made log-probabilities in place (one exp per logit)
+            logp.sub_(logp.amax(dim=-1, keepdim=True))
             p = logp.exp()
+            mass = p.sum(dim=-1, keepdim=True)
+            p.div_(mass)
+            logp.sub_(mass.log_())
             cross = p @ logp.transpose(1, 2)  # [c, S, S]: sum_i p_j(i) log p_k(i)
             kl = cross.diagonal(dim1=1, dim2=2)[:, :, None] - cross  # KL(p_j || p_k), exactly 0 on the diagonal
             total += kl.sum().double()

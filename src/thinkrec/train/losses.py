@@ -47,15 +47,20 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
             u = users[start : start + chunk]
             c = u.shape[0]
             logits = (u @ scaled_items.T).to(acc)
-            chunk_lse = torch.logsumexp(logits, dim=1)
-            lse[start : start + c] = chunk_lse
-            if grad_users is not None and grad_items is not None:
-                # d loss_i / d logits_i = softmax_i - one_hot(target_i), formed in place
-                probs = logits.sub_(chunk_lse[:, None]).exp_()
-                probs[rows[:c], targets[start : start + c]] -= 1.0
-                probs = probs.to(users.dtype)
-                grad_users[start : start + c] = probs @ scaled_items
-                grad_items.addmm_(probs.T.to(items.dtype), u.to(items.dtype))  # no-ops unless mixed dtypes
+            if grad_users is None or grad_items is None:
+                lse[start : start + c] = torch.logsumexp(logits, dim=1)
+                continue
+            # the log-sum-exp from exps that are kept for the gradient (torch.logsumexp's are thrown away)
+            peak = logits.amax(dim=1, keepdim=True)
+            probs = logits.sub_(peak).exp_()
+            total = probs.sum(dim=1, keepdim=True)
+            lse[start : start + c] = (peak + total.log())[:, 0]
+            # d loss_i / d logits_i = softmax_i - one_hot(target_i), formed in place
+            probs.div_(total)
+            probs[rows[:c], targets[start : start + c]] -= 1.0
+            probs = probs.to(users.dtype)
+            grad_users[start : start + c] = probs @ scaled_items
+            grad_items.addmm_(probs.T.to(items.dtype), u.to(items.dtype))  # no-ops unless mixed dtypes
         target_logits = (users.to(acc) * scaled_items[targets].to(acc)).sum(dim=1)
         if grad_users is not None and grad_items is not None:
             grad_users /= m
