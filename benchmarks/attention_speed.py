@@ -1,7 +1,8 @@
 """Inference attention at SASRec evaluation shapes: torch's fused kernel vs weights formed explicitly.
 
 Times ``F.scaled_dot_product_attention`` against two batched products and a softmax
-(``thinkrec.models.transformer.formed_attention``, what ``attend`` uses for bf16 inference) on the shapes
+(``thinkrec.models.transformer.formed_attention``, what ``attend`` uses at inference, except for one float32
+query per row) on the shapes
 of an evaluation pass (128 histories x 2 heads x 50 positions x 32 dims, and the final block's last-column
 query), laid out as the block's projection produces them, float32 and bf16, one JSON line per case::
 

@@ -92,17 +92,18 @@ def encoder_breakdown(model: SeqRecModel, split: Split, cfg: RunConfig, steps: i
     finally:
         for hook in hooks:
             hook.remove()
-    # linear-layer FLOPs per token of one full block, and of the keys/values alone
+    # linear-layer FLOPs per token of one full block; the final block of the item pass projects only the
+    # last column (its keys/values are folded into the queries, never formed for every column)
     d, layers = cfg.model.hidden, cfg.model.layers
     ffn = getattr(cfg.model, "ffn", None) or 4 * d
-    full, kv = 2 * (4 * d * d + 2 * d * ffn), 2 * 2 * d * d
+    full = 2 * (4 * d * d + 2 * d * ffn)
     item_flops = reasoning_flops = 0
     for inputs in chunks:
         rows = max(1, cfg.eval.encode_tokens // inputs.shape[1])
         for start in range(0, inputs.shape[0], rows):
             (block,) = trim(inputs[start : start + rows].numpy())  # the pass is trimmed to its longest row
             tokens = block.shape[0] * block.shape[1]
-            item_flops += tokens * ((layers - 1) * full + kv) + block.shape[0] * (full - kv)
+            item_flops += tokens * (layers - 1) * full + block.shape[0] * full
             reasoning_flops += block.shape[0] * steps * layers * full
     k0, kk, reason = min(encode[0]), min(encode[steps]), min(in_reasoner)
     return {

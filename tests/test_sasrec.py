@@ -51,6 +51,47 @@ def test_last_only_equals_the_last_column_of_the_full_pass(positions: str) -> No
     torch.testing.assert_close(full, last, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("post_norm", [False, True])
+def test_last_column_with_folded_key_value_projections_equals_projecting_every_column(post_norm: bool) -> None:
+    """``forward_last_folded`` folds W_k into the query and W_v after the weighted sum. Random biases (the
+    model's init zeroes them) so a mishandled bias shows; padding in one row, causal and bidirectional
+    masks; outputs and parameter gradients both. Then one reasoning-like chain step (``forward_chains``) on
+    the folded cache entry equals the step on the keys/values, with the chains' own earlier tokens."""
+    from thinkrec.models.transformer import Block
+
+    torch.manual_seed(0)
+    block = Block(8, 2, 16, 0.0, 0.0, post_norm=post_norm)
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    x = torch.randn(3, 5, 8)
+    pad = torch.tensor([[True, True, False, False, False], [False] * 5, [True] + [False] * 4])
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    eye = torch.eye(5, dtype=torch.bool)
+    for mask in ((causal[None] & ~pad[:, None]) | eye, (~pad[:, None]).expand(-1, 5, -1) | eye):
+        expected = block.forward_last(x, mask[:, None])[0]
+        (expected_grad,) = torch.autograd.grad(expected.square().sum(), block.qkv.weight)
+        folded, inputs = block.forward_last_folded(x, mask[:, None])
+        (folded_grad,) = torch.autograd.grad(folded.square().sum(), block.qkv.weight)
+        assert folded.shape == (3, 1, 8)
+        torch.testing.assert_close(folded, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(folded_grad, expected_grad, rtol=1e-4, atol=1e-5)
+        assert folded_grad[8:16].abs().sum() > 0  # the key rows get a gradient through the folded query
+
+    # chains: 2 chains per row, each with one earlier own token, attending to the columns the mask allows
+    _, (keys, values) = block.forward_last(x, mask[:, None])
+    inputs = block.forward_last_folded(x, mask[:, None])[1]
+    tokens = torch.randn(3, 2, 8)
+    shared_mask = ~pad[:, None].expand(-1, 2, -1).clone()
+    shared_mask[:, 0, 3:] = False  # chain 0 sees the first columns only
+    own = (torch.randn(3, 2, 2, 1, 4), torch.randn(3, 2, 2, 1, 4))
+    plain_out, plain_own = block.forward_chains(tokens, (keys, values), shared_mask[:, None], own)
+    folded_entry = (inputs[:, None], inputs[:, None, :, :0])
+    folded_out, folded_own = block.forward_chains(tokens, folded_entry, shared_mask[:, None], own, folded=True)
+    torch.testing.assert_close(folded_out, plain_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(folded_own[0], plain_own[0])
+
+
 def test_post_norm_block_is_layernorm_after_each_residual_sum() -> None:
     """The post-LN block against the formula written out: LN2(h + FFN(h)), h = LN1(x + Attn(x))."""
     from torch.nn import functional as F

@@ -26,6 +26,9 @@ class Encoded:
     hidden: torch.Tensor  # [B, W, d]
     cache: KVCache | None = None
     key_padding: torch.Tensor | None = None  # bool [B, W], True where the column is padding
+    # the final layer's cache entry holds its attention inputs [B, 1, W, d] (and an empty [B, 1, W, 0])
+    # instead of keys/values: see SASRec.encode_last_folded
+    folded_last: bool = False
 
     @property
     def width(self) -> int:
@@ -91,6 +94,11 @@ class ChainBackbone(CachedBackbone, Protocol):
         """Run one new token per chain ``tokens [B, T, d]``; ``shared_mask`` bool ``[B, T, W]`` over the
         encoded columns; ``own`` the chains' earlier keys/values per layer ``[B, h, T, j, hd]`` (None = no
         earlier token). Returns their hidden states ``[B, T, d]`` and the grown ``own``."""
+        ...
+
+    def encode_last_folded(self, inputs: torch.Tensor, positions: torch.Tensor) -> Encoded:
+        """``self(inputs, positions, use_cache=True, last_only=True)`` with a cache that only
+        :meth:`extend_chains` reads, which may be cheaper to form (``Encoded.folded_last``)."""
         ...
 
 

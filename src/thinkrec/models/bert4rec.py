@@ -95,28 +95,38 @@ class BERT4Rec(SASRec):
         return out, position_ids(out.shape[1], self.max_len).to(inputs.device)
 
     def encode_tokens(
-        self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False, last_only: bool = False
+        self,
+        inputs: torch.Tensor,
+        positions: torch.Tensor,
+        use_cache: bool = False,
+        last_only: bool = False,
+        fold_last: bool = False,
     ) -> Encoded:
         """Bidirectional pass over ``inputs [B, W]`` as given (ids may include ``[MASK]``)."""
         pad = inputs == 0
         w = inputs.shape[1]
         eye = torch.eye(w, dtype=torch.bool, device=inputs.device)
         mask = (~pad[:, None, :]).expand(-1, w, -1) | eye[None]
-        encoded = self.run_blocks(self.embed(inputs, positions), mask[:, None], None, last_only)
+        encoded = self.run_blocks(self.embed(inputs, positions), mask[:, None], None, last_only, use_cache, fold_last)
         encoded.key_padding = pad
         if not use_cache:
             encoded.cache = None
         return self.keep_cache(encoded, use_cache)
 
     def forward(
-        self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False, last_only: bool = False
+        self,
+        inputs: torch.Tensor,
+        positions: torch.Tensor,
+        use_cache: bool = False,
+        last_only: bool = False,
+        fold_last: bool = False,
     ) -> Encoded:
         """``inputs``: int64 ``[B, W]`` left-padded item ids; ``positions``: int64 ``[W]``.
 
         A cloze-trained model appends a ``[MASK]`` column (so the last column is the mask's state)."""
         if self.cfg.train_objective == "cloze":
             inputs, positions = self.append_mask(inputs)
-        return self.encode_tokens(inputs, positions, use_cache, last_only)
+        return self.encode_tokens(inputs, positions, use_cache, last_only, fold_last)
 
 
 def check_training(cfg: BERT4RecConfig, sample_mode: str, reasoning: bool) -> None:

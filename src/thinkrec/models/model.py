@@ -70,18 +70,22 @@ class SeqRecModel(nn.Module):
         if self.reasoner is None and steps:
             raise ThinkrecError(f"this model has no reasoner; it cannot reason for {steps} steps")
         if self.reasoner is None or steps == 0:
-            # Only the newest column's state is needed: the final block computes it alone (keys/values of all).
+            # Only the newest column's state is needed: the final block computes it alone, without keys/values.
             return self.backbone(inputs, positions, last_only=True).hidden[:, -1:]
-        encoded = self.backbone(inputs, positions, use_cache=True, last_only=True)
+        if isinstance(self.backbone, ChainBackbone):
+            encoded = self.backbone.encode_last_folded(inputs, positions)
+        else:
+            encoded = self.backbone(inputs, positions, use_cache=True, last_only=True)
         return self.reasoner(self.cached_backbone, encoded, steps)
 
     def encode_passes(self, inputs: torch.Tensor, rows: int, steps: int | None = None) -> torch.Tensor:
         """:meth:`encode` of many left-padded histories ``inputs [B, W]`` (positions of a ``max_len``-wide
         batch), in passes of ``rows`` rows, each trimmed to its longest row: the item pass streams
         ``rows x W`` activations, so small passes stay in cache. Reasoning steps add one token per row, so per
-        pass they would be dozens of tiny operations; they run once over all ``B`` rows instead, on a
-        key/value cache ``[B, h, W, hd]`` per layer assembled from the passes (left-padded to ``W``; padding
-        is masked) -- for Transformer backbones (:class:`ChainBackbone`); others reason per pass."""
+        pass they would be dozens of tiny operations; they run once over all ``B`` rows instead, on a cache
+        assembled from the passes (left-padded to ``W``; padding is masked): keys/values ``[B, h, W, hd]``
+        per layer, the final layer folded (``Encoded.folded_last``) -- for Transformer backbones
+        (:class:`ChainBackbone`); others reason per pass."""
         b, w = inputs.shape
         k = self.reasoning_steps if steps is None else steps
         max_len = self.backbone.max_len
@@ -94,7 +98,7 @@ class SeqRecModel(nn.Module):
         key_padding = torch.ones(b, w, dtype=torch.bool, device=inputs.device)
         for start, block in zip(range(0, b, rows), blocks, strict=True):
             width = block.shape[1]
-            part = self.backbone(block, position_ids(width, max_len), use_cache=True, last_only=True)
+            part = self.backbone.encode_last_folded(block, position_ids(width, max_len))
             assert part.cache is not None and part.key_padding is not None
             if hidden is None:
                 hidden = part.hidden.new_empty(b, 1, part.hidden.shape[-1])
@@ -115,7 +119,7 @@ class SeqRecModel(nn.Module):
                 keys[start:end, :, : w - width] = 0
                 values[start:end, :, : w - width] = 0
         assert hidden is not None and self.reasoner is not None
-        return self.reasoner(self.cached_backbone, Encoded(hidden, cache, key_padding), k)
+        return self.reasoner(self.cached_backbone, Encoded(hidden, cache, key_padding, part.folded_last), k)
 
     def user_vector(self, states: torch.Tensor, mode: str = "last", step: int | None = None) -> torch.Tensor:
         """Collapse per-step states ``[B, K+1, d]`` to one user vector: last step, mean of steps, or a step."""

@@ -110,18 +110,33 @@ class SASRec(nn.Module):
         return self.input_tokens(x)
 
     def forward(
-        self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False, last_only: bool = False
+        self,
+        inputs: torch.Tensor,
+        positions: torch.Tensor,
+        use_cache: bool = False,
+        last_only: bool = False,
+        fold_last: bool = False,
     ) -> Encoded:
         """``inputs``: int64 ``[B, W]`` left-padded item ids; ``positions``: int64 ``[W]``. With ``last_only``
-        the final block computes only the last column (``hidden`` is ``[B, 1, d]``)."""
+        the final block computes only the last column (``hidden`` is ``[B, 1, d]``); with ``fold_last`` as
+        well, its cache entry is folded (see :meth:`encode_last_folded`)."""
         pad = inputs == 0
         w = inputs.shape[1]
         eye = torch.eye(w, dtype=torch.bool, device=inputs.device)
         causal = torch.ones(w, w, dtype=torch.bool, device=inputs.device).tril()
         mask = (causal[None] & ~pad[:, None, :]) | eye[None]
-        encoded = self.run_blocks(self.embed(inputs, positions), mask[:, None], None, last_only)
+        encoded = self.run_blocks(self.embed(inputs, positions), mask[:, None], None, last_only, use_cache, fold_last)
         encoded.key_padding = pad
         return self.keep_cache(encoded, use_cache)
+
+    def encode_last_folded(self, inputs: torch.Tensor, positions: torch.Tensor) -> Encoded:
+        """The last-column pass with a cache for :meth:`extend_chains` whose final layer holds its attention
+        inputs ``[B, 1, W, d]`` (and an empty ``[B, 1, W, 0]``) instead of keys and values
+        (``Encoded.folded_last``): reasoning tokens attend to them through folded projections
+        (:meth:`~thinkrec.models.transformer.Block.folded_scores`), ``O(W d)`` per token and head instead of
+        projecting all ``W`` columns (``O(W d^2)``). :meth:`extend` does not accept such a cache."""
+        encoded: Encoded = self(inputs, positions, use_cache=True, last_only=True, fold_last=True)
+        return encoded
 
     @staticmethod
     def keep_cache(encoded: Encoded, use_cache: bool) -> Encoded:
@@ -136,10 +151,21 @@ class SASRec(nn.Module):
         mask: torch.Tensor,
         past: list[tuple[torch.Tensor, torch.Tensor]] | None,
         last_only: bool = False,
+        with_cache: bool = True,
+        fold_last: bool = False,
     ) -> Encoded:
+        """The blocks over ``x``; ``last_only``: the final block computes the last column only, without
+        forming its keys/values when ``with_cache`` is off (the returned cache is then ``None``) or when
+        ``fold_last`` asks for a folded cache entry (the attention inputs, ``Encoded.folded_last``)."""
         cache = []
         for i, block in enumerate(self.blocks):
             if last_only and past is None and i == len(self.blocks) - 1:
+                if not with_cache or fold_last:
+                    x, inputs = cast(Block, block).forward_last_folded(x, mask)
+                    if not with_cache:
+                        return Encoded(self.final_norm(x), None)
+                    cache.append((inputs[:, None], inputs[:, None, :, :0]))
+                    return Encoded(self.final_norm(x), cache, folded_last=True)
                 x, kv = cast(Block, block).forward_last(x, mask)
             else:
                 x, kv = block(x, mask, None if past is None else past[i])
@@ -151,6 +177,8 @@ class SASRec(nn.Module):
         cached sequence. They attend to every real cached column and causally to each other; ``extra_mask``
         (bool ``[B|1, T, S]``) can restrict that further. Returns their hidden states and the grown cache."""
         assert encoded.cache is not None and encoded.key_padding is not None
+        if encoded.folded_last:
+            raise ValueError("a folded cache (encode_last_folded) can only be extended by extend_chains")
         b, t, _ = tokens.shape
         past_pad = encoded.key_padding
         s_past = past_pad.shape[1]
@@ -175,7 +203,9 @@ class SASRec(nn.Module):
             empty = tokens.new_zeros(b, heads, t, 0, self.hidden_size // heads)
             own = [(empty, empty)] * len(self.blocks)
         x, grown = tokens, []
-        for block, shared, chain in zip(self.blocks, encoded.cache, own, strict=True):
-            x, kv = cast(Block, block).forward_chains(x, shared, shared_mask[:, None], chain)
+        last = len(self.blocks) - 1
+        for i, (block, shared, chain) in enumerate(zip(self.blocks, encoded.cache, own, strict=True)):
+            folded = encoded.folded_last and i == last
+            x, kv = cast(Block, block).forward_chains(x, shared, shared_mask[:, None], chain, folded)
             grown.append(kv)
         return self.final_norm(x), grown

@@ -16,13 +16,15 @@ def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, p: float, training: bool
 ) -> torch.Tensor:
     """Scaled dot-product attention (``mask`` True = may attend) with dropout ``p`` on the weights when
-    ``training``: the fused kernel without dropout, else the weights are formed and dropped with the cheap
-    :func:`~thinkrec.models.dropout.dropout` (what the kernel's dropout path would materialise anyway).
-    bf16 inference also forms the weights: on these short sequences torch's fused CPU kernel takes 1.4-1.7x
-    the time of two batched products and a float32 softmax in bf16 (in float32 it is the faster one;
-    ``benchmarks/attention_speed.py``)."""
+    ``training``. With gradients and no dropout: torch's fused kernel. With dropout the weights are formed
+    (:func:`formed_attention`) and dropped with the cheap :func:`~thinkrec.models.dropout.dropout`, which
+    the kernel's dropout path would materialise anyway. At inference the formed weights are the faster
+    path on these short sequences (``benchmarks/attention_speed.py``, 2 threads: a 128-history x 50-column
+    pass of a 2-head, 64-wide SASRec 0.6-0.75x the fused CPU kernel's time in float32 and in bf16), except
+    for a single float32 query per row, where the kernel is faster (0.17 vs 0.41 ms)."""
     dropping = training and p > 0.0
-    if not dropping and (q.dtype != torch.bfloat16 or torch.is_grad_enabled()):
+    one_fp32_query = q.dtype == torch.float32 and q.shape[-2] == 1
+    if not dropping and (torch.is_grad_enabled() or one_fp32_query):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return formed_attention(q, k, v, mask, p if dropping else 0.0)
 
@@ -31,10 +33,13 @@ def formed_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, p: float = 0.0
 ) -> torch.Tensor:
     """Attention with its weights formed explicitly (two batched products and a softmax), dropped with
-    probability ``p``. The softmax is taken in float32: for bf16 inputs more precise and, on this CPU, twice
-    as fast as in bf16."""
+    probability ``p``. The mask becomes an additive 0 / -inf term per row (shared by the heads), which is
+    cheaper than filling the scores through a mask broadcast over the heads. The softmax is taken in
+    float32: for bf16 inputs more precise and, on this CPU, twice as fast as in bf16."""
     scores = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
-    probs = torch.softmax(scores.masked_fill_(~mask, float("-inf")), dim=-1, dtype=torch.float32)
+    blocked = torch.full((), float("-inf"), dtype=scores.dtype)
+    scores = scores.add_(torch.where(mask, torch.zeros((), dtype=scores.dtype), blocked))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
     out: torch.Tensor = (dropout(probs, p) if p > 0.0 else probs).to(v.dtype) @ v
     return out
 
@@ -127,12 +132,48 @@ class Block(nn.Module):
         attn = attend(q, k, v, mask[..., -1:, :], self.attn_dropout, self.training)
         return self._finish(x[:, -1:], attn), (k, v)
 
+    def forward_last_folded(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward_last`'s ``[B, 1, d]`` output without forming keys/values: the key and value
+        projections are folded into the last column's query and attention output (:meth:`folded_scores`,
+        :meth:`folded_mix`), which costs ``O(W d)`` per row and head instead of the ``O(W d^2)`` of
+        projecting every column -- the same numbers up to rounding order. Returns the output and the
+        attention inputs ``[B, W, d]`` (what a folded cache keeps in place of keys/values)."""
+        h = self._attn_input(x)
+        (q,) = self._project(h[:, -1:], slice(0, x.shape[-1]))  # [B, heads, 1, hd]
+        scores = self.folded_scores(q, h).masked_fill_(~mask[..., -1:, :], float("-inf"))
+        probs = dropout(torch.softmax(scores, dim=-1), self.attn_dropout, self.training)
+        return self._finish(x[:, -1:], self.folded_mix(probs, h)), h
+
+    def folded_scores(self, q: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Scaled attention scores ``[B, heads, T, W]`` of queries ``q [B, heads, T, hd]`` against the keys
+        of attention inputs ``inputs [B, W, d]``, without projecting the keys: per head (``W_k``: its
+        ``[hd, d]`` rows of the projection), ``q . (W_k h_j + b_k) = (W_k^T q) . h_j + q . b_k``."""
+        b, heads, t, hd = q.shape
+        d = inputs.shape[-1]
+        w_k = self.qkv.weight[d : 2 * d].view(heads, hd, d)
+        b_k = self.qkv.bias[d : 2 * d].view(heads, 1, hd)
+        folded = torch.einsum("bhtc,hcd->bhtd", q, w_k).reshape(b, heads * t, d)
+        scores = torch.bmm(folded, inputs.transpose(1, 2)).view(b, heads, t, -1)
+        return scores.add_((q * b_k).sum(-1, keepdim=True)).mul_(hd**-0.5)
+
+    def folded_mix(self, probs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """``probs [B, heads, T, W]`` applied to the values of attention inputs ``inputs [B, W, d]``
+        (``[B, heads, T, hd]``) without projecting the values: ``sum_j a_j (W_v h_j + b_v) = W_v (sum_j a_j
+        h_j) + b_v sum_j a_j`` (the weights need not sum to one: chains also attend to their own tokens)."""
+        b, heads, t, w = probs.shape
+        d = inputs.shape[-1]
+        mixed = torch.bmm(probs.reshape(b, heads * t, w), inputs).view(b, heads, t, d)
+        w_v = self.qkv.weight[2 * d :].view(heads, self.head_dim, d)
+        b_v = self.qkv.bias[2 * d :].view(heads, 1, self.head_dim)
+        return torch.einsum("bhtd,hcd->bhtc", mixed, w_v) + probs.sum(-1, keepdim=True) * b_v
+
     def forward_chains(
         self,
         x: torch.Tensor,
         shared: tuple[torch.Tensor, torch.Tensor],
         shared_mask: torch.Tensor,
         own: tuple[torch.Tensor, torch.Tensor],
+        folded: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Attention for ``T`` independent token chains that share one cached prefix.
 
@@ -141,16 +182,22 @@ class Block(nn.Module):
         (``j >= 0``) and to itself -- never to another chain. This equals :meth:`forward` with the shared
         columns, every chain's earlier tokens and a block-diagonal mask, but costs ``T x (W + j + 1)`` scores
         instead of ``T x (W + (j + 1) T)``. Returns the new hidden states and the chains' keys/values grown by
-        this token, ``[B, h, T, j+1, hd]``.
+        this token, ``[B, h, T, j+1, hd]``. ``folded``: ``shared`` is a folded cache entry (the attention
+        inputs ``[B, 1, W, d]`` and an empty tensor, see :meth:`forward_last_folded`) instead of keys/values.
         """
         q, k, v = self._qkv(x)
         keys = torch.cat([own[0], k[:, :, :, None]], dim=3)  # [B, h, T, j+1, hd]
         values = torch.cat([own[1], v[:, :, :, None]], dim=3)
         scale = self.head_dim**-0.5
-        shared_scores = (q @ shared[0].transpose(-1, -2) * scale).masked_fill(~shared_mask, float("-inf"))
+        shared_scores = self.folded_scores(q, shared[0][:, 0]) if folded else q @ shared[0].transpose(-1, -2) * scale
+        shared_scores = shared_scores.masked_fill(~shared_mask, float("-inf"))
         own_scores = torch.einsum("bhtd,bhtjd->bhtj", q, keys) * scale
         w = shared_scores.shape[-1]
         probs = torch.softmax(torch.cat([shared_scores, own_scores], dim=-1), dim=-1)
         probs = dropout(probs, self.attn_dropout, self.training)
-        attn = probs[..., :w] @ shared[1] + torch.einsum("bhtj,bhtjd->bhtd", probs[..., w:], values)
+        own_part = torch.einsum("bhtj,bhtjd->bhtd", probs[..., w:], values)
+        if folded:
+            attn = self.folded_mix(probs[..., :w], shared[0][:, 0]) + own_part
+        else:
+            attn = probs[..., :w] @ shared[1] + own_part
         return self._finish(x, attn), (keys, values)
