@@ -77,8 +77,10 @@ def main() -> None:
         name = f"R2ec-{run_cfg.recpo.variant}" + (
             f"-{run_cfg.recpo.pairing}" if run_cfg.recpo.variant == "recpo" else ""
         )
-        name += (f" (lr {run_cfg.recpo.lr:g}, {run_cfg.recpo.steps} steps x {run_cfg.recpo.users_per_step} users,"
-                 f" {run_cfg.recpo.negatives} negatives)")
+        name += (
+            f" (lr {run_cfg.recpo.lr:g}, {run_cfg.recpo.steps} steps x {run_cfg.recpo.users_per_step} users,"
+            f" {run_cfg.recpo.negatives} negatives)"
+        )
         rows[name] = {
             **metrics_from_ranks(results["test"]["ranks"], KS),
             "n": results["test"]["n_samples"],

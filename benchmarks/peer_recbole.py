@@ -165,9 +165,7 @@ def check_work_dir(work_dir: Path) -> None:
         work_dir.relative_to(REPO_ROOT)
     except ValueError:
         return
-    ignored = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "check-ignore", "-q", str(work_dir)], check=False
-    ).returncode
+    ignored = subprocess.run(["git", "-C", str(REPO_ROOT), "check-ignore", "-q", str(work_dir)], check=False).returncode
     if ignored != 0:
         sys.exit(f"peer_recbole: --work-dir {work_dir} is inside the repo and not git-ignored")
 
@@ -264,9 +262,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     saved_argv = sys.argv
     sys.argv = sys.argv[:1]
     try:
-        config = Config(
-            model=args.model, dataset=args.dataset_name, config_dict=recbole_config(args, work_dir)
-        )
+        config = Config(model=args.model, dataset=args.dataset_name, config_dict=recbole_config(args, work_dir))
     finally:
         sys.argv = saved_argv
     init_seed(config["seed"], config["reproducibility"])

@@ -54,12 +54,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone", choices=BACKBONES, default="sasrec", help="default sasrec")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds 1..N (default 3)")
     parser.add_argument(
-        "--first-seed", type=int, default=1,
+        "--first-seed",
+        type=int,
+        default=1,
         help="train seeds FIRST..N only (default 1); finished runs of the earlier seeds are re-scored and"
         " reported, missing ones are left out: two processes can split the seeds between them",
     )
     parser.add_argument(
-        "--variants", default="base,erl,prl",
+        "--variants",
+        default="base,erl,prl",
         help="comma list of base, erl, prl to train and report (default all three; the table needs base)",
     )
     parser.add_argument("--epochs", type=int, help="cap on training epochs (default: the presets' 200)")
@@ -148,12 +151,15 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
     }
     base_samples = np.concatenate([per_sample(run["result"].ranks, TEST_METRIC) for run in runs[base_name]])
     for variant, variant_runs in runs.items():
-        metrics = {short: mean_std([r["results"]["test"]["metrics"][name] for r in variant_runs])
-                   for short, name in METRICS.items()}
+        metrics = {
+            short: mean_std([r["results"]["test"]["metrics"][name] for r in variant_runs])
+            for short, name in METRICS.items()
+        }
         entry: dict[str, Any] = {
             "metrics": metrics,
-            "per_seed": {short: [r["results"]["test"]["metrics"][name] for r in variant_runs]
-                         for short, name in METRICS.items()},
+            "per_seed": {
+                short: [r["results"]["test"]["metrics"][name] for r in variant_runs] for short, name in METRICS.items()
+            },
             "best_epochs": [r["results"]["best_epoch"] for r in variant_runs],
             "seconds_per_epoch": mean_or_none([r["epoch_seconds"] for r in variant_runs]),
             "inference": variant_runs[0]["results"]["test"]["protocol"].get("reasoning", "backbone (r_0)"),
@@ -162,12 +168,19 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
             base = summary["variants"][base_name]["metrics"]
             entry["relative_change"] = {
                 short: (metrics[short]["mean"] - base[short]["mean"]) / base[short]["mean"]
-                if base[short]["mean"] else float("nan") for short in METRICS
+                if base[short]["mean"]
+                else float("nan")
+                for short in METRICS
             }
             samples = np.concatenate([per_sample(run["result"].ranks, TEST_METRIC) for run in variant_runs])
             test = paired_t_test(base_samples, samples)
-            entry["paired_t_test"] = {"metric": f"per-sample {TEST_METRIC}, pooled over seeds", "n": test.n,
-                                      "mean_diff": test.mean_diff, "t": test.t, "p_value": test.p_value}
+            entry["paired_t_test"] = {
+                "metric": f"per-sample {TEST_METRIC}, pooled over seeds",
+                "n": test.n,
+                "mean_diff": test.mean_diff,
+                "t": test.t,
+                "p_value": test.p_value,
+            }
             entry["step_curves"] = step_curves([run["result"] for run in variant_runs], ks)
         summary["variants"][variant] = entry
     return summary
@@ -195,20 +208,28 @@ def markdown(summary: dict[str, Any]) -> str:
         p_value = f"{entry['paired_t_test']['p_value']:.3g}" if "paired_t_test" in entry else "-"
         secs = f"{entry['seconds_per_epoch']:.1f}" if entry["seconds_per_epoch"] is not None else "-"
         lines.append(f"| {variant} | {' | '.join(cells)} | {p_value} | {secs} | {entry['best_epochs']} |")
-    lines += ["", f"Relative change vs {summary['backbone']} in brackets. "
-              "R@K = Recall@K = HR@K (one target per sample).", ""]
+    lines += [
+        "",
+        f"Relative change vs {summary['backbone']} in brackets. R@K = Recall@K = HR@K (one target per sample).",
+        "",
+    ]
     for variant, entry in summary["variants"].items():
         if "step_curves" not in entry:
             continue
         curves = entry["step_curves"]
-        lines += [f"### {variant}: metric per reasoning step (test, mean over seeds; {entry['inference']})", "",
-                  "| user vector | NDCG@20 | HR@20 |", "|---|---|---|"]
+        lines += [
+            f"### {variant}: metric per reasoning step (test, mean over seeds; {entry['inference']})",
+            "",
+            "| user vector | NDCG@20 | HR@20 |",
+            "|---|---|---|",
+        ]
         for k, row in enumerate(curves["steps"]):
             lines.append(f"| r_{k} | {row['NDCG@20']:.4f} | {row['HR@20']:.4f} |")
         if "mean" in curves:
             lines.append(f"| mean of steps | {curves['mean']['NDCG@20']:.4f} | {curves['mean']['HR@20']:.4f} |")
-        lines.append(f"| oracle (analysis, not a method) | {curves['oracle']['NDCG@20']:.4f} | "
-                     f"{curves['oracle']['HR@20']:.4f} |")
+        lines.append(
+            f"| oracle (analysis, not a method) | {curves['oracle']['NDCG@20']:.4f} | {curves['oracle']['HR@20']:.4f} |"
+        )
         lines.append("")
     return "\n".join(lines)
 
@@ -251,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
             variant: {
                 "N@20": entry["metrics"]["N@20"]["mean"],
                 "R@20": entry["metrics"]["R@20"]["mean"],
-                **({"rel_N@20": entry["relative_change"]["N@20"], "p_N@20": entry["paired_t_test"]["p_value"]}
-                   if "relative_change" in entry else {}),
+                **(
+                    {"rel_N@20": entry["relative_change"]["N@20"], "p_N@20": entry["paired_t_test"]["p_value"]}
+                    if "relative_change" in entry
+                    else {}
+                ),
             }
             for variant, entry in summary["variants"].items()
         },

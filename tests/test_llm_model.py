@@ -211,9 +211,7 @@ def test_train_llm_end_to_end_writes_run_and_checkpoint_roundtrips(tmp_path: Pat
 def test_item_table_is_rebuilt_every_refresh_every_steps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refresh_every: int, builds: int
 ) -> None:
-    cfg, split, model = _setup(
-        ["recpo.variant=no_reasoning", "recpo.steps=3", f"recpo.refresh_every={refresh_every}"]
-    )
+    cfg, split, model = _setup(["recpo.variant=no_reasoning", "recpo.steps=3", f"recpo.refresh_every={refresh_every}"])
     calls: list[int] = []
     build = model.build_item_table
     monkeypatch.setattr(model, "build_item_table", lambda *a, **k: calls.append(1) or build(*a, **k))

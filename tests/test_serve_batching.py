@@ -49,8 +49,10 @@ def test_concurrent_requests_share_passes_and_get_their_own_answers(tmp_path: Pa
     rec = Recommender.from_run(make_run(tmp_path / "run", reasoning))
     slow = Slow(rec)
     batcher = MicroBatcher(slow)
-    queries = [Query([1 + (i * 7) % 50, 2 + i % 40, 3 + (i * 3) % 30], k=3 + i % 5, steps=None,
-                     exclude_seen=i % 3 == 0) for i in range(24)]
+    queries = [
+        Query([1 + (i * 7) % 50, 2 + i % 40, 3 + (i * 3) % 30], k=3 + i % 5, steps=None, exclude_seen=i % 3 == 0)
+        for i in range(24)
+    ]
     answers: dict[int, object] = {}
 
     def ask(i: int) -> None:
