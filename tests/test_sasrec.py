@@ -49,6 +49,11 @@ def test_last_only_equals_the_last_column_of_the_full_pass(positions: str) -> No
     last = model(seq, position_ids(6, 6), last_only=True).hidden
     assert last.shape == (2, 1, 8)
     torch.testing.assert_close(full, last, rtol=1e-5, atol=1e-6)
+    folded = model.encode_last_folded(seq, position_ids(6, 6))
+    torch.testing.assert_close(folded.hidden, last, rtol=1e-5, atol=1e-6)
+    assert folded.folded_last and folded.cache is not None and folded.cache[-1][0].shape == (2, 1, 6, 8)
+    with pytest.raises(ValueError, match="folded cache"):
+        model.extend(torch.randn(2, 1, 8), folded)  # its final layer holds no keys/values to extend
 
 
 @pytest.mark.parametrize("post_norm", [False, True])
