@@ -72,11 +72,16 @@ class SeqRecModel(nn.Module):
         if self.reasoner is None or steps == 0:
             # Only the newest column's state is needed: the final block computes it alone, without keys/values.
             return self.backbone(inputs, positions, last_only=True).hidden[:, -1:]
+        return self.reasoner(self.cached_backbone, self._reasoning_pass(inputs, positions), steps)
+
+    def _reasoning_pass(self, inputs: torch.Tensor, positions: torch.Tensor) -> Encoded:
+        """The item pass reasoning starts from: the last column's state and the cache the reasoner reads
+        (folded final layer for :class:`ChainBackbone`, whose :meth:`extend_chains` reads it; keys/values or
+        states otherwise)."""
         if isinstance(self.backbone, ChainBackbone):
-            encoded = self.backbone.encode_last_folded(inputs, positions)
-        else:
-            encoded = self.backbone(inputs, positions, use_cache=True, last_only=True)
-        return self.reasoner(self.cached_backbone, encoded, steps)
+            return self.backbone.encode_last_folded(inputs, positions)
+        encoded: Encoded = self.backbone(inputs, positions, use_cache=True, last_only=True)
+        return encoded
 
     def encode_passes(self, inputs: torch.Tensor, rows: int, steps: int | None = None) -> torch.Tensor:
         """:meth:`encode` of many left-padded histories ``inputs [B, W]`` (positions of a ``max_len``-wide
@@ -98,7 +103,7 @@ class SeqRecModel(nn.Module):
         key_padding = torch.ones(b, w, dtype=torch.bool, device=inputs.device)
         for start, block in zip(range(0, b, rows), blocks, strict=True):
             width = block.shape[1]
-            part = self.backbone.encode_last_folded(block, position_ids(width, max_len))
+            part = self._reasoning_pass(block, position_ids(width, max_len))
             assert part.cache is not None and part.key_padding is not None
             if hidden is None:
                 hidden = part.hidden.new_empty(b, 1, part.hidden.shape[-1])
