@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from thinkrec.models import fused
 from thinkrec.models.fused import fused_ok, linear
-from thinkrec.models.transformer import Block, attend
+from thinkrec.models.transformer import Block, attend, formed_attention
 
 needs_onednn = pytest.mark.skipif(fused._POINTWISE is None, reason="this torch build has no oneDNN linear")
 
@@ -79,3 +79,23 @@ def test_block_inference_path_equals_the_training_ops(post_norm: bool) -> None:
     torch.testing.assert_close(last_fast, fast[:, -1:], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(k_last, k_fast, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(v_last, v_fast, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask_rows", [1, 3])
+def test_formed_attention_on_strided_head_views_matches_the_kernel_with_gradients(mask_rows: int) -> None:
+    # a Block's queries/keys/values are strided views [B, heads, T, hd] of one [B, T, 3d] projection; the formed
+    # path reads each head in place and returns a view of [B, T, heads, hd]
+    torch.manual_seed(1)
+    projected = torch.randn(3, 6, 3 * 2 * 4, requires_grad=True)
+    q, k, v = projected.view(3, 6, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    mask = torch.ones(6, 6, dtype=torch.bool).tril()[None, None].repeat(mask_rows, 1, 1, 1)
+    mask[-1, :, :, :2] = False
+    mask[-1, :, :2, :2] = torch.eye(2, dtype=torch.bool)
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    (expected,) = torch.autograd.grad((reference * torch.arange(4.0)).sum(), projected)
+    formed = formed_attention(q, k, v, mask)
+    assert formed.shape == reference.shape
+    assert formed.transpose(1, 2).is_contiguous()  # heads merge without a copy
+    torch.testing.assert_close(formed, reference, rtol=1e-5, atol=1e-6)
+    (grad,) = torch.autograd.grad((formed * torch.arange(4.0)).sum(), projected)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)

@@ -32,16 +32,23 @@ def attend(
 def formed_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, p: float = 0.0
 ) -> torch.Tensor:
-    """Attention with its weights formed explicitly (two batched products and a softmax), dropped with
-    probability ``p``. The mask becomes an additive 0 / -inf term per row (shared by the heads), which is
-    cheaper than filling the scores through a mask broadcast over the heads. The softmax is taken in
+    """Attention with its weights formed explicitly, dropped with probability ``p``: per head, one batched
+    product adds the scaled scores to an additive 0 / -inf mask (formed once and shared by the heads),
+    a softmax, and a product with the values. Each head's ``[B, T, hd]`` query/key/value is a strided view
+    of the projection, which the batched product reads in place; a product over the ``[B, heads]`` batch
+    would first copy all three into a head-major layout, and its output back (in-process A/B, a 128 x 50
+    pass of a 2-head, 64-wide block, 2 threads: 1.34 vs 1.55 ms). Returns ``[B, heads, T, hd]``, a view of
+    a ``[B, T, heads, hd]`` tensor, so merging the heads afterwards is free. The softmax is taken in
     float32: for bf16 inputs more precise and, on this CPU, twice as fast as in bf16."""
-    scores = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
-    blocked = torch.full((), float("-inf"), dtype=scores.dtype)
-    scores = scores.add_(torch.where(mask, torch.zeros((), dtype=scores.dtype), blocked))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
-    out: torch.Tensor = (dropout(probs, p) if p > 0.0 else probs).to(v.dtype) @ v
-    return out
+    b, heads, t, hd = q.shape
+    blocked = torch.full((), float("-inf"), dtype=q.dtype)
+    bias = torch.where(mask[:, 0], torch.zeros((), dtype=q.dtype), blocked)  # [B|1, T, S]
+    out = v.new_empty(b, t, heads, hd)
+    for head in range(heads):
+        scores = torch.baddbmm(bias, q[:, head], k[:, head].transpose(1, 2), alpha=hd**-0.5)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+        out[:, :, head] = (dropout(probs, p) if p > 0.0 else probs).to(v.dtype) @ v[:, head]
+    return out.transpose(1, 2)
 
 
 class Block(nn.Module):
