@@ -67,6 +67,12 @@ def test_parametric_whitening_and_moe_formulas() -> None:
         pw.bias.normal_()
     x = torch.randn(3, 5, TEXT_DIM)
     assert torch.allclose(pw(x), (x - pw.bias) @ pw.linear.weight.T, atol=1e-6)
+    # gradients of the centre and the map equal those of the plain formula (the centre is folded past the map)
+    upstream = torch.randn(3, 5, 4)
+    grads = torch.autograd.grad((pw(x) * upstream).sum(), [pw.bias, pw.linear.weight])
+    plain = torch.autograd.grad((((x - pw.bias) @ pw.linear.weight.T) * upstream).sum(), [pw.bias, pw.linear.weight])
+    for got, want in zip(grads, plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     moe = MoEAdaptor(TEXT_DIM, 4, experts=3, dropout=0.0)
     with torch.no_grad():
         moe.gate.normal_()

@@ -71,7 +71,12 @@ class MoRecConfig(SASRecConfig):
 
 
 class ParametricWhitening(nn.Module):
-    """``(Dropout(x) - b) W``: a learned centre ``b [text_dim]`` and linear map ``W [text_dim, d]``."""
+    """``(Dropout(x) - b) W``: a learned centre ``b [text_dim]`` and linear map ``W [text_dim, d]``.
+
+    Computed as ``Dropout(x) W - b W``: the frozen text needs no gradient, so the backward pass forms only
+    ``W``'s (one product) instead of also the gradient of every centred row (a second product of the same
+    size, which was only ever summed into ``b``'s); the forward pass skips the subtraction over every row.
+    """
 
     def __init__(self, text_dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
@@ -81,7 +86,7 @@ class ParametricWhitening(nn.Module):
         nn.init.normal_(self.linear.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.linear(self.dropout(x) - self.bias)
+        out: torch.Tensor = self.linear(self.dropout(x)) - self.linear(self.bias)
         return out
 
 
