@@ -137,3 +137,31 @@ def test_text_model_checkpoint_round_trip(tmp_path: Path, monkeypatch: pytest.Mo
     fresh = build(cfg, N_ITEMS).eval()
     load_checkpoint(tmp_path / "ckpt", "best", fresh)
     assert torch.equal(fresh.item_vectors(), model.item_vectors())  # the frozen text table travels along
+
+
+def test_erl_draws_a_computed_item_table_once_per_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the cross-entropy of the mean and the diversity term score against the same table: one pass of the text
+    # encoder (and one dropout draw of it) per batch
+    from thinkrec.data.batches import TrainBatch
+    from thinkrec.reasoning.config import ReasoningConfig
+    from thinkrec.reasoning.objectives import build_reasoning_objective
+
+    model, _ = text_model("unisrec", tmp_path, monkeypatch, steps=2, adaptor_dropout=0.3)
+    model.train()
+    backbone = model.backbone
+    assert isinstance(backbone, TextSASRec)
+    tables: list[int] = []
+    vectors = backbone.items.vectors
+
+    def counted(text: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        tables.append(ids.numel())
+        return vectors(text, ids)
+
+    monkeypatch.setattr(backbone.items, "vectors", counted)
+    objective = build_reasoning_objective(ReasoningConfig(kind="erl", steps=2, warmup_epochs=0), 0.5, seed=1)
+    objective.start_epoch(0)
+    inputs = torch.tensor([[0, 3, 5, 2], [1, 2, 4, 6]])
+    out = objective(model, TrainBatch(inputs, position_ids(4, 6), torch.tensor([7, 8]), "last"))
+    assert torch.isfinite(out.total) and out.parts["kl"] > 0
+    # the input tokens' vectors (8 ids) and one whole table (N_ITEMS + 1 ids)
+    assert sorted(tables) == [inputs.numel(), N_ITEMS + 1]

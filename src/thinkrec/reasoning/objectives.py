@@ -137,7 +137,9 @@ class ReasoningObjective(ABC):
     def warmup_loss(self, model: SeqRecModel, prefixes: PrefixBatch) -> LossOutput:
         """Cross-entropy of ``r_0`` (the plain backbone) at temperature ``tau``."""
         r0 = prefixes.encoded.at(prefixes.columns)
-        loss = self.cross_entropy(model, r0[prefixes.valid], prefixes.targets[prefixes.valid], self.tau)
+        loss = self.cross_entropy(
+            model, r0[prefixes.valid], model.item_vectors(), prefixes.targets[prefixes.valid], self.tau
+        )
         return LossOutput(loss, {"ce_r0": float(loss.detach())})
 
     def states(self, model: SeqRecModel, prefixes: PrefixBatch, perturb: Perturb | None = None) -> torch.Tensor:
@@ -155,17 +157,21 @@ class ReasoningObjective(ABC):
         return out
 
     @staticmethod
-    def prepared(model: SeqRecModel, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """States ``[M, S, d]`` and item vectors as the scorer compares them (normalised for cosine)."""
+    def prepared(model: SeqRecModel, states: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """States ``[M, S, d]`` and item vectors ``items [N, d]`` as the scorer compares them (normalised for
+        cosine)."""
         m, s, d = states.shape
-        users, items = model.scorer.prepare(states.reshape(m * s, d), model.item_vectors())
-        return users.view(m, s, d), items
+        users, prepared = model.scorer.prepare(states.reshape(m * s, d), items)
+        return users.view(m, s, d), prepared
 
     @staticmethod
-    def cross_entropy(model: SeqRecModel, users: torch.Tensor, targets: torch.Tensor, tau: float) -> torch.Tensor:
-        """Full-softmax cross-entropy of user vectors ``[M, d]`` at temperature ``tau`` (chunked)."""
-        prepared, items = model.scorer.prepare(users, model.item_vectors())
-        return softmax_cross_entropy(prepared, items, targets, tau)
+    def cross_entropy(
+        model: SeqRecModel, users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, tau: float
+    ) -> torch.Tensor:
+        """Full-softmax cross-entropy of user vectors ``[M, d]`` over item vectors ``items [N, d]`` at
+        temperature ``tau`` (chunked)."""
+        prepared, vectors = model.scorer.prepare(users, items)
+        return softmax_cross_entropy(prepared, vectors, targets, tau)
 
     @abstractmethod
     def reasoning_loss(self, model: SeqRecModel, prefixes: PrefixBatch) -> LossOutput:
@@ -184,8 +190,11 @@ class EnsembleReasoningLoss(ReasoningObjective):
 
     def reasoning_loss(self, model: SeqRecModel, prefixes: PrefixBatch) -> LossOutput:
         states = self.states(model, prefixes)[prefixes.valid]  # [M, K+1, d]
-        ce = self.cross_entropy(model, states.mean(dim=1), prefixes.targets[prefixes.valid], self.tau)
-        users, items = self.prepared(model, states)
+        # one item table for both terms: a computed table (text items) costs a pass of its encoder, and its
+        # dropout is then drawn once per batch, as for every other loss
+        table = model.item_vectors()
+        ce = self.cross_entropy(model, states.mean(dim=1), table, prefixes.targets[prefixes.valid], self.tau)
+        users, items = self.prepared(model, states, table)
         kl = pairwise_kl(users, items, self.tau)
         total = ce - self.cfg.erl_lambda * kl
         return LossOutput(total, {"ce_mean": float(ce.detach()), "kl": float(kl.detach())})
@@ -223,7 +232,7 @@ class ProgressiveReasoningLoss(ReasoningObjective):
     def reasoning_loss(self, model: SeqRecModel, prefixes: PrefixBatch) -> LossOutput:
         valid = prefixes.valid
         clean = self.states(model, prefixes)  # [B, T, K+1, d]
-        users, items = self.prepared(model, clean[valid])
+        users, items = self.prepared(model, clean[valid], model.item_vectors())
         per_step = per_step_cross_entropy(users, items, prefixes.targets[valid], self.temperatures)
         ce_last, ce_steps = per_step[-1], per_step[:-1].sum()
         total = ce_last + ce_steps
