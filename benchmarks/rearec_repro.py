@@ -39,7 +39,7 @@ from thinkrec.eval.evaluator import EvalResult, evaluate
 from thinkrec.eval.metrics import metrics_from_ranks, per_sample
 from thinkrec.eval.significance import paired_t_test
 from thinkrec.eval.steps import oracle_ranks
-from thinkrec.runs import load_data, load_run, set_threads, train
+from thinkrec.runs import changed_keys, load_data, load_run, set_threads, train
 from thinkrec.train.checkpoint import atomic_write_text
 
 BACKBONES = ("sasrec", "bert4rec", "gru4rec", "unisrec", "morec")
@@ -93,17 +93,26 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
         overrides.append(f"train.patience={args.patience}")
     cfg = load_config(preset, overrides)
     run_dir = run_dir_of(args, variant, seed)
-    run = train(cfg, run_dir)
-    cfg, model = load_run(run_dir)
+    if is_finished(args, variant, seed):
+        # read, not resumed: no second evaluation, and no lock (another process may be re-scoring it too)
+        saved, model = load_run(run_dir)
+        if changed := changed_keys(saved, cfg):
+            raise SystemExit(f"{run_dir} was trained with other settings ({', '.join(changed)}); use another --out")
+        results = json.loads((run_dir / "results.json").read_text())
+        history = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    else:
+        run = train(cfg, run_dir)
+        results, history = run.results, run.fit.history
+        _, model = load_run(run_dir)
     _, split = load_data(cfg)
     result = evaluate(model, split, split.test, cfg.eval)
     warmup = cfg.reasoning.warmup_epochs if cfg.reasoning.enabled else 0
-    seconds = [row["train_seconds"] for row in run.fit.history if row["epoch"] >= warmup]
+    seconds = [row["train_seconds"] for row in history if row["epoch"] >= warmup]
     return {
         "variant": variant,
         "seed": seed,
         "run_dir": str(run_dir),
-        "results": run.results,
+        "results": results,
         "result": result,
         "epoch_seconds": statistics.median(seconds) if seconds else None,  # median: robust to a paused epoch
     }

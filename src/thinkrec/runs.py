@@ -122,8 +122,9 @@ def evaluation_report(
 OPERATIONAL_KEYS = frozenset({"train.threads", "train.progress", "train.resume"})
 
 
-def _changed_keys(old: RunConfig, new: RunConfig) -> list[str]:
-    """Dotted keys whose values differ between two configs."""
+def changed_keys(old: RunConfig, new: RunConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs, apart from the operational ones (threads, progress
+    bars, resuming), which do not change what a run computes."""
 
     def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(obj, dict):
@@ -155,7 +156,7 @@ def _train(cfg: RunConfig, out: Path) -> TrainedRun:
             previous = RunConfig.model_validate_json(saved.read_text())
         except ValueError:
             previous = None
-        changed = _changed_keys(previous, cfg) if previous is not None else ["(unreadable config.json)"]
+        changed = changed_keys(previous, cfg) if previous is not None else ["(unreadable config.json)"]
         if changed:
             raise ThinkrecError(
                 f"{out} holds a run with a different config ({', '.join(changed)}); choose another run_dir, "
