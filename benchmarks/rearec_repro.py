@@ -93,17 +93,15 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
         overrides.append(f"train.patience={args.patience}")
     cfg = load_config(preset, overrides)
     run_dir = run_dir_of(args, variant, seed)
-    if is_finished(args, variant, seed):
-        # read, not resumed: no second evaluation, and no lock (another process may be re-scoring it too)
-        saved, model = load_run(run_dir)
-        if changed := changed_keys(saved, cfg):
-            raise SystemExit(f"{run_dir} was trained with other settings ({', '.join(changed)}); use another --out")
-        results = json.loads((run_dir / "results.json").read_text())
-        history = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    else:
-        run = train(cfg, run_dir)
-        results, history = run.results, run.fit.history
-        _, model = load_run(run_dir)
+    if not is_finished(args, variant, seed):
+        train(cfg, run_dir)
+    # a finished run is read, not resumed: no second evaluation, and no lock (another process may be
+    # re-scoring it too)
+    saved, model = load_run(run_dir)
+    if changed := changed_keys(saved, cfg):
+        raise SystemExit(f"{run_dir} was trained with other settings ({', '.join(changed)}); use another --out")
+    results = json.loads((run_dir / "results.json").read_text())
+    history = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     _, split = load_data(cfg)
     result = evaluate(model, split, split.test, cfg.eval)
     warmup = cfg.reasoning.warmup_epochs if cfg.reasoning.enabled else 0

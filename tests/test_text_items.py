@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from thinkrec.config.schema import RunConfig
-from thinkrec.data.batches import position_ids
+from thinkrec.data.batches import TrainBatch, position_ids
 from thinkrec.data.split import leave_one_out
 from thinkrec.models.text_items import MoEAdaptor, ParametricWhitening, TextSASRec, attach_item_text
+from thinkrec.reasoning.config import ReasoningConfig
+from thinkrec.reasoning.objectives import build_reasoning_objective
 from thinkrec.runs import build
 from thinkrec.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -142,10 +144,6 @@ def test_text_model_checkpoint_round_trip(tmp_path: Path, monkeypatch: pytest.Mo
 def test_erl_draws_a_computed_item_table_once_per_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the cross-entropy of the mean and the diversity term score against the same table: one pass of the text
     # encoder (and one dropout draw of it) per batch
-    from thinkrec.data.batches import TrainBatch
-    from thinkrec.reasoning.config import ReasoningConfig
-    from thinkrec.reasoning.objectives import build_reasoning_objective
-
     model, _ = text_model("unisrec", tmp_path, monkeypatch, steps=2, adaptor_dropout=0.3)
     model.train()
     backbone = model.backbone
