@@ -7,7 +7,10 @@
 For every seed, trains (or resumes) the presets ``<dataset>-<protocol>-<backbone>``, ``-<backbone>-erl``
 and ``-<backbone>-prl`` (backbone: sasrec, bert4rec, gru4rec, unisrec, morec; default sasrec) with the
 same epochs cap, early stopping and seed through :func:`thinkrec.runs.train`, then re-scores the best
-checkpoints on test to get per-sample ranks of every reasoning step. ``--variants base,erl`` leaves a
+checkpoints on test once to get per-sample ranks of every reasoning step, and keeps them with the run's config,
+results and epoch log in ``<out>/records/<dataset>-<protocol>/<variant>-s<seed>/`` (a few hundred KB, no
+checkpoints: records are committed, so the table is rebuilt on a fresh clone and a later session adds seeds
+without retraining the finished ones; delete a record to re-score its run). ``--variants base,erl`` leaves a
 variant out; ``--first-seed 2`` trains seeds 2..N only, so two processes can split the seeds (``--seeds 1``
 and ``--first-seed 2``; a last run over all seeds, all finished, writes the combined table). After every
 finished seed it (re)writes ``<out>/rearec-<dataset>-<protocol>[-<backbone>].{md,json}`` (no suffix for
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ import numpy as np
 
 from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
+from thinkrec.config.schema import RunConfig
 from thinkrec.eval.evaluator import EvalResult, evaluate
 from thinkrec.eval.metrics import metrics_from_ranks, per_sample
 from thinkrec.eval.significance import paired_t_test
@@ -45,6 +50,7 @@ from thinkrec.train.checkpoint import atomic_write_text
 BACKBONES = ("sasrec", "bert4rec", "gru4rec", "unisrec", "morec")
 METRICS = {"N@10": "NDCG@10", "N@20": "NDCG@20", "R@10": "HR@10", "R@20": "HR@20"}
 TEST_METRIC = "NDCG@20"
+RECORD_FILES = ("config.json", "results.json", "log.jsonl")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,13 +84,59 @@ def run_dir_of(args: argparse.Namespace, variant: str, seed: int) -> Path:
     return path
 
 
+def record_dir_of(args: argparse.Namespace, variant: str, seed: int) -> Path:
+    path: Path = args.out / "records" / f"{args.dataset}-{args.protocol}" / f"{variant}-s{seed}"
+    return path
+
+
 def is_finished(args: argparse.Namespace, variant: str, seed: int) -> bool:
-    """Whether the run of ``variant`` and ``seed`` has written its results (training is over)."""
-    return (run_dir_of(args, variant, seed) / "results.json").exists()
+    """Whether the run of ``variant`` and ``seed`` is over: its record exists, or its run directory has results."""
+    return record_dir_of(args, variant, seed).exists() or (run_dir_of(args, variant, seed) / "results.json").exists()
+
+
+def write_record(record: Path, run_dir: Path, result: EvalResult) -> None:
+    """Keep what the table needs of a finished run, small enough to commit: its config, results, epoch log and
+    per-sample test ranks (no checkpoints). Written into a sibling folder and renamed, so a record is whole or
+    absent."""
+    tmp = record.with_name(record.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in RECORD_FILES:
+        shutil.copyfile(run_dir / name, tmp / name)
+    dtype = np.uint16 if result.step_ranks.max(initial=0) < np.iinfo(np.uint16).max else np.int64
+    arrays = {"ranks": result.ranks.astype(dtype), "step_ranks": result.step_ranks.astype(dtype)}
+    if result.mean_ranks is not None:
+        arrays["mean_ranks"] = result.mean_ranks.astype(dtype)
+    np.savez_compressed(tmp / "test_ranks.npz", **arrays)
+    atomic_write_text(tmp / "mode.txt", result.mode + "\n")
+    tmp.replace(record)
+
+
+def read_record(record: Path) -> EvalResult:
+    """The per-sample test ranks a record keeps, as the evaluator returned them."""
+    with np.load(record / "test_ranks.npz") as arrays:
+        mean = arrays["mean_ranks"].astype(np.int64) if "mean_ranks" in arrays else None
+        return EvalResult(
+            ranks=arrays["ranks"].astype(np.int64),
+            step_ranks=arrays["step_ranks"].astype(np.int64),
+            mean_ranks=mean,
+            mode=(record / "mode.txt").read_text().strip(),
+        )
+
+
+def same_settings(saved: RunConfig, cfg: RunConfig, where: Path) -> None:
+    if changed := changed_keys(saved, cfg):
+        raise SystemExit(f"{where} was trained with other settings ({', '.join(changed)}); use another --out")
 
 
 def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, Any]:
-    """Train (or resume) one preset for one seed; return its results and per-sample test ranks."""
+    """Train (or resume) one preset for one seed; return its results and per-sample test ranks.
+
+    A finished run is read, not resumed: from its record when there is one (records are committed, so a table
+    is rebuilt on a fresh clone without checkpoints), else from its run directory, re-scoring the best
+    checkpoint on test once and writing the record. No second evaluation and no lock on a finished run
+    (another process may be reading it too).
+    """
     preset = f"{args.dataset}-{args.protocol}-{variant}"
     overrides = [f"train.seed={seed}", f"train.threads={args.threads}", "train.progress=false", *args.overrides]
     if args.epochs is not None:
@@ -93,17 +145,18 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
         overrides.append(f"train.patience={args.patience}")
     cfg = load_config(preset, overrides)
     run_dir = run_dir_of(args, variant, seed)
-    if not is_finished(args, variant, seed):
-        train(cfg, run_dir)
-    # a finished run is read, not resumed: no second evaluation, and no lock (another process may be
-    # re-scoring it too)
-    saved, model = load_run(run_dir)
-    if changed := changed_keys(saved, cfg):
-        raise SystemExit(f"{run_dir} was trained with other settings ({', '.join(changed)}); use another --out")
-    results = json.loads((run_dir / "results.json").read_text())
-    history = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    _, split = load_data(cfg)
-    result = evaluate(model, split, split.test, cfg.eval)
+    record = record_dir_of(args, variant, seed)
+    if record.exists():
+        same_settings(RunConfig.model_validate_json((record / "config.json").read_text()), cfg, record)
+    else:
+        if not is_finished(args, variant, seed):
+            train(cfg, run_dir)
+        saved, model = load_run(run_dir)
+        same_settings(saved, cfg, run_dir)
+        _, split = load_data(cfg)
+        write_record(record, run_dir, evaluate(model, split, split.test, cfg.eval))
+    results = json.loads((record / "results.json").read_text())
+    history = [json.loads(line) for line in (record / "log.jsonl").read_text().splitlines() if line.strip()]
     warmup = cfg.reasoning.warmup_epochs if cfg.reasoning.enabled else 0
     seconds = [row["train_seconds"] for row in history if row["epoch"] >= warmup]
     return {
@@ -111,7 +164,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
         "seed": seed,
         "run_dir": str(run_dir),
         "results": results,
-        "result": result,
+        "result": read_record(record),
         "epoch_seconds": statistics.median(seconds) if seconds else None,  # median: robust to a paused epoch
     }
 
