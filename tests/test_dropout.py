@@ -96,3 +96,15 @@ def test_torch_dropout_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
     ours = dropout(x, 0.3)
     torch.manual_seed(5)
     assert torch.equal(ours, torch.nn.functional.dropout(x, 0.3, True))
+
+
+def test_output_and_gradient_equal_the_float_mask_formula_exactly() -> None:
+    # the boolean mask is applied as x * scale * keep: bit for bit what x * (keep * scale) gives
+    x = torch.randn(37, 41, requires_grad=True)
+    torch.manual_seed(6)
+    y = dropout(x, 0.2)
+    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y) * 3)
+    torch.manual_seed(6)
+    mask = keep_mask(x.shape, 0.2, torch.float32, torch.device("cpu"))
+    assert torch.equal(y, x * mask)
+    assert torch.equal(grad, 3 * mask)

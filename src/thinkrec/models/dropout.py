@@ -23,27 +23,42 @@ from torch.nn import functional as F
 LANES = 65536  # values of a 16-bit lane
 
 
-def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``1 / (1 - p)`` where an element is kept, 0 where it is dropped (drop probability ``p`` in 1/65536)."""
+def kept(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """Boolean mask of the elements to keep (drop probability ``p`` rounded to 1/65536), drawn from the
+    default generator: four elements per 64-bit draw, in row-major order, so one call for ``[E, *shape]``
+    draws the same masks as ``E`` calls for ``shape`` when ``shape`` holds a multiple of 4 elements."""
     n = math.prod(shape)
     dropped = round(p * LANES)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform over -32768..32767
-    keep = lanes >= dropped - LANES // 2
-    return keep.to(dtype) * (LANES / (LANES - dropped))
+    return lanes >= dropped - LANES // 2
+
+
+def drop_scale(p: float) -> float:
+    """The factor ``1 / (1 - p)`` of kept elements, for ``p`` rounded to 1/65536 as :func:`kept` does."""
+    dropped = round(p * LANES)
+    return LANES / (LANES - dropped)
+
+
+def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``1 / (1 - p)`` where an element is kept, 0 where it is dropped (drop probability ``p`` in 1/65536)."""
+    return kept(shape, p, device).to(dtype) * drop_scale(p)
 
 
 class _Dropout(torch.autograd.Function):
+    # The mask is kept as booleans and applied as ``x * scale * keep``: two passes over ``x`` instead of
+    # three (cast, scale, multiply), a quarter of the memory saved for backward, and the same numbers.
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
-        mask = keep_mask(x.shape, p, x.dtype, x.device)
-        ctx.save_for_backward(mask)
-        return x * mask
+        keep = kept(x.shape, p, x.device)
+        ctx.save_for_backward(keep)
+        ctx.scale = drop_scale(p)
+        return x.mul(ctx.scale).mul_(keep)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
+        (keep,) = ctx.saved_tensors
+        return grad.mul(ctx.scale).mul_(keep), None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
