@@ -1,13 +1,15 @@
 """Cold-item analysis of a trained run: ranking quality on test targets that are rare in training.
 
-``cold_item_report(run_dir)`` reloads the run (config + best checkpoint), rebuilds its split, counts every
-item's interactions in the training part, and evaluates with the run's own protocol (full ranking, its
-history masking and inference mode) on (a) all test samples and (b) the test samples whose target has at
-most ``max_train`` training interactions. Text-based models (UniSRec, MoRec) are expected to lose less on
+``cold_item_report(run_dir)`` rebuilds the run's split, counts every item's interactions in the training
+part, and reports the run's own protocol (full ranking, its history masking and inference mode) on (a) all
+test samples and (b) the test samples whose target has at most ``max_train`` training interactions. It reads
+the per-sample ranks training saved (``test_ranks.npz``, ``valid_ranks.npz``; so a record of
+``rearec_repro.py``, which has no checkpoint, works too), or re-scores the best checkpoint for runs trained
+before runs saved them. Text-based models (UniSRec, MoRec) are expected to lose less on
 (b) than ID-based ones.
 
-Usage: ``python benchmarks/cold_items.py RUN_DIR [RUN_DIR ...] [--max-train 5] [--split test] [--k 20]``;
-prints one JSON object per run and writes ``cold_items.json`` into each run directory.
+Usage: ``python benchmarks/cold_items.py RUN_OR_RECORD_DIR [...] [--max-train 5] [--split test] [--k 20]``;
+prints one JSON object per run (redirect it to keep it; run directories and records are left unchanged).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from typing import Any, Literal
 import numpy as np
 
 from thinkrec.allocator import tune_allocator
+from thinkrec.config.schema import RunConfig
 from thinkrec.data.split import Split
-from thinkrec.eval.evaluator import evaluate
-from thinkrec.runs import load_data, load_run
-from thinkrec.train.checkpoint import atomic_write_json
+from thinkrec.eval.evaluator import EvalResult, evaluate
+from thinkrec.eval.metrics import metrics_from_ranks
+from thinkrec.runs import RANKS_FILES, load_data, load_run
 
 
 def train_counts(split: Split) -> np.ndarray:
@@ -39,7 +42,12 @@ def cold_item_report(
 ) -> dict[str, Any]:
     """NDCG@k / Recall@k on all ``which`` samples and on those whose target has <= ``max_train`` training
     interactions (the run's protocol otherwise)."""
-    cfg, model = load_run(run_dir)
+    saved = Path(run_dir) / RANKS_FILES[which]
+    if saved.exists():  # the ranks training saved: no checkpoint needed (records of rearec_repro have them)
+        cfg = RunConfig.model_validate_json((Path(run_dir) / "config.json").read_text())
+        model, ranks = None, EvalResult.load(saved).ranks
+    else:
+        cfg, model = load_run(run_dir)
     _, split = load_data(cfg)
     samples = split.samples(which)
     counts = train_counts(split)[samples.targets]
@@ -56,8 +64,10 @@ def cold_item_report(
         if len(index) == 0:
             report[name] = {"n_samples": 0}
             continue
-        result = evaluate(model, split, samples.subset(index), cfg.eval)
-        metrics = result.metrics(ks)
+        if model is None:
+            metrics = metrics_from_ranks(ranks[index], ks)
+        else:
+            metrics = evaluate(model, split, samples.subset(index), cfg.eval).metrics(ks)
         report[name] = {
             "n_samples": len(index),
             f"NDCG@{k}": metrics[f"NDCG@{k}"],
@@ -68,7 +78,7 @@ def cold_item_report(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories or rearec_repro records")
     parser.add_argument("--max-train", type=int, default=5, help="cold = at most this many training interactions")
     parser.add_argument("--split", choices=["valid", "test"], default="test")
     parser.add_argument("--k", type=int, default=20)
@@ -76,7 +86,6 @@ def main() -> None:
     tune_allocator()  # as the CLI does
     for run_dir in args.run_dirs:
         report = cold_item_report(run_dir, args.max_train, args.split, args.k)
-        atomic_write_json(run_dir / "cold_items.json", report)
         print(json.dumps(report))
 
 

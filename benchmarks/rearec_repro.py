@@ -6,11 +6,12 @@
 
 For every seed, trains (or resumes) the presets ``<dataset>-<protocol>-<backbone>``, ``-<backbone>-erl``
 and ``-<backbone>-prl`` (backbone: sasrec, bert4rec, gru4rec, unisrec, morec; default sasrec) with the
-same epochs cap, early stopping and seed through :func:`thinkrec.runs.train`, then re-scores the best
-checkpoints on test once to get per-sample ranks of every reasoning step, and keeps them with the run's config,
-results and epoch log in ``<out>/records/<dataset>-<protocol>/<variant>-s<seed>/`` (a few hundred KB, no
-checkpoints: records are committed, so the table is rebuilt on a fresh clone and a later session adds seeds
-without retraining the finished ones; delete a record to re-score its run). ``--variants base,erl`` leaves a
+same epochs cap, early stopping and seed through :func:`thinkrec.runs.train`, takes the per-sample test
+ranks of every reasoning step that training saved (re-scoring the best checkpoint once for runs trained
+before runs saved them), and keeps them with the run's config, results and epoch log in
+``<out>/records/<dataset>-<protocol>/<variant>-s<seed>/`` (~100 KB, no checkpoints: records are committed,
+so the table is rebuilt on a fresh clone and a later session adds seeds without retraining the finished
+ones; delete a record to rebuild it from its run). ``--variants base,erl`` leaves a
 variant out; ``--first-seed 2`` trains seeds 2..N only, so two processes can split the seeds (``--seeds 1``
 and ``--first-seed 2``; a last run over all seeds, all finished, writes the combined table). After every
 finished seed it (re)writes ``<out>/rearec-<dataset>-<protocol>[-<backbone>].{md,json}`` (no suffix for
@@ -44,13 +45,13 @@ from thinkrec.eval.evaluator import EvalResult, evaluate
 from thinkrec.eval.metrics import metrics_from_ranks, per_sample
 from thinkrec.eval.significance import paired_t_test
 from thinkrec.eval.steps import oracle_ranks
-from thinkrec.runs import changed_keys, load_data, load_run, set_threads, train
+from thinkrec.runs import RANKS_FILES, changed_keys, load_data, load_run, set_threads, train
 from thinkrec.train.checkpoint import atomic_write_text
 
 BACKBONES = ("sasrec", "bert4rec", "gru4rec", "unisrec", "morec")
 METRICS = {"N@10": "NDCG@10", "N@20": "NDCG@20", "R@10": "HR@10", "R@20": "HR@20"}
 TEST_METRIC = "NDCG@20"
-RECORD_FILES = ("config.json", "results.json", "log.jsonl")
+RECORD_FILES = ("config.json", "results.json", "log.jsonl")  # and the test ranks
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,25 +104,18 @@ def write_record(record: Path, run_dir: Path, result: EvalResult) -> None:
     tmp.mkdir(parents=True)
     for name in RECORD_FILES:
         shutil.copyfile(run_dir / name, tmp / name)
-    dtype = np.uint16 if result.step_ranks.max(initial=0) < np.iinfo(np.uint16).max else np.int64
-    arrays = {"ranks": result.ranks.astype(dtype), "step_ranks": result.step_ranks.astype(dtype)}
-    if result.mean_ranks is not None:
-        arrays["mean_ranks"] = result.mean_ranks.astype(dtype)
-    np.savez_compressed(tmp / "test_ranks.npz", **arrays)
-    atomic_write_text(tmp / "mode.txt", result.mode + "\n")
+    result.save(tmp / RANKS_FILES["test"])
     tmp.replace(record)
 
 
-def read_record(record: Path) -> EvalResult:
-    """The per-sample test ranks a record keeps, as the evaluator returned them."""
-    with np.load(record / "test_ranks.npz") as arrays:
-        mean = arrays["mean_ranks"].astype(np.int64) if "mean_ranks" in arrays else None
-        return EvalResult(
-            ranks=arrays["ranks"].astype(np.int64),
-            step_ranks=arrays["step_ranks"].astype(np.int64),
-            mean_ranks=mean,
-            mode=(record / "mode.txt").read_text().strip(),
-        )
+def test_ranks(run_dir: Path, cfg: RunConfig) -> EvalResult:
+    """The best checkpoint's per-sample test ranks: saved by the trainer, or (runs trained before it saved
+    them) re-scored once from the checkpoint."""
+    if (run_dir / RANKS_FILES["test"]).exists():
+        return EvalResult.load(run_dir / RANKS_FILES["test"])
+    _, model = load_run(run_dir)
+    _, split = load_data(cfg)
+    return evaluate(model, split, split.test, cfg.eval)
 
 
 def same_settings(saved: RunConfig, cfg: RunConfig, where: Path) -> None:
@@ -133,9 +127,8 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
     """Train (or resume) one preset for one seed; return its results and per-sample test ranks.
 
     A finished run is read, not resumed: from its record when there is one (records are committed, so a table
-    is rebuilt on a fresh clone without checkpoints), else from its run directory, re-scoring the best
-    checkpoint on test once and writing the record. No second evaluation and no lock on a finished run
-    (another process may be reading it too).
+    is rebuilt on a fresh clone without checkpoints), else from its run directory, whose record is written
+    then. No lock on a finished run (another process may be reading it too).
     """
     preset = f"{args.dataset}-{args.protocol}-{variant}"
     overrides = [f"train.seed={seed}", f"train.threads={args.threads}", "train.progress=false", *args.overrides]
@@ -151,10 +144,8 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
     else:
         if not is_finished(args, variant, seed):
             train(cfg, run_dir)
-        saved, model = load_run(run_dir)
-        same_settings(saved, cfg, run_dir)
-        _, split = load_data(cfg)
-        write_record(record, run_dir, evaluate(model, split, split.test, cfg.eval))
+        same_settings(RunConfig.model_validate_json((run_dir / "config.json").read_text()), cfg, run_dir)
+        write_record(record, run_dir, test_ranks(run_dir, cfg))
     results = json.loads((record / "results.json").read_text())
     history = [json.loads(line) for line in (record / "log.jsonl").read_text().splitlines() if line.strip()]
     warmup = cfg.reasoning.warmup_epochs if cfg.reasoning.enabled else 0
@@ -164,7 +155,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
         "seed": seed,
         "run_dir": str(run_dir),
         "results": results,
-        "result": read_record(record),
+        "result": EvalResult.load(record / RANKS_FILES["test"]),
         "epoch_seconds": statistics.median(seconds) if seconds else None,  # median: robust to a paused epoch
     }
 

@@ -10,52 +10,22 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
-
-from thinkrec.eval.evaluator import EvalResult
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rearec_repro", REPO / "benchmarks" / "rearec_repro.py")
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["rearec_repro"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-repro = load_script()
-
-
-def test_record_round_trip_keeps_every_rank(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    for name in repro.RECORD_FILES:
-        (run_dir / name).write_text(f"{name}\n")
-    rng = np.random.default_rng(0)
-    result = EvalResult(
-        ranks=rng.integers(0, 60_000, 50),
-        step_ranks=rng.integers(0, 60_000, (3, 50)),
-        mean_ranks=rng.integers(0, 60_000, 50),
-        mode="mean",
-    )
-    record = tmp_path / "records" / "x-s1"
-    repro.write_record(record, run_dir, result)
-    assert sorted(p.name for p in (tmp_path / "records").iterdir()) == ["x-s1"]  # no temporary folder left
-    back = repro.read_record(record)
-    assert back.mode == "mean"
-    for name in ("ranks", "step_ranks", "mean_ranks"):
-        np.testing.assert_array_equal(getattr(back, name), getattr(result, name))
-        assert getattr(back, name).dtype == np.int64
-    # a catalogue past uint16 keeps exact ranks too, and a plain model has no mean-of-steps ranks
-    big = EvalResult(ranks=np.array([0, 70_000]), step_ranks=np.array([[0, 70_000]]), mean_ranks=None)
-    repro.write_record(tmp_path / "records" / "y-s1", run_dir, big)
-    back = repro.read_record(tmp_path / "records" / "y-s1")
-    np.testing.assert_array_equal(back.ranks, [0, 70_000])
-    assert back.mean_ranks is None and back.mode == "last"
+repro = load_script("rearec_repro")
+cold_items = load_script("cold_items")
 
 
 def test_table_is_rebuilt_from_records_without_run_directories(
@@ -73,10 +43,18 @@ def test_table_is_rebuilt_from_records_without_run_directories(
     assert sorted(p.name for p in (records / "sasrec-s1").iterdir()) == [
         "config.json",
         "log.jsonl",
-        "mode.txt",
         "results.json",
         "test_ranks.npz",
     ]
+
+    # the cold-item analysis reads a record's saved ranks, and equals re-scoring the run's checkpoint
+    run_dir = out / "runs" / "ml100k-time" / "sasrec-s1"
+    from_record = cold_items.cold_item_report(records / "sasrec-s1", max_train=20, k=20)
+    (run_dir / "test_ranks.npz").unlink()
+    rescored = cold_items.cold_item_report(run_dir, max_train=20, k=20)
+    assert 0 < from_record["cold"]["n_samples"] < from_record["all"]["n_samples"]
+    for part in ("all", "cold"):
+        assert from_record[part] == pytest.approx(rescored[part])
 
     # a fresh clone has the records and no run directories (checkpoints are not committed): same table,
     # nothing trained

@@ -1,9 +1,13 @@
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
 from thinkrec.data.batches import eval_histories
 from thinkrec.data.split import leave_one_out
-from thinkrec.eval.evaluator import evaluate
+from thinkrec.errors import ThinkrecError
+from thinkrec.eval.evaluator import EvalResult, evaluate
 from thinkrec.eval.protocol import EvalConfig
 from thinkrec.models.registry import build_model
 from thinkrec.models.sasrec import SASRecConfig
@@ -50,3 +54,28 @@ def test_history_masking_removes_history_items_from_the_ranking() -> None:
         else:
             assert masked.ranks[i] <= plain.ranks[i]
     assert (masked.ranks < plain.ranks).any()
+
+
+def test_saved_ranks_round_trip_exactly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    result = EvalResult(
+        ranks=rng.integers(0, 60_000, 50),
+        step_ranks=rng.integers(0, 60_000, (3, 50)),
+        mean_ranks=rng.integers(0, 60_000, 50),
+        mode="mean",
+    )
+    result.save(tmp_path / "r.npz")
+    back = EvalResult.load(tmp_path / "r.npz")
+    assert back.mode == "mean"
+    for name in ("ranks", "step_ranks", "mean_ranks"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(result, name))
+        assert getattr(back, name).dtype == np.int64
+    assert [p.name for p in tmp_path.iterdir()] == ["r.npz"]  # no temporary file left
+    # ranks past uint16 stay exact, and a model without reasoning has no mean-of-steps ranks
+    EvalResult(np.array([0, 70_000]), np.array([[0, 70_000]]), None).save(tmp_path / "big.npz")
+    big = EvalResult.load(tmp_path / "big.npz")
+    np.testing.assert_array_equal(big.ranks, [0, 70_000])
+    assert big.mean_ranks is None and big.mode == "last"
+    (tmp_path / "bad.npz").write_text("not an archive")
+    with pytest.raises(ThinkrecError, match=r"bad\.npz"):
+        EvalResult.load(tmp_path / "bad.npz")

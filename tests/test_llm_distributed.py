@@ -73,7 +73,8 @@ def test_two_processes_train_one_model_on_the_whole_batch(toy: Path) -> None:
 
     (The updated weights are not compared with the single process's: at this toy scale the similarity
     gradients are ~1e-4 and dominated by float32 round-off of the forward, so two equivalent summation
-    orders differ in their sign-like first Adam step.)"""
+    orders differ in their sign-like first Adam step. For the same reason the NDCG part of the reward, a
+    rank among near-equal scores, may differ by a swap of neighbours: seen with transformers 5.24.)"""
     one = run_cli(toy, toy / "one", 1, "recpo.variant=no_reasoning")
     two = run_cli(toy, toy / "two", 2, "recpo.variant=no_reasoning")
     assert two["processes"] == 2 and one["processes"] == 1
@@ -81,7 +82,11 @@ def test_two_processes_train_one_model_on_the_whole_batch(toy: Path) -> None:
     log_two = [json.loads(x) for x in (toy / "two" / "log.jsonl").read_text().splitlines()]
     assert len(log_two) == 2
     assert log_two[0]["loss"] == pytest.approx(log_one[0]["loss"], rel=1e-5)
-    assert log_two[0]["reward"] == pytest.approx(log_one[0]["reward"], rel=1e-5)
+    # the gathered reward's continuous part matches; its NDCG part ranks a random model's near-equal scores,
+    # where float32 round-off (2 prompts padded per process vs 4 in one) can swap two neighbours: for one of
+    # the 4 users that moves the mean NDCG by at most (1 - 1/log2(3)) / 4 = 0.09
+    assert log_two[0]["softmax"] == pytest.approx(log_one[0]["softmax"], rel=1e-5)
+    assert log_two[0]["ndcg"] == pytest.approx(log_one[0]["ndcg"], abs=0.1)
     weights = trainable(toy / "two")
     assert any("lora_B" in k and float(v.abs().sum()) > 0 for k, v in weights.items()), "adapters did not train"
     test_two = two["test"]

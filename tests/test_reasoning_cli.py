@@ -13,6 +13,8 @@ from thinkrec.cli.main import main
 from thinkrec.config.loader import load_config, preset_names
 from thinkrec.data.split import SplitConfig, time_cut_points
 from thinkrec.errors import ConfigError
+from thinkrec.eval.evaluator import EvalResult
+from thinkrec.eval.metrics import metrics_from_ranks
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.runs import load_run
 
@@ -63,6 +65,14 @@ def test_train_prl_then_load_evaluate_per_step_and_recommend(shop: Path, capsys:
     for metric in ("NDCG@5", "HR@5", "HR@1"):  # the oracle is at least as good as every single step
         assert steps["oracle"][metric] >= max(row[metric] for row in steps["steps"]) - 1e-12
     assert "analysis, not a method" in steps["oracle_note"]
+    # every sample's rank at every step is saved beside the metrics, and gives the same numbers
+    for which in ("valid", "test"):
+        saved = EvalResult.load(shop / "run" / results[which]["ranks_file"])
+        assert saved.step_ranks.shape == (3, results[which]["n_samples"]) and saved.mode == "last"
+        assert saved.metrics(results[which]["protocol"]["ks"]) == pytest.approx(results[which]["metrics"])
+        assert metrics_from_ranks(saved.step_ranks[0], [5])["NDCG@5"] == pytest.approx(
+            results[which]["reasoning"]["steps"][0]["NDCG@5"]
+        )
 
     cfg, model = load_run("run")
     assert cfg.reasoning.kind == "prl" and cfg.eval.inference == "last"

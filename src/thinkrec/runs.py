@@ -2,8 +2,10 @@
 
 A run directory holds ``config.json`` (the resolved config), ``checkpoints/{best,last}.{safetensors,json}``,
 ``log.jsonl`` (one line per epoch), ``curve.png``, ``items.parquet`` (the item vocabulary with titles, so
-a saved model can recommend without the raw data), ``results.json`` (metrics with their protocol) and
-``.lock`` (held while a process trains there, so the same run cannot be trained twice at once).
+a saved model can recommend without the raw data), ``results.json`` (metrics with their protocol),
+``{valid,test}_ranks.npz`` (every sample's rank, per reasoning step: for significance tests and subgroup
+analyses without the model) and ``.lock`` (held while a process trains there, so the same run cannot be
+trained twice at once).
 """
 
 from __future__ import annotations
@@ -118,6 +120,9 @@ def evaluation_report(
     return report, result
 
 
+# Per-sample ranks of the best checkpoint (every reasoning step), written beside results.json
+RANKS_FILES = {"valid": "valid_ranks.npz", "test": "test_ranks.npz"}
+
 # Settings that change how a run is executed, not what it computes: a resumed run may change them.
 OPERATIONAL_KEYS = frozenset({"train.threads", "train.progress", "train.resume"})
 
@@ -179,8 +184,9 @@ def _train(cfg: RunConfig, out: Path) -> TrainedRun:
         "dataset": ds.describe(),
     }
     for which in ("valid", "test"):
-        report, _ = evaluation_report(model, split, cfg, which, cfg.eval)
-        results[which] = report
+        report, result = evaluation_report(model, split, cfg, which, cfg.eval)
+        result.save(out / RANKS_FILES[which])
+        results[which] = {**report, "ranks_file": RANKS_FILES[which]}
     atomic_write_json(out / "results.json", results)
     return TrainedRun(out, fit, results)
 
