@@ -19,7 +19,9 @@ Efficiency (what the 4x4 step profile showed matters on CPU):
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,17 @@ import torch
 from torch import nn
 
 from thinkrec.llm.recpo import cosine_scores, pool_last, selective_logprobs
+
+
+def cache_keyword(decoder: nn.Module) -> str:
+    """The name of a Hugging Face decoder's key/value cache, in its inputs and outputs: ``cache`` in recent
+    transformers (``past_key_values`` is deprecated there, to go in 5.40), ``past_key_values`` before."""
+    return _cache_keyword(type(decoder).forward)
+
+
+@functools.cache
+def _cache_keyword(forward: Callable[..., Any]) -> str:  # one signature look-up per decoder class
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -116,14 +129,16 @@ class DualHeadLM(nn.Module):
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, Any]:
         """Final-layer hidden states (after the final norm) and the key/value cache."""
-        out = self.decoder()(
+        decoder = self.decoder()
+        keyword = cache_keyword(decoder)
+        out = decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past,
             use_cache=use_cache,
+            **{keyword: past},
         )
-        return out.last_hidden_state, out.past_key_values
+        return out.last_hidden_state, getattr(out, keyword)
 
     def encode(self, seqs: list[list[int]]) -> torch.Tensor:
         """Pooled last-token vectors of whole sequences (right-padded batch, no shared prefix)."""
