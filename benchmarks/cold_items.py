@@ -2,11 +2,11 @@
 
 ``cold_item_report(run_dir)`` rebuilds the run's split, counts every item's interactions in the training
 part, and reports the run's own protocol (full ranking, its history masking and inference mode) on (a) all
-test samples and (b) the test samples whose target has at most ``max_train`` training interactions. It reads
-the per-sample ranks training saved (``test_ranks.npz``, ``valid_ranks.npz``; so a record of
-``rearec_repro.py``, which has no checkpoint, works too), or re-scores the best checkpoint for runs trained
-before runs saved them. Text-based models (UniSRec, MoRec) are expected to lose less on
-(b) than ID-based ones.
+test samples, (b) the test samples whose target has 1..``max_train`` training interactions, (c) the test
+window's samples whose target never occurs in training (time splits: the headline metrics drop them, as an
+ID embedding cannot rank such an item) and (d) (b) and (c) together. It reads the per-sample ranks training
+saved (``test_ranks.npz``, ``test_unseen_ranks.npz``; so a record of ``rearec_repro.py``, which has no
+checkpoint, works too), or scores the best checkpoint for runs trained before runs saved them.
 
 Usage: ``python benchmarks/cold_items.py RUN_OR_RECORD_DIR [...] [--max-train 5] [--split test] [--k 20]``;
 prints one JSON object per run (redirect it to keep it; run directories and records are left unchanged).
@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from thinkrec.allocator import tune_allocator
 from thinkrec.config.schema import RunConfig
-from thinkrec.data.split import Split
+from thinkrec.data.split import EvalSamples, Split, Window
 from thinkrec.eval.evaluator import EvalResult, evaluate
 from thinkrec.eval.metrics import metrics_from_ranks
 from thinkrec.runs import RANKS_FILES, load_data, load_run
@@ -37,39 +37,56 @@ def train_counts(split: Split) -> np.ndarray:
     return np.bincount(ds.items[in_train], minlength=ds.n_items + 1)
 
 
-def cold_item_report(
-    run_dir: str | Path, max_train: int = 5, which: Literal["valid", "test"] = "test", k: int = 20
-) -> dict[str, Any]:
-    """NDCG@k / Recall@k on all ``which`` samples and on those whose target has <= ``max_train`` training
-    interactions (the run's protocol otherwise)."""
-    saved = Path(run_dir) / RANKS_FILES[which]
-    if saved.exists():  # the ranks training saved: no checkpoint needed (records of rearec_repro have them)
-        cfg = RunConfig.model_validate_json((Path(run_dir) / "config.json").read_text())
-        model, ranks = None, EvalResult.load(saved).ranks
-    else:
-        cfg, model = load_run(run_dir)
+def saved_or_scored_ranks(run_dir: Path, name: str, samples: EvalSamples, cfg: RunConfig, split: Split) -> np.ndarray:
+    """Ranks of ``samples`` under the run's inference mode: from ``RANKS_FILES[name]`` when training saved
+    it, else scored with the run's best checkpoint."""
+    if (run_dir / RANKS_FILES[name]).exists():
+        ranks: np.ndarray = EvalResult.load(run_dir / RANKS_FILES[name]).ranks
+        if len(ranks) != len(samples):
+            raise SystemExit(f"{run_dir / RANKS_FILES[name]} holds {len(ranks)} samples, the split {len(samples)}")
+        return ranks
+    _, model = load_run(run_dir)
+    return evaluate(model, split, samples, cfg.eval).ranks
+
+
+def cold_item_report(run_dir: str | Path, max_train: int = 5, which: Window = "test", k: int = 20) -> dict[str, Any]:
+    """NDCG@k / Recall@k on the run's ``which`` samples, on those whose target has 1..``max_train`` training
+    interactions, on the window's targets never seen in training (time splits; kept out of the headline
+    metrics), and on both cold groups together (<= ``max_train``, 0 included)."""
+    run_dir = Path(run_dir)
+    cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
     _, split = load_data(cfg)
     samples = split.samples(which)
-    counts = train_counts(split)[samples.targets]
-    cold = np.flatnonzero(counts <= max_train)
+    ranks = saved_or_scored_ranks(run_dir, which, samples, cfg, split)
+    unseen = split.unseen_targets.get(which)
+    unseen_ranks = (
+        saved_or_scored_ranks(run_dir, f"{which}_unseen", unseen, cfg, split)
+        if unseen is not None and len(unseen)
+        else np.zeros(0, dtype=np.int64)
+    )
+    cold = ranks[train_counts(split)[samples.targets] <= max_train]
     ks = sorted({*cfg.eval.ks, k})
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
         "model": cfg.model.kind,
         "reasoning": cfg.reasoning.kind,
         "split": which,
-        "cold_definition": f"target item has <= {max_train} interactions in the training part",
+        "cold_definition": f"target item has 1..{max_train} interactions in the training part",
+        "unseen_definition": "target item never occurs in the training part (not in the headline metrics)",
     }
-    for name, index in (("all", np.arange(len(samples))), ("cold", cold)):
-        if len(index) == 0:
+    groups = {
+        "all": ranks,
+        "cold": cold,
+        "unseen": unseen_ranks,
+        f"cold_and_unseen (<= {max_train}, 0 included)": np.concatenate([cold, unseen_ranks]),
+    }
+    for name, group in groups.items():
+        if len(group) == 0:
             report[name] = {"n_samples": 0}
             continue
-        if model is None:
-            metrics = metrics_from_ranks(ranks[index], ks)
-        else:
-            metrics = evaluate(model, split, samples.subset(index), cfg.eval).metrics(ks)
+        metrics = metrics_from_ranks(group, ks)
         report[name] = {
-            "n_samples": len(index),
+            "n_samples": len(group),
             f"NDCG@{k}": metrics[f"NDCG@{k}"],
             f"HR@{k} (= Recall@{k})": metrics[f"HR@{k}"],
         }

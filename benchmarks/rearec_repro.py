@@ -51,7 +51,7 @@ from thinkrec.train.checkpoint import atomic_write_text
 BACKBONES = ("sasrec", "bert4rec", "gru4rec", "unisrec", "morec")
 METRICS = {"N@10": "NDCG@10", "N@20": "NDCG@20", "R@10": "HR@10", "R@20": "HR@20"}
 TEST_METRIC = "NDCG@20"
-RECORD_FILES = ("config.json", "results.json", "log.jsonl")  # and the test ranks
+RECORD_FILES = ("config.json", "results.json", "log.jsonl")  # and the test ranks (RANKS_FILES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,27 +95,34 @@ def is_finished(args: argparse.Namespace, variant: str, seed: int) -> bool:
     return record_dir_of(args, variant, seed).exists() or (run_dir_of(args, variant, seed) / "results.json").exists()
 
 
-def write_record(record: Path, run_dir: Path, result: EvalResult) -> None:
-    """Keep what the table needs of a finished run, small enough to commit: its config, results, epoch log and
-    per-sample test ranks (no checkpoints). Written into a sibling folder and renamed, so a record is whole or
-    absent."""
+def write_record(record: Path, run_dir: Path, cfg: RunConfig) -> None:
+    """Keep what the tables need of a finished run, small enough to commit: its config, results, epoch log
+    and per-sample test ranks (also of the test window's unseen targets, for cold-item analyses), no
+    checkpoints. Written into a sibling folder and renamed, so a record is whole or absent."""
     tmp = record.with_name(record.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in RECORD_FILES:
         shutil.copyfile(run_dir / name, tmp / name)
-    result.save(tmp / RANKS_FILES["test"])
+    for name, result in recorded_ranks(run_dir, cfg).items():
+        result.save(tmp / RANKS_FILES[name])
     tmp.replace(record)
 
 
-def test_ranks(run_dir: Path, cfg: RunConfig) -> EvalResult:
-    """The best checkpoint's per-sample test ranks: saved by the trainer, or (runs trained before it saved
-    them) re-scored once from the checkpoint."""
-    if (run_dir / RANKS_FILES["test"]).exists():
-        return EvalResult.load(run_dir / RANKS_FILES["test"])
-    _, model = load_run(run_dir)
+def recorded_ranks(run_dir: Path, cfg: RunConfig) -> dict[str, EvalResult]:
+    """The best checkpoint's per-sample ranks on test and on the test window's unseen targets: as training
+    saved them, or (runs trained before runs saved them) scored once from the checkpoint."""
     _, split = load_data(cfg)
-    return evaluate(model, split, split.test, cfg.eval)
+    groups = {"test": split.test, "test_unseen": split.unseen_targets.get("test")}
+    out: dict[str, EvalResult] = {}
+    model = None
+    for name, samples in groups.items():
+        if (run_dir / RANKS_FILES[name]).exists():
+            out[name] = EvalResult.load(run_dir / RANKS_FILES[name])
+        elif samples is not None and len(samples):
+            model = model or load_run(run_dir)[1]
+            out[name] = evaluate(model, split, samples, cfg.eval)
+    return out
 
 
 def same_settings(saved: RunConfig, cfg: RunConfig, where: Path) -> None:
@@ -145,7 +152,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
         if not is_finished(args, variant, seed):
             train(cfg, run_dir)
         same_settings(RunConfig.model_validate_json((run_dir / "config.json").read_text()), cfg, run_dir)
-        write_record(record, run_dir, test_ranks(run_dir, cfg))
+        write_record(record, run_dir, cfg)
     results = json.loads((record / "results.json").read_text())
     history = [json.loads(line) for line in (record / "log.jsonl").read_text().splitlines() if line.strip()]
     warmup = cfg.reasoning.warmup_epochs if cfg.reasoning.enabled else 0

@@ -45,16 +45,25 @@ def test_table_is_rebuilt_from_records_without_run_directories(
         "log.jsonl",
         "results.json",
         "test_ranks.npz",
+        "test_unseen_ranks.npz",
     ]
 
     # the cold-item analysis reads a record's saved ranks, and equals re-scoring the run's checkpoint
     run_dir = out / "runs" / "ml100k-time" / "sasrec-s1"
     from_record = cold_items.cold_item_report(records / "sasrec-s1", max_train=20, k=20)
-    (run_dir / "test_ranks.npz").unlink()
+    for name in ("test_ranks.npz", "test_unseen_ranks.npz"):
+        (run_dir / name).unlink()
     rescored = cold_items.cold_item_report(run_dir, max_train=20, k=20)
     assert 0 < from_record["cold"]["n_samples"] < from_record["all"]["n_samples"]
-    for part in ("all", "cold"):
+    assert from_record["unseen"]["n_samples"] > 0  # the time split's targets never seen in training
+    pooled = from_record["cold_and_unseen (<= 20, 0 included)"]
+    assert pooled["n_samples"] == from_record["cold"]["n_samples"] + from_record["unseen"]["n_samples"]
+    for part in ("all", "cold", "unseen", "cold_and_unseen (<= 20, 0 included)"):
         assert from_record[part] == pytest.approx(rescored[part])
+    results = json.loads((records / "sasrec-s1" / "results.json").read_text())  # training reported them too
+    unseen = results["test_unseen_targets"]
+    assert unseen["n_samples"] == from_record["unseen"]["n_samples"] and "never occurs in training" in unseen["note"]
+    assert unseen["metrics"]["NDCG@20"] == pytest.approx(from_record["unseen"]["NDCG@20"])
 
     # a fresh clone has the records and no run directories (checkpoints are not committed): same table,
     # nothing trained

@@ -41,7 +41,7 @@ def test_no_evaluation_target_is_visible_in_training(mode: str) -> None:
 
 
 def test_global_time_split_windows_and_drops() -> None:
-    ds = random_dataset(n_users=80, n_items=60, max_len=30, seed=3)
+    ds = random_dataset(n_users=80, n_items=400, max_len=30, seed=3)  # a catalogue large enough for drops
     cfg = SplitConfig(kind="time", valid_cut=0.6, test_cut=0.8)
     split = global_time(ds, cfg)
     t_valid, t_test = split.protocol["t_valid"], split.protocol["t_test"]
@@ -60,6 +60,15 @@ def test_global_time_split_windows_and_drops() -> None:
         counts = split.protocol["samples"][which]
         assert counts["kept"] == len(samples)
         assert counts["in_window"] == counts["kept"] + counts["dropped_unseen_target"] + counts["dropped_no_history"]
+        # the dropped unseen targets with a history are kept apart, for cold-start analyses
+        unseen = split.unseen_targets[which]
+        times = ds.timestamps[ds.offsets[unseen.users] + unseen.positions]
+        assert np.all((times >= lo) & (times < hi)) and np.all(unseen.positions >= 1)
+        assert not set(unseen.targets.tolist()) & train_items
+        assert 0 < len(unseen) <= counts["dropped_unseen_target"]
+        window = (ds.timestamps >= lo) & (ds.timestamps < hi)
+        first = ds.offsets[ds.user_index] == np.arange(ds.n_interactions)  # an interaction with no history
+        assert len(unseen) == int((window & ~np.isin(ds.items, list(train_items)) & ~first).sum())
     # histories drop items unseen in training and keep chronological order
     hist = eval_histories(split, split.test, 200)
     for row, u, pos in zip(hist, split.test.users, split.test.positions, strict=True):

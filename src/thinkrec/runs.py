@@ -4,8 +4,9 @@ A run directory holds ``config.json`` (the resolved config), ``checkpoints/{best
 ``log.jsonl`` (one line per epoch), ``curve.png``, ``items.parquet`` (the item vocabulary with titles, so
 a saved model can recommend without the raw data), ``results.json`` (metrics with their protocol),
 ``{valid,test}_ranks.npz`` (every sample's rank, per reasoning step: for significance tests and subgroup
-analyses without the model) and ``.lock`` (held while a process trains there, so the same run cannot be
-trained twice at once).
+analyses without the model; time splits add ``{valid,test}_unseen_ranks.npz`` for the samples whose target
+never occurs in training, kept out of the headline metrics) and ``.lock`` (held while a process trains
+there, so the same run cannot be trained twice at once).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import TrainSampler
 from thinkrec.data.dataset import SequenceDataset
 from thinkrec.data.prepare import load_or_prepare
-from thinkrec.data.split import Split, make_split
+from thinkrec.data.split import EvalSamples, Split, make_split
 from thinkrec.errors import ThinkrecError
 from thinkrec.eval.evaluator import EvalResult, evaluate
 from thinkrec.eval.protocol import EvalConfig, describe_protocol
@@ -99,11 +100,14 @@ def evaluation_report(
     which: Literal["valid", "test"],
     eval_cfg: EvalConfig,
     steps: int | None = None,
+    samples: EvalSamples | None = None,
 ) -> tuple[dict[str, Any], EvalResult]:
-    """Metrics of ``which`` with their protocol; reasoning models (``steps`` overrides K) also get the
-    metrics of every step, of the mean of steps and of the oracle under ``"reasoning"``."""
+    """Metrics of ``which`` (or of other ``samples`` of that window) with their protocol; reasoning models
+    (``steps`` overrides K) also get the metrics of every step, of the mean of steps and of the oracle under
+    ``"reasoning"``."""
     t0 = time.perf_counter()
-    result = evaluate(model, split, split.samples(which), eval_cfg, steps=steps, progress=cfg.train.progress)
+    samples = split.samples(which) if samples is None else samples
+    result = evaluate(model, split, samples, eval_cfg, steps=steps, progress=cfg.train.progress)
     seconds = time.perf_counter() - t0
     report: dict[str, Any] = {
         "split": which,
@@ -121,7 +125,16 @@ def evaluation_report(
 
 
 # Per-sample ranks of the best checkpoint (every reasoning step), written beside results.json
-RANKS_FILES = {"valid": "valid_ranks.npz", "test": "test_ranks.npz"}
+RANKS_FILES = {
+    "valid": "valid_ranks.npz",
+    "test": "test_ranks.npz",
+    "valid_unseen": "valid_unseen_ranks.npz",
+    "test_unseen": "test_unseen_ranks.npz",
+}
+UNSEEN_NOTE = (
+    "samples of the window whose target never occurs in training: not in the headline metrics (an ID "
+    "embedding cannot rank such an item); a cold-start analysis for text-based items"
+)
 
 # Settings that change how a run is executed, not what it computes: a resumed run may change them.
 OPERATIONAL_KEYS = frozenset({"train.threads", "train.progress", "train.resume"})
@@ -187,6 +200,16 @@ def _train(cfg: RunConfig, out: Path) -> TrainedRun:
         report, result = evaluation_report(model, split, cfg, which, cfg.eval)
         result.save(out / RANKS_FILES[which])
         results[which] = {**report, "ranks_file": RANKS_FILES[which]}
+    for which, samples in split.unseen_targets.items():  # time splits: cold-start targets, reported apart
+        if len(samples):
+            report, result = evaluation_report(model, split, cfg, which, cfg.eval, samples=samples)
+            result.save(out / RANKS_FILES[f"{which}_unseen"])
+            results[f"{which}_unseen_targets"] = {
+                **report,
+                "split": f"{which} window, targets never seen in training",
+                "note": UNSEEN_NOTE,
+                "ranks_file": RANKS_FILES[f"{which}_unseen"],
+            }
     atomic_write_json(out / "results.json", results)
     return TrainedRun(out, fit, results)
 

@@ -17,7 +17,7 @@ when batches are built.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from thinkrec.data.dataset import IntArray, SequenceDataset
 from thinkrec.errors import ConfigError
+
+Window = Literal["valid", "test"]
 
 
 class SplitConfig(BaseModel):
@@ -89,12 +91,15 @@ class Split:
     known_items: np.ndarray  # bool[n_items + 1]; True for items seen in training (index 0 = padding)
     protocol: dict[str, Any]
     history_keep: np.ndarray | None = None  # bool[n_items + 1]; items allowed in evaluation histories
+    # time split: each window's samples whose target never occurs in training (with a history). They are
+    # not in ``valid`` / ``test`` (an ID model cannot rank them); cold-start analyses score them apart.
+    unseen_targets: dict[Window, EvalSamples] = field(default_factory=dict)
 
     @property
     def n_train_interactions(self) -> int:
         return int(self.train_lengths.sum())
 
-    def samples(self, which: Literal["valid", "test"]) -> EvalSamples:
+    def samples(self, which: Window) -> EvalSamples:
         return self.valid if which == "valid" else self.test
 
 
@@ -154,14 +159,16 @@ def global_time(ds: SequenceDataset, cfg: SplitConfig) -> Split:
     # Sequences are chronological, so "before t_valid" is a prefix of every user's sequence.
     train_lengths = np.bincount(ds.user_index[ts < t_valid], minlength=ds.n_users).astype(np.int64)
     known = _known_items(ds, train_lengths)
-    base = {"valid": (ts >= t_valid) & (ts < t_test), "test": ts >= t_test}
+    base: dict[Window, np.ndarray] = {"valid": (ts >= t_valid) & (ts < t_test), "test": ts >= t_test}
     counts: dict[str, Any] = {}
     samples: dict[str, EvalSamples] = {}
+    unseen_targets: dict[Window, EvalSamples] = {}
     for which, in_window in base.items():
         unseen = in_window & ~known[ds.items]
         no_history = in_window & (pos_in_user == 0)
         keep = in_window & ~unseen & ~no_history
         samples[which] = _samples_from_mask(ds, keep)
+        unseen_targets[which] = _samples_from_mask(ds, unseen & ~no_history)
         counts[which] = {
             "in_window": int(in_window.sum()),
             "dropped_unseen_target": int(unseen.sum()),
@@ -187,7 +194,7 @@ def global_time(ds: SequenceDataset, cfg: SplitConfig) -> Split:
         "n_test": len(samples["test"]),
     }
     keep = known if cfg.drop_unseen_history else None
-    return Split(ds, train_lengths, samples["valid"], samples["test"], known, protocol, keep)
+    return Split(ds, train_lengths, samples["valid"], samples["test"], known, protocol, keep, unseen_targets)
 
 
 def make_split(ds: SequenceDataset, cfg: SplitConfig) -> Split:
