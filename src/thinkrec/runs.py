@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,7 +25,7 @@ from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import TrainSampler
 from thinkrec.data.dataset import SequenceDataset
 from thinkrec.data.prepare import load_or_prepare
-from thinkrec.data.split import EvalSamples, Split, make_split
+from thinkrec.data.split import EvalSamples, Split, Window, make_split
 from thinkrec.errors import ThinkrecError
 from thinkrec.eval.evaluator import EvalResult, evaluate
 from thinkrec.eval.protocol import EvalConfig, describe_protocol
@@ -97,7 +97,7 @@ def evaluation_report(
     model: SeqRecModel,
     split: Split,
     cfg: RunConfig,
-    which: Literal["valid", "test"],
+    which: Window,
     eval_cfg: EvalConfig,
     steps: int | None = None,
     samples: EvalSamples | None = None,

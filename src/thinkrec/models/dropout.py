@@ -25,8 +25,7 @@ LANES = 65536  # values of a 16-bit lane
 
 def kept(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
     """Boolean mask of the elements to keep (drop probability ``p`` rounded to 1/65536), drawn from the
-    default generator: four elements per 64-bit draw, in row-major order, so one call for ``[E, *shape]``
-    draws the same masks as ``E`` calls for ``shape`` when ``shape`` holds a multiple of 4 elements."""
+    default generator: four elements per 64-bit draw."""
     n = math.prod(shape)
     dropped = round(p * LANES)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
