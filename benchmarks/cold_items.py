@@ -27,6 +27,7 @@ from thinkrec.data.split import EvalSamples, Split, Window
 from thinkrec.eval.evaluator import EvalResult, evaluate
 from thinkrec.eval.metrics import metrics_from_ranks
 from thinkrec.runs import RANKS_FILES, load_data, load_run
+from thinkrec.train.checkpoint import atomic_write_text
 
 
 def train_counts(split: Split) -> np.ndarray:
@@ -49,6 +50,14 @@ def saved_or_scored_ranks(run_dir: Path, name: str, samples: EvalSamples, cfg: R
     return evaluate(model, split, samples, cfg.eval).ranks
 
 
+def model_label(cfg: RunConfig) -> str:
+    """The model kind and what its item vectors are made of."""
+    kind = cfg.model.kind
+    if kind == "unisrec":
+        return "unisrec (text + ID)" if getattr(cfg.model, "id_embedding", True) else "unisrec (text only)"
+    return f"{kind} (text only)" if kind == "morec" else f"{kind} (IDs)"
+
+
 def cold_item_report(run_dir: str | Path, max_train: int = 5, which: Window = "test", k: int = 20) -> dict[str, Any]:
     """NDCG@k / Recall@k on the run's ``which`` samples, on those whose target has 1..``max_train`` training
     interactions, on the window's targets never seen in training (time splits; kept out of the headline
@@ -68,7 +77,7 @@ def cold_item_report(run_dir: str | Path, max_train: int = 5, which: Window = "t
     ks = sorted({*cfg.eval.ks, k})
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
-        "model": cfg.model.kind,
+        "model": model_label(cfg),
         "reasoning": cfg.reasoning.kind,
         "split": which,
         "cold_definition": f"target item has 1..{max_train} interactions in the training part",
@@ -99,11 +108,39 @@ def main() -> None:
     parser.add_argument("--max-train", type=int, default=5, help="cold = at most this many training interactions")
     parser.add_argument("--split", choices=["valid", "test"], default="test")
     parser.add_argument("--k", type=int, default=20)
+    parser.add_argument(
+        "--table", type=Path, help="also write a Markdown table (mean +- std over the runs of each model) here"
+    )
     args = parser.parse_args()
     tune_allocator()  # as the CLI does
+    reports = []
     for run_dir in args.run_dirs:
-        report = cold_item_report(run_dir, args.max_train, args.split, args.k)
-        print(json.dumps(report))
+        reports.append(cold_item_report(run_dir, args.max_train, args.split, args.k))
+        print(json.dumps(reports[-1]))
+    if args.table:
+        atomic_write_text(args.table, summary_table(reports, args.k) + "\n")
+
+
+def summary_table(reports: list[dict[str, Any]], k: int) -> str:
+    """NDCG@k and HR@k of every sample group, mean +- std over the runs of each model (:func:`model_label`),
+    in the order the models first appear."""
+    groups = [name for name, value in reports[0].items() if isinstance(value, dict)]
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for report in reports:
+        by_model.setdefault(report["model"], []).append(report)
+    header = "| model (runs) | " + " | ".join(f"{g} ({reports[0][g]['n_samples']:,})" for g in groups) + " |"
+    lines = [header, "|---" * (len(groups) + 1) + "|"]
+    for model, runs in by_model.items():
+        cells = []
+        for g in groups:
+            ndcg = [r[g].get(f"NDCG@{k}", float("nan")) for r in runs]
+            hr = [r[g].get(f"HR@{k} (= Recall@{k})", float("nan")) for r in runs]
+            std = float(np.std(ndcg, ddof=1)) if len(ndcg) > 1 else 0.0
+            cells.append(f"{np.mean(ndcg):.4f} ± {std:.4f} (HR {np.mean(hr):.4f})")
+        lines.append(f"| {model} ({len(runs)}) | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"NDCG@{k} mean ± sample std over runs, HR@{k} mean in brackets; {reports[0]['split']} split.")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,9 @@ def test_table_is_rebuilt_from_records_without_run_directories(
     assert pooled["n_samples"] == from_record["cold"]["n_samples"] + from_record["unseen"]["n_samples"]
     for part in ("all", "cold", "unseen", "cold_and_unseen (<= 20, 0 included)"):
         assert from_record[part] == pytest.approx(rescored[part])
+    cold_table = cold_items.summary_table([from_record, rescored], k=20).splitlines()
+    assert cold_table[0].count("|") == 6 and cold_table[2].startswith("| sasrec (IDs) (2) | ")
+    assert f"{from_record['unseen']['NDCG@20']:.4f} ± 0.0000" in cold_table[2]
     results = json.loads((records / "sasrec-s1" / "results.json").read_text())  # training reported them too
     unseen = results["test_unseen_targets"]
     assert unseen["n_samples"] == from_record["unseen"]["n_samples"] and "never occurs in training" in unseen["note"]
