@@ -23,10 +23,9 @@ import numpy as np
 
 from thinkrec.allocator import tune_allocator
 from thinkrec.config.schema import RunConfig
-from thinkrec.data.split import EvalSamples, Split, Window
-from thinkrec.eval.evaluator import EvalResult, evaluate
+from thinkrec.data.split import Split, Window
 from thinkrec.eval.metrics import metrics_from_ranks
-from thinkrec.runs import RANKS_FILES, load_data, load_run
+from thinkrec.runs import load_data, saved_ranks
 from thinkrec.train.checkpoint import atomic_write_text
 
 
@@ -36,18 +35,6 @@ def train_counts(split: Split) -> np.ndarray:
     pos_in_user = np.arange(ds.n_interactions) - np.repeat(ds.offsets[:-1], ds.lengths)
     in_train = pos_in_user < np.repeat(split.train_lengths, ds.lengths)
     return np.bincount(ds.items[in_train], minlength=ds.n_items + 1)
-
-
-def saved_or_scored_ranks(run_dir: Path, name: str, samples: EvalSamples, cfg: RunConfig, split: Split) -> np.ndarray:
-    """Ranks of ``samples`` under the run's inference mode: from ``RANKS_FILES[name]`` when training saved
-    it, else scored with the run's best checkpoint."""
-    if (run_dir / RANKS_FILES[name]).exists():
-        ranks: np.ndarray = EvalResult.load(run_dir / RANKS_FILES[name]).ranks
-        if len(ranks) != len(samples):
-            raise SystemExit(f"{run_dir / RANKS_FILES[name]} holds {len(ranks)} samples, the split {len(samples)}")
-        return ranks
-    _, model = load_run(run_dir)
-    return evaluate(model, split, samples, cfg.eval).ranks
 
 
 def model_label(cfg: RunConfig) -> str:
@@ -66,10 +53,10 @@ def cold_item_report(run_dir: str | Path, max_train: int = 5, which: Window = "t
     cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
     _, split = load_data(cfg)
     samples = split.samples(which)
-    ranks = saved_or_scored_ranks(run_dir, which, samples, cfg, split)
+    ranks = saved_ranks(run_dir, which, samples, cfg, split).ranks
     unseen = split.unseen_targets.get(which)
     unseen_ranks = (
-        saved_or_scored_ranks(run_dir, f"{which}_unseen", unseen, cfg, split)
+        saved_ranks(run_dir, f"{which}_unseen", unseen, cfg, split).ranks
         if unseen is not None and len(unseen)
         else np.zeros(0, dtype=np.int64)
     )

@@ -41,11 +41,11 @@ import numpy as np
 from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
 from thinkrec.config.schema import RunConfig
-from thinkrec.eval.evaluator import EvalResult, evaluate
+from thinkrec.eval.evaluator import EvalResult
 from thinkrec.eval.metrics import metrics_from_ranks, per_sample
 from thinkrec.eval.significance import paired_t_test
 from thinkrec.eval.steps import oracle_ranks
-from thinkrec.runs import RANKS_FILES, changed_keys, load_data, load_run, set_threads, train
+from thinkrec.runs import RANKS_FILES, changed_keys, load_data, saved_ranks, set_threads, train
 from thinkrec.train.checkpoint import atomic_write_text
 
 BACKBONES = ("sasrec", "bert4rec", "gru4rec", "unisrec", "morec")
@@ -110,19 +110,14 @@ def write_record(record: Path, run_dir: Path, cfg: RunConfig) -> None:
 
 
 def recorded_ranks(run_dir: Path, cfg: RunConfig) -> dict[str, EvalResult]:
-    """The best checkpoint's per-sample ranks on test and on the test window's unseen targets: as training
-    saved them, or (runs trained before runs saved them) scored once from the checkpoint."""
+    """The best checkpoint's per-sample ranks on test and on the test window's unseen targets."""
     _, split = load_data(cfg)
     groups = {"test": split.test, "test_unseen": split.unseen_targets.get("test")}
-    out: dict[str, EvalResult] = {}
-    model = None
-    for name, samples in groups.items():
-        if (run_dir / RANKS_FILES[name]).exists():
-            out[name] = EvalResult.load(run_dir / RANKS_FILES[name])
-        elif samples is not None and len(samples):
-            model = model or load_run(run_dir)[1]
-            out[name] = evaluate(model, split, samples, cfg.eval)
-    return out
+    return {
+        name: saved_ranks(run_dir, name, samples, cfg, split)
+        for name, samples in groups.items()
+        if samples is not None and len(samples)
+    }
 
 
 def same_settings(saved: RunConfig, cfg: RunConfig, where: Path) -> None:

@@ -136,6 +136,20 @@ UNSEEN_NOTE = (
     "embedding cannot rank such an item); a cold-start analysis for text-based items"
 )
 
+
+def saved_ranks(run_dir: Path, name: str, samples: EvalSamples, cfg: RunConfig, split: Split) -> EvalResult:
+    """The best checkpoint's ranks of ``samples`` (``name`` a key of :data:`RANKS_FILES`): as training saved
+    them, or scored from the checkpoint for runs trained before runs saved them."""
+    path = Path(run_dir) / RANKS_FILES[name]
+    if path.exists():
+        result = EvalResult.load(path)
+        if len(result.ranks) != len(samples):
+            raise ThinkrecError(f"{path} holds {len(result.ranks)} samples, the split {len(samples)}; delete it")
+        return result
+    _, model = load_run(run_dir)
+    return evaluate(model, split, samples, cfg.eval)
+
+
 # Settings that change how a run is executed, not what it computes: a resumed run may change them.
 OPERATIONAL_KEYS = frozenset({"train.threads", "train.progress", "train.resume"})
 
