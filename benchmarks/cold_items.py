@@ -25,7 +25,7 @@ from thinkrec.allocator import tune_allocator
 from thinkrec.config.schema import RunConfig
 from thinkrec.data.split import Split, Window
 from thinkrec.eval.metrics import metrics_from_ranks
-from thinkrec.runs import load_data, saved_ranks
+from thinkrec.runs import load_data, saved_config, saved_ranks
 from thinkrec.train.checkpoint import atomic_write_text
 
 
@@ -50,7 +50,7 @@ def cold_item_report(run_dir: str | Path, max_train: int = 5, which: Window = "t
     interactions, on the window's targets never seen in training (time splits; kept out of the headline
     metrics), and on both cold groups together (<= ``max_train``, 0 included)."""
     run_dir = Path(run_dir)
-    cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+    cfg = saved_config(run_dir)
     _, split = load_data(cfg)
     samples = split.samples(which)
     ranks = saved_ranks(run_dir, which, samples, cfg, split).ranks

@@ -45,7 +45,7 @@ from thinkrec.eval.evaluator import EvalResult
 from thinkrec.eval.metrics import metrics_from_ranks, per_sample
 from thinkrec.eval.significance import paired_t_test
 from thinkrec.eval.steps import oracle_ranks
-from thinkrec.runs import RANKS_FILES, changed_keys, load_data, saved_ranks, set_threads, train
+from thinkrec.runs import RANKS_FILES, changed_keys, load_data, saved_config, saved_ranks, set_threads, train
 from thinkrec.train.checkpoint import atomic_write_text
 
 BACKBONES = ("sasrec", "bert4rec", "gru4rec", "unisrec", "morec")
@@ -141,13 +141,12 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
     cfg = load_config(preset, overrides)
     run_dir = run_dir_of(args, variant, seed)
     record = record_dir_of(args, variant, seed)
-    if record.exists():
-        same_settings(RunConfig.model_validate_json((record / "config.json").read_text()), cfg, record)
-    else:
-        if not is_finished(args, variant, seed):
+    if not record.exists():
+        if not (run_dir / "results.json").exists():
             train(cfg, run_dir)
-        same_settings(RunConfig.model_validate_json((run_dir / "config.json").read_text()), cfg, run_dir)
+        same_settings(saved_config(run_dir), cfg, run_dir)
         write_record(record, run_dir, cfg)
+    same_settings(saved_config(record), cfg, record)
     results = json.loads((record / "results.json").read_text())
     history = [json.loads(line) for line in (record / "log.jsonl").read_text().splitlines() if line.strip()]
     warmup = cfg.reasoning.warmup_epochs if cfg.reasoning.enabled else 0

@@ -228,12 +228,18 @@ def _train(cfg: RunConfig, out: Path) -> TrainedRun:
     return TrainedRun(out, fit, results)
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[RunConfig, SeqRecModel]:
-    """The config and trained model of a run directory."""
+def saved_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run directory (or a record of one) was trained with."""
     path = Path(run_dir)
     if not (path / "config.json").exists():
         raise ThinkrecError(f"{path}: not a thinkrec run directory (no config.json); train one with thinkrec train")
-    cfg = RunConfig.model_validate_json((path / "config.json").read_text())
+    return RunConfig.model_validate_json((path / "config.json").read_text())
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[RunConfig, SeqRecModel]:
+    """The config and trained model of a run directory."""
+    path = Path(run_dir)
+    cfg = saved_config(path)
     ckpt_dir = path / "checkpoints"
     if not checkpoint_exists(ckpt_dir, checkpoint):
         raise ThinkrecError(f"{path}: no '{checkpoint}' checkpoint yet; has training finished an epoch?")
