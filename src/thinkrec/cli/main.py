@@ -94,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--autocast",
         choices=["none", "bf16"],
-        help="encode histories in bfloat16 (faster on CPUs with bf16 instructions; scores stay float32)",
+        help=(
+            "encode histories in bfloat16: faster only on CPUs with AMX or AVX512-BF16, about 10x slower"
+            " elsewhere (thinkrec warns); scores stay float32"
+        ),
     )
     ev.set_defaults(func=c.cmd_evaluate)
 

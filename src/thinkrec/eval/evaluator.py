@@ -17,6 +17,7 @@ from thinkrec.errors import ThinkrecError
 from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
 from thinkrec.eval.protocol import EvalConfig
 from thinkrec.models.model import SeqRecModel
+from thinkrec.precision import warn_slow_bf16
 from thinkrec.train.checkpoint import atomic_write_bytes
 
 
@@ -98,6 +99,8 @@ def encode_in_blocks(model: SeqRecModel, inputs: torch.Tensor, steps: int | None
     ``cfg.encode_tokens`` positions: one pass over thousands of histories streams every activation through
     main memory, small ones stay in cache (ML-100K's 943 x 50 test histories: several times faster)."""
     rows = max(1, cfg.encode_tokens // max(1, inputs.shape[1]))
+    if cfg.autocast == "bf16":
+        warn_slow_bf16("eval.autocast")
     # one autocast region for all passes: the weights are cast to bf16 once, not once per pass
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
         return model.encode_passes(inputs, rows, steps).float()

@@ -36,7 +36,10 @@ class EvalConfig(BaseModel):
     inference_step: int | None = Field(None, description="with inference='step': which step to score", ge=0)
     autocast: Literal["none", "bf16"] = Field(
         "none",
-        description="encode histories in bfloat16 (AMX/AVX-512 CPUs); scores and ranks stay float32",
+        description=(
+            "encode histories in bfloat16 (only faster on AMX / AVX512-BF16 CPUs, ~10x slower elsewhere);"
+            " scores and ranks stay float32"
+        ),
     )
 
 

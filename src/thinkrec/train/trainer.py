@@ -23,6 +23,7 @@ from thinkrec.errors import ThinkrecError
 from thinkrec.eval.evaluator import evaluate
 from thinkrec.eval.protocol import EvalConfig
 from thinkrec.models.model import SeqRecModel
+from thinkrec.precision import warn_slow_bf16
 from thinkrec.seed import Seeds
 from thinkrec.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from thinkrec.train.objectives import Objective
@@ -50,7 +51,9 @@ class TrainConfig(BaseModel):
     valid_metric: str = Field("NDCG@10", description="validation metric for early stopping [valid_metric]")
     patience: int = Field(10, description="stop after this many evaluations without improvement", ge=1)
     eval_every: int = Field(1, description="validate every this many epochs", ge=1)
-    autocast: Literal["none", "bf16"] = Field("none", description="CPU mixed precision for training")
+    autocast: Literal["none", "bf16"] = Field(
+        "none", description="CPU mixed precision for training: bf16 only pays off on AMX / AVX512-BF16 CPUs"
+    )
     threads: int | None = Field(None, description="torch CPU threads (default: torch's choice)")
     seed: int = Field(2020, description="root seed: data order, initialisation, dropout and noise")
     resume: bool = Field(True, description="continue from the run directory's last checkpoint if present")
@@ -96,6 +99,8 @@ class Trainer:
         self.seeds = Seeds(cfg.seed)
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.autocast == "bf16":
+            warn_slow_bf16("train.autocast")
 
     # ------------------------------------------------------------------------------------ one epoch
     def train_epoch(self, epoch: int) -> dict[str, float]:
