@@ -13,7 +13,7 @@ import torch
 from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import TrainBatch, position_ids
 from thinkrec.data.split import leave_one_out
-from thinkrec.models.text_items import MoEAdaptor, ParametricWhitening, TextSASRec, attach_item_text
+from thinkrec.models.text_items import MoEAdaptor, ParametricWhitening, TextSASRec, attach_item_text, mark_known_items
 from thinkrec.reasoning.config import ReasoningConfig
 from thinkrec.reasoning.objectives import build_reasoning_objective
 from thinkrec.runs import build
@@ -163,3 +163,68 @@ def test_erl_draws_a_computed_item_table_once_per_loss(tmp_path: Path, monkeypat
     assert torch.isfinite(out.total) and out.parts["kl"] > 0
     # the input tokens' vectors (8 ids) and one whole table (N_ITEMS + 1 ids)
     assert sorted(tables) == [inputs.numel(), N_ITEMS + 1]
+
+
+def test_unseen_items_text_only_removes_their_id_part_in_training_and_at_inference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, ds = text_model("unisrec", tmp_path, monkeypatch, unseen_items="text_only", adaptor_dropout=0.0)
+    backbone = model.backbone
+    assert isinstance(backbone, TextSASRec) and backbone.id_known is not None
+    item = N_ITEMS
+    ds.items[ds.items == item] = 1  # never in the log, so never in training
+    known = leave_one_out(ds).known_items
+    assert mark_known_items(model, known) and not known[item]
+    seen = int(np.flatnonzero(known[1:])[0]) + 1
+    with torch.no_grad():
+        backbone.item_embedding.weight.normal_()
+    text = backbone.items.table()
+    ids = backbone.item_embedding.weight
+    for mode in (model.eval, model.train):
+        mode()
+        table = backbone.item_table()
+        torch.testing.assert_close(table[item], text[item])  # text alone
+        torch.testing.assert_close(table, text + ids * torch.from_numpy(known)[:, None])  # seen: text + ID
+        pair = torch.tensor([[item, seen]])
+        torch.testing.assert_close(backbone.item_vectors_of(pair), table[pair])
+    # the unseen item's ID row gets no gradient from the scores (it used to be pushed down as a negative)
+    (backbone.item_table() @ torch.randn(8)).logsumexp(0).backward()
+    assert backbone.item_embedding.weight.grad is not None
+    assert torch.count_nonzero(backbone.item_embedding.weight.grad[item]) == 0
+    assert torch.count_nonzero(backbone.item_embedding.weight.grad[seen]) > 0
+    # saved with the checkpoint: a loaded model knows which items were unseen
+    save_checkpoint(tmp_path / "ckpt", "best", model, {})
+    fresh, _ = text_model("unisrec", tmp_path, monkeypatch, unseen_items="text_only", adaptor_dropout=0.0)
+    load_checkpoint(tmp_path / "ckpt", "best", fresh)
+    assert fresh.backbone.id_known is not None and torch.equal(fresh.backbone.id_known, torch.from_numpy(known).float())
+
+
+def test_id_dropout_leaves_id_parts_out_only_while_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = text_model("unisrec", tmp_path, monkeypatch, id_dropout=1.0, adaptor_dropout=0.0)
+    backbone = model.backbone
+    assert isinstance(backbone, TextSASRec)
+    with torch.no_grad():
+        backbone.item_embedding.weight.normal_()
+    text, ids = backbone.items.table(), backbone.item_embedding.weight
+    inputs = torch.tensor([[0, 3, 5], [1, 2, 4]])
+    model.train()
+    torch.testing.assert_close(backbone.item_table(), text)  # every ID part dropped
+    torch.testing.assert_close(backbone.item_vectors_of(inputs), text[inputs])
+    model.eval()
+    torch.testing.assert_close(backbone.item_table(), text + ids)  # inference keeps them all
+    half, _ = text_model("unisrec", tmp_path, monkeypatch, id_dropout=0.5, adaptor_dropout=0.0)
+    half.train()
+    torch.manual_seed(3)
+    many = torch.randint(1, N_ITEMS + 1, (4000,))
+    hb = half.backbone
+    assert isinstance(hb, TextSASRec)
+    with torch.no_grad():
+        dropped = (hb.item_vectors_of(many) - hb.items(many)).abs().sum(-1) == 0
+    assert 0.45 < dropped.float().mean().item() < 0.55  # each occurrence on its own, not scaled
+
+
+def test_id_options_need_the_id_embedding() -> None:
+    with pytest.raises(ValueError, match=r"need model\.id_embedding = true"):
+        RunConfig.model_validate({"model": {"kind": "unisrec", "id_embedding": False, "id_dropout": 0.2}})
+    with pytest.raises(ValueError, match=r"need model\.id_embedding = true"):
+        RunConfig.model_validate({"model": {"kind": "unisrec", "id_embedding": False, "unseen_items": "text_only"}})

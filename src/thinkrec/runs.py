@@ -33,7 +33,7 @@ from thinkrec.eval.steps import step_report
 from thinkrec.models.bert4rec import BERT4RecConfig, ClozeObjective, check_training
 from thinkrec.models.model import SeqRecModel
 from thinkrec.models.registry import build_model
-from thinkrec.models.text_items import attach_item_text
+from thinkrec.models.text_items import attach_item_text, mark_known_items
 from thinkrec.reasoning.objectives import build_reasoning_objective
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.seed import Seeds
@@ -199,6 +199,7 @@ def _train(cfg: RunConfig, out: Path) -> TrainedRun:
     save_vocabulary(ds, out / "items.parquet")
     model = build(cfg, ds.n_items)
     attach_item_text(model, ds, progress=cfg.train.progress)  # text backbones: frozen item text embeddings
+    mark_known_items(model, split.known_items)  # UniSRec-style, unseen_items = "text_only"
     sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
     info = {"config": json.loads(cfg.model_dump_json()), "dataset": ds.describe()}
     trainer = Trainer(model, build_objective(cfg), split, sampler, cfg.train, cfg.eval, out, info)

@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from thinkrec.data.dataset import SequenceDataset
@@ -60,6 +60,29 @@ class UniSRecConfig(SASRecConfig):
     experts: int = Field(8, description="whitening experts of the MoE adaptor [n_exps]", ge=1)
     adaptor_dropout: float = Field(0.2, description="dropout on text embeddings before whitening", ge=0, lt=1)
     id_embedding: bool = Field(True, description="add a learned ID embedding (UniSRec's transductive setting)")
+    unseen_items: Literal["id_and_text", "text_only"] = Field(
+        "id_and_text",
+        description=(
+            "items with no training interaction: 'id_and_text' gives them an ID embedding too (it is only ever"
+            " a softmax negative, so it ranks them low), 'text_only' represents them by text alone, in training"
+            " and at inference (UniSRec's inductive setting for new items)"
+        ),
+    )
+    id_dropout: float = Field(
+        0.0,
+        description=(
+            "training only: chance that an item's ID embedding is left out (each input occurrence and each"
+            " scoring-table row, drawn per batch), so the text part alone learns to place items (0 = off)"
+        ),
+        ge=0,
+        le=1,
+    )
+
+    @model_validator(mode="after")
+    def _ids_needed(self) -> UniSRecConfig:
+        if not self.id_embedding and (self.id_dropout > 0 or self.unseen_items == "text_only"):
+            raise ValueError("model.id_dropout and model.unseen_items = 'text_only' need model.id_embedding = true")
+        return self
 
 
 class MoRecConfig(SASRecConfig):
@@ -175,8 +198,12 @@ class TextSASRec(SASRec):
 
     UniSRec's ID part (``id_embedding=true``) is SASRec's own ``item_embedding``, added to the text
     vector; otherwise (MoRec, text-only UniSRec) ``item_embedding`` is a zero-width table that only carries
-    the catalogue size.
+    the catalogue size. With ``unseen_items = "text_only"`` the buffer ``id_known`` (1 = the item occurs in
+    training; set by :func:`mark_known_items`, saved with the checkpoint) removes the ID part of the other
+    items; ``id_dropout`` removes it at random while training.
     """
+
+    id_known: torch.Tensor | None
 
     def __init__(self, n_items: int, cfg: UniSRecConfig | MoRecConfig) -> None:
         super().__init__(n_items, cfg)
@@ -187,11 +214,24 @@ class TextSASRec(SASRec):
         self.items: ItemEncoder = (
             UniSRecItems(n_items, cfg) if isinstance(cfg, UniSRecConfig) else MoRecItems(n_items, cfg)
         )
+        uni = cfg if isinstance(cfg, UniSRecConfig) else None
+        self.id_dropout = uni.id_dropout if uni is not None else 0.0
+        text_only = uni is not None and uni.unseen_items == "text_only"
+        self.register_buffer("id_known", torch.ones(n_items + 1) if text_only else None)
+
+    def id_part(self, ids: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """The ID embeddings ``vectors [..., d]`` of ``ids``, zero for items never seen in training
+        (``unseen_items = "text_only"``) and, while training, for a random ``id_dropout`` share of them."""
+        keep = None if self.id_known is None else self.id_known[ids]
+        if self.training and self.id_dropout > 0:
+            drawn = (torch.rand(ids.shape, device=ids.device) >= self.id_dropout).to(vectors.dtype)
+            keep = drawn if keep is None else keep * drawn
+        return vectors if keep is None else vectors * keep[..., None].to(vectors.dtype)
 
     def item_vectors_of(self, ids: torch.Tensor) -> torch.Tensor:
         """Vectors ``[..., d]`` of item ids (padding -> 0)."""
         out: torch.Tensor = self.items(ids)
-        return out + self.item_embedding(ids) if self.use_ids else out
+        return out + self.id_part(ids, self.item_embedding(ids)) if self.use_ids else out
 
     def embed(self, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = self.item_vectors_of(inputs) * self.emb_scale + position_vectors(self, inputs, positions)
@@ -200,7 +240,22 @@ class TextSASRec(SASRec):
     def item_table(self) -> torch.Tensor:
         """Item vectors of all ids ``[n_items + 1, d]`` (row 0 = padding = 0), for input and scoring alike."""
         table = self.items.table()
-        return table + self.item_embedding.weight if self.use_ids else table
+        if not self.use_ids:
+            return table
+        ids = torch.arange(table.shape[0], device=table.device)
+        return table + self.id_part(ids, self.item_embedding.weight)
+
+
+def mark_known_items(model: SeqRecModel, known: np.ndarray) -> bool:
+    """Tell a UniSRec-style backbone with ``unseen_items = "text_only"`` which items occur in training
+    (``known``: bool ``[n_items + 1]``, :attr:`Split.known_items <thinkrec.data.split.Split.known_items>`).
+    Returns False (and does nothing) for every other model."""
+    backbone = model.backbone
+    if not isinstance(backbone, TextSASRec) or backbone.id_known is None:
+        return False
+    with torch.no_grad():
+        backbone.id_known.copy_(torch.from_numpy(np.asarray(known, dtype=np.float32)))
+    return True
 
 
 def attach_item_text(
