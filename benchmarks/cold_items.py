@@ -25,6 +25,7 @@ from thinkrec.allocator import tune_allocator
 from thinkrec.config.schema import RunConfig
 from thinkrec.data.split import Split, Window
 from thinkrec.eval.metrics import metrics_from_ranks
+from thinkrec.models.text_items import UniSRecConfig
 from thinkrec.runs import load_data, saved_config, saved_ranks
 from thinkrec.train.checkpoint import atomic_write_text
 
@@ -38,10 +39,15 @@ def train_counts(split: Split) -> np.ndarray:
 
 
 def model_label(cfg: RunConfig) -> str:
-    """The model kind and what its item vectors are made of."""
+    """The model kind and what its item vectors are made of (runs of one label are pooled in the table)."""
     kind = cfg.model.kind
-    if kind == "unisrec":
-        return "unisrec (text + ID)" if getattr(cfg.model, "id_embedding", True) else "unisrec (text only)"
+    model = cfg.model
+    if isinstance(model, UniSRecConfig):
+        if not model.id_embedding:
+            return "unisrec (text only)"
+        unseen = ", unseen items text only" if model.unseen_items == "text_only" else ""
+        dropout = f", ID dropout {model.id_dropout:g}" if model.id_dropout > 0 else ""
+        return f"unisrec (text + ID{unseen}{dropout})"
     return f"{kind} (text only)" if kind == "morec" else f"{kind} (IDs)"
 
 

@@ -10,6 +10,7 @@ bf16 run differ slightly from float32 ones and a config should mean the same thi
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -17,6 +18,7 @@ import torch
 _warned: set[str] = set()
 
 
+@functools.cache
 def native_bf16() -> bool:
     """True when oneDNN computes bf16 matrix products natively on this CPU."""
     try:

@@ -99,8 +99,6 @@ def encode_in_blocks(model: SeqRecModel, inputs: torch.Tensor, steps: int | None
     ``cfg.encode_tokens`` positions: one pass over thousands of histories streams every activation through
     main memory, small ones stay in cache (ML-100K's 943 x 50 test histories: several times faster)."""
     rows = max(1, cfg.encode_tokens // max(1, inputs.shape[1]))
-    if cfg.autocast == "bf16":
-        warn_slow_bf16("eval.autocast")
     # one autocast region for all passes: the weights are cast to bf16 once, not once per pass
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
         return model.encode_passes(inputs, rows, steps).float()
@@ -139,6 +137,8 @@ def evaluate(
     oracle analysis); without it only the configured inference mode is scored (what serving costs).
     """
     model.eval()
+    if cfg.autocast == "bf16":
+        warn_slow_bf16("eval.autocast")
     max_len = model.backbone.max_len
     n = len(samples)
     size = chunk_size(cfg, model.n_items)
