@@ -13,9 +13,11 @@ from thinkrec.models.transformer import Block, attend, formed_attention
 needs_onednn = pytest.mark.skipif(fused._POINTWISE is None, reason="this torch build has no oneDNN linear")
 
 
-@needs_onednn
+@pytest.mark.parametrize("onednn", [pytest.param(True, marks=needs_onednn), False])
 @pytest.mark.parametrize("gelu", [None, "none", "tanh"])
-def test_fused_linear_equals_linear_then_gelu(gelu: str | None) -> None:
+def test_fused_linear_equals_linear_then_gelu(gelu: str | None, onednn: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both inference kernels (oneDNN with its epilogue; MKL with an in-place GELU) equal the plain ops."""
+    monkeypatch.setattr(fused, "ONEDNN", onednn)
     torch.manual_seed(0)
     x, weight, bias = torch.randn(3, 7, 16), torch.randn(24, 16), torch.randn(24)
     expected = F.linear(x, weight, bias)
@@ -27,6 +29,12 @@ def test_fused_linear_equals_linear_then_gelu(gelu: str | None) -> None:
         last = linear(x[:, -1:], weight, bias, gelu)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(last, expected[:, -1:], rtol=1e-5, atol=1e-5)
+
+
+def test_the_onednn_kernel_is_chosen_by_cpu_capability(monkeypatch: pytest.MonkeyPatch) -> None:
+    for capability, expected in [("AVX512", True), ("AVX2", False), ("DEFAULT", False)]:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert fused.prefers_onednn() is (expected and fused._POINTWISE is not None)
 
 
 def test_fused_linear_is_only_taken_without_autograd_in_float32() -> None:
