@@ -49,19 +49,19 @@ def test_last_only_equals_the_last_column_of_the_full_pass(positions: str) -> No
     last = model(seq, position_ids(6, 6), last_only=True).hidden
     assert last.shape == (2, 1, 8)
     torch.testing.assert_close(full, last, rtol=1e-5, atol=1e-6)
-    folded = model.encode_last_folded(seq, position_ids(6, 6))
+    folded = model.encode_folded(seq, position_ids(6, 6))
     torch.testing.assert_close(folded.hidden, last, rtol=1e-5, atol=1e-6)
-    assert folded.folded_last and folded.cache is not None and folded.cache[-1][0].shape == (2, 1, 6, 8)
+    assert folded.folded and folded.cache is not None and [h.shape for h, _ in folded.cache] == [(2, 6, 8)] * 2
     with pytest.raises(ValueError, match="folded cache"):
-        model.extend(torch.randn(2, 1, 8), folded)  # its final layer holds no keys/values to extend
+        model.extend(torch.randn(2, 1, 8), folded)  # it holds attention inputs, no keys/values to extend
 
 
 @pytest.mark.parametrize("post_norm", [False, True])
 def test_last_column_with_folded_key_value_projections_equals_projecting_every_column(post_norm: bool) -> None:
     """``forward_last_folded`` folds W_k into the query and W_v after the weighted sum. Random biases (the
     model's init zeroes them) so a mishandled bias shows; padding in one row, causal and bidirectional
-    masks; outputs and parameter gradients both. Then one reasoning-like chain step (``forward_chains``) on
-    the folded cache entry equals the step on the keys/values, with the chains' own earlier tokens."""
+    masks; outputs and parameter gradients both. Then one reasoning step on a folded cache with room
+    (``extend_slot``) equals the chain step on the keys/values (``forward_chains``), with an earlier token."""
     from thinkrec.models.transformer import Block
 
     torch.manual_seed(0)
@@ -83,18 +83,20 @@ def test_last_column_with_folded_key_value_projections_equals_projecting_every_c
         torch.testing.assert_close(folded_grad, expected_grad, rtol=1e-4, atol=1e-5)
         assert folded_grad[8:16].abs().sum() > 0  # the key rows get a gradient through the folded query
 
-    # chains: 2 chains per row, each with one earlier own token, attending to the columns the mask allows
+    # a reasoning token over the folded cache with room (extend_slot) == the same token as a chain over the
+    # keys/values (forward_chains), with one earlier reasoning token given as attention input / keys+values
     _, (keys, values) = block.forward_last(x, mask[:, None])
     inputs = block.forward_last_folded(x, mask[:, None])[1]
-    tokens = torch.randn(3, 2, 8)
-    shared_mask = ~pad[:, None].expand(-1, 2, -1).clone()
-    shared_mask[:, 0, 3:] = False  # chain 0 sees the first columns only
-    own = (torch.randn(3, 2, 2, 1, 4), torch.randn(3, 2, 2, 1, 4))
-    plain_out, plain_own = block.forward_chains(tokens, (keys, values), shared_mask[:, None], own)
-    folded_entry = (inputs[:, None], inputs[:, None, :, :0])
-    folded_out, folded_own = block.forward_chains(tokens, folded_entry, shared_mask[:, None], own, folded=True)
-    torch.testing.assert_close(folded_out, plain_out, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(folded_own[0], plain_own[0])
+    token, earlier = torch.randn(3, 1, 8), torch.randn(3, 1, 8)
+    own = tuple(kv[:, :, :, None] for kv in block._project(earlier, slice(8, None)))  # [B, h, 1, 1, hd]
+    chain_out, _ = block.forward_chains(token, (keys, values), ~pad[:, None, None], (own[0], own[1]))
+    room = torch.cat([inputs, earlier, torch.full((3, 1, 8), float("nan"))], dim=1)  # item columns, token 1, room
+    bias = torch.zeros(3, 1, 7).masked_fill(
+        torch.cat([pad, torch.zeros(3, 2, dtype=torch.bool)], 1)[:, None], float("-inf")
+    )
+    slot_out = block.extend_slot(token, room, 6, bias)
+    torch.testing.assert_close(slot_out, chain_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(room[:, 6:], block._attn_input(token))  # the token's own input is kept for later ones
 
 
 def test_post_norm_block_is_layernorm_after_each_residual_sum() -> None:
@@ -132,3 +134,27 @@ def test_untied_output_embeddings_score_items() -> None:
     users = untied.encode(torch.tensor([[3, 5, 7]]), position_ids(3, 6))[:, -1]
     untied.score(users)[0, 4].backward()
     assert out.weight.grad is not None and out.weight.grad[5].abs().sum() > 0  # column 4 = item 5
+
+
+def test_folded_reasoning_weights_follow_parameter_changes_and_dropout_keeps_the_unfolded_path() -> None:
+    """``extend_slot`` keeps its combined weights between calls without autograd; an in-place parameter
+    update (an optimiser step, ``load_state_dict``) must not leave it with stale ones. In training with
+    attention dropout it drops the weights of the unfolded formulas instead."""
+    from thinkrec.models.transformer import Block
+
+    torch.manual_seed(0)
+    block = Block(8, 2, 16, 0.0, 0.5).eval()
+    inputs, token = torch.randn(3, 6, 8), torch.randn(3, 1, 8)
+    bias = torch.zeros(3, 1, 6)
+    with torch.no_grad():
+        before = block.extend_slot(token, inputs.clone(), 5, bias)
+        block.qkv.weight.mul_(2.0)
+        block.out.bias.add_(1.0)
+        after = block.extend_slot(token, inputs.clone(), 5, bias)
+    fresh = block.extend_slot(token, inputs.clone(), 5, bias)  # autograd on: formed anew
+    torch.testing.assert_close(after, fresh.detach())
+    assert (after - before).abs().amax() > 0.1
+    block.train()
+    torch.manual_seed(1)
+    dropped = block.extend_slot(token, inputs.clone(), 5, bias)
+    assert torch.isfinite(dropped).all() and (dropped - fresh).abs().amax() > 1e-3

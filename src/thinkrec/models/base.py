@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -26,9 +27,14 @@ class Encoded:
     hidden: torch.Tensor  # [B, W, d]
     cache: KVCache | None = None
     key_padding: torch.Tensor | None = None  # bool [B, W], True where the column is padding
-    # the final layer's cache entry holds its attention inputs [B, 1, W, d] (and an empty [B, 1, W, 0])
-    # instead of keys/values: see SASRec.encode_last_folded
-    folded_last: bool = False
+    # a folded cache (ChainBackbone.encode_folded): every layer's entry is its attention inputs [B, W, d]
+    # (and an empty tensor) instead of keys/values; reasoning tokens attend through folded projections
+    folded: bool = False
+    # > 0 (folded caches from reasoning_cache): each entry has room for `slots` reasoning tokens after the W
+    # columns, [B, W + slots, d], and `attn_bias` [B, 1, W + slots] is 0 where a token may attend, -inf at
+    # padding
+    slots: int = 0
+    attn_bias: torch.Tensor | None = None
 
     @property
     def width(self) -> int:
@@ -96,10 +102,46 @@ class ChainBackbone(CachedBackbone, Protocol):
         earlier token). Returns their hidden states ``[B, T, d]`` and the grown ``own``."""
         ...
 
-    def encode_last_folded(self, inputs: torch.Tensor, positions: torch.Tensor) -> Encoded:
-        """``self(inputs, positions, use_cache=True, last_only=True)`` with a cache that only
-        :meth:`extend_chains` reads, which may be cheaper to form (``Encoded.folded_last``)."""
+    def encode_folded(self, inputs: torch.Tensor, positions: torch.Tensor) -> Encoded:
+        """The last column's state ``[B, 1, d]`` with a folded cache (``Encoded.folded``): every layer's
+        attention inputs instead of its keys/values, what :func:`reasoning_cache` lays out for
+        :meth:`extend_slot` (inference: one reasoning chain per history)."""
         ...
+
+    def extend_slot(self, tokens: torch.Tensor, encoded: Encoded, step: int) -> torch.Tensor:
+        """Run reasoning token ``step`` (1-based) of each row, ``tokens [B, 1, d]``, over a
+        :func:`reasoning_cache`: after the encoded columns and tokens ``1..step-1``. The token is written into
+        the cache's room, so one cache serves one chain at a time. Returns its hidden state ``[B, 1, d]``."""
+        ...
+
+
+def reasoning_cache(parts: Sequence[Encoded], slots: int) -> Encoded:
+    """One folded cache with room for ``slots`` reasoning tokens (``Encoded.slots``) from the folded passes
+    ``parts`` (:meth:`ChainBackbone.encode_folded`) over consecutive groups of rows, each left-padded to the
+    widest part (the added padding columns hold zeros: they are masked, but ``0 x NaN`` would be NaN)."""
+    if not parts or not all(p.folded and p.cache is not None and p.key_padding is not None for p in parts):
+        raise ValueError("reasoning_cache needs folded passes (encode_folded)")
+    width = max(p.width for p in parts)
+    rows = sum(p.hidden.shape[0] for p in parts)
+    first = parts[0]
+    assert first.cache is not None
+    rooms = [h.new_empty(rows, width + slots, h.shape[-1]) for h, _ in first.cache]
+    pad = torch.ones(rows, width, dtype=torch.bool, device=first.hidden.device)
+    start = 0
+    for part in parts:
+        assert part.cache is not None and part.key_padding is not None
+        end, w = start + part.hidden.shape[0], part.width
+        pad[start:end, width - w :] = part.key_padding
+        for room, (h, _) in zip(rooms, part.cache, strict=True):
+            room[start:end, width - w : width] = h
+            room[start:end, : width - w] = 0
+        start = end
+    hidden = parts[0].hidden if len(parts) == 1 else torch.cat([p.hidden for p in parts])
+    zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
+    bias = torch.where(pad, torch.full((), float("-inf"), dtype=hidden.dtype, device=hidden.device), zero)
+    bias = torch.cat([bias, bias.new_zeros(rows, slots)], dim=1)[:, None]
+    cache = [(room, room[:, :0]) for room in rooms]
+    return Encoded(hidden, cache, pad, folded=True, slots=slots, attn_bias=bias)
 
 
 @runtime_checkable

@@ -100,18 +100,27 @@ class BERT4Rec(SASRec):
         positions: torch.Tensor,
         use_cache: bool = False,
         last_only: bool = False,
-        fold_last: bool = False,
     ) -> Encoded:
         """Bidirectional pass over ``inputs [B, W]`` as given (ids may include ``[MASK]``)."""
         pad = inputs == 0
-        w = inputs.shape[1]
-        eye = torch.eye(w, dtype=torch.bool, device=inputs.device)
-        mask = (~pad[:, None, :]).expand(-1, w, -1) | eye[None]
-        encoded = self.run_blocks(self.embed(inputs, positions), mask[:, None], None, last_only, use_cache, fold_last)
+        encoded = self.run_blocks(self.embed(inputs, positions), self.attention_mask(pad), None, last_only, use_cache)
         encoded.key_padding = pad
         if not use_cache:
             encoded.cache = None
         return self.keep_cache(encoded, use_cache)
+
+    def attention_mask(self, pad: torch.Tensor) -> torch.Tensor:
+        """Bidirectional: every column sees every real column (and itself); ``[B, 1, W, W]``."""
+        w = pad.shape[1]
+        eye = torch.eye(w, dtype=torch.bool, device=pad.device)
+        return ((~pad[:, None, :]).expand(-1, w, -1) | eye[None])[:, None]
+
+    def encode_folded(self, inputs: torch.Tensor, positions: torch.Tensor) -> Encoded:
+        """:meth:`SASRec.encode_folded` over the bidirectional pass (with the ``[MASK]`` column of a
+        cloze-trained model)."""
+        if self.cfg.train_objective == "cloze":
+            inputs, positions = self.append_mask(inputs)
+        return super().encode_folded(inputs, positions)
 
     def forward(
         self,
@@ -119,14 +128,13 @@ class BERT4Rec(SASRec):
         positions: torch.Tensor,
         use_cache: bool = False,
         last_only: bool = False,
-        fold_last: bool = False,
     ) -> Encoded:
         """``inputs``: int64 ``[B, W]`` left-padded item ids; ``positions``: int64 ``[W]``.
 
         A cloze-trained model appends a ``[MASK]`` column (so the last column is the mask's state)."""
         if self.cfg.train_objective == "cloze":
             inputs, positions = self.append_mask(inputs)
-        return self.encode_tokens(inputs, positions, use_cache, last_only, fold_last)
+        return self.encode_tokens(inputs, positions, use_cache, last_only)
 
 
 def check_training(cfg: BERT4RecConfig, sample_mode: str, reasoning: bool) -> None:

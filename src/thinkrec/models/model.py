@@ -9,7 +9,15 @@ from torch import nn
 
 from thinkrec.data.batches import position_ids, trim
 from thinkrec.errors import ThinkrecError
-from thinkrec.models.base import Backbone, CachedBackbone, ChainBackbone, ComputedItems, Encoded, Scorer
+from thinkrec.models.base import (
+    Backbone,
+    CachedBackbone,
+    ChainBackbone,
+    ComputedItems,
+    Encoded,
+    Scorer,
+    reasoning_cache,
+)
 
 
 class Reasoner(Protocol):
@@ -72,14 +80,14 @@ class SeqRecModel(nn.Module):
         if self.reasoner is None or steps == 0:
             # Only the newest column's state is needed: the final block computes it alone, without keys/values.
             return self.backbone(inputs, positions, last_only=True).hidden[:, -1:]
-        return self.reasoner(self.cached_backbone, self._reasoning_pass(inputs, positions), steps)
+        k = self.reasoner.steps if steps is None else steps
+        return self.reasoner(self.cached_backbone, self._reasoning_pass(inputs, positions, k), steps)
 
-    def _reasoning_pass(self, inputs: torch.Tensor, positions: torch.Tensor) -> Encoded:
-        """The item pass reasoning starts from: the last column's state and the cache the reasoner reads
-        (folded final layer for :class:`ChainBackbone`, whose :meth:`extend_chains` reads it; keys/values or
-        states otherwise)."""
+    def _reasoning_pass(self, inputs: torch.Tensor, positions: torch.Tensor, steps: int) -> Encoded:
+        """The item pass reasoning starts from: the last column's state and the cache the reasoner reads (for
+        a :class:`ChainBackbone` folded, with room for ``steps`` tokens; keys/values or states otherwise)."""
         if isinstance(self.backbone, ChainBackbone):
-            return self.backbone.encode_last_folded(inputs, positions)
+            return reasoning_cache([self.backbone.encode_folded(inputs, positions)], steps)
         encoded: Encoded = self.backbone(inputs, positions, use_cache=True, last_only=True)
         return encoded
 
@@ -87,44 +95,19 @@ class SeqRecModel(nn.Module):
         """:meth:`encode` of many left-padded histories ``inputs [B, W]`` (positions of a ``max_len``-wide
         batch), in passes of ``rows`` rows, each trimmed to its longest row: the item pass streams
         ``rows x W`` activations, so small passes stay in cache. Reasoning steps add one token per row, so per
-        pass they would be dozens of tiny operations; they run once over all ``B`` rows instead, on a cache
-        assembled from the passes (left-padded to ``W``; padding is masked): keys/values ``[B, h, W, hd]``
-        per layer, the final layer folded (``Encoded.folded_last``) -- for Transformer backbones
-        (:class:`ChainBackbone`); others reason per pass."""
-        b, w = inputs.shape
+        pass they would be dozens of tiny operations; they run once over all ``B`` rows instead, on one
+        folded cache laid out from the passes (:func:`~thinkrec.models.base.reasoning_cache`) -- for
+        Transformer backbones (:class:`ChainBackbone`); others reason per pass."""
+        b = inputs.shape[0]
         k = self.reasoning_steps if steps is None else steps
         max_len = self.backbone.max_len
         blocks = (_trimmed(inputs[start : start + rows]) for start in range(0, b, rows))
         if self.reasoner is None or k == 0 or not isinstance(self.backbone, ChainBackbone):
             # (caches of other layouts, e.g. recurrent states, are reasoned over per pass)
             return torch.cat([self.encode(block, position_ids(block.shape[1], max_len), k) for block in blocks])
-        hidden: torch.Tensor | None = None
-        cache: list[tuple[torch.Tensor, torch.Tensor]] = []
-        key_padding = torch.ones(b, w, dtype=torch.bool, device=inputs.device)
-        for start, block in zip(range(0, b, rows), blocks, strict=True):
-            width = block.shape[1]
-            part = self._reasoning_pass(block, position_ids(width, max_len))
-            assert part.cache is not None and part.key_padding is not None
-            if hidden is None:
-                hidden = part.hidden.new_empty(b, 1, part.hidden.shape[-1])
-                cache = [
-                    (
-                        key.new_empty(b, key.shape[1], w, key.shape[3]),
-                        value.new_empty(b, value.shape[1], w, value.shape[3]),
-                    )
-                    for key, value in part.cache
-                ]
-            end = start + block.shape[0]
-            hidden[start:end] = part.hidden[:, -1:]
-            key_padding[start:end, w - width :] = part.key_padding
-            for (keys, values), (new_keys, new_values) in zip(cache, part.cache, strict=True):
-                keys[start:end, :, w - width :] = new_keys
-                values[start:end, :, w - width :] = new_values
-                # the padding columns are masked, but must hold finite numbers (0 x NaN is NaN)
-                keys[start:end, :, : w - width] = 0
-                values[start:end, :, : w - width] = 0
-        assert hidden is not None and self.reasoner is not None
-        return self.reasoner(self.cached_backbone, Encoded(hidden, cache, key_padding, part.folded_last), k)
+        backbone = self.backbone
+        parts = [backbone.encode_folded(block, position_ids(block.shape[1], max_len)) for block in blocks]
+        return self.reasoner(self.cached_backbone, reasoning_cache(parts, k), k)
 
     def user_vector(self, states: torch.Tensor, mode: str = "last", step: int | None = None) -> torch.Tensor:
         """Collapse per-step states ``[B, K+1, d]`` to one user vector: last step, mean of steps, or a step."""

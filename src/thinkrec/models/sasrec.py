@@ -109,34 +109,56 @@ class SASRec(nn.Module):
             x = self.item_embedding(inputs) * self.emb_scale + self.position_embedding(positions)[None]
         return self.input_tokens(x)
 
+    def attention_mask(self, pad: torch.Tensor) -> torch.Tensor:
+        """May-attend mask ``[B, 1, W, W]`` of the item columns (``pad [B, W]``: padding): causal, padding keys
+        masked, every column may attend to itself (so padded rows stay finite)."""
+        w = pad.shape[1]
+        eye = torch.eye(w, dtype=torch.bool, device=pad.device)
+        causal = torch.ones(w, w, dtype=torch.bool, device=pad.device).tril()
+        return ((causal[None] & ~pad[:, None, :]) | eye[None])[:, None]
+
     def forward(
-        self,
-        inputs: torch.Tensor,
-        positions: torch.Tensor,
-        use_cache: bool = False,
-        last_only: bool = False,
-        fold_last: bool = False,
+        self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False, last_only: bool = False
     ) -> Encoded:
         """``inputs``: int64 ``[B, W]`` left-padded item ids; ``positions``: int64 ``[W]``. With ``last_only``
-        the final block computes only the last column (``hidden`` is ``[B, 1, d]``); with ``fold_last`` as
-        well, its cache entry is folded (see :meth:`encode_last_folded`)."""
+        the final block computes only the last column (``hidden`` is ``[B, 1, d]``)."""
         pad = inputs == 0
-        w = inputs.shape[1]
-        eye = torch.eye(w, dtype=torch.bool, device=inputs.device)
-        causal = torch.ones(w, w, dtype=torch.bool, device=inputs.device).tril()
-        mask = (causal[None] & ~pad[:, None, :]) | eye[None]
-        encoded = self.run_blocks(self.embed(inputs, positions), mask[:, None], None, last_only, use_cache, fold_last)
+        encoded = self.run_blocks(self.embed(inputs, positions), self.attention_mask(pad), None, last_only, use_cache)
         encoded.key_padding = pad
         return self.keep_cache(encoded, use_cache)
 
-    def encode_last_folded(self, inputs: torch.Tensor, positions: torch.Tensor) -> Encoded:
-        """The last-column pass with a cache for :meth:`extend_chains` whose final layer holds its attention
-        inputs ``[B, 1, W, d]`` (and an empty ``[B, 1, W, 0]``) instead of keys and values
-        (``Encoded.folded_last``): reasoning tokens attend to them through folded projections
-        (:meth:`~thinkrec.models.transformer.Block.folded_scores`), ``O(W d)`` per token and head instead of
-        projecting all ``W`` columns (``O(W d^2)``). :meth:`extend` does not accept such a cache."""
-        encoded: Encoded = self(inputs, positions, use_cache=True, last_only=True, fold_last=True)
-        return encoded
+    def encode_folded(self, inputs: torch.Tensor, positions: torch.Tensor) -> Encoded:
+        """The last-column pass (as ``last_only``) with a folded cache (``Encoded.folded``): every layer keeps
+        its attention inputs ``[B, W, d]`` instead of keys/values. Reasoning tokens attend to them through
+        folded projections (:meth:`~thinkrec.models.transformer.Block.extend_slot`), ``O(W d)`` per token and
+        head, so no layer projects keys/values for reasoning and the pass costs what the plain last-column
+        pass does; :func:`~thinkrec.models.base.reasoning_cache` gives it room for the tokens."""
+        pad = inputs == 0
+        mask = self.attention_mask(pad)
+        x = self.embed(inputs, positions)
+        cache = []
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            if i == last:
+                x, h = cast(Block, block).forward_last_folded(x, mask)
+            else:
+                x, h = cast(Block, block).forward_inputs(x, mask)
+            cache.append((h, h[:, :, :0]))
+        return Encoded(self.final_norm(x), cache, pad, folded=True)
+
+    def extend_slot(self, tokens: torch.Tensor, encoded: Encoded, step: int) -> torch.Tensor:
+        """Reasoning token ``step`` (1..``encoded.slots``) of each row over a
+        :func:`~thinkrec.models.base.reasoning_cache`; see
+        :meth:`~thinkrec.models.transformer.Block.extend_slot`."""
+        if encoded.cache is None or encoded.attn_bias is None or not 1 <= step <= encoded.slots:
+            raise ValueError(f"reasoning step {step} needs a reasoning_cache with room for it ({encoded.slots})")
+        column = encoded.width + step - 1
+        bias = encoded.attn_bias[..., : column + 1]
+        x = tokens
+        for block, (room, _) in zip(self.blocks, encoded.cache, strict=True):
+            x = cast(Block, block).extend_slot(x, room, column, bias)
+        out: torch.Tensor = self.final_norm(x)
+        return out
 
     @staticmethod
     def keep_cache(encoded: Encoded, use_cache: bool) -> Encoded:
@@ -152,20 +174,15 @@ class SASRec(nn.Module):
         past: list[tuple[torch.Tensor, torch.Tensor]] | None,
         last_only: bool = False,
         with_cache: bool = True,
-        fold_last: bool = False,
     ) -> Encoded:
         """The blocks over ``x``; ``last_only``: the final block computes the last column only, without
-        forming its keys/values when ``with_cache`` is off (the returned cache is then ``None``) or when
-        ``fold_last`` asks for a folded cache entry (the attention inputs, ``Encoded.folded_last``)."""
+        forming its keys/values when ``with_cache`` is off (the returned cache is then ``None``)."""
         cache = []
         for i, block in enumerate(self.blocks):
             if last_only and past is None and i == len(self.blocks) - 1:
-                if not with_cache or fold_last:
-                    x, inputs = cast(Block, block).forward_last_folded(x, mask)
-                    if not with_cache:
-                        return Encoded(self.final_norm(x), None)
-                    cache.append((inputs[:, None], inputs[:, None, :, :0]))
-                    return Encoded(self.final_norm(x), cache, folded_last=True)
+                if not with_cache:
+                    x, _ = cast(Block, block).forward_last_folded(x, mask)
+                    return Encoded(self.final_norm(x), None)
                 x, kv = cast(Block, block).forward_last(x, mask)
             else:
                 x, kv = block(x, mask, None if past is None else past[i])
@@ -177,8 +194,8 @@ class SASRec(nn.Module):
         cached sequence. They attend to every real cached column and causally to each other; ``extra_mask``
         (bool ``[B|1, T, S]``) can restrict that further. Returns their hidden states and the grown cache."""
         assert encoded.cache is not None and encoded.key_padding is not None
-        if encoded.folded_last:
-            raise ValueError("a folded cache (encode_last_folded) can only be extended by extend_chains")
+        if encoded.folded:
+            raise ValueError("a folded cache (encode_folded) can only be extended by extend_slot")
         b, t, _ = tokens.shape
         past_pad = encoded.key_padding
         s_past = past_pad.shape[1]
@@ -197,15 +214,15 @@ class SASRec(nn.Module):
         [B, T, W]`` allows and to its own chain's earlier tokens ``own`` (see
         :class:`~thinkrec.models.base.ChainBackbone`). Returns their hidden states and the grown ``own``."""
         assert encoded.cache is not None
+        if encoded.folded:
+            raise ValueError("a folded cache (encode_folded) can only be extended by extend_slot")
         b, t, _ = tokens.shape
         if own is None:
             heads = self.cfg.heads
             empty = tokens.new_zeros(b, heads, t, 0, self.hidden_size // heads)
             own = [(empty, empty)] * len(self.blocks)
         x, grown = tokens, []
-        last = len(self.blocks) - 1
-        for i, (block, shared, chain) in enumerate(zip(self.blocks, encoded.cache, own, strict=True)):
-            folded = encoded.folded_last and i == last
-            x, kv = cast(Block, block).forward_chains(x, shared, shared_mask[:, None], chain, folded)
+        for block, shared, chain in zip(self.blocks, encoded.cache, own, strict=True):
+            x, kv = cast(Block, block).forward_chains(x, shared, shared_mask[:, None], chain)
             grown.append(kv)
         return self.final_norm(x), grown

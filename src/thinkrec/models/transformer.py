@@ -102,7 +102,11 @@ class Block(nn.Module):
     def _finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Output projection of the attention ``[B, h, T, hd]`` + residual, then the feed-forward sub-layer."""
         b, t, d = x.shape
-        x = x + self.dropout(linear(attn.transpose(1, 2).reshape(b, t, d), self.out.weight, self.out.bias))
+        return self._residual(x, linear(attn.transpose(1, 2).reshape(b, t, d), self.out.weight, self.out.bias))
+
+    def _residual(self, x: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+        """``x`` + the projected attention output, then the feed-forward sub-layer (norms as configured)."""
+        x = x + self.dropout(projected)
         if self.post_norm:
             x = self.ln_attn(x)
             post: torch.Tensor = self.ln_ffn(x + self.dropout(self._ffn(x)))
@@ -151,6 +155,69 @@ class Block(nn.Module):
         probs = dropout(torch.softmax(scores, dim=-1), self.attn_dropout, self.training)
         return self._finish(x[:, -1:], self.folded_mix(probs, h)), h
 
+    def forward_inputs(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` without a cache, returning the attention inputs ``[B, T, d]`` (what a folded cache
+        keeps, see :meth:`extend_slot`) in place of the keys/values."""
+        h = self._attn_input(x)
+        q, k, v = self._project(h, slice(None))
+        return self._finish(x, attend(q, k, v, mask, self.attn_dropout, self.training)), h
+
+    def extend_slot(self, x: torch.Tensor, inputs: torch.Tensor, column: int, bias: torch.Tensor) -> torch.Tensor:
+        """One new token per row ``x [B, 1, d]`` over a folded cache: ``inputs [B, S, d]`` holds the attention
+        inputs of the earlier columns (items, then earlier reasoning tokens) and has room at ``column``, where
+        this token's own input is written. The token attends to columns ``<= column`` through the folded
+        projections; ``bias [B, 1, column + 1]`` is 0 where it may attend and -inf where not. Per head
+        ``h``, with this token's input ``u`` and the columns' inputs ``h_j``:
+
+        - scores: ``(W_q u + b_q) . (W_k h_j + b_k) / sqrt(hd) = u^T A h_j + c . h_j`` + a term that is the
+          same for every column (a softmax ignores it), ``A = W_q^T W_k / sqrt(hd)``, ``c = W_k^T b_q /
+          sqrt(hd)``: one product of ``u`` with ``[A | c]`` for all heads, then one batched product over
+          the columns;
+        - output: ``W_o [.. W_v (sum_j p_j h_j) + b_v ..] + b_o`` (the weights ``p`` sum to one) is one
+          product with ``W_o W_v`` per head stacked, bias ``W_o b_v + b_o``.
+
+        So a step costs one pass over the cache for the scores and one for the mix, and no per-head
+        reshaping. Attention dropout in training takes the unfolded-weight formulas (:meth:`folded_mix`).
+        Returns the token's output ``[B, 1, d]``."""
+        b, _, d = x.shape
+        heads = self.heads
+        h = self._attn_input(x)
+        inputs[:, column] = h[:, 0]
+        seen = inputs[:, : column + 1]
+        query, query_bias, mix, mix_bias = self.folded_weights()
+        folded = linear(h[:, 0], query, query_bias).view(b, heads, d)
+        scores = torch.baddbmm(bias, folded, seen.transpose(1, 2))  # [B, heads, column + 1]
+        probs = torch.softmax(scores, dim=-1)
+        if self.training and self.attn_dropout > 0.0:
+            attn = self.folded_mix(dropout(probs, self.attn_dropout, True)[:, :, None], seen)
+            return self._finish(x, attn)
+        mixed = torch.bmm(probs, seen).view(b, 1, heads * d)
+        return self._residual(x, linear(mixed, mix, mix_bias))
+
+    def folded_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The combined weights of :meth:`extend_slot`: ``[heads * d, d]`` query-to-key-space weight and its
+        bias ``[heads * d]`` (scaled by ``1/sqrt(hd)``), ``[d, heads * d]`` value-and-output weight and its
+        bias ``[d]``. Without autograd they are kept until a parameter changes (tensor versions), so the
+        steps of an evaluation form them once."""
+        params = (self.qkv.weight, self.qkv.bias, self.out.weight, self.out.bias)
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        cached = self.__dict__.get("_folded")
+        if cached is not None and cached[0] == key and not torch.is_grad_enabled():
+            weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] = cached[1]
+            return weights
+        d, heads, hd = self.qkv.in_features, self.heads, self.head_dim
+        w_q, w_k, w_v = self.qkv.weight.view(3, heads, hd, d).unbind(0)
+        b_q, _, b_v = self.qkv.bias.view(3, heads, hd).unbind(0)
+        scale = hd**-0.5
+        query = torch.einsum("hcd,hce->hed", w_q, w_k).reshape(heads * d, d) * scale
+        query_bias = torch.einsum("hc,hce->he", b_q, w_k).reshape(heads * d) * scale
+        mix = torch.einsum("ohc,hcd->ohd", self.out.weight.view(d, heads, hd), w_v).reshape(d, heads * d)
+        mix_bias = self.out.weight @ b_v.reshape(d) + self.out.bias
+        weights = (query, query_bias, mix, mix_bias)
+        if not torch.is_grad_enabled():
+            self.__dict__["_folded"] = (key, weights)
+        return weights
+
     def folded_scores(self, q: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Scaled attention scores ``[B, heads, T, W]`` of queries ``q [B, heads, T, hd]`` against the keys
         of attention inputs ``inputs [B, W, d]``, without projecting the keys: per head (``W_k``: its
@@ -166,7 +233,7 @@ class Block(nn.Module):
     def folded_mix(self, probs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """``probs [B, heads, T, W]`` applied to the values of attention inputs ``inputs [B, W, d]``
         (``[B, heads, T, hd]``) without projecting the values: ``sum_j a_j (W_v h_j + b_v) = W_v (sum_j a_j
-        h_j) + b_v sum_j a_j`` (the weights need not sum to one: chains also attend to their own tokens)."""
+        h_j) + b_v sum_j a_j`` (with attention dropout the weights need not sum to one)."""
         b, heads, t, w = probs.shape
         d = inputs.shape[-1]
         mixed = torch.bmm(probs.reshape(b, heads * t, w), inputs).view(b, heads, t, d)
@@ -180,7 +247,6 @@ class Block(nn.Module):
         shared: tuple[torch.Tensor, torch.Tensor],
         shared_mask: torch.Tensor,
         own: tuple[torch.Tensor, torch.Tensor],
-        folded: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Attention for ``T`` independent token chains that share one cached prefix.
 
@@ -189,22 +255,17 @@ class Block(nn.Module):
         (``j >= 0``) and to itself -- never to another chain. This equals :meth:`forward` with the shared
         columns, every chain's earlier tokens and a block-diagonal mask, but costs ``T x (W + j + 1)`` scores
         instead of ``T x (W + (j + 1) T)``. Returns the new hidden states and the chains' keys/values grown by
-        this token, ``[B, h, T, j+1, hd]``. ``folded``: ``shared`` is a folded cache entry (the attention
-        inputs ``[B, 1, W, d]`` and an empty tensor, see :meth:`forward_last_folded`) instead of keys/values.
+        this token, ``[B, h, T, j+1, hd]``.
         """
         q, k, v = self._qkv(x)
         keys = torch.cat([own[0], k[:, :, :, None]], dim=3)  # [B, h, T, j+1, hd]
         values = torch.cat([own[1], v[:, :, :, None]], dim=3)
         scale = self.head_dim**-0.5
-        shared_scores = self.folded_scores(q, shared[0][:, 0]) if folded else q @ shared[0].transpose(-1, -2) * scale
-        shared_scores = shared_scores.masked_fill(~shared_mask, float("-inf"))
+        shared_scores = (q @ shared[0].transpose(-1, -2) * scale).masked_fill(~shared_mask, float("-inf"))
         own_scores = torch.einsum("bhtd,bhtjd->bhtj", q, keys) * scale
         w = shared_scores.shape[-1]
         probs = torch.softmax(torch.cat([shared_scores, own_scores], dim=-1), dim=-1)
         probs = dropout(probs, self.attn_dropout, self.training)
         own_part = torch.einsum("bhtj,bhtjd->bhtd", probs[..., w:], values)
-        if folded:
-            attn = self.folded_mix(probs[..., :w], shared[0][:, 0]) + own_part
-        else:
-            attn = probs[..., :w] @ shared[1] + own_part
+        attn = probs[..., :w] @ shared[1] + own_part
         return self._finish(x, attn), (keys, values)

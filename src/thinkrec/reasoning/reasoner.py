@@ -13,8 +13,11 @@ states that as a restriction of ``extend``'s default mask (every real cached col
 tokens), so it works with any :class:`~thinkrec.models.base.CachedBackbone`. A backbone that also
 implements :class:`~thinkrec.models.base.ChainBackbone` (SASRec) runs the same computation without scoring
 the other prefixes' reasoning tokens (step ``k`` costs ``T x (W + k)`` attention scores, not
-``T x (W + k T)``). One prefix per row (inference, ``last`` sample mode) is the special case "the last
-column only", so every path is the same code.
+``T x (W + k T)``). One prefix per row (``last`` sample mode) is the special case "the last column only".
+At inference a :class:`~thinkrec.models.base.ChainBackbone` hands :meth:`LatentReasoner.forward` a folded
+cache with room for the K tokens (:func:`~thinkrec.models.base.reasoning_cache`): one chain per row, each step one
+:meth:`~thinkrec.models.base.ChainBackbone.extend_slot`, with none of the per-chain bookkeeping (tested
+equal to the general path and to recomputing the extended sequence).
 """
 
 from __future__ import annotations
@@ -90,9 +93,29 @@ class LatentReasoner(nn.Module):
         perturb: Perturb | None = None,
     ) -> torch.Tensor:
         """States ``[B, K+1, d]`` of the prefix ending at the last column of each row."""
+        if encoded.folded:
+            return self._slots(cast(ChainBackbone, backbone), encoded, steps, perturb)
         b = encoded.hidden.shape[0]
         last = torch.full((b, 1), encoded.width - 1, dtype=torch.long, device=encoded.hidden.device)
         return self.prefixes(backbone, encoded, last, steps, perturb)[:, 0]
+
+    def _slots(
+        self, backbone: ChainBackbone, encoded: Encoded, steps: int | None, perturb: Perturb | None
+    ) -> torch.Tensor:
+        """:meth:`forward` over a :func:`~thinkrec.models.base.reasoning_cache` (inference): the reasoning
+        tokens are written into its room, one chain per row."""
+        k_total = self.resolve_steps(steps)
+        if k_total > encoded.slots:
+            raise ValueError(f"the cache has room for {encoded.slots} reasoning tokens, not {k_total}")
+        r = encoded.hidden[:, -1:]
+        states = [r]
+        for k in range(1, k_total + 1):
+            z = r + self.rpe[k - 1]
+            if perturb is not None:
+                z = perturb(z)
+            r = backbone.extend_slot(backbone.input_tokens(z) if self.normalise_feedback else z, encoded, k)
+            states.append(r)
+        return torch.cat(states, dim=1)
 
     def prefixes(
         self,
@@ -111,6 +134,8 @@ class LatentReasoner(nn.Module):
         k_total = self.resolve_steps(steps)
         if encoded.cache is None or encoded.key_padding is None:
             raise ValueError("reasoning needs the backbone's key/value cache and key padding")
+        if encoded.folded:
+            raise ValueError("a folded cache serves one chain per row: reason over it with forward()")
         r = encoded.at(columns)
         states = [r]
         items = prefix_item_mask(columns, encoded.key_padding)
