@@ -184,3 +184,18 @@ def test_position_option_is_honoured_like_sasrec() -> None:
         sas.load_state_dict(bert.state_dict(), strict=False)
         with torch.no_grad():
             assert torch.equal(bert.embed(INPUTS, POS), sas.embed(INPUTS, POS)), positions
+
+
+@pytest.mark.parametrize("objective", ["next", "cloze"])
+def test_reasoning_in_passes_equals_one_pass(objective: str) -> None:
+    """The evaluator's path (item passes of a few rows, each trimmed; reasoning once over the laid-out folded
+    cache) gives the states of one pass, also when a cloze model appends its [MASK] column (one more column
+    than the histories: ``folded_width``)."""
+    model = tiny(objective, steps=2)
+    inputs = torch.tensor([[0, 0, 0, 0, 7, 8], [0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])[:, 1:]  # width 5 < max_len
+    with torch.no_grad():
+        whole = model.encode(inputs, position_ids(5, 6), 2)
+        for rows in (1, 2):
+            passes = model.encode_passes(inputs, rows, 2)
+            torch.testing.assert_close(passes, whole, atol=1e-5, rtol=1e-5)
+    assert model.backbone.folded_width(5) == (6 if objective == "cloze" else 5)  # type: ignore[operator]

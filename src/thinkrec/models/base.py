@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -108,6 +108,11 @@ class ChainBackbone(CachedBackbone, Protocol):
         :meth:`extend_slot` (inference: one reasoning chain per history)."""
         ...
 
+    def folded_width(self, width: int) -> int:
+        """Columns :meth:`encode_folded` encodes for histories ``width`` columns wide (e.g. one more for an
+        appended ``[MASK]``)."""
+        ...
+
     def extend_slot(self, tokens: torch.Tensor, encoded: Encoded, step: int) -> torch.Tensor:
         """Run reasoning token ``step`` (1-based) of each row, ``tokens [B, 1, d]``, over a
         :func:`reasoning_cache`: after the encoded columns and tokens ``1..step-1``. The token is written into
@@ -115,28 +120,35 @@ class ChainBackbone(CachedBackbone, Protocol):
         ...
 
 
-def reasoning_cache(parts: Sequence[Encoded], slots: int) -> Encoded:
-    """One folded cache with room for ``slots`` reasoning tokens (``Encoded.slots``) from the folded passes
-    ``parts`` (:meth:`ChainBackbone.encode_folded`) over consecutive groups of rows, each left-padded to the
-    widest part (the added padding columns hold zeros: they are masked, but ``0 x NaN`` would be NaN)."""
-    if not parts or not all(p.folded and p.cache is not None and p.key_padding is not None for p in parts):
-        raise ValueError("reasoning_cache needs folded passes (encode_folded)")
-    width = max(p.width for p in parts)
-    rows = sum(p.hidden.shape[0] for p in parts)
-    first = parts[0]
-    assert first.cache is not None
-    rooms = [h.new_empty(rows, width + slots, h.shape[-1]) for h, _ in first.cache]
-    pad = torch.ones(rows, width, dtype=torch.bool, device=first.hidden.device)
+def reasoning_cache(parts: Iterable[Encoded], rows: int, width: int, slots: int) -> Encoded:
+    """One folded cache of ``rows`` rows and ``width`` columns with room for ``slots`` reasoning tokens
+    (``Encoded.slots``), from the folded passes ``parts`` (:meth:`ChainBackbone.encode_folded`) over
+    consecutive groups of rows, each left-padded to ``width`` (the added padding columns hold zeros: they are
+    masked, but ``0 x NaN`` would be NaN). Each part is copied in as it comes, so a generator of passes keeps
+    one pass's activations alive at a time and the passes reuse the same (cache-hot) memory."""
+    rooms: list[torch.Tensor] = []
+    hidden: torch.Tensor | None = None
+    pad: torch.Tensor | None = None
     start = 0
     for part in parts:
-        assert part.cache is not None and part.key_padding is not None
+        if not part.folded or part.cache is None or part.key_padding is None:
+            raise ValueError("reasoning_cache needs folded passes (encode_folded)")
         end, w = start + part.hidden.shape[0], part.width
+        if end > rows or w > width:
+            raise ValueError(f"a pass of {end - start} rows x {w} columns does not fit a {rows} x {width} cache")
+        if hidden is None:
+            hidden = part.hidden.new_empty(rows, 1, part.hidden.shape[-1])
+            rooms = [h.new_empty(rows, width + slots, h.shape[-1]) for h, _ in part.cache]
+            pad = torch.ones(rows, width, dtype=torch.bool, device=part.hidden.device)
+        assert pad is not None
+        hidden[start:end] = part.hidden[:, -1:]
         pad[start:end, width - w :] = part.key_padding
         for room, (h, _) in zip(rooms, part.cache, strict=True):
             room[start:end, width - w : width] = h
             room[start:end, : width - w] = 0
         start = end
-    hidden = parts[0].hidden if len(parts) == 1 else torch.cat([p.hidden for p in parts])
+    if hidden is None or pad is None or start != rows:
+        raise ValueError(f"the passes cover {start} rows of the cache's {rows}")
     zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
     bias = torch.where(pad, torch.full((), float("-inf"), dtype=hidden.dtype, device=hidden.device), zero)
     bias = torch.cat([bias, bias.new_zeros(rows, slots)], dim=1)[:, None]

@@ -115,6 +115,10 @@ class BERT4Rec(SASRec):
         eye = torch.eye(w, dtype=torch.bool, device=pad.device)
         return ((~pad[:, None, :]).expand(-1, w, -1) | eye[None])[:, None]
 
+    def folded_width(self, width: int) -> int:
+        """One more column for a cloze-trained model's ``[MASK]`` (at most ``max_len``)."""
+        return min(width + 1, self.max_len) if self.cfg.train_objective == "cloze" else width
+
     def encode_folded(self, inputs: torch.Tensor, positions: torch.Tensor) -> Encoded:
         """:meth:`SASRec.encode_folded` over the bidirectional pass (with the ``[MASK]`` column of a
         cloze-trained model)."""

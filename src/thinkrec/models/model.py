@@ -87,7 +87,8 @@ class SeqRecModel(nn.Module):
         """The item pass reasoning starts from: the last column's state and the cache the reasoner reads (for
         a :class:`ChainBackbone` folded, with room for ``steps`` tokens; keys/values or states otherwise)."""
         if isinstance(self.backbone, ChainBackbone):
-            return reasoning_cache([self.backbone.encode_folded(inputs, positions)], steps)
+            part = self.backbone.encode_folded(inputs, positions)
+            return reasoning_cache([part], part.hidden.shape[0], part.width, steps)
         encoded: Encoded = self.backbone(inputs, positions, use_cache=True, last_only=True)
         return encoded
 
@@ -106,8 +107,9 @@ class SeqRecModel(nn.Module):
             # (caches of other layouts, e.g. recurrent states, are reasoned over per pass)
             return torch.cat([self.encode(block, position_ids(block.shape[1], max_len), k) for block in blocks])
         backbone = self.backbone
-        parts = [backbone.encode_folded(block, position_ids(block.shape[1], max_len)) for block in blocks]
-        return self.reasoner(self.cached_backbone, reasoning_cache(parts, k), k)
+        parts = (backbone.encode_folded(block, position_ids(block.shape[1], max_len)) for block in blocks)
+        cache = reasoning_cache(parts, b, backbone.folded_width(inputs.shape[1]), k)
+        return self.reasoner(self.cached_backbone, cache, k)
 
     def user_vector(self, states: torch.Tensor, mode: str = "last", step: int | None = None) -> torch.Tensor:
         """Collapse per-step states ``[B, K+1, d]`` to one user vector: last step, mean of steps, or a step."""

@@ -146,6 +146,10 @@ class SASRec(nn.Module):
             cache.append((h, h[:, :, :0]))
         return Encoded(self.final_norm(x), cache, pad, folded=True)
 
+    def folded_width(self, width: int) -> int:
+        """Columns :meth:`encode_folded` encodes for histories ``width`` columns wide: the same."""
+        return width
+
     def extend_slot(self, tokens: torch.Tensor, encoded: Encoded, step: int) -> torch.Tensor:
         """Reasoning token ``step`` (1..``encoded.slots``) of each row over a
         :func:`~thinkrec.models.base.reasoning_cache`; see
