@@ -92,6 +92,10 @@ class ChainBackbone(CachedBackbone, Protocol):
     Chain ``i`` of row ``b`` attends to the cached columns ``shared_mask[b, i]`` allows and to its own
     earlier tokens only (all-prefix reasoning: one chain per history prefix). The same result as
     :meth:`CachedBackbone.extend` with a block-diagonal mask, without scoring the other chains' tokens.
+
+    At inference (one chain per history) it also offers a cheaper cache: :meth:`encode_folded` keeps every
+    layer's attention inputs instead of keys/values, :func:`reasoning_cache` gives it room for the K tokens,
+    and :meth:`extend_slot` runs one token per row over it.
     """
 
     def extend_chains(
