@@ -153,8 +153,15 @@ def test_folded_reasoning_weights_follow_parameter_changes_and_dropout_keeps_the
         after = block.extend_slot(token, inputs.clone(), 5, bias)
     fresh = block.extend_slot(token, inputs.clone(), 5, bias)  # autograd on: formed anew
     torch.testing.assert_close(after, fresh.detach())
+    with torch.no_grad():  # formed under bf16 autocast first, the kept weights still serve float32
+        block.qkv.bias.add_(0.5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = block.extend_slot(token, inputs.clone(), 5, bias)
+        full = block.extend_slot(token, inputs.clone(), 5, bias)
+    assert full.dtype == torch.float32
+    torch.testing.assert_close(low.float(), full, rtol=0.05, atol=0.05)
     assert (after - before).abs().amax() > 0.1
     block.train()
     torch.manual_seed(1)
     dropped = block.extend_slot(token, inputs.clone(), 5, bias)
-    assert torch.isfinite(dropped).all() and (dropped - fresh).abs().amax() > 1e-3
+    assert torch.isfinite(dropped).all() and (dropped - full).abs().amax() > 1e-3

@@ -197,8 +197,9 @@ class Block(nn.Module):
     def folded_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The combined weights of :meth:`extend_slot`: ``[heads * d, d]`` query-to-key-space weight and its
         bias ``[heads * d]`` (scaled by ``1/sqrt(hd)``), ``[d, heads * d]`` value-and-output weight and its
-        bias ``[d]``. Without autograd they are kept until a parameter changes (tensor versions), so the
-        steps of an evaluation form them once."""
+        bias ``[d]``, in the parameters' precision (also under autocast, which casts them where they are
+        used). Without autograd they are kept until a parameter changes (tensor versions), so the steps of an
+        evaluation form them once."""
         params = (self.qkv.weight, self.qkv.bias, self.out.weight, self.out.bias)
         key = tuple((p.data_ptr(), p._version) for p in params)
         cached = self.__dict__.get("_folded")
@@ -209,10 +210,11 @@ class Block(nn.Module):
         w_q, w_k, w_v = self.qkv.weight.view(3, heads, hd, d).unbind(0)
         b_q, _, b_v = self.qkv.bias.view(3, heads, hd).unbind(0)
         scale = hd**-0.5
-        query = torch.einsum("hcd,hce->hed", w_q, w_k).reshape(heads * d, d) * scale
-        query_bias = torch.einsum("hc,hce->he", b_q, w_k).reshape(heads * d) * scale
-        mix = torch.einsum("ohc,hcd->ohd", self.out.weight.view(d, heads, hd), w_v).reshape(d, heads * d)
-        mix_bias = self.out.weight @ b_v.reshape(d) + self.out.bias
+        with torch.autocast(self.qkv.weight.device.type, enabled=False):  # in the parameters' precision
+            query = torch.einsum("hcd,hce->hed", w_q, w_k).reshape(heads * d, d) * scale
+            query_bias = torch.einsum("hc,hce->he", b_q, w_k).reshape(heads * d) * scale
+            mix = torch.einsum("ohc,hcd->ohd", self.out.weight.view(d, heads, hd), w_v).reshape(d, heads * d)
+            mix_bias = self.out.weight @ b_v.reshape(d) + self.out.bias
         weights = (query, query_bias, mix, mix_bias)
         if not torch.is_grad_enabled():
             self.__dict__["_folded"] = (key, weights)
