@@ -6,7 +6,8 @@ Inference: the whole test set of the preset's split is evaluated with the servin
 configured inference mode is scored, ``per_step=False``) for K = 0..5 with the same weights; K = 0 is the
 plain backbone. Timings are interleaved over ``--repeats`` rounds; the fastest round of each K counts (as in
 ``speed_engine.py``: other activity on a shared machine only adds time), with the ratio to K = 0; medians
-are printed too. Training: one epoch of the base SASRec preset (all positions) and one of its PRL variant (K = 2,
+are printed too, and the median over rounds of each round's own ratio to K = 0 (every round times all K
+back to back, so that ratio cancels slow drifts of a noisy host). Training: one epoch of the base SASRec preset (all positions) and one of its PRL variant (K = 2,
 after warm-up, all prefixes at once), interleaved, median of ``--repeats``; ratio PRL / SASRec.
 Weights are freshly initialised: timing does not depend on them. Prints one JSON line per measurement and
 a summary line.
@@ -151,6 +152,9 @@ def main() -> None:
     }
     for k, values in times.items():
         fastest, med = min(values), statistics.median(values)
+        # each round times every K back to back, so the ratio within a round cancels the machine's slow
+        # drifts; the median over rounds is the robust figure on a noisy host
+        paired = statistics.median(v / b for v, b in zip(values, times[0], strict=True))
         row = {
             "kind": "inference",
             "steps": k,
@@ -158,10 +162,12 @@ def main() -> None:
             "ratio_to_k0": fastest / base,
             "median_seconds": med,
             "median_ratio_to_k0": med / base_median,
+            "paired_median_ratio_to_k0": paired,
             "all_seconds": values,
         }
         print(json.dumps(row), flush=True)
         summary[f"inference_ratio_k{k}"] = fastest / base
+        summary[f"inference_paired_ratio_k{k}"] = paired
     if args.breakdown:
         parts = encoder_breakdown(model, split, cfg, cfg.reasoning.steps, args.repeats)
         print(json.dumps({"kind": "breakdown", "steps": cfg.reasoning.steps, **parts}), flush=True)
