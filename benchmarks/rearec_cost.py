@@ -7,8 +7,9 @@ configured inference mode is scored, ``per_step=False``) for K = 0..5 with the s
 plain backbone. Timings are interleaved over ``--repeats`` rounds; the fastest round of each K counts (as in
 ``speed_engine.py``: other activity on a shared machine only adds time), with the ratio to K = 0; medians
 are printed too, and the median over rounds of each round's own ratio to K = 0 (every round times all K
-back to back, so that ratio cancels slow drifts of a noisy host). Training: one epoch of the base SASRec preset (all positions) and one of its PRL variant (K = 2,
-after warm-up, all prefixes at once), interleaved, median of ``--repeats``; ratio PRL / SASRec.
+back to back, so that ratio cancels slow drifts of a noisy host). Training: one epoch of the base SASRec
+preset (all positions) and one of its PRL variant (K = 2, after warm-up, all prefixes at once),
+interleaved, median of ``--repeats``; ratio PRL / SASRec.
 Weights are freshly initialised: timing does not depend on them. Prints one JSON line per measurement and
 a summary line.
 """
