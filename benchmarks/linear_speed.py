@@ -61,11 +61,10 @@ def main() -> None:
             onednn = partial(pointwise, x, weight, bias, "none" if gelu is None else "gelu", [], gelu or "")
             mkl = partial(mkl_linear, x, weight, bias, gelu)
 
-            times = {"onednn_ms": 0.0, "mkl_ms": 0.0}
+            times = {"onednn_ms": float("inf"), "mkl_ms": float("inf")}
             for _ in range(2):  # interleave the two kernels twice, keep each one's best
                 for name, fn in (("onednn_ms", onednn), ("mkl_ms", mkl)):
-                    t = fastest(fn, args.repeats) * 1e3
-                    times[name] = t if times[name] == 0.0 else min(times[name], t)
+                    times[name] = min(times[name], fastest(fn, args.repeats) * 1e3)
             flops = 2 * args.tokens * inner * outer
             for name, t in times.items():
                 totals[name] += t

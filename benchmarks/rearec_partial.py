@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkrec.allocator import tune_allocator
+from thinkrec.data.split import Split
 from thinkrec.eval.evaluator import EvalResult
 from thinkrec.eval.metrics import per_sample
 from thinkrec.eval.significance import paired_t_test
@@ -44,9 +45,13 @@ def main() -> None:
     base_ndcg = per_sample(base.ranks, "NDCG@20")
     base_metrics = json.loads((args.base_record / "results.json").read_text())["test"]["metrics"]
     rows: list[dict[str, Any]] = [{"run": str(args.base_record), "metrics": base_metrics}]
+    splits: dict[str, Split] = {}
     for run in args.runs:
         cfg, model = load_run(run, "best")
-        _, split = load_data(cfg)
+        key = cfg.data.model_dump_json()  # the runs usually share one dataset: prepare/split it once
+        if key not in splits:
+            splits[key] = load_data(cfg)[1]
+        split = splits[key]
         report, result = evaluation_report(model, split, cfg, "test", cfg.eval)
         if len(result.ranks) != len(base.ranks):
             raise SystemExit(f"{run}: {len(result.ranks)} test samples, the base has {len(base.ranks)}")

@@ -110,12 +110,16 @@ class LatentReasoner(nn.Module):
         r = encoded.hidden[:, -1:]
         states = [r]
         for k in range(1, k_total + 1):
-            z = r + self.rpe[k - 1]
-            if perturb is not None:
-                z = perturb(z)
-            r = backbone.extend_slot(backbone.input_tokens(z) if self.normalise_feedback else z, encoded, k)
+            r = backbone.extend_slot(self._token(backbone, r, k, perturb), encoded, k)
             states.append(r)
         return torch.cat(states, dim=1)
+
+    def _token(self, backbone: CachedBackbone, r: torch.Tensor, k: int, perturb: Perturb | None) -> torch.Tensor:
+        """Input token of step ``k`` from the previous state ``r``: ``r + RPE[k]``, perturbed, normalised."""
+        z = r + self.rpe[k - 1]
+        if perturb is not None:
+            z = perturb(z)
+        return backbone.input_tokens(z) if self.normalise_feedback else z
 
     def prefixes(
         self,
@@ -142,10 +146,7 @@ class LatentReasoner(nn.Module):
         grown, own = encoded, None
         chains = isinstance(backbone, ChainBackbone)  # a runtime-checkable Protocol: check once, not per step
         for k in range(1, k_total + 1):
-            z = r + self.rpe[k - 1]
-            if perturb is not None:
-                z = perturb(z)
-            tokens = backbone.input_tokens(z) if self.normalise_feedback else z
+            tokens = self._token(backbone, r, k, perturb)
             if chains:
                 r, own = cast(ChainBackbone, backbone).extend_chains(tokens, encoded, items, own)
             else:
