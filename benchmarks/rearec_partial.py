@@ -1,13 +1,13 @@
 """Test metrics of reasoning runs stopped before early stopping, against a finished base record.
 
 ``rearec_repro.py`` reports finished runs only. When a session ends before a long run has stopped (patience
-not reached, epoch cap not hit), this scores the run's best checkpoint so far (selected on validation
-NDCG@20, as training does) on the test split and compares it with the base run's committed record,
-sample by sample (paired t-test on NDCG@20)::
+not reached, epoch cap not hit), this scores the run's best checkpoint so far (selected on the run's
+validation metric, NDCG@20 in the presets) on the test split and compares it with the base run's committed
+record, sample by sample (paired t-test on NDCG@20)::
 
     python benchmarks/rearec_partial.py benchmarks/results/rearec/records/game-time/sasrec-s1 \\
         benchmarks/results/rearec/runs/game-time/sasrec-erl-s1 benchmarks/results/rearec/runs/game-time/sasrec-prl-s1 \\
-        --out benchmarks/results/rearec/rearec-game-time-partial.json
+        --out /tmp/rearec-game-time-partial.json
 
 Prints one JSON line per run (metrics, per-step NDCG@20, oracle, epochs trained, best epoch, relative change
 and p-value vs the base) and writes them together to ``--out``. These are partial results: a run with more
@@ -27,7 +27,7 @@ from thinkrec.eval.evaluator import EvalResult
 from thinkrec.eval.metrics import per_sample
 from thinkrec.eval.significance import paired_t_test
 from thinkrec.runs import evaluation_report, load_data, load_run, set_threads
-from thinkrec.train.checkpoint import atomic_write_text
+from thinkrec.train.checkpoint import atomic_write_text, checkpoint_info
 
 
 def main() -> None:
@@ -55,13 +55,14 @@ def main() -> None:
         report, result = evaluation_report(model, split, cfg, "test", cfg.eval)
         if len(result.ranks) != len(base.ranks):
             raise SystemExit(f"{run}: {len(result.ranks)} test samples, the base has {len(base.ranks)}")
-        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
-        best = max(log, key=lambda row: row["valid"]["NDCG@20"])
+        # the scored checkpoint's own record (selected on cfg.train's metric), not a re-selection from the log
+        best = checkpoint_info(run / "checkpoints", "best")
+        trained = checkpoint_info(run / "checkpoints", "last")["trainer_state"]["epoch"]
         test = paired_t_test(base_ndcg, per_sample(result.ranks, "NDCG@20"))  # variant - base
         row = {
             "run": str(run),
             "partial": "stopped before early stopping; best checkpoint so far (validation NDCG@20)",
-            "epochs_trained": len(log),
+            "epochs_trained": trained,
             "best_epoch": best["epoch"],
             "best_valid_ndcg20": best["valid"]["NDCG@20"],
             "metrics": report["metrics"],

@@ -143,6 +143,13 @@ def checkpoint_exists(directory: Path, name: str) -> bool:
     return (directory / f"{name}.json").exists() and (directory / f"{name}.safetensors").exists()
 
 
+def checkpoint_info(directory: Path, name: str) -> dict[str, Any]:
+    """The JSON info saved with checkpoint ``name`` (e.g. ``best``: its epoch and validation metrics), without
+    loading the weights."""
+    info: dict[str, Any] = json.loads((directory / f"{name}.json").read_text())
+    return info
+
+
 def load_checkpoint(
     directory: Path,
     name: str,
@@ -150,7 +157,7 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
 ) -> dict[str, Any]:
     """Load weights (and optimizer + torch RNG state if given and saved); returns the JSON info."""
-    info: dict[str, Any] = json.loads((directory / f"{name}.json").read_text())
+    info = checkpoint_info(directory, name)
     tensors = load_file(str(directory / f"{name}.safetensors"))
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     if optimizer is not None and "optimizer" in info:
