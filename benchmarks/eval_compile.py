@@ -27,6 +27,7 @@ from speed_engine import DATASETS, SAME
 from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
 from thinkrec.eval.evaluator import EvalResult, evaluate
+from thinkrec.eval.protocol import describe_protocol
 from thinkrec.runs import build, load_data
 
 
@@ -70,7 +71,7 @@ def main() -> None:
     out: dict[str, Any] = {
         "kind": "eval_compile",
         "dataset": "ml100k",
-        "protocol": "leave-one-out test users, full catalogue, history not masked",
+        "protocol": describe_protocol(cfg.eval, split.protocol, 0, dataset.n_items),  # weights: seed 0, untrained
         "threads": args.threads,
         "dynamic": args.dynamic,
         "torch": torch.__version__,

@@ -61,7 +61,7 @@ def main() -> None:
         test = paired_t_test(base_ndcg, per_sample(result.ranks, "NDCG@20"))  # variant - base
         row = {
             "run": str(run),
-            "partial": "stopped before early stopping; best checkpoint so far (validation NDCG@20)",
+            "partial": f"stopped before early stopping; best checkpoint so far (validation {cfg.train.valid_metric})",
             "epochs_trained": trained,
             "best_epoch": best["epoch"],
             "best_valid_ndcg20": best["valid"]["NDCG@20"],
