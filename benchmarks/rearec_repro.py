@@ -13,7 +13,9 @@ before runs saved them), and keeps them with the run's config, results and epoch
 so the table is rebuilt on a fresh clone and a later session adds seeds without retraining the finished
 ones; delete a record to rebuild it from its run). ``--variants base,erl`` leaves a
 variant out; ``--first-seed 2`` trains seeds 2..N only, so two processes can split the seeds (``--seeds 1``
-and ``--first-seed 2``; a last run over all seeds, all finished, writes the combined table). After every
+and ``--first-seed 2``; a last run over all seeds, all finished, writes the combined table). ``--erl`` and
+``--prl`` give overrides for one variant only (a value chosen on validation, e.g. ``--erl
+reasoning.erl_lambda=0.001``); the report lists every override. After every
 finished seed it (re)writes ``<out>/rearec-<dataset>-<protocol>[-<backbone>].{md,json}`` (no suffix for
 sasrec), so a long run that is stopped still leaves the table of the seeds it completed:
 
@@ -76,6 +78,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patience", type=int, help="early-stopping patience (default: the presets' 10)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/rearec"), help="output folder")
+    for variant in ("erl", "prl"):
+        parser.add_argument(
+            f"--{variant}",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"a dotted override for the {variant.upper()} preset only (repeatable), e.g. a value chosen on"
+            f" validation: --{variant} reasoning.{'erl_lambda=0.001' if variant == 'erl' else 'prl_alpha=2.0'}",
+        )
     parser.add_argument("overrides", nargs="*", help="dotted overrides for all three presets, e.g. model.hidden=32")
     return parser.parse_args(argv)
 
@@ -125,6 +136,12 @@ def same_settings(saved: RunConfig, cfg: RunConfig, where: Path) -> None:
         raise SystemExit(f"{where} was trained with other settings ({', '.join(changed)}); use another --out")
 
 
+def variant_overrides(args: argparse.Namespace, variant: str) -> list[str]:
+    """The ``--erl`` / ``--prl`` overrides that apply to ``variant`` (a preset name such as ``sasrec-erl``)."""
+    kind = variant.rpartition("-")[2]
+    return list(getattr(args, kind, [])) if kind in ("erl", "prl") else []
+
+
 def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, Any]:
     """Train (or resume) one preset for one seed; return its results and per-sample test ranks.
 
@@ -134,6 +151,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
     """
     preset = f"{args.dataset}-{args.protocol}-{variant}"
     overrides = [f"train.seed={seed}", f"train.threads={args.threads}", "train.progress=false", *args.overrides]
+    overrides += variant_overrides(args, variant)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
     if args.patience is not None:
@@ -197,6 +215,10 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
         "backbone": base_name,
         "seeds": [run["seed"] for run in runs[base_name]],
         "epochs_cap": args.epochs,
+        "overrides": {
+            "all": list(args.overrides),
+            **{variant: variant_overrides(args, variant) for variant in runs if variant_overrides(args, variant)},
+        },
         "protocol": {k: v for k, v in first["protocol"].items() if k != "seed"},
         "n_test": first["n_samples"],
         "variants": {},
@@ -246,6 +268,11 @@ def markdown(summary: dict[str, Any]) -> str:
         f"Protocol: {p.get('split')}, {p.get('candidates')}, {p.get('history_masking')}, ks {p.get('ks')}; "
         f"{summary['n_test']} test samples; seeds {summary['seeds']}; epochs cap {summary['epochs_cap']}.",
         "",
+        *(
+            [f"Overrides: {'; '.join(f'{who}: ' + ' '.join(o) for who, o in summary['overrides'].items() if o)}.", ""]
+            if any(summary.get("overrides", {}).values())
+            else []
+        ),
         "| method | N@10 | N@20 | R@10 | R@20 | p (N@20, paired t) | s/epoch | best epochs |",
         "|---|---|---|---|---|---|---|---|",
     ]

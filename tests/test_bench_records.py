@@ -75,6 +75,12 @@ def test_table_is_rebuilt_from_records_without_run_directories(
     assert repro.main(argv) == 0
     assert not (out / "runs").exists()
     assert json.loads((out / "rearec-ml100k-time.json").read_text()) == table
+    assert table["overrides"] == {"all": tiny}
+
+    # a per-variant override reaches that variant only: the base record still matches, the ERL one does not
+    with pytest.raises(SystemExit, match=r"sasrec-erl-s1 was trained with other settings \(reasoning\.erl_lambda\)"):
+        repro.main(["--erl", "reasoning.erl_lambda=0.5", *argv])
+    assert repro.main(["--prl", "reasoning.prl_alpha=2.0", *argv]) == 0  # no PRL variant here: nothing changes
 
     # a record made with other settings is refused, not mixed into a table
     with pytest.raises(SystemExit, match=r"model\.hidden"):
