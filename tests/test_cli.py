@@ -81,6 +81,10 @@ def test_rerunning_train_resumes_and_refuses_a_different_config(shop: Path, caps
     assert main(["train", "shop.toml", "train.epochs=2", "--run-dir", "run"]) == 0
     log = (shop / "run" / "log.jsonl").read_text().splitlines()
     assert len(log) == 2  # nothing retrained
+    # a run directory moved elsewhere is the same run, also when the config names the directory
+    (shop / "run").rename(shop / "moved")
+    assert main(["train", "shop.toml", "train.epochs=2", "run_dir=moved"]) == 0
+    assert (shop / "moved" / "log.jsonl").read_text().splitlines() == log
 
 
 @pytest.mark.parametrize(

@@ -150,13 +150,14 @@ def saved_ranks(run_dir: Path, name: str, samples: EvalSamples, cfg: RunConfig, 
     return evaluate(model, split, samples, cfg.eval)
 
 
-# Settings that change how a run is executed, not what it computes: a resumed run may change them.
-OPERATIONAL_KEYS = frozenset({"train.threads", "train.progress", "train.resume"})
+# Settings that change how a run is executed, not what it computes: a resumed run may change them, and runs
+# that differ only in them are the same run (``run_dir``: a run directory moved or copied elsewhere).
+OPERATIONAL_KEYS = frozenset({"train.threads", "train.progress", "train.resume", "run_dir"})
 
 
 def changed_keys(old: RunConfig, new: RunConfig) -> list[str]:
     """Dotted keys whose values differ between two configs, apart from the operational ones (threads, progress
-    bars, resuming), which do not change what a run computes."""
+    bars, resuming, the run directory), which do not change what a run computes."""
 
     def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(obj, dict):
