@@ -85,3 +85,34 @@ def test_table_is_rebuilt_from_records_without_run_directories(
     # a record made with other settings is refused, not mixed into a table
     with pytest.raises(SystemExit, match=r"model\.hidden"):
         repro.main([*argv[:-3], "model.hidden=16", *tiny[1:]])
+
+
+def test_selection_table_chooses_on_validation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    selection = load_script("selection_table")
+
+    def fake_run(name: str, kind: str, lam: float, valid: list[float], test: float) -> Path:
+        run = tmp_path / name
+        run.mkdir()
+        config = {"reasoning": {"kind": kind, "erl_lambda": lam}, "train": {"seed": 1, "valid_metric": "NDCG@20"}}
+        (run / "config.json").write_text(json.dumps(config))
+        log = [{"epoch": e, "valid": {"NDCG@20": v, "NDCG@10": 1.0 - v}} for e, v in enumerate(valid)]
+        (run / "log.jsonl").write_text("\n".join(json.dumps(row) for row in log) + "\n")
+        (run / "results.json").write_text(json.dumps({"test": {"metrics": {"NDCG@20": test}}}))
+        return run
+
+    runs = [
+        fake_run("a", "erl", 0.001, [0.05, 0.08, 0.07], test=0.09),  # best test, lower validation
+        fake_run("b", "erl", 0.01, [0.06, 0.07, 0.09], test=0.06),
+        fake_run("c", "prl", 0.01, [0.04], test=0.05),
+    ]
+    assert selection.main([*map(str, runs), "--keys", "reasoning.erl_lambda", "--save", str(tmp_path / "saved")]) == 0
+    rows = json.loads(capsys.readouterr().out.splitlines()[-1])
+    by_run = {row["run"]: row for row in rows}
+    assert [by_run[r]["chosen"] for r in "abc"] == [False, True, True]
+    assert (by_run["a"]["best_epoch"], by_run["a"]["valid"]) == (1, 0.08)
+    assert by_run["b"]["reasoning.erl_lambda"] == 0.01 and by_run["b"]["test_NDCG@20"] == 0.06
+    assert sorted(p.name for p in (tmp_path / "saved" / "a").iterdir()) == ["config.json", "log.jsonl", "results.json"]
+    # the saved copies rebuild the same rows
+    assert selection.main([str(tmp_path / "saved" / r) for r in "abc"]) == 0
+    again = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert [row["valid"] for row in again] == [row["valid"] for row in rows]
