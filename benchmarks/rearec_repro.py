@@ -47,7 +47,16 @@ from thinkrec.eval.evaluator import EvalResult
 from thinkrec.eval.metrics import metrics_from_ranks, per_sample
 from thinkrec.eval.significance import paired_t_test
 from thinkrec.eval.steps import oracle_ranks
-from thinkrec.runs import RANKS_FILES, changed_keys, load_data, saved_config, saved_ranks, set_threads, train
+from thinkrec.runs import (
+    RANKS_FILES,
+    changed_keys,
+    load_data,
+    read_log,
+    saved_config,
+    saved_ranks,
+    set_threads,
+    train,
+)
 from thinkrec.train.checkpoint import atomic_write_text
 
 BACKBONES = ("sasrec", "bert4rec", "gru4rec", "unisrec", "morec")
@@ -166,7 +175,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
         write_record(record, run_dir, cfg)
     same_settings(saved_config(record), cfg, record)
     results = json.loads((record / "results.json").read_text())
-    history = [json.loads(line) for line in (record / "log.jsonl").read_text().splitlines() if line.strip()]
+    history = read_log(record)
     warmup = cfg.reasoning.warmup_epochs if cfg.reasoning.enabled else 0
     seconds = [row["train_seconds"] for row in history if row["epoch"] >= warmup]
     return {
@@ -215,10 +224,7 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
         "backbone": base_name,
         "seeds": [run["seed"] for run in runs[base_name]],
         "epochs_cap": args.epochs,
-        "overrides": {
-            "all": list(args.overrides),
-            **{variant: variant_overrides(args, variant) for variant in runs if variant_overrides(args, variant)},
-        },
+        "overrides": {"all": list(args.overrides), **{v: o for v in runs if (o := variant_overrides(args, v))}},
         "protocol": {k: v for k, v in first["protocol"].items() if k != "seed"},
         "n_test": first["n_samples"],
         "variants": {},

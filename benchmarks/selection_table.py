@@ -22,6 +22,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from thinkrec.runs import read_log, saved_config
+
 FILES = ("config.json", "log.jsonl", "results.json")
 TEST_METRIC = "NDCG@20"
 
@@ -39,16 +41,17 @@ def row_of(run: Path, keys: list[str]) -> dict[str, Any]:
     missing = [name for name in FILES if not (run / name).exists()]
     if missing:
         raise SystemExit(f"{run}: no {', '.join(missing)} (is the run finished?)")
-    config = json.loads((run / "config.json").read_text())
+    cfg = saved_config(run)
     results = json.loads((run / "results.json").read_text())
-    metric = config["train"]["valid_metric"]
-    history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    metric = cfg.train.valid_metric
+    history = read_log(run)
     best = max(history, key=lambda row: row["valid"][metric])
+    config = cfg.model_dump(mode="json")
     return {
         "run": run.name,
-        "objective": config["reasoning"]["kind"],
+        "objective": cfg.reasoning.kind,
         **{key: lookup(config, key) for key in keys},
-        "seed": config["train"]["seed"],
+        "seed": cfg.train.seed,
         "epochs_run": len(history),
         "best_epoch": best["epoch"],
         "valid_metric": metric,

@@ -238,6 +238,12 @@ def saved_config(run_dir: str | Path) -> RunConfig:
     return RunConfig.model_validate_json((path / "config.json").read_text())
 
 
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The epoch log of a run directory (or a record of one): one dict per ``log.jsonl`` line."""
+    text = (Path(run_dir) / "log.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[RunConfig, SeqRecModel]:
     """The config and trained model of a run directory."""
     path = Path(run_dir)
