@@ -23,6 +23,7 @@ from thinkrec.llm.data import PromptBank, train_examples
 from thinkrec.llm.recpo import ndcg_reward
 from thinkrec.llm.run import load_llm_run, load_split, make_builder
 from thinkrec.llm.trainer import LLMTrainer
+from thinkrec.runs import read_log
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     trainer = LLMTrainer(model, bank, cfg)
     examples = train_examples(split, cfg)[: args.n]
     report = trainer.evaluate(examples)
-    log = [json.loads(line) for line in (args.run_dir / "log.jsonl").read_text().splitlines() if line]
+    log = read_log(args.run_dir)
     half = len(log) // 2
     print(
         json.dumps(

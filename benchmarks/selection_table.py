@@ -22,19 +22,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from thinkrec.runs import read_log, saved_config
+from thinkrec.runs import flat_config, read_log, saved_config
 
 FILES = ("config.json", "log.jsonl", "results.json")
 TEST_METRIC = "NDCG@20"
-
-
-def lookup(config: dict[str, Any], dotted: str) -> Any:
-    value: Any = config
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise SystemExit(f"config.json has no key {dotted!r}")
-        value = value[part]
-    return value
 
 
 def row_of(run: Path, keys: list[str]) -> dict[str, Any]:
@@ -46,11 +37,14 @@ def row_of(run: Path, keys: list[str]) -> dict[str, Any]:
     metric = cfg.train.valid_metric
     history = read_log(run)
     best = max(history, key=lambda row: row["valid"][metric])
-    config = cfg.model_dump(mode="json")
+    config = flat_config(cfg)
+    unknown = [key for key in keys if key not in config]
+    if unknown:
+        raise SystemExit(f"{run}/config.json has no key {', '.join(map(repr, unknown))}")
     return {
         "run": run.name,
         "objective": cfg.reasoning.kind,
-        **{key: lookup(config, key) for key in keys},
+        **{key: config[key] for key in keys},
         "seed": cfg.train.seed,
         "epochs_run": len(history),
         "best_epoch": best["epoch"],

@@ -155,9 +155,8 @@ def saved_ranks(run_dir: Path, name: str, samples: EvalSamples, cfg: RunConfig, 
 OPERATIONAL_KEYS = frozenset({"train.threads", "train.progress", "train.resume", "run_dir"})
 
 
-def changed_keys(old: RunConfig, new: RunConfig) -> list[str]:
-    """Dotted keys whose values differ between two configs, apart from the operational ones (threads, progress
-    bars, resuming, the run directory), which do not change what a run computes."""
+def flat_config(cfg: RunConfig) -> dict[str, Any]:
+    """Every setting of a config under its dotted key (``reasoning.erl_lambda``), as the CLI overrides name them."""
 
     def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(obj, dict):
@@ -167,7 +166,13 @@ def changed_keys(old: RunConfig, new: RunConfig) -> list[str]:
             return out
         return {prefix.rstrip("."): obj}
 
-    a, b = flat(old.model_dump(mode="json")), flat(new.model_dump(mode="json"))
+    return flat(cfg.model_dump(mode="json"))
+
+
+def changed_keys(old: RunConfig, new: RunConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs, apart from the operational ones (threads, progress
+    bars, resuming, the run directory), which do not change what a run computes."""
+    a, b = flat_config(old), flat_config(new)
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in OPERATIONAL_KEYS)
 
 
