@@ -13,7 +13,10 @@ order: TO, mode: full, group_by: user}``), cross-entropy over the whole catalogu
 (``train_neg_sample_args: None``), every interaction kept (no rating threshold, no k-core filtering).
 
 Exactly one line of JSON goes to stdout at the end; everything else (RecBole's logging included) goes to
-stderr.
+stderr. With ``--eval-on-request`` the script first prints ``{"ready": true}`` after training, then times one
+test evaluation per ``eval`` line read from stdin (one JSON line each, ``{"eval_seconds": ...}``) until
+``quit`` or end of input, so another process can alternate its own evaluations with RecBole's
+(``benchmarks/eval_paired.py``).
 """
 
 from __future__ import annotations
@@ -85,6 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-batches", type=int, default=20, help="timed batches, after 2 warm-up batches")
     p.add_argument("--eval", action="store_true", help="also time one full-ranking pass over the test users")
     p.add_argument("--eval-repeats", type=int, default=1, help="evaluations to time; the fastest is reported")
+    p.add_argument(
+        "--eval-on-request",
+        action="store_true",
+        help="after training, time one test evaluation per 'eval' line on stdin (JSON line per answer)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=2020)
     args = p.parse_args(argv)
@@ -317,6 +325,8 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         eval_seconds = min(eval_all)
         eval_result = {k: float(v) for k, v in result.items()}
         log(f"evaluation: {eval_seconds:.3f}s (fastest of {len(eval_all)}) {eval_result}")
+    if args.eval_on_request:
+        serve_evaluations(trainer, test_data)
 
     return {
         "peer": "recbole",
@@ -349,6 +359,30 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         "threads": args.threads,
         "torch": torch.__version__,
     }
+
+
+def answer(record: dict[str, Any]) -> None:
+    """One JSON line on the real stdout (``run`` sends everything else to stderr)."""
+    sys.__stdout__.write(json.dumps(record) + "\n")
+    sys.__stdout__.flush()
+
+
+def serve_evaluations(trainer: Any, test_data: Any) -> None:
+    """Time one ``Trainer.evaluate`` over the test users per ``eval`` line on stdin, until ``quit``/EOF.
+
+    The requesting process waits for the answer, so the two sides never run at the same time.
+    """
+    answer({"ready": True})
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "quit":
+            break
+        if command != "eval":
+            answer({"error": f"unknown command {command!r}: send 'eval' or 'quit'"})
+            continue
+        start = time.perf_counter()
+        trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+        answer({"eval_seconds": time.perf_counter() - start})
 
 
 def main(argv: list[str] | None = None) -> int:
