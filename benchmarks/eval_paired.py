@@ -70,7 +70,11 @@ class Peer:
             cmd += ["--dataset-name", dataset_name]
         env = {**os.environ, **(TUNED_MALLOC_ENV if tuned_malloc else {})}
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,  # its log: our stderr
         )
         ready = self.read()
         if not ready.get("ready"):
@@ -81,9 +85,7 @@ class Peer:
         line = stdout.readline() if stdout is not None else ""
         if not line:
             code = self.proc.wait()
-            sys.exit(
-                f"eval_paired: the RecBole process ended (exit code {code}); run peer_recbole.py by hand to see why"
-            )
+            sys.exit(f"eval_paired: the RecBole process ended (exit code {code}); its log is above, on stderr")
         answer: dict[str, Any] = json.loads(line)
         return answer
 
@@ -97,10 +99,15 @@ class Peer:
         return float(answer["eval_seconds"])
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        """Ask RecBole to stop; kill it if it has not within a minute (or is gone already)."""
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
 
 
 def median_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
