@@ -124,7 +124,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["ml100k", "beauty"], default="ml100k")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each side")
-    parser.add_argument("--rounds", type=int, default=40, help="paired rounds (one evaluation per side each); the docs used 60")
+    parser.add_argument("--rounds", type=int, default=60, help="paired rounds (one evaluation per side each)")
     parser.add_argument("--goal", type=float, default=0.2, help="the ratio the summary counts rounds under")
     parser.add_argument(
         "--peer-venv", type=Path, default=Path(os.environ.get("THINKREC_PEER_VENV", REPO / ".peer-venv"))
