@@ -34,7 +34,7 @@ from typing import IO, Any
 
 import torch
 
-from speed_engine import DATASETS, SAME, TUNED_MALLOC_ENV, train_epoch
+from speed_engine import DATASETS, SAME, TUNED_MALLOC_ENV, peer_command, train_epoch
 from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
 from thinkrec.eval.evaluator import evaluate
@@ -47,27 +47,11 @@ class Peer:
     """RecBole, evaluating on request in the peer venv's python."""
 
     def __init__(self, dataset: str, threads: int, venv: Path, tuned_malloc: bool) -> None:
-        _, source, dataset_name = DATASETS[dataset]
-        python = venv / "bin" / "python"
-        if source is None:
+        if DATASETS[dataset][1] is None:
             sys.exit(f"eval_paired: RecBole has no setup for {dataset!r} here; use ml100k or beauty")
-        if not python.exists():
+        cmd = peer_command(dataset, threads, 1, venv, "--eval-on-request")
+        if cmd is None:
             sys.exit(f"eval_paired: no peer venv at {venv}; make it with: bash benchmarks/peer_setup.sh")
-        cmd = [
-            str(python),
-            str(REPO / "benchmarks" / "peer_recbole.py"),
-            "--inter-source",
-            source,
-            "--train-batches",
-            "1",
-            "--threads",
-            str(threads),
-            "--dropout",
-            "0.2",
-            "--eval-on-request",
-        ]
-        if dataset_name:
-            cmd += ["--dataset-name", dataset_name]
         env = {**os.environ, **(TUNED_MALLOC_ENV if tuned_malloc else {})}
         self.proc = subprocess.Popen(
             cmd,
@@ -141,9 +125,9 @@ def main() -> int:
     tuned = tune_allocator()
     torch.set_num_threads(args.threads)
     cfg = load_config(DATASETS[args.dataset][0], [*SAME, "train.progress=false"])
+    peer = Peer(args.dataset, args.threads, args.peer_venv, args.peer_tuned_allocator)  # first: fails fast
     _dataset, split = load_data(cfg)
     model, _sampler, _batches, _seconds = train_epoch(cfg, split, "all")  # weights as speed_engine.py's
-    peer = Peer(args.dataset, args.threads, args.peer_venv, args.peer_tuned_allocator)
 
     def ours() -> float:
         start = time.perf_counter()

@@ -156,9 +156,9 @@ TUNED_MALLOC_ENV = {
 }
 
 
-def peer(
-    name: str, threads: int, batches: int, venv: Path, eval_repeats: int, tuned_malloc: bool = False
-) -> dict[str, Any] | None:
+def peer_command(name: str, threads: int, batches: int, venv: Path, *extra: str) -> list[str] | None:
+    """The ``peer_recbole.py`` command for dataset ``name`` with our model settings and ``extra`` options;
+    None if RecBole has no setup for that dataset or the peer venv is missing."""
     _, source, dataset_name = DATASETS[name]
     python = venv / "bin" / "python"
     if source is None or not python.exists():
@@ -170,16 +170,23 @@ def peer(
         source,
         "--train-batches",
         str(batches),
-        "--eval",
         "--threads",
         str(threads),
         "--dropout",
         "0.2",
-        "--eval-repeats",
-        str(eval_repeats),
+        *extra,
     ]
     if dataset_name:
         cmd += ["--dataset-name", dataset_name]
+    return cmd
+
+
+def peer(
+    name: str, threads: int, batches: int, venv: Path, eval_repeats: int, tuned_malloc: bool = False
+) -> dict[str, Any] | None:
+    cmd = peer_command(name, threads, batches, venv, "--eval", "--eval-repeats", str(eval_repeats))
+    if cmd is None:
+        return None
     env = {**os.environ, **(TUNED_MALLOC_ENV if tuned_malloc else {})}
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
