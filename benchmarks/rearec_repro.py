@@ -87,6 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patience", type=int, help="early-stopping patience (default: the presets' 10)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/rearec"), help="output folder")
+    parser.add_argument(
+        "--report-tag",
+        default="",
+        help="append -TAG to the table's file names (rearec-<dataset>-<protocol>-TAG.{md,json}), so a table of"
+        " a subset of the variants or seeds does not replace the folder's main table",
+    )
     for variant in ("erl", "prl"):
         parser.add_argument(
             f"--{variant}",
@@ -330,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--variants: {args.variants!r} must list base and any of erl, prl (unknown: {unknown})")
     variants = tuple(names[v] for v in ("base", "erl", "prl") if v in chosen)
     runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
-    suffix = "" if args.backbone == "sasrec" else f"-{args.backbone}"
+    suffix = ("" if args.backbone == "sasrec" else f"-{args.backbone}") + (
+        f"-{args.report_tag}" if args.report_tag else ""
+    )
     stem = args.out / f"rearec-{args.dataset}-{args.protocol}{suffix}"
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in range(1, args.seeds + 1):

@@ -77,6 +77,14 @@ def test_table_is_rebuilt_from_records_without_run_directories(
     assert json.loads((out / "rearec-ml100k-time.json").read_text()) == table
     assert table["overrides"] == {"all": tiny}
 
+    # a tagged table gets its own files and leaves the folder's main table alone
+    main_md = (out / "rearec-ml100k-time.md").read_text()
+    (out / "rearec-ml100k-time.md").write_text("kept")
+    assert repro.main(["--report-tag", "subset", *argv]) == 0
+    assert json.loads((out / "rearec-ml100k-time-subset.json").read_text()) == table
+    assert (out / "rearec-ml100k-time-subset.md").read_text() == main_md
+    assert (out / "rearec-ml100k-time.md").read_text() == "kept"
+
     # a per-variant override reaches that variant only: the base record still matches, the ERL one does not
     with pytest.raises(SystemExit, match=r"sasrec-erl-s1 was trained with other settings \(reasoning\.erl_lambda\)"):
         repro.main(["--erl", "reasoning.erl_lambda=0.5", *argv])
