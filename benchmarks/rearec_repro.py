@@ -336,9 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--variants: {args.variants!r} must list base and any of erl, prl (unknown: {unknown})")
     variants = tuple(names[v] for v in ("base", "erl", "prl") if v in chosen)
     runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
-    suffix = ("" if args.backbone == "sasrec" else f"-{args.backbone}") + (
-        f"-{args.report_tag}" if args.report_tag else ""
-    )
+    suffix = "" if args.backbone == "sasrec" else f"-{args.backbone}"
+    if args.report_tag:
+        suffix += f"-{args.report_tag}"
     stem = args.out / f"rearec-{args.dataset}-{args.protocol}{suffix}"
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in range(1, args.seeds + 1):
