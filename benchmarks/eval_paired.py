@@ -13,6 +13,7 @@ test users, full ranking, history not masked). Each side is timed inside its own
 evaluation; one untimed evaluation per side comes first.
 
     python benchmarks/eval_paired.py --threads 2 --rounds 60 > benchmarks/results/eval_paired_ml100k.jsonl
+    python benchmarks/eval_paired.py --threads 2 --rounds 60 --autocast bf16   # thinkrec in bf16
 
 Prints one JSON line per round and a summary line (``"kind": "summary"``): both sides' fastest and median
 times, the median of the per-round ratios with a distribution-free 95% interval, and how many rounds were
@@ -109,6 +110,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=60, help="paired rounds (one evaluation per side each)")
     parser.add_argument("--goal", type=float, default=0.2, help="the ratio the summary counts rounds under")
     parser.add_argument(
+        "--autocast",
+        choices=["none", "bf16"],
+        default="none",
+        help="thinkrec's evaluation precision (eval.autocast); RecBole always evaluates in float32",
+    )
+    parser.add_argument(
         "--peer-venv", type=Path, default=Path(os.environ.get("THINKREC_PEER_VENV", REPO / ".peer-venv"))
     )
     parser.add_argument(
@@ -122,7 +129,7 @@ def main() -> int:
 
     tuned = tune_allocator()
     torch.set_num_threads(args.threads)
-    cfg = load_config(DATASETS[args.dataset][0], [*SAME, "train.progress=false"])
+    cfg = load_config(DATASETS[args.dataset][0], [*SAME, "train.progress=false", f"eval.autocast={args.autocast}"])
     peer = Peer(args.dataset, args.threads, args.peer_venv, args.peer_tuned_allocator)  # first: fails fast
     _dataset, split = load_data(cfg)
     model, _sampler, _batches, _seconds = train_epoch(cfg, split, "all")  # weights as speed_engine.py's
@@ -155,6 +162,7 @@ def main() -> int:
         "threads": args.threads,
         "rounds": args.rounds,
         "overrides": SAME,
+        "autocast": args.autocast,
         "n_test": len(split.test),
         "allocator_tuned": tuned,
         "recbole_allocator_tuned": args.peer_tuned_allocator,
