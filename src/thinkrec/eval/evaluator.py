@@ -17,6 +17,7 @@ from thinkrec.errors import ThinkrecError
 from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
 from thinkrec.eval.protocol import EvalConfig
 from thinkrec.models.model import SeqRecModel
+from thinkrec.parallel import SERIAL, Rows, resolve_workers, row_workers
 from thinkrec.precision import warn_slow_bf16
 from thinkrec.train.checkpoint import atomic_write_bytes
 
@@ -70,17 +71,19 @@ def _ranks(
     items: torch.Tensor,
     targets: torch.Tensor,
     history: torch.Tensor | None,
+    runner: Rows = SERIAL,
 ) -> np.ndarray:
     """Pessimistic 0-based rank of each target column; history items are set to -inf when given.
 
-    Scores are computed in cache-sized row blocks; each block's target score is read from the same
-    block, so ties are judged on identical numbers. The scorer's temperature is left out: dividing by a
-    positive number does not change an order, and it would cost a pass over every block.
+    Scores are computed in cache-sized row blocks (run by ``runner``); each block's target score is read
+    from the same block, so ties are judged on identical numbers. The scorer's temperature is left out:
+    dividing by a positive number does not change an order, and it would cost a pass over every block.
     """
     ranks = torch.empty(len(users), dtype=torch.long)
     block = rows_per_block(items.shape[0])
     users, items = model.scorer.prepare(users, items)  # e.g. cosine: normalised once, not per block
-    for start in range(0, len(users), block):
+
+    def rank_block(start: int) -> None:
         rows = slice(start, start + block)
         scores = (users[rows] @ items.T).float()
         if history is not None:
@@ -89,19 +92,23 @@ def _ranks(
             index = torch.arange(len(hist))[:, None].expand_as(hist)
             real = hist > 0
             scores[index[real], hist[real] - 1] = float("-inf")
-        ranks[rows] = target_ranks(scores, targets[rows])
+        ranks[rows] = target_ranks(scores, targets[rows], overwrite=True)
+
+    runner.map(rank_block, range(0, len(users), block))
     result: np.ndarray = ranks.numpy()
     return result
 
 
-def encode_in_blocks(model: SeqRecModel, inputs: torch.Tensor, steps: int | None, cfg: EvalConfig) -> torch.Tensor:
+def encode_in_blocks(
+    model: SeqRecModel, inputs: torch.Tensor, steps: int | None, cfg: EvalConfig, runner: Rows = SERIAL
+) -> torch.Tensor:
     """User states ``[B, K+1, d]`` of left-padded histories ``inputs [B, W]``, encoded in passes of at most
     ``cfg.encode_tokens`` positions: one pass over thousands of histories streams every activation through
     main memory, small ones stay in cache (ML-100K's 943 x 50 test histories: several times faster)."""
     rows = max(1, cfg.encode_tokens // max(1, inputs.shape[1]))
     # one autocast region for all passes: the weights are cast to bf16 once, not once per pass
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
-        return model.encode_passes(inputs, rows, steps).float()
+        return model.encode_passes(inputs, rows, steps, runner).float()
 
 
 def history_chunks(
@@ -157,29 +164,30 @@ def evaluate(
 
         chunks = tqdm(chunks, desc="evaluate", unit="chunk", leave=False, total=-(-n // size))
     items = model.item_vectors()
-    for sl, part, history in chunks:
-        (trimmed,) = trim(history)
-        states = encode_in_blocks(model, torch.from_numpy(trimmed), steps, cfg)
-        targets = torch.from_numpy(part.targets - 1)
-        hist = torch.from_numpy(history) if cfg.mask_history else None
+    with row_workers(resolve_workers(cfg.workers)) as runner:
+        for sl, part, history in chunks:
+            (trimmed,) = trim(history)
+            states = encode_in_blocks(model, torch.from_numpy(trimmed), steps, cfg, runner)
+            targets = torch.from_numpy(part.targets - 1)
+            hist = torch.from_numpy(history) if cfg.mask_history else None
 
-        def rank_of(
-            user: torch.Tensor, targets: torch.Tensor = targets, hist: torch.Tensor | None = hist
-        ) -> np.ndarray:
-            return _ranks(model, user, items, targets, hist)
+            def rank_of(
+                user: torch.Tensor, targets: torch.Tensor = targets, hist: torch.Tensor | None = hist
+            ) -> np.ndarray:
+                return _ranks(model, user, items, targets, hist, runner)
 
-        if per_step:
-            for k in range(k_plus_1):
-                step_ranks[k, sl] = rank_of(states[:, k])
-            if mean_ranks is not None:
-                mean_ranks[sl] = rank_of(states.mean(dim=1))
-            if mode == "last":
-                ranks[sl] = step_ranks[-1, sl]
-            elif mode == "mean":
-                assert mean_ranks is not None
-                ranks[sl] = mean_ranks[sl]
+            if per_step:
+                for k in range(k_plus_1):
+                    step_ranks[k, sl] = rank_of(states[:, k])
+                if mean_ranks is not None:
+                    mean_ranks[sl] = rank_of(states.mean(dim=1))
+                if mode == "last":
+                    ranks[sl] = step_ranks[-1, sl]
+                elif mode == "mean":
+                    assert mean_ranks is not None
+                    ranks[sl] = mean_ranks[sl]
+                else:
+                    ranks[sl] = step_ranks[step or 0, sl]
             else:
-                ranks[sl] = step_ranks[step or 0, sl]
-        else:
-            ranks[sl] = rank_of(model.user_vector(states, mode, step))
+                ranks[sl] = rank_of(model.user_vector(states, mode, step))
     return EvalResult(ranks, step_ranks, mean_ranks, mode if mode != "step" else f"step {step}")

@@ -26,6 +26,15 @@ class EvalConfig(BaseModel):
         ),
         ge=1,
     )
+    workers: int = Field(
+        0,
+        description=(
+            "threads that encode and score independent groups of rows at once, each operation on one thread"
+            " (faster than splitting every small operation over threads); 0 = one per torch thread"
+            " (train.threads), 1 = off; results do not depend on it"
+        ),
+        ge=0,
+    )
     inference: Literal["auto", "last", "mean", "step"] = Field(
         "auto",
         description=(

@@ -101,12 +101,15 @@ class SASRec(nn.Module):
         return out
 
     def embed(self, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        items = self.item_embedding(inputs)
+        if self.emb_scale != 1.0:  # (a multiplication by one would still be a pass over the batch)
+            items = items * self.emb_scale
         if self.cfg.positions == "from_start":
             # index of each item among the row's real items: independent of padding and trimming
             pos = ((inputs != 0).cumsum(dim=1) - 1).clamp(min=0)
-            x = self.item_embedding(inputs) * self.emb_scale + self.position_embedding(pos)
+            x = items + self.position_embedding(pos)
         else:
-            x = self.item_embedding(inputs) * self.emb_scale + self.position_embedding(positions)[None]
+            x = items + self.position_embedding(positions)[None]
         return self.input_tokens(x)
 
     def attention_mask(self, pad: torch.Tensor) -> torch.Tensor:

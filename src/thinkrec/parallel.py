@@ -1,0 +1,79 @@
+"""Row-parallel inference: independent groups of rows run concurrently, one intra-op thread each.
+
+Evaluation splits naturally into independent pieces of rows: the encoder's cache-sized passes, the
+reasoning over a group of passes, the score blocks. torch parallelises each operation over its intra-op
+threads, which pays for large products but not for the many small operations of a 64-wide SASRec pass (a
+LayerNorm or a softmax of a few hundred kilobytes, tiny batched products), nor for the Python between
+operations: on MovieLens-100K with 2 threads an evaluation ran only 1.44x faster than with one. A
+:class:`Rows` runner instead hands the pieces to as many Python threads as torch has intra-op threads, and
+lets every operation run on one thread; torch releases the GIL inside its kernels, so the threads overlap.
+
+The pieces are exactly the ones a serial run computes (the same passes, widths and reasoning caches), so
+results do not depend on the number of workers. Each worker runs with the caller's gradient and autocast
+mode (both are thread-local in torch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Rows:
+    """Maps a function over independent pieces of rows: in order, on ``workers`` threads (1 = here)."""
+
+    def __init__(self, workers: int = 1, pool: ThreadPoolExecutor | None = None) -> None:
+        if workers > 1 and pool is None:
+            raise ValueError("a Rows runner with several workers needs a thread pool (use row_workers)")
+        self.workers = max(1, workers)
+        self._pool = pool
+
+    def map(self, fn: Callable[[T], R], pieces: Sequence[T]) -> list[R]:
+        """``[fn(p) for p in pieces]``, the pieces run concurrently when there are several workers."""
+        if self._pool is None or self.workers == 1 or len(pieces) < 2:
+            return [fn(p) for p in pieces]
+        grad = torch.is_grad_enabled()
+        autocast = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu")
+
+        def call(piece: T) -> R:
+            with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=dtype, enabled=autocast):
+                return fn(piece)
+
+        return list(self._pool.map(call, pieces))
+
+    def groups(self, n: int) -> list[list[int]]:
+        """Indices ``0..n-1`` dealt round-robin into at most ``workers`` groups (pieces sorted by size, e.g.
+        passes by history length, so each group gets a share of the short and of the long ones)."""
+        return [list(range(i, n, self.workers)) for i in range(min(self.workers, n))] or [[]]
+
+
+SERIAL = Rows(1)
+
+
+def resolve_workers(workers: int) -> int:
+    """``0`` = one worker per intra-op thread torch uses (``torch.get_num_threads()``)."""
+    return torch.get_num_threads() if workers <= 0 else workers
+
+
+@contextmanager
+def row_workers(workers: int) -> Iterator[Rows]:
+    """A :class:`Rows` runner with ``workers`` threads, while torch runs each operation on one thread (its
+    intra-op thread count is restored afterwards). With one worker nothing changes."""
+    if workers <= 1:
+        yield SERIAL
+        return
+    threads = torch.get_num_threads()
+    with ThreadPoolExecutor(workers, thread_name_prefix="thinkrec-rows") as pool:
+        torch.set_num_threads(1)
+        try:
+            yield Rows(workers, pool)
+        finally:
+            torch.set_num_threads(threads)

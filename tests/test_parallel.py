@@ -1,0 +1,84 @@
+"""Row-parallel inference: the same numbers as one worker, the caller's modes in every worker, threads restored."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from thinkrec.data.split import leave_one_out
+from thinkrec.eval.evaluator import evaluate
+from thinkrec.eval.protocol import EvalConfig
+from thinkrec.models.model import SeqRecModel
+from thinkrec.models.registry import build_model
+from thinkrec.models.sasrec import SASRecConfig
+from thinkrec.parallel import SERIAL, Rows, resolve_workers, row_workers
+from thinkrec.reasoning.reasoner import LatentReasoner
+
+from helpers import random_dataset
+
+
+def _model(n_items: int, steps: int) -> SeqRecModel:
+    torch.manual_seed(3)
+    model = build_model(SASRecConfig(hidden=16, layers=2, heads=2, max_len=12), n_items)
+    with torch.no_grad():  # weights large enough that ranks spread out
+        for name, p in model.named_parameters():
+            if p.dim() > 1 and "norm" not in name:
+                p.normal_(0.0, 0.3)
+    if steps:
+        model.reasoner = LatentReasoner(16, steps)
+        with torch.no_grad():
+            model.reasoner.rpe.normal_(0.0, 1.0)
+    return model
+
+
+def test_groups_deal_pieces_round_robin_and_serial_keeps_them_whole() -> None:
+    assert SERIAL.groups(5) == [[0, 1, 2, 3, 4]]
+    with row_workers(2) as rows:
+        assert rows.workers == 2
+        assert rows.groups(5) == [[0, 2, 4], [1, 3]]
+        assert rows.groups(1) == [[0]]
+    with pytest.raises(ValueError, match="thread pool"):
+        Rows(2)
+
+
+def test_workers_map_in_order_with_the_callers_modes_and_threads_are_restored() -> None:
+    before = torch.get_num_threads()
+    seen: list[tuple[bool, bool, int, str]] = []
+    lock = threading.Lock()
+
+    def probe(i: int) -> int:
+        with lock:
+            grad, autocast = torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")
+            seen.append((grad, autocast, torch.get_num_threads(), threading.current_thread().name))
+        return i * i
+
+    with row_workers(2) as rows, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert rows.map(probe, range(6)) == [0, 1, 4, 9, 16, 25]
+    assert torch.get_num_threads() == before
+    assert len(seen) == 6
+    assert all(not grad and autocast and threads == 1 for grad, autocast, threads, _ in seen)
+    assert all(name.startswith("thinkrec-rows") for *_, name in seen)  # not run in the caller's thread
+    with row_workers(2) as rows:  # grad mode follows the caller (here: enabled)
+        seen.clear()
+        rows.map(probe, range(2))
+        assert all(grad and not autocast for grad, autocast, *_ in seen)
+    assert resolve_workers(0) == torch.get_num_threads() and resolve_workers(1) == 1
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+def test_evaluation_with_several_workers_gives_the_ranks_of_one(steps: int) -> None:
+    ds = random_dataset(n_users=90, n_items=60, seed=11)
+    split = leave_one_out(ds)
+    model = _model(ds.n_items, steps)
+    # passes of 3-4 rows of different widths, several score blocks, history masked: every piece is split
+    cfg = dict(batch_size=40, encode_tokens=40, mask_history=True)
+    one = evaluate(model, split, split.test, EvalConfig(workers=1, **cfg))
+    many = evaluate(model, split, split.test, EvalConfig(workers=3, **cfg))
+    np.testing.assert_array_equal(one.step_ranks, many.step_ranks)
+    if steps:
+        assert one.mean_ranks is not None and many.mean_ranks is not None
+        np.testing.assert_array_equal(one.mean_ranks, many.mean_ranks)
+    assert len(np.unique(one.ranks)) > 10  # the ranks are spread: a wrong row order would show
