@@ -14,6 +14,7 @@ evaluation; one untimed evaluation per side comes first.
 
     python benchmarks/eval_paired.py --threads 2 --rounds 60 > benchmarks/results/eval_paired_ml100k.jsonl
     python benchmarks/eval_paired.py --threads 2 --rounds 60 --autocast bf16   # thinkrec in bf16
+    python benchmarks/eval_paired.py --threads 2 --rounds 60 --workers 1       # without row workers
 
 Prints one JSON line per round and a summary line (``"kind": "summary"``): both sides' fastest and median
 times, the median of the per-round ratios with a distribution-free 95% interval, and how many rounds were
@@ -116,6 +117,12 @@ def main() -> int:
         help="thinkrec's evaluation precision (eval.autocast); RecBole always evaluates in float32",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="thinkrec's eval.workers (0 = one per torch thread, the default; 1 = every operation split over threads)",
+    )
+    parser.add_argument(
         "--peer-venv", type=Path, default=Path(os.environ.get("THINKREC_PEER_VENV", REPO / ".peer-venv"))
     )
     parser.add_argument(
@@ -129,7 +136,8 @@ def main() -> int:
 
     tuned = tune_allocator()
     torch.set_num_threads(args.threads)
-    cfg = load_config(DATASETS[args.dataset][0], [*SAME, "train.progress=false", f"eval.autocast={args.autocast}"])
+    precision = [f"eval.autocast={args.autocast}", f"eval.workers={args.workers}"]
+    cfg = load_config(DATASETS[args.dataset][0], [*SAME, "train.progress=false", *precision])
     peer = Peer(args.dataset, args.threads, args.peer_venv, args.peer_tuned_allocator)  # first: fails fast
     _dataset, split = load_data(cfg)
     model, _sampler, _batches, _seconds = train_epoch(cfg, split, "all")  # weights as speed_engine.py's
@@ -163,6 +171,7 @@ def main() -> int:
         "rounds": args.rounds,
         "overrides": SAME,
         "autocast": args.autocast,
+        "workers": args.workers,
         "n_test": len(split.test),
         "allocator_tuned": tuned,
         "recbole_allocator_tuned": args.peer_tuned_allocator,
