@@ -8,9 +8,10 @@ operations: on MovieLens-100K with 2 threads an evaluation ran only 1.44x faster
 :class:`Rows` runner instead hands the pieces to as many Python threads as torch has intra-op threads, and
 lets every operation run on one thread; torch releases the GIL inside its kernels, so the threads overlap.
 
-The pieces are exactly the ones a serial run computes (the same passes, widths and reasoning caches), so
-results do not depend on the number of workers. Each worker runs with the caller's gradient and autocast
-mode (both are thread-local in torch).
+The pieces are the ones a serial run computes: the same passes with the same widths; reasoning caches hold
+a worker's share of the rows, each row with the same columns as in one cache of all rows. Every operation
+treats rows independently, so results do not depend on the number of workers (``tests/test_parallel.py``).
+Each worker runs with the caller's gradient and autocast mode (both are thread-local in torch).
 """
 
 from __future__ import annotations
