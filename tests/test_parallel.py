@@ -69,12 +69,14 @@ def test_workers_map_in_order_with_the_callers_modes_and_threads_are_restored() 
 
 
 @pytest.mark.parametrize("steps", [0, 2])
-def test_evaluation_with_several_workers_gives_the_ranks_of_one(steps: int) -> None:
+@pytest.mark.parametrize("chunk", [40, 10])
+def test_evaluation_with_several_workers_gives_the_ranks_of_one(steps: int, chunk: int) -> None:
     ds = random_dataset(n_users=90, n_items=60, seed=11)
     split = leave_one_out(ds)
     model = _model(ds.n_items, steps)
-    # passes of 3-4 rows of different widths, several score blocks, history masked: every piece is split
-    cfg = dict(batch_size=40, encode_tokens=40, mask_history=True)
+    # passes of 3-4 rows of different widths, history masked; chunks of 40 samples: the workers share each
+    # chunk's passes and score blocks; of 10 (more chunks than twice the workers): they take whole chunks
+    cfg = dict(batch_size=chunk, encode_tokens=40, mask_history=True)
     one = evaluate(model, split, split.test, EvalConfig(workers=1, **cfg))
     many = evaluate(model, split, split.test, EvalConfig(workers=3, **cfg))
     np.testing.assert_array_equal(one.step_ranks, many.step_ranks)

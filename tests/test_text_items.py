@@ -228,3 +228,43 @@ def test_id_options_need_the_id_embedding() -> None:
         RunConfig.model_validate({"model": {"kind": "unisrec", "id_embedding": False, "id_dropout": 0.2}})
     with pytest.raises(ValueError, match=r"need model\.id_embedding = true"):
         RunConfig.model_validate({"model": {"kind": "unisrec", "id_embedding": False, "unseen_items": "text_only"}})
+
+
+@pytest.mark.parametrize("kind", ["unisrec", "morec"])
+def test_inference_keeps_the_item_table_until_a_parameter_changes(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _ = text_model(kind, tmp_path, monkeypatch)
+    backbone: TextSASRec = model.backbone
+    ids = torch.tensor([[0, 3, 5, 12], [1, 1, 0, 7]])
+
+    def computed() -> torch.Tensor:  # the per-id path, without any kept table
+        out: torch.Tensor = backbone.items(ids)
+        return out + backbone.id_part(ids, backbone.item_embedding(ids)) if backbone.use_ids else out
+
+    calls = 0
+    table_of = backbone.items.table
+
+    def counted() -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return table_of()
+
+    monkeypatch.setattr(backbone.items, "table", counted)
+    with torch.no_grad():
+        first = backbone.item_table()
+        assert torch.equal(backbone.item_vectors_of(ids), first[ids])  # looked up in the kept table
+        torch.testing.assert_close(first[ids], computed(), rtol=1e-6, atol=1e-6)
+        backbone.item_table()
+        assert calls == 1  # kept
+        backbone.items.text.mul_(2.0)  # a buffer (or parameter) changes: the table is formed again
+        second = backbone.item_table()
+        assert calls == 2 and not torch.equal(first, second)
+        torch.testing.assert_close(backbone.item_vectors_of(ids), computed(), rtol=1e-6, atol=1e-6)
+    # with autograd, in training or under autocast, nothing kept is used: inputs are computed per id
+    assert backbone._kept_table() is None and backbone.item_vectors_of(ids).requires_grad
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert backbone._kept_table() is None
+    backbone.train()
+    with torch.no_grad():
+        assert backbone._kept_table() is None

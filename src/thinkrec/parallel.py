@@ -1,12 +1,15 @@
 """Row-parallel inference: independent groups of rows run concurrently, one intra-op thread each.
 
-Evaluation splits naturally into independent pieces of rows: the encoder's cache-sized passes, the
-reasoning over a group of passes, the score blocks. torch parallelises each operation over its intra-op
+Evaluation splits naturally into independent pieces of rows: its chunks of samples and, within a chunk,
+the encoder's cache-sized passes, the reasoning over a group of passes and the score blocks. torch parallelises each operation over its intra-op
 threads, which pays for large products but not for the many small operations of a 64-wide SASRec pass (a
 LayerNorm or a softmax of a few hundred kilobytes, tiny batched products), nor for the Python between
 operations: on MovieLens-100K with 2 threads an evaluation ran only 1.44x faster than with one. A
 :class:`Rows` runner instead hands the pieces to as many Python threads as torch has intra-op threads, and
 lets every operation run on one thread; torch releases the GIL inside its kernels, so the threads overlap.
+Moving torch between one thread and several costs time of its own, so the runner keeps it on one thread
+for the whole evaluation (:func:`row_workers`) and the evaluator picks the split: whole chunks when there are
+enough for every worker to take two, else each chunk's pieces.
 
 The pieces are the ones a serial run computes: the same passes with the same widths; reasoning caches hold
 a worker's share of the rows, each row with the same columns as in one cache of all rows. Every operation
@@ -28,7 +31,9 @@ R = TypeVar("R")
 
 
 class Rows:
-    """Maps a function over independent pieces of rows: in order, on ``workers`` threads (1 = here)."""
+    """Maps a function over independent pieces of rows: in order, on ``workers`` threads (1 = here).
+
+    Made by :func:`row_workers`, which runs torch on one thread per operation while it is open."""
 
     def __init__(self, workers: int = 1, pool: ThreadPoolExecutor | None = None) -> None:
         if workers > 1 and pool is None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +76,11 @@ def _ranks(
 ) -> np.ndarray:
     """Pessimistic 0-based rank of each target column; history items are set to -inf when given.
 
-    Scores are computed in cache-sized row blocks (run by ``runner``); each block's target score is read
-    from the same block, so ties are judged on identical numbers. The scorer's temperature is left out:
-    dividing by a positive number does not change an order, and it would cost a pass over every block.
+    Scores are computed in cache-sized row blocks; each block's target score is read from the same
+    block, so ties are judged on identical numbers. The scorer's temperature is left out: dividing by a
+    positive number does not change an order, and it would cost a pass over every block. (The blocks run
+    one after the other, each split over torch's threads: on a 12k-item catalogue that was faster than
+    row workers scoring whole blocks on one thread each, 18 vs 22-28 ms per 1,024 users.)
     """
     ranks = torch.empty(len(users), dtype=torch.long)
     block = rows_per_block(items.shape[0])
@@ -158,36 +161,51 @@ def evaluate(
     step_ranks = np.zeros((k_plus_1, n), dtype=np.int64)
     mean_ranks = np.zeros(n, dtype=np.int64) if k_plus_1 > 1 else None
     ranks = np.zeros(n, dtype=np.int64)
-    chunks: Iterable[tuple[np.ndarray, EvalSamples, np.ndarray]] = history_chunks(split, samples, max_len, size)
+    chunks: Iterator[tuple[np.ndarray, EvalSamples, np.ndarray]] = history_chunks(split, samples, max_len, size)
+    n_chunks = -(-n // size)
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        chunks = tqdm(chunks, desc="evaluate", unit="chunk", leave=False, total=-(-n // size))
+        bar = tqdm(desc="evaluate", unit="chunk", leave=False, total=n_chunks)
     items = model.item_vectors()
-    with row_workers(resolve_workers(cfg.workers)) as runner:
-        for sl, part, history in chunks:
-            (trimmed,) = trim(history)
-            states = encode_in_blocks(model, torch.from_numpy(trimmed), steps, cfg, runner)
-            targets = torch.from_numpy(part.targets - 1)
-            hist = torch.from_numpy(history) if cfg.mask_history else None
 
-            def rank_of(
-                user: torch.Tensor, targets: torch.Tensor = targets, hist: torch.Tensor | None = hist
-            ) -> np.ndarray:
-                return _ranks(model, user, items, targets, hist, runner)
+    def chunk(piece: tuple[np.ndarray, EvalSamples, np.ndarray], runner: Rows) -> None:
+        sl, part, history = piece
+        (trimmed,) = trim(history)
+        states = encode_in_blocks(model, torch.from_numpy(trimmed), steps, cfg, runner)
+        targets = torch.from_numpy(part.targets - 1)
+        hist = torch.from_numpy(history) if cfg.mask_history else None
 
-            if per_step:
-                for k in range(k_plus_1):
-                    step_ranks[k, sl] = rank_of(states[:, k])
-                if mean_ranks is not None:
-                    mean_ranks[sl] = rank_of(states.mean(dim=1))
-                if mode == "last":
-                    ranks[sl] = step_ranks[-1, sl]
-                elif mode == "mean":
-                    assert mean_ranks is not None
-                    ranks[sl] = mean_ranks[sl]
-                else:
-                    ranks[sl] = step_ranks[step or 0, sl]
+        def rank_of(user: torch.Tensor) -> np.ndarray:
+            return _ranks(model, user, items, targets, hist, runner)
+
+        if per_step:
+            for k in range(k_plus_1):
+                step_ranks[k, sl] = rank_of(states[:, k])
+            if mean_ranks is not None:
+                mean_ranks[sl] = rank_of(states.mean(dim=1))
+            if mode == "last":
+                ranks[sl] = step_ranks[-1, sl]
+            elif mode == "mean":
+                assert mean_ranks is not None
+                ranks[sl] = mean_ranks[sl]
             else:
-                ranks[sl] = rank_of(model.user_vector(states, mode, step))
+                ranks[sl] = step_ranks[step or 0, sl]
+        else:
+            ranks[sl] = rank_of(model.user_vector(states, mode, step))
+        if bar is not None:
+            bar.update(1)
+
+    with row_workers(resolve_workers(cfg.workers)) as runner:
+        if n_chunks >= 2 * runner.workers > 2:
+            # enough chunks for every worker to take whole ones (each chunk's own pieces run one after
+            # another): the coarsest split, and the same pieces as one worker computes
+            for wave in iter(lambda: list(islice(chunks, runner.workers)), []):
+                runner.map(lambda piece: chunk(piece, SERIAL), wave)
+        else:  # few chunks (ML-100K's 943 test users are one): the workers share each chunk's pieces
+            for piece in chunks:
+                chunk(piece, runner)
+    if bar is not None:
+        bar.close()
     return EvalResult(ranks, step_ranks, mean_ranks, mode if mode != "step" else f"step {step}")

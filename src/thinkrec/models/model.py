@@ -97,7 +97,8 @@ class SeqRecModel(nn.Module):
         self, inputs: torch.Tensor, rows: int, steps: int | None = None, runner: Rows = SERIAL
     ) -> torch.Tensor:
         """:meth:`encode` of many left-padded histories ``inputs [B, W]`` (positions of a ``max_len``-wide
-        batch), in passes of ``rows`` rows, each trimmed to its longest row: the item pass streams
+        batch), in passes of at most ``rows`` rows (as few as that allows, of equal size), each trimmed to its
+        longest row: the item pass streams
         ``rows x W`` activations, so small passes stay in cache. Reasoning steps add one token per row, so per
         pass they would be dozens of tiny operations; they run once over many rows instead, on one folded
         cache laid out from the passes (:func:`~thinkrec.models.base.reasoning_cache`) -- for Transformer
@@ -108,6 +109,7 @@ class SeqRecModel(nn.Module):
         b = inputs.shape[0]
         k = self.reasoning_steps if steps is None else steps
         max_len = self.backbone.max_len
+        rows = -(-b // -(-b // max(1, rows)))  # as many passes as needed, of equal size (workers share them evenly)
         starts = range(0, b, rows)
         if self.reasoner is None or k == 0 or not isinstance(self.backbone, ChainBackbone):
             # (caches of other layouts, e.g. recurrent states, are reasoned over per pass)

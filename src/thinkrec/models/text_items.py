@@ -229,21 +229,53 @@ class TextSASRec(SASRec):
         return vectors if keep is None else vectors * keep[..., None].to(vectors.dtype)
 
     def item_vectors_of(self, ids: torch.Tensor) -> torch.Tensor:
-        """Vectors ``[..., d]`` of item ids (padding -> 0)."""
+        """Vectors ``[..., d]`` of item ids (padding -> 0). At inference they are rows of the table
+        :meth:`item_table` keeps (see there) when it is current."""
+        kept = self._kept_table()
+        if kept is not None:
+            return kept[ids]
         out: torch.Tensor = self.items(ids)
         return out + self.id_part(ids, self.item_embedding(ids)) if self.use_ids else out
+
+    def _table_key(self) -> tuple[tuple[int, int], ...] | None:
+        """What the kept table depends on (every parameter and buffer, by storage and version), or ``None``
+        where no table is kept: while training, with autograd on, or under autocast (whose reduced precision
+        the per-pass computation would use)."""
+        if self.training or torch.is_grad_enabled() or torch.is_autocast_enabled(self.items.text.device.type):
+            return None
+        tensors = [*self.parameters(), *self.buffers()]
+        return tuple((t.data_ptr(), t._version) for t in tensors)
+
+    def _kept_table(self) -> torch.Tensor | None:
+        key = self._table_key()
+        kept = self.__dict__.get("_kept_table_entry")
+        if key is None or kept is None or kept[0] != key:
+            return None
+        table: torch.Tensor = kept[1]
+        return table
 
     def embed(self, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = self.item_vectors_of(inputs) * self.emb_scale + position_vectors(self, inputs, positions)
         return self.input_tokens(x)
 
     def item_table(self) -> torch.Tensor:
-        """Item vectors of all ids ``[n_items + 1, d]`` (row 0 = padding = 0), for input and scoring alike."""
+        """Item vectors of all ids ``[n_items + 1, d]`` (row 0 = padding = 0), for input and scoring alike.
+
+        At inference (eval mode, no autograd, no autocast) the table is kept until a parameter or buffer
+        changes, and the item pass looks its inputs up in it: an evaluation computes every item's text
+        adaptor once (the evaluator asks for the table before encoding) instead of once per history position
+        in every pass (the same per-item numbers, see :meth:`item_vectors_of`)."""
+        kept = self._kept_table()
+        if kept is not None:
+            return kept
+        key = self._table_key()
         table = self.items.table()
-        if not self.use_ids:
-            return table
-        ids = torch.arange(table.shape[0], device=table.device)
-        return table + self.id_part(ids, self.item_embedding.weight)
+        if self.use_ids:
+            ids = torch.arange(table.shape[0], device=table.device)
+            table = table + self.id_part(ids, self.item_embedding.weight)
+        if key is not None:
+            self.__dict__["_kept_table_entry"] = (key, table)
+        return table
 
 
 def mark_known_items(model: SeqRecModel, known: np.ndarray) -> bool:
