@@ -34,14 +34,13 @@ def _model(n_items: int, steps: int) -> SeqRecModel:
     return model
 
 
-def test_groups_deal_pieces_round_robin_and_serial_keeps_them_whole() -> None:
-    assert SERIAL.groups(5) == [[0, 1, 2, 3, 4]]
-    with row_workers(2) as rows:
-        assert rows.workers == 2
-        assert rows.groups(5) == [[0, 2, 4], [1, 3]]
-        assert rows.groups(1) == [[0]]
+def test_a_runner_with_several_workers_needs_a_pool_and_one_worker_changes_nothing() -> None:
     with pytest.raises(ValueError, match="thread pool"):
         Rows(2)
+    before = torch.get_num_threads()
+    with row_workers(1) as rows:
+        assert rows is SERIAL and torch.get_num_threads() == before
+        assert rows.map(lambda i: threading.current_thread() is threading.main_thread(), [1, 2]) == [True, True]
 
 
 def test_workers_map_in_order_with_the_callers_modes_and_threads_are_restored() -> None:
@@ -74,8 +73,8 @@ def test_evaluation_with_several_workers_gives_the_ranks_of_one(steps: int, chun
     ds = random_dataset(n_users=90, n_items=60, seed=11)
     split = leave_one_out(ds)
     model = _model(ds.n_items, steps)
-    # passes of 3-4 rows of different widths, history masked; chunks of 40 samples: the workers share each
-    # chunk's passes and score blocks; of 10 (more chunks than twice the workers): they take whole chunks
+    # passes of 3-4 rows of different widths, history masked; chunks of 40 samples: each chunk is cut into
+    # pieces of whole passes; of 10 (more chunks than twice the workers): the workers take whole chunks
     cfg = dict(batch_size=chunk, encode_tokens=40, mask_history=True)
     one = evaluate(model, split, split.test, EvalConfig(workers=1, **cfg))
     many = evaluate(model, split, split.test, EvalConfig(workers=3, **cfg))

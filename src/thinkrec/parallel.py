@@ -55,11 +55,6 @@ class Rows:
 
         return list(self._pool.map(call, pieces))
 
-    def groups(self, n: int) -> list[list[int]]:
-        """Indices ``0..n-1`` dealt round-robin into at most ``workers`` groups (pieces sorted by size, e.g.
-        passes by history length, so each group gets a share of the short and of the long ones)."""
-        return [list(range(i, n, self.workers)) for i in range(min(self.workers, n))] or [[]]
-
 
 SERIAL = Rows(1)
 

@@ -18,7 +18,7 @@ from thinkrec.errors import ThinkrecError
 from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
 from thinkrec.eval.protocol import EvalConfig
 from thinkrec.models.model import SeqRecModel
-from thinkrec.parallel import SERIAL, Rows, resolve_workers, row_workers
+from thinkrec.parallel import resolve_workers, row_workers
 from thinkrec.precision import warn_slow_bf16
 from thinkrec.train.checkpoint import atomic_write_bytes
 
@@ -72,21 +72,18 @@ def _ranks(
     items: torch.Tensor,
     targets: torch.Tensor,
     history: torch.Tensor | None,
-    runner: Rows = SERIAL,
 ) -> np.ndarray:
     """Pessimistic 0-based rank of each target column; history items are set to -inf when given.
 
     Scores are computed in cache-sized row blocks; each block's target score is read from the same
     block, so ties are judged on identical numbers. The scorer's temperature is left out: dividing by a
-    positive number does not change an order, and it would cost a pass over every block. (The blocks run
-    one after the other, each split over torch's threads: on a 12k-item catalogue that was faster than
-    row workers scoring whole blocks on one thread each, 18 vs 22-28 ms per 1,024 users.)
+    positive number does not change an order, and it would cost a pass over every block.
     """
     ranks = torch.empty(len(users), dtype=torch.long)
     block = rows_per_block(items.shape[0])
     users, items = model.scorer.prepare(users, items)  # e.g. cosine: normalised once, not per block
 
-    def rank_block(start: int) -> None:
+    for start in range(0, len(users), block):
         rows = slice(start, start + block)
         scores = (users[rows] @ items.T).float()
         if history is not None:
@@ -96,22 +93,22 @@ def _ranks(
             real = hist > 0
             scores[index[real], hist[real] - 1] = float("-inf")
         ranks[rows] = target_ranks(scores, targets[rows], overwrite=True)
-
-    runner.map(rank_block, range(0, len(users), block))
     result: np.ndarray = ranks.numpy()
     return result
 
 
-def encode_in_blocks(
-    model: SeqRecModel, inputs: torch.Tensor, steps: int | None, cfg: EvalConfig, runner: Rows = SERIAL
-) -> torch.Tensor:
+def encode_in_blocks(model: SeqRecModel, inputs: torch.Tensor, steps: int | None, cfg: EvalConfig) -> torch.Tensor:
     """User states ``[B, K+1, d]`` of left-padded histories ``inputs [B, W]``, encoded in passes of at most
     ``cfg.encode_tokens`` positions: one pass over thousands of histories streams every activation through
     main memory, small ones stay in cache (ML-100K's 943 x 50 test histories: several times faster)."""
-    rows = max(1, cfg.encode_tokens // max(1, inputs.shape[1]))
     # one autocast region for all passes: the weights are cast to bf16 once, not once per pass
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
-        return model.encode_passes(inputs, rows, steps, runner).float()
+        return model.encode_passes(inputs, pass_rows(inputs, cfg), steps).float()
+
+
+def pass_rows(inputs: torch.Tensor | np.ndarray, cfg: EvalConfig) -> int:
+    """Rows of each encoder pass over histories ``inputs [B, W]`` (:func:`encode_in_blocks`)."""
+    return max(1, cfg.encode_tokens // max(1, inputs.shape[1]))
 
 
 def history_chunks(
@@ -170,15 +167,17 @@ def evaluate(
         bar = tqdm(desc="evaluate", unit="chunk", leave=False, total=n_chunks)
     items = model.item_vectors()
 
-    def chunk(piece: tuple[np.ndarray, EvalSamples, np.ndarray], runner: Rows) -> None:
-        sl, part, history = piece
-        (trimmed,) = trim(history)
-        states = encode_in_blocks(model, torch.from_numpy(trimmed), steps, cfg, runner)
+    # a piece: sample indices, the samples, their histories trimmed to the chunk's width, and untrimmed
+    Piece = tuple[np.ndarray, EvalSamples, np.ndarray, np.ndarray]
+
+    def run(piece: Piece) -> None:
+        sl, part, inputs, history = piece
+        states = encode_in_blocks(model, torch.from_numpy(inputs), steps, cfg)
         targets = torch.from_numpy(part.targets - 1)
         hist = torch.from_numpy(history) if cfg.mask_history else None
 
         def rank_of(user: torch.Tensor) -> np.ndarray:
-            return _ranks(model, user, items, targets, hist, runner)
+            return _ranks(model, user, items, targets, hist)
 
         if per_step:
             for k in range(k_plus_1):
@@ -194,18 +193,32 @@ def evaluate(
                 ranks[sl] = step_ranks[step or 0, sl]
         else:
             ranks[sl] = rank_of(model.user_vector(states, mode, step))
-        if bar is not None:
-            bar.update(1)
+
+    def pieces(parts: int) -> Iterator[Piece]:
+        """The chunks, each cut at pass boundaries into up to ``parts`` pieces of whole encoder passes: the
+        pieces keep the chunk's width, so every pass (and a reasoning cache's width) is the chunk's own."""
+        for sl, part, history in chunks:
+            (inputs,) = trim(history)
+            rows = pass_rows(inputs, cfg)
+            passes = -(-len(sl) // rows)
+            per = -(-passes // parts) * rows  # whole passes per piece
+            for a in range(0, len(sl), per):
+                cut = slice(a, a + per)
+                yield sl[cut], part.subset(np.arange(len(sl))[cut]), inputs[cut], history[cut]
+            if bar is not None:
+                bar.update(1)
 
     with row_workers(resolve_workers(cfg.workers)) as runner:
-        if n_chunks >= 2 * runner.workers > 2:
-            # enough chunks for every worker to take whole ones (each chunk's own pieces run one after
-            # another): the coarsest split, and the same pieces as one worker computes
-            for wave in iter(lambda: list(islice(chunks, runner.workers)), []):
-                runner.map(lambda piece: chunk(piece, SERIAL), wave)
-        else:  # few chunks (ML-100K's 943 test users are one): the workers share each chunk's pieces
-            for piece in chunks:
-                chunk(piece, runner)
+        if runner.workers == 1:
+            for piece in pieces(1):
+                run(piece)
+        else:
+            # whole chunks when there are enough for every worker to take two; else each chunk is cut into
+            # two pieces per worker (ML-100K's 943 test users are one chunk of eight passes)
+            parts = 1 if n_chunks >= 2 * runner.workers else 2 * runner.workers
+            stream = pieces(parts)
+            for wave in iter(lambda: list(islice(stream, runner.workers if parts == 1 else parts)), []):
+                runner.map(run, wave)
     if bar is not None:
         bar.close()
     return EvalResult(ranks, step_ranks, mean_ranks, mode if mode != "step" else f"step {step}")

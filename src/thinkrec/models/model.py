@@ -18,7 +18,6 @@ from thinkrec.models.base import (
     Scorer,
     reasoning_cache,
 )
-from thinkrec.parallel import SERIAL, Rows
 
 
 class Reasoner(Protocol):
@@ -93,49 +92,24 @@ class SeqRecModel(nn.Module):
         encoded: Encoded = self.backbone(inputs, positions, use_cache=True, last_only=True)
         return encoded
 
-    def encode_passes(
-        self, inputs: torch.Tensor, rows: int, steps: int | None = None, runner: Rows = SERIAL
-    ) -> torch.Tensor:
+    def encode_passes(self, inputs: torch.Tensor, rows: int, steps: int | None = None) -> torch.Tensor:
         """:meth:`encode` of many left-padded histories ``inputs [B, W]`` (positions of a ``max_len``-wide
-        batch), in passes of at most ``rows`` rows (as few as that allows, of equal size), each trimmed to its
-        longest row: the item pass streams
+        batch), in passes of ``rows`` rows, each trimmed to its longest row: the item pass streams
         ``rows x W`` activations, so small passes stay in cache. Reasoning steps add one token per row, so per
-        pass they would be dozens of tiny operations; they run once over many rows instead, on one folded
-        cache laid out from the passes (:func:`~thinkrec.models.base.reasoning_cache`) -- for Transformer
-        backbones (:class:`ChainBackbone`); others reason per pass.
-
-        ``runner`` runs the passes (and, when reasoning, one group of passes per worker, each with its own
-        cache of the full width ``W``) concurrently; every row's numbers are the same as with one worker."""
+        pass they would be dozens of tiny operations; they run once over all ``B`` rows instead, on one
+        folded cache laid out from the passes (:func:`~thinkrec.models.base.reasoning_cache`) -- for
+        Transformer backbones (:class:`ChainBackbone`); others reason per pass."""
         b = inputs.shape[0]
         k = self.reasoning_steps if steps is None else steps
         max_len = self.backbone.max_len
-        rows = -(-b // -(-b // max(1, rows)))  # as many passes as needed, of equal size (workers share them evenly)
-        starts = range(0, b, rows)
+        blocks = (_trimmed(inputs[start : start + rows]) for start in range(0, b, rows))
         if self.reasoner is None or k == 0 or not isinstance(self.backbone, ChainBackbone):
             # (caches of other layouts, e.g. recurrent states, are reasoned over per pass)
-            def one(start: int) -> torch.Tensor:
-                block = _trimmed(inputs[start : start + rows])
-                return self.encode(block, position_ids(block.shape[1], max_len), k)
-
-            return torch.cat(runner.map(one, starts))
-        backbone, reasoner, cached = self.backbone, self.reasoner, self.cached_backbone
-        width = backbone.folded_width(inputs.shape[1])
-
-        def group(indices: list[int]) -> torch.Tensor:
-            blocks = [_trimmed(inputs[starts[i] : starts[i] + rows]) for i in indices]
-            parts = (backbone.encode_folded(block, position_ids(block.shape[1], max_len)) for block in blocks)
-            cache = reasoning_cache(parts, sum(block.shape[0] for block in blocks), width, k)
-            return reasoner(cached, cache, k)
-
-        groups = runner.groups(len(starts))
-        states = runner.map(group, groups)
-        if len(groups) == 1:
-            return states[0]
-        out = states[0].new_empty(b, *states[0].shape[1:])
-        for indices, part in zip(groups, states, strict=True):
-            row_ids = torch.cat([torch.arange(starts[i], min(starts[i] + rows, b)) for i in indices])
-            out[row_ids] = part
-        return out
+            return torch.cat([self.encode(block, position_ids(block.shape[1], max_len), k) for block in blocks])
+        backbone = self.backbone
+        parts = (backbone.encode_folded(block, position_ids(block.shape[1], max_len)) for block in blocks)
+        cache = reasoning_cache(parts, b, backbone.folded_width(inputs.shape[1]), k)
+        return self.reasoner(self.cached_backbone, cache, k)
 
     def user_vector(self, states: torch.Tensor, mode: str = "last", step: int | None = None) -> torch.Tensor:
         """Collapse per-step states ``[B, K+1, d]`` to one user vector: last step, mean of steps, or a step."""
