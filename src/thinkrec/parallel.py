@@ -1,20 +1,19 @@
-"""Row-parallel inference: independent groups of rows run concurrently, one intra-op thread each.
+"""Row-parallel inference: independent pieces of rows run concurrently, one intra-op thread each.
 
-Evaluation splits naturally into independent pieces of rows: its chunks of samples and, within a chunk, the
-encoder's cache-sized passes, the reasoning over a group of passes and the score blocks. torch parallelises
-each operation over its intra-op threads, which pays for large products but not for the many small
-operations of a 64-wide SASRec pass (a LayerNorm or a softmax of a few hundred kilobytes, tiny batched
-products), nor for the Python between operations: on MovieLens-100K with 2 threads an evaluation ran only
-1.44x faster than with one. A :class:`Rows` runner instead hands the pieces to as many Python threads as
-torch has intra-op threads, and lets every operation run on one thread; torch releases the GIL inside its
-kernels, so the threads overlap. Moving torch between one thread and several costs time of its own, so the
-runner keeps it on one thread for the whole evaluation (:func:`row_workers`) and the evaluator picks the
-split: whole chunks when there are enough for every worker to take two, else each chunk's pieces.
+torch parallelises each operation over its intra-op threads, which pays for large products but not for the
+many small operations of a 64-wide SASRec pass (a LayerNorm or a softmax of a few hundred kilobytes, tiny
+batched products), nor for the Python between operations: on MovieLens-100K with 2 threads an evaluation ran
+only 1.44x faster than with one. A :class:`Rows` runner instead hands independent pieces of rows to as many
+Python threads as torch has intra-op threads, and lets every operation run on one thread; torch releases the
+GIL inside its kernels, so the threads overlap. Moving torch between one thread and several costs time of
+its own, so :func:`row_workers` keeps it on one thread for as long as the runner is open.
 
-The pieces are the ones a serial run computes: the same passes with the same widths; reasoning caches hold a
-worker's share of the rows, each row with the same columns as in one cache of all rows. Every operation
-treats rows independently, so results do not depend on the number of workers (``tests/test_parallel.py``).
-Each worker runs with the caller's gradient and autocast mode (both are thread-local in torch).
+The evaluator (:func:`~thinkrec.eval.evaluator.evaluate`) hands out whole chunks of samples when there are
+at least two per worker, else pieces of a chunk cut at its encoder-pass boundaries that keep the chunk's
+width. Either way every pass, and every reasoning cache's width, is the one a serial run uses, and every
+operation treats rows independently, so results do not depend on the number of workers
+(``tests/test_parallel.py``). Each worker runs with the caller's gradient and autocast mode (both are
+thread-local in torch).
 """
 
 from __future__ import annotations

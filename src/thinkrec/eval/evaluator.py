@@ -82,7 +82,6 @@ def _ranks(
     ranks = torch.empty(len(users), dtype=torch.long)
     block = rows_per_block(items.shape[0])
     users, items = model.scorer.prepare(users, items)  # e.g. cosine: normalised once, not per block
-
     for start in range(0, len(users), block):
         rows = slice(start, start + block)
         scores = (users[rows] @ items.T).float()
