@@ -20,6 +20,12 @@ from torch import nn
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [B, heads, T, head_dim]
 
 
+def tensor_versions(tensors: Iterable[torch.Tensor]) -> tuple[tuple[int, int], ...]:
+    """A key that changes when any of ``tensors`` is replaced or modified in place (storage and version
+    counter): what inference caches of derived weights are kept under."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
 @dataclass
 class Encoded:
     """Output of a backbone pass: hidden states of every column and, if asked, the KV cache."""

@@ -29,6 +29,7 @@ from torch import nn
 from thinkrec.data.dataset import SequenceDataset
 from thinkrec.data.text_embeddings import DEFAULT_ENCODER, FloatArray, TextEncoder, embed_item_text
 from thinkrec.errors import ConfigError
+from thinkrec.models.base import tensor_versions
 from thinkrec.models.bert4rec import position_vectors
 from thinkrec.models.dropout import Dropout
 from thinkrec.models.model import SeqRecModel
@@ -230,10 +231,9 @@ class TextSASRec(SASRec):
 
     def item_vectors_of(self, ids: torch.Tensor) -> torch.Tensor:
         """Vectors ``[..., d]`` of item ids (padding -> 0). At inference they are rows of the table
-        :meth:`item_table` keeps (see there) when it is current."""
-        kept = self._kept_table()
-        if kept is not None:
-            return kept[ids]
+        :meth:`item_table` keeps (see there)."""
+        if self._table_key() is not None:
+            return self.item_table()[ids]
         out: torch.Tensor = self.items(ids)
         return out + self.id_part(ids, self.item_embedding(ids)) if self.use_ids else out
 
@@ -243,8 +243,7 @@ class TextSASRec(SASRec):
         the per-pass computation would use)."""
         if self.training or torch.is_grad_enabled() or torch.is_autocast_enabled(self.items.text.device.type):
             return None
-        tensors = [*self.parameters(), *self.buffers()]
-        return tuple((t.data_ptr(), t._version) for t in tensors)
+        return tensor_versions([*self.parameters(), *self.buffers()])
 
     def _kept_table(self) -> torch.Tensor | None:
         key = self._table_key()
@@ -263,8 +262,7 @@ class TextSASRec(SASRec):
 
         At inference (eval mode, no autograd, no autocast) the table is kept until a parameter or buffer
         changes, and the item pass looks its inputs up in it: an evaluation computes every item's text
-        adaptor once (the evaluator asks for the table before encoding) instead of once per history position
-        in every pass (the same per-item numbers, see :meth:`item_vectors_of`)."""
+        adaptor once instead of once per history position in every pass (the same per-item numbers)."""
         kept = self._kept_table()
         if kept is not None:
             return kept

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from thinkrec.models.base import tensor_versions
 from thinkrec.models.dropout import Dropout, dropout
 from thinkrec.models.fused import linear
 
@@ -201,7 +202,7 @@ class Block(nn.Module):
         used). Without autograd they are kept until a parameter changes (tensor versions), so the steps of an
         evaluation form them once."""
         params = (self.qkv.weight, self.qkv.bias, self.out.weight, self.out.bias)
-        key = tuple((p.data_ptr(), p._version) for p in params)
+        key = tensor_versions(params)
         cached = self.__dict__.get("_folded")
         if cached is not None and cached[0] == key and not torch.is_grad_enabled():
             weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] = cached[1]
