@@ -99,7 +99,8 @@ def _ranks(
 def encode_in_blocks(model: SeqRecModel, inputs: torch.Tensor, steps: int | None, cfg: EvalConfig) -> torch.Tensor:
     """User states ``[B, K+1, d]`` of left-padded histories ``inputs [B, W]``, encoded in passes of at most
     ``cfg.encode_tokens`` positions: one pass over thousands of histories streams every activation through
-    main memory, small ones stay in cache (ML-100K's 943 x 50 test histories: several times faster)."""
+    main memory (ML-100K's 943 x 50 test histories: several times slower than in passes), while passes of a
+    few dozen rows pay every operation's fixed cost many times."""
     # one autocast region for all passes: the weights are cast to bf16 once, not once per pass
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
         return model.encode_passes(inputs, pass_rows(inputs, cfg), steps).float()
@@ -213,7 +214,7 @@ def evaluate(
                 run(piece)
         else:
             # whole chunks when there are enough for every worker to take two; else each chunk is cut into
-            # two pieces per worker (ML-100K's 943 test users are one chunk of eight passes)
+            # two pieces per worker (ML-100K's 943 test users are one chunk of four passes)
             parts = 1 if n_chunks >= 2 * runner.workers else 2 * runner.workers
             stream = pieces(parts)
             for wave in iter(lambda: list(islice(stream, runner.workers if parts == 1 else parts)), []):

@@ -19,10 +19,11 @@ class EvalConfig(BaseModel):
         256, description="upper bound on the score matrix of one chunk (samples x items x 4 bytes)", ge=1
     )
     encode_tokens: int = Field(
-        6400,
+        12800,
         description=(
-            "history positions per encoder pass (rows x width): small passes keep the activations in the CPU's"
-            " cache, which on a CPU is faster than one big pass; results do not depend on it"
+            "history positions per encoder pass (rows x width): passes of thousands of histories would stream"
+            " every activation through main memory, tiny ones pay per-operation overhead; results do not depend"
+            " on it"
         ),
         ge=1,
     )
