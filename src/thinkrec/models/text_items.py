@@ -232,8 +232,9 @@ class TextSASRec(SASRec):
     def item_vectors_of(self, ids: torch.Tensor) -> torch.Tensor:
         """Vectors ``[..., d]`` of item ids (padding -> 0). At inference they are rows of the table
         :meth:`item_table` keeps (see there)."""
-        if self._table_key() is not None:
-            return self.item_table()[ids]
+        key = self._table_key()
+        if key is not None:
+            return self._table(key)[ids]
         out: torch.Tensor = self.items(ids)
         return out + self.id_part(ids, self.item_embedding(ids)) if self.use_ids else out
 
@@ -246,7 +247,10 @@ class TextSASRec(SASRec):
         return tensor_versions([*self.parameters(), *self.buffers()])
 
     def _kept_table(self) -> torch.Tensor | None:
-        key = self._table_key()
+        """The kept table if it is current; ``None`` where none is kept (see :meth:`_table_key`)."""
+        return self._current(self._table_key())
+
+    def _current(self, key: tuple[tuple[int, int], ...] | None) -> torch.Tensor | None:
         kept = self.__dict__.get("_kept_table_entry")
         if key is None or kept is None or kept[0] != key:
             return None
@@ -263,10 +267,13 @@ class TextSASRec(SASRec):
         At inference (eval mode, no autograd, no autocast) the table is kept until a parameter or buffer
         changes, and the item pass looks its inputs up in it: an evaluation computes every item's text
         adaptor once instead of once per history position in every pass (the same per-item numbers)."""
-        kept = self._kept_table()
+        return self._table(self._table_key())
+
+    def _table(self, key: tuple[tuple[int, int], ...] | None) -> torch.Tensor:
+        """:meth:`item_table` under the parameters' version key ``key`` (``None``: formed, not kept)."""
+        kept = self._current(key)
         if kept is not None:
             return kept
-        key = self._table_key()
         table = self.items.table()
         if self.use_ids:
             ids = torch.arange(table.shape[0], device=table.device)
