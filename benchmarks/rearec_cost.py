@@ -60,9 +60,11 @@ def encoder_breakdown(model: SeqRecModel, split: Split, cfg: RunConfig, steps: i
     """Where K reasoning steps spend their time at inference: the encoder alone (no scoring) over the test
     chunks the evaluator builds, K = 0 vs K = ``steps``, and the reasoner's own share of the latter (the
     rest of the difference is assembling the chunk's key/value cache from the item passes). Also the
-    linear-layer FLOPs of the reasoning tokens relative to the item pass's, counted on the same passes: a
-    floor for the ratio that no implementation of the method gets under on a CPU that runs at its matmul
-    peak. Fastest of ``repeats`` interleaved rounds."""
+    linear-layer FLOPs of the reasoning tokens relative to the item pass's, counted on the same passes, and
+    all the FLOPs the steps add (linear layers and attention over the cache) relative to the whole K = 0
+    evaluation's (item pass, its attention, catalogue scores): the ratio K = 2 / K = 0 an implementation would
+    measure if every FLOP ran at one rate. Single-token steps run at a lower rate than the batched item pass
+    and catalogue product, so that is a floor in practice. Fastest of ``repeats`` interleaved rounds."""
     size = chunk_size(cfg.eval, model.n_items)
     chunks = [
         torch.from_numpy(trim(history)[0])
@@ -98,15 +100,24 @@ def encoder_breakdown(model: SeqRecModel, split: Split, cfg: RunConfig, steps: i
     # last column (its keys/values are folded into the queries, never formed for every column)
     d, layers = cfg.model.hidden, cfg.model.layers
     ffn = getattr(cfg.model, "ffn", None) or 4 * d
+    heads = getattr(cfg.model, "heads", 1)
     full = 2 * (4 * d * d + 2 * d * ffn)
-    item_flops = reasoning_flops = 0
+    item_flops = reasoning_flops = item_attention = reasoning_attention = samples = 0
     for inputs in chunks:
         rows = max(1, cfg.eval.encode_tokens // inputs.shape[1])
         for start in range(0, inputs.shape[0], rows):
             (block,) = trim(inputs[start : start + rows].numpy())  # the pass is trimmed to its longest row
-            tokens = block.shape[0] * block.shape[1]
-            item_flops += tokens * (layers - 1) * full + block.shape[0] * full
-            reasoning_flops += block.shape[0] * steps * layers * full
+            b, w = block.shape
+            samples += b
+            item_flops += b * w * (layers - 1) * full + b * full
+            reasoning_flops += b * steps * layers * full
+            # attention products (scores and mix): W x W per lower block, the folded last column (per head a
+            # pass over the W d-wide inputs) in the final block, and each reasoning token over the columns
+            # before it in every block
+            item_attention += b * ((layers - 1) * 4 * w * w * d + 4 * heads * w * d)
+            reasoning_attention += b * layers * sum(4 * heads * (w + k) * d for k in range(1, steps + 1))
+    scoring = samples * model.n_items * d * 2  # one user vector against the catalogue, both K
+    k0_flops = item_flops + item_attention + scoring
     k0, kk, reason = min(encode[0]), min(encode[steps]), min(in_reasoner)
     return {
         "encoder_k0_seconds": k0,
@@ -114,6 +125,9 @@ def encoder_breakdown(model: SeqRecModel, split: Split, cfg: RunConfig, steps: i
         "reasoner_seconds": reason,
         "cache_assembly_seconds": kk - k0 - reason,
         "reasoning_over_item_linear_flops": reasoning_flops / item_flops,
+        # what K reasoning steps add to the arithmetic of the whole K = 0 evaluation (item pass, its attention,
+        # the catalogue scores): the ratio an implementation running every FLOP at one rate would measure
+        "reasoning_over_k0_evaluation_flops": (reasoning_flops + reasoning_attention) / k0_flops,
     }
 
 
