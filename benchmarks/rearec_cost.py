@@ -62,8 +62,8 @@ def encoder_breakdown(model: SeqRecModel, split: Split, cfg: RunConfig, steps: i
     rest of the difference is assembling the chunk's key/value cache from the item passes). Also the
     linear-layer FLOPs of the reasoning tokens relative to the item pass's, counted on the same passes, and
     all the FLOPs the steps add (linear layers and attention over the cache) relative to the whole K = 0
-    evaluation's (item pass, its attention, catalogue scores): the ratio K = 2 / K = 0 an implementation would
-    measure if every FLOP ran at one rate. Single-token steps run at a lower rate than the batched item pass
+    evaluation's (item pass, its attention, catalogue scores): what an implementation running every FLOP at
+    one rate would measure as K = 2 / K = 0 minus one. Single-token steps run at a lower rate than the batched item pass
     and catalogue product, so that is a floor in practice. Fastest of ``repeats`` interleaved rounds."""
     size = chunk_size(cfg.eval, model.n_items)
     chunks = [
@@ -126,7 +126,7 @@ def encoder_breakdown(model: SeqRecModel, split: Split, cfg: RunConfig, steps: i
         "cache_assembly_seconds": kk - k0 - reason,
         "reasoning_over_item_linear_flops": reasoning_flops / item_flops,
         # what K reasoning steps add to the arithmetic of the whole K = 0 evaluation (item pass, its attention,
-        # the catalogue scores): the ratio an implementation running every FLOP at one rate would measure
+        # the catalogue scores): K / K = 0 minus one, for an implementation running every FLOP at one rate
         "reasoning_over_k0_evaluation_flops": (reasoning_flops + reasoning_attention) / k0_flops,
     }
 
