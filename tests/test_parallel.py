@@ -14,7 +14,7 @@ from thinkrec.eval.protocol import EvalConfig
 from thinkrec.models.model import SeqRecModel
 from thinkrec.models.registry import build_model
 from thinkrec.models.sasrec import SASRecConfig
-from thinkrec.parallel import SERIAL, Rows, resolve_workers, row_workers
+from thinkrec.parallel import SERIAL, Rows, resolve_workers, row_workers, worker_pool
 from thinkrec.reasoning.reasoner import LatentReasoner
 
 from helpers import random_dataset
@@ -45,13 +45,13 @@ def test_a_runner_with_several_workers_needs_a_pool_and_one_worker_changes_nothi
 
 def test_workers_map_in_order_with_the_callers_modes_and_threads_are_restored() -> None:
     before = torch.get_num_threads()
-    seen: list[tuple[bool, bool, int, str]] = []
+    seen: list[tuple[bool, bool, int, threading.Thread]] = []
     lock = threading.Lock()
 
     def probe(i: int) -> int:
         with lock:
             grad, autocast = torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")
-            seen.append((grad, autocast, torch.get_num_threads(), threading.current_thread().name))
+            seen.append((grad, autocast, torch.get_num_threads(), threading.current_thread()))
         return i * i
 
     with row_workers(2) as rows, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -59,12 +59,25 @@ def test_workers_map_in_order_with_the_callers_modes_and_threads_are_restored() 
     assert torch.get_num_threads() == before
     assert len(seen) == 6
     assert all(not grad and autocast and threads == 1 for grad, autocast, threads, _ in seen)
-    assert all(name.startswith("thinkrec-rows") for *_, name in seen)  # not run in the caller's thread
+    assert all(thread.name.startswith("thinkrec-rows") for *_, thread in seen)  # not in the caller's thread
+    first_threads = {thread for *_, thread in seen}
     with row_workers(2) as rows:  # grad mode follows the caller (here: enabled)
         seen.clear()
-        rows.map(probe, range(2))
+        rows.map(probe, range(6))
         assert all(grad and not autocast for grad, autocast, *_ in seen)
+    # the same worker threads serve the next runner, and still run torch on one thread each
+    assert {thread for *_, thread in seen} <= first_threads
+    assert all(threads == 1 for _, _, threads, _ in seen)
     assert resolve_workers(0) == torch.get_num_threads() and resolve_workers(1) == 1
+
+
+def test_worker_pools_are_kept_per_count_and_made_again_after_a_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = worker_pool(2)
+    assert worker_pool(2) is pool and worker_pool(3) is not pool
+    monkeypatch.setattr("thinkrec.parallel.os.getpid", lambda: -1)  # as in a forked child
+    child = worker_pool(2)
+    assert child is not pool and worker_pool(2) is child
+    child.shutdown(wait=False)
 
 
 @pytest.mark.parametrize("steps", [0, 2])

@@ -6,7 +6,11 @@ batched products), nor for the Python between operations: on MovieLens-100K with
 only 1.44x faster than with one. A :class:`Rows` runner instead hands independent pieces of rows to as many
 Python threads as torch has intra-op threads, and lets every operation run on one thread; torch releases the
 GIL inside its kernels, so the threads overlap. Moving torch between one thread and several costs time of
-its own, so :func:`row_workers` keeps it on one thread for as long as the runner is open.
+its own, so :func:`row_workers` keeps it on one thread for as long as the runner is open. The worker threads
+are made once per process (and number of workers) and kept: a new thread's first torch operation sets up
+that thread's state, which cost 1-4 ms per ML-100K evaluation (of ~80 ms) when every evaluation made its own
+threads. A thread takes torch's thread count when it first runs an operation, inside a runner, so the kept
+workers stay on one thread each.
 
 The evaluator (:func:`~thinkrec.eval.evaluator.evaluate`) hands out whole chunks of samples when there are
 at least two per worker, else pieces of a chunk cut at its encoder-pass boundaries that keep the chunk's
@@ -18,6 +22,8 @@ thread-local in torch).
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -63,17 +69,33 @@ def resolve_workers(workers: int) -> int:
     return torch.get_num_threads() if workers <= 0 else workers
 
 
+_pools: dict[int, tuple[int, ThreadPoolExecutor]] = {}
+_pools_lock = threading.Lock()
+
+
+def worker_pool(workers: int) -> ThreadPoolExecutor:
+    """This process's pool of ``workers`` threads, made on first use and kept (made again in a child process
+    after a fork, which inherits none of the parent's threads)."""
+    pid = os.getpid()
+    with _pools_lock:
+        held = _pools.get(workers)
+        if held is None or held[0] != pid:
+            held = (pid, ThreadPoolExecutor(workers, thread_name_prefix=f"thinkrec-rows{workers}"))
+            _pools[workers] = held
+        return held[1]
+
+
 @contextmanager
 def row_workers(workers: int) -> Iterator[Rows]:
-    """A :class:`Rows` runner with ``workers`` threads, while torch runs each operation on one thread (its
-    intra-op thread count is restored afterwards). With one worker nothing changes."""
+    """A :class:`Rows` runner with ``workers`` threads (:func:`worker_pool`), while torch runs each operation
+    on one thread (its intra-op thread count is restored afterwards). With one worker nothing changes."""
     if workers <= 1:
         yield SERIAL
         return
+    pool = worker_pool(workers)
     threads = torch.get_num_threads()
-    with ThreadPoolExecutor(workers, thread_name_prefix="thinkrec-rows") as pool:
-        torch.set_num_threads(1)
-        try:
-            yield Rows(workers, pool)
-        finally:
-            torch.set_num_threads(threads)
+    torch.set_num_threads(1)
+    try:
+        yield Rows(workers, pool)
+    finally:
+        torch.set_num_threads(threads)
