@@ -60,7 +60,15 @@ def test_workers_map_in_order_with_the_callers_modes_and_threads_are_restored() 
     assert len(seen) == 6
     assert all(not grad and autocast and threads == 1 for grad, autocast, threads, _ in seen)
     assert all(thread.name.startswith("thinkrec-rows") for *_, thread in seen)  # not in the caller's thread
-    first_threads = {thread for *_, thread in seen}
+    both = threading.Barrier(2, timeout=10)
+
+    def meet(_: int) -> threading.Thread:  # holds its thread until the other arrives: two threads exist now
+        both.wait()
+        return threading.current_thread()
+
+    with row_workers(2) as rows:
+        first_threads = set(rows.map(meet, range(2)))
+    assert len(first_threads) == 2
     with row_workers(2) as rows:  # grad mode follows the caller (here: enabled)
         seen.clear()
         rows.map(probe, range(6))
