@@ -31,7 +31,7 @@ from thinkrec.config.loader import load_config
 from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import TrainSampler, trim
 from thinkrec.data.split import Split
-from thinkrec.eval.evaluator import chunk_size, encode_in_blocks, evaluate, history_chunks
+from thinkrec.eval.evaluator import chunk_size, encode_in_blocks, evaluate, history_chunks, pass_rows
 from thinkrec.models.model import SeqRecModel
 from thinkrec.runs import build, build_objective, load_data
 
@@ -104,7 +104,7 @@ def encoder_breakdown(model: SeqRecModel, split: Split, cfg: RunConfig, steps: i
     full = 2 * (4 * d * d + 2 * d * ffn)
     item_flops = reasoning_flops = item_attention = reasoning_attention = samples = 0
     for inputs in chunks:
-        rows = max(1, cfg.eval.encode_tokens // inputs.shape[1])
+        rows = pass_rows(inputs, cfg.eval)  # the evaluator's own passes
         for start in range(0, inputs.shape[0], rows):
             (block,) = trim(inputs[start : start + rows].numpy())  # the pass is trimmed to its longest row
             b, w = block.shape
