@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from thinkrec.data.dataset import SequenceDataset
+from thinkrec.models.sasrec import SASRecConfig
 
 
 def random_dataset(
@@ -112,3 +114,13 @@ item_batch_size = 4
 """
     )
     return root
+
+
+def build_reasoning_objective(cfg: Any, tau: float, seed: int) -> Any:
+    """The ERL or PRL objective of reasoning settings ``cfg`` at temperature ``tau`` (through the registry)."""
+    from thinkrec.objectives import ObjectiveContext, build_objective
+    from thinkrec.reasoning.config import ReasoningConfig
+
+    assert isinstance(cfg, ReasoningConfig)
+    model = SASRecConfig(temperature=tau)
+    return build_objective(cfg.kind, ObjectiveContext(model, cfg.model_copy(update={"tau": tau}), seed))

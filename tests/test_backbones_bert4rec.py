@@ -7,17 +7,19 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from thinkrec.config.loader import load_config
 from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import TrainBatch, position_ids
 from thinkrec.errors import ConfigError, ThinkrecError
 from thinkrec.models.base import CachedBackbone, Scorer
-from thinkrec.models.bert4rec import BERT4Rec, BERT4RecConfig, ClozeObjective, cloze_mask
+from thinkrec.models.bert4rec import BERT4Rec, BERT4RecConfig
 from thinkrec.models.model import SeqRecModel
 from thinkrec.models.sasrec import SASRec, SASRecConfig
+from thinkrec.objectives.cloze import ClozeObjective, cloze_mask
+from thinkrec.objectives.cross_entropy import CrossEntropy
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.runs import build_objective
 from thinkrec.seed import Seeds
-from thinkrec.train.objectives import CrossEntropy
 
 N_ITEMS = 20
 
@@ -103,14 +105,11 @@ def test_all_prefix_next_item_training_is_rejected() -> None:
     batch = TrainBatch(INPUTS, POS, torch.tensor([[-100, -100, 4, 5, 6, 7], [2, 3, 4, 5, 6, 7]]), "all")
     with pytest.raises(ThinkrecError, match="sample_mode='last'"):
         CrossEntropy()(model, batch)
+    # rejected when the config loads, before anything is built
     with pytest.raises(ConfigError, match="sample_mode='last'"):
-        build_objective(RunConfig.model_validate({"model": {"kind": "bert4rec"}, "train": {"sample_mode": "all"}}))
+        load_config(None, ["model.kind=bert4rec", "train.sample_mode=all"])
     with pytest.raises(ConfigError, match="no reasoning variant"):
-        build_objective(
-            RunConfig.model_validate(
-                {"model": {"kind": "bert4rec", "train_objective": "cloze"}, "reasoning": {"kind": "erl"}}
-            )
-        )
+        load_config(None, ["model.kind=bert4rec", "model.train_objective=cloze", "reasoning.kind=erl"])
     last = RunConfig.model_validate({"model": {"kind": "bert4rec"}, "train": {"sample_mode": "last"}})
     assert isinstance(build_objective(last), CrossEntropy)
     cloze = RunConfig.model_validate({"model": {"kind": "bert4rec", "train_objective": "cloze"}})

@@ -13,12 +13,11 @@ from thinkrec.data.split import leave_one_out
 from thinkrec.models.base import CachedBackbone, Scorer
 from thinkrec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from thinkrec.models.model import SeqRecModel
+from thinkrec.objectives.cross_entropy import CrossEntropy
 from thinkrec.reasoning.config import ReasoningConfig
-from thinkrec.reasoning.objectives import build_reasoning_objective
 from thinkrec.reasoning.reasoner import LatentReasoner
-from thinkrec.train.objectives import CrossEntropy
 
-from helpers import random_dataset
+from helpers import build_reasoning_objective, random_dataset
 
 N_ITEMS = 20
 INPUTS = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 7]])

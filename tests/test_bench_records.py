@@ -35,7 +35,7 @@ def test_table_is_rebuilt_from_records_without_run_directories(
     monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "out"
     tiny = ["model.hidden=8", "model.layers=1", "train.batch_size=512"]
-    argv = ["--dataset", "ml100k", "--seeds", "1", "--variants", "base,erl", "--epochs", "1", "--out", str(out), *tiny]
+    argv = ["--dataset", "ml100k", "--seeds", "1", "--variants", "base,erl", "--epochs", "3", "--out", str(out), *tiny]
     assert repro.main(argv) == 0
     table = json.loads((out / "rearec-ml100k-time.json").read_text())
     records = out / "records" / "ml100k-time"

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from thinkrec.train.losses import softmax_cross_entropy
+from thinkrec.losses import softmax_cross_entropy
 
 
 @pytest.mark.parametrize(("m", "n", "chunk", "temperature"), [(7, 5, 3, 1.0), (50, 40, 8, 0.07), (33, 300, None, 2.0)])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from thinkrec.reasoning.losses import info_nce, pairwise_kl, per_step_cross_entropy, progressive_temperatures
+from thinkrec.losses import info_nce, pairwise_kl, per_step_cross_entropy, progressive_temperatures
 
 E = math.e
 

@@ -15,7 +15,8 @@ from thinkrec.models.registry import build_model
 from thinkrec.models.sasrec import SASRecConfig
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.serve.recommender import Recommender, Vocabulary
-from thinkrec.train.checkpoint import atomic_write_json, save_checkpoint
+from thinkrec.storage import atomic_write_json
+from thinkrec.train.checkpoint import save_checkpoint
 
 N_ITEMS = 60
 MAX_LEN = 8

@@ -15,11 +15,10 @@ from thinkrec.data.batches import TrainBatch, position_ids
 from thinkrec.data.split import leave_one_out
 from thinkrec.models.text_items import MoEAdaptor, ParametricWhitening, TextSASRec, attach_item_text, mark_known_items
 from thinkrec.reasoning.config import ReasoningConfig
-from thinkrec.reasoning.objectives import build_reasoning_objective
 from thinkrec.runs import build
 from thinkrec.train.checkpoint import load_checkpoint, save_checkpoint
 
-from helpers import random_dataset
+from helpers import build_reasoning_objective, random_dataset
 
 N_ITEMS = 12
 TEXT_DIM = 6

@@ -9,11 +9,11 @@ import torch
 from thinkrec.data.batches import TrainSampler
 from thinkrec.data.split import leave_one_out
 from thinkrec.eval.protocol import EvalConfig
-from thinkrec.models.base import LossOutput
 from thinkrec.models.registry import build_model
 from thinkrec.models.sasrec import SASRecConfig
+from thinkrec.objectives import LossOutput
+from thinkrec.objectives.cross_entropy import CrossEntropy
 from thinkrec.train.checkpoint import load_checkpoint
-from thinkrec.train.objectives import CrossEntropy
 from thinkrec.train.trainer import NonFiniteLossError, TrainConfig, Trainer
 
 from helpers import cyclic_dataset, random_dataset
@@ -99,7 +99,7 @@ def test_a_run_directory_is_trained_by_one_process_at_a_time(tmp_path: Path) -> 
     from thinkrec.config.loader import load_config
     from thinkrec.errors import ThinkrecError
     from thinkrec.runs import train
-    from thinkrec.train.checkpoint import exclusive_run_dir
+    from thinkrec.storage import exclusive_run_dir
 
     run_dir = tmp_path / "run"
     with exclusive_run_dir(run_dir):

@@ -30,15 +30,15 @@ from thinkrec.errors import ThinkrecError
 from thinkrec.eval.evaluator import EvalResult, evaluate
 from thinkrec.eval.protocol import EvalConfig, describe_protocol
 from thinkrec.eval.steps import step_report
-from thinkrec.models.bert4rec import BERT4RecConfig, ClozeObjective, check_training
 from thinkrec.models.model import SeqRecModel
 from thinkrec.models.registry import build_model
 from thinkrec.models.text_items import attach_item_text, mark_known_items
-from thinkrec.reasoning.objectives import build_reasoning_objective
+from thinkrec.objectives import Objective, ObjectiveContext
+from thinkrec.objectives import build_objective as build_named_objective
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.seed import Seeds
-from thinkrec.train.checkpoint import atomic_write_json, checkpoint_exists, exclusive_run_dir, load_checkpoint
-from thinkrec.train.objectives import CrossEntropy, Objective
+from thinkrec.storage import atomic_write_json, exclusive_run_dir
+from thinkrec.train.checkpoint import checkpoint_exists, load_checkpoint
 from thinkrec.train.trainer import FitResult, Trainer
 
 
@@ -59,14 +59,9 @@ def build(cfg: RunConfig, n_items: int) -> SeqRecModel:
 
 
 def build_objective(cfg: RunConfig) -> Objective:
-    if isinstance(cfg.model, BERT4RecConfig):  # bidirectional: no all-prefix next-item training; cloze
-        check_training(cfg.model, cfg.train.sample_mode, cfg.reasoning.enabled)
-        if cfg.model.train_objective == "cloze":
-            return ClozeObjective(cfg.model.mask_prob, Seeds(cfg.train.seed))
-    if cfg.reasoning.enabled:
-        tau = cfg.reasoning.tau or cfg.model.temperature
-        return build_reasoning_objective(cfg.reasoning, tau, cfg.train.seed)
-    return CrossEntropy(cfg.train.loss, cfg.train.n_negatives, Seeds(cfg.train.seed).torch_generator("negatives"))
+    """The training objective ``cfg`` names (:attr:`RunConfig.objective`), from the objective registry."""
+    ctx = ObjectiveContext(cfg.model, cfg.reasoning, cfg.train.seed, cfg.train.n_negatives)
+    return build_named_objective(cfg.objective, ctx)
 
 
 def set_threads(threads: int | None) -> None:

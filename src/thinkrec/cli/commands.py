@@ -109,7 +109,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print("\nprotocol:")
     print(protocol_lines(report["protocol"]))
     if args.output:
-        from thinkrec.train.checkpoint import atomic_write_json
+        from thinkrec.storage import atomic_write_json
 
         atomic_write_json(Path(args.output), report)
         print(f"\nwritten: {args.output}")

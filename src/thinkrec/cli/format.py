@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from thinkrec.eval.metrics import metric_names
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(value: Any) -> str:
@@ -19,7 +21,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def metrics_table(metrics: dict[str, float], ks: Sequence[int]) -> str:
-    names = sorted({key.split("@")[0] for key in metrics}, key=["NDCG", "HR", "MRR"].index)
+    present = {key.split("@")[0] for key in metrics}
+    names = [name for name in metric_names() if name in present]
     rows = [[name, *(metrics.get(f"{name}@{k}", float("nan")) for k in ks)] for name in names]
     return table(["metric", *(f"@{k}" for k in ks)], rows)
 

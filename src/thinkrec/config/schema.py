@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from thinkrec.data.config import PrepareConfig, SourceConfig
 from thinkrec.data.split import SplitConfig
+from thinkrec.eval.metrics import parse_metric
 from thinkrec.eval.protocol import EvalConfig
+from thinkrec.models.bert4rec import BERT4RecConfig
 from thinkrec.models.registry import ModelConfig
 from thinkrec.models.sasrec import SASRecConfig
 from thinkrec.reasoning.config import ReasoningConfig
@@ -52,10 +54,23 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
+        metric, k = parse_metric(self.train.valid_metric)
+        if k not in self.eval.ks:
+            raise ValueError(
+                f"train.valid_metric {self.train.valid_metric!r} needs K = {k} in eval.ks (now {self.eval.ks});"
+                f" add it, or choose one of {metric}@{', '.join(map(str, self.eval.ks))}"
+            )
+        if isinstance(self.model, BERT4RecConfig):
+            check_bidirectional_training(self.model, self.train.sample_mode, self.reasoning.enabled)
         if self.reasoning.enabled and self.train.loss != "ce":
             raise ValueError(
                 "reasoning objectives score every item (ERL's KL needs whole distributions); "
                 "use train.loss=ce with reasoning.kind=" + self.reasoning.kind
+            )
+        if self.reasoning.enabled and self.train.epochs <= self.reasoning.warmup_epochs:
+            raise ValueError(
+                f"train.epochs ({self.train.epochs}) must exceed reasoning.warmup_epochs"
+                f" ({self.reasoning.warmup_epochs}): a reasoning run's checkpoint is chosen after its warm-up"
             )
         if self.eval.inference == "auto":
             self.eval = self.eval.model_copy(update={"inference": self.reasoning.default_inference})
@@ -65,6 +80,31 @@ class RunConfig(BaseModel):
                 raise ValueError(f"eval.inference='step' needs eval.inference_step in 0..{top}")
         return self
 
+    @property
+    def objective(self) -> str:
+        """The registered training objective this run uses: the reasoning kind, BERT4Rec's cloze, or
+        ``train.loss``."""
+        if self.reasoning.enabled:
+            return self.reasoning.kind
+        if getattr(self.model, "train_objective", "next") == "cloze":
+            return "cloze"
+        return self.train.loss
+
     def default_run_dir(self) -> str:
         model = self.model.kind + (f"-{self.reasoning.kind}" if self.reasoning.enabled else "")
         return self.run_dir or f"runs/{self.data.name}-{model}-s{self.train.seed}"
+
+
+def check_bidirectional_training(cfg: BERT4RecConfig, sample_mode: str, reasoning: bool) -> None:
+    """Reject the settings under which a bidirectional encoder would leak targets or cannot reason."""
+    if cfg.train_objective == "cloze" and reasoning:
+        raise ValueError(
+            "model.train_objective='cloze' has no reasoning variant (ReaRec trains next-item on the last "
+            "column); use model.train_objective='next' with reasoning.kind=" + ("erl/prl")
+        )
+    if cfg.train_objective == "next" and sample_mode == "all":
+        raise ValueError(
+            "BERT4Rec is bidirectional: in train.sample_mode='all' every position would see the item it must "
+            "predict. Use train.sample_mode='last' (one prefix per row, ReaRec's setting) or "
+            "model.train_objective='cloze'"
+        )

@@ -20,7 +20,7 @@ from thinkrec.eval.protocol import EvalConfig
 from thinkrec.models.model import SeqRecModel
 from thinkrec.parallel import resolve_workers, row_workers
 from thinkrec.precision import warn_slow_bf16
-from thinkrec.train.checkpoint import atomic_write_bytes
+from thinkrec.storage import atomic_write_bytes
 
 
 @dataclass

@@ -1,17 +1,75 @@
-"""Ranking metrics from the 0-based rank of the single target item.
+"""Ranking metrics from the 0-based rank of the single target item, kept in one registry.
 
 With one target per sample: ``HR@K = Recall@K = [rank < K]``, ``NDCG@K = [rank < K] / log2(rank + 2)``,
 ``MRR@K = [rank < K] / (rank + 1)``. Ranks are *pessimistic*: items scoring exactly as high as the target
 are counted as ranked before it, so a model that scores everything equal earns nothing.
+
+A metric is a function from ranks and K to per-sample values; :func:`register_metric` adds one, and the
+evaluator's results, per-sample values for significance tests, ``train.valid_metric`` and the printed
+tables all read the registry.
 """
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-METRICS = ("NDCG", "HR", "MRR")
+Values = npt.NDArray[np.float64]
+MetricFn = Callable[[Values, int], Values]  # (0-based ranks as float64, K) -> per-sample values
+
+
+def ndcg(ranks: Values, k: int) -> Values:
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def hit_rate(ranks: Values, k: int) -> Values:
+    return (ranks < k).astype(np.float64)
+
+
+def mrr(ranks: Values, k: int) -> Values:
+    return np.where(ranks < k, 1.0 / (ranks + 1.0), 0.0)
+
+
+_BUILTIN: dict[str, MetricFn] = {"NDCG": ndcg, "HR": hit_rate, "MRR": mrr}
+_registry: dict[str, MetricFn] = dict(_BUILTIN)
+ALIASES = {"Recall": "HR"}  # one target per sample: Recall@K = HR@K
+
+
+def register_metric(name: str, fn: MetricFn, *, replace: bool = False) -> None:
+    """Add a metric ``name`` (computed as ``name@K`` for every K of ``eval.ks``)."""
+    if "@" in name or not name:
+        raise ValueError(f"metric name {name!r}: a plain name such as 'NDCG' (the K is added as @K)")
+    if (name in _registry or name in ALIASES) and not replace:
+        raise ValueError(f"a metric named {name!r} is registered already (pass replace=True to replace it)")
+    _registry[name] = fn
+
+
+def unregister_metric(name: str) -> None:
+    if name in _BUILTIN:
+        raise ValueError(f"{name!r} is a built-in metric")
+    _registry.pop(name, None)
+
+
+def metric_names() -> list[str]:
+    """The registered metrics, built-in ones first."""
+    return list(_registry)
+
+
+def parse_metric(text: str) -> tuple[str, int]:
+    """``"NDCG@10"`` -> ``("NDCG", 10)``; a ValueError that names the valid metrics otherwise."""
+    name, at, k_text = text.partition("@")
+    name = ALIASES.get(name, name)
+    if name not in _registry:
+        close = difflib.get_close_matches(name, metric_names(), n=1)
+        hint = f"; did you mean {close[0]}@{k_text or 10}?" if close else ""
+        raise ValueError(f"unknown metric {text!r}{hint} (metrics: {', '.join(metric_names())}, written NAME@K)")
+    if not at or not k_text.isdigit() or int(k_text) < 1:
+        raise ValueError(f"metric {text!r}: expected NAME@K with a cut-off K >= 1, e.g. {name}@10")
+    return name, int(k_text)
 
 
 EXACT_FLOAT_COUNT = 2**24  # float32 represents every integer count up to here exactly
@@ -40,27 +98,16 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, overwrite: bool = 
 
 
 def metrics_from_ranks(ranks: npt.ArrayLike, ks: tuple[int, ...] | list[int]) -> dict[str, float]:
-    """Mean NDCG/HR/MRR at every K, keyed like ``"NDCG@10"``."""
+    """Mean of every registered metric at every K, keyed like ``"NDCG@10"``."""
     r = np.asarray(ranks, dtype=np.float64)
     out: dict[str, float] = {}
     for k in ks:
-        hit = r < k
-        out[f"NDCG@{k}"] = float(np.mean(np.where(hit, 1.0 / np.log2(r + 2.0), 0.0))) if len(r) else 0.0
-        out[f"HR@{k}"] = float(np.mean(hit)) if len(r) else 0.0
-        out[f"MRR@{k}"] = float(np.mean(np.where(hit, 1.0 / (r + 1.0), 0.0))) if len(r) else 0.0
+        for name, fn in _registry.items():
+            out[f"{name}@{k}"] = float(np.mean(fn(r, k))) if len(r) else 0.0
     return out
 
 
-def per_sample(ranks: npt.ArrayLike, metric: str) -> npt.NDArray[np.float64]:
+def per_sample(ranks: npt.ArrayLike, metric: str) -> Values:
     """Per-sample values of one metric such as ``"NDCG@10"`` (for paired significance tests)."""
-    name, k_text = metric.split("@")
-    k = int(k_text)
-    r = np.asarray(ranks, dtype=np.float64)
-    hit = r < k
-    if name == "NDCG":
-        return np.where(hit, 1.0 / np.log2(r + 2.0), 0.0)
-    if name in ("HR", "Recall"):
-        return hit.astype(np.float64)
-    if name == "MRR":
-        return np.where(hit, 1.0 / (r + 1.0), 0.0)
-    raise ValueError(f"unknown metric {metric!r}; use one of {METRICS} with @K")
+    name, k = parse_metric(metric)
+    return _registry[name](np.asarray(ranks, dtype=np.float64), k)

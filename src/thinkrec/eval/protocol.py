@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,7 +12,9 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ks: list[int] = Field([5, 10, 20], description="cut-offs K for NDCG@K, HR@K (= Recall@K) and MRR@K")
+    ks: list[Annotated[int, Field(ge=1)]] = Field(
+        [5, 10, 20], description="cut-offs K (>= 1) for NDCG@K, HR@K (= Recall@K) and MRR@K", min_length=1
+    )
     mask_history: bool = Field(False, description="exclude the user's history items from the ranking")
     batch_size: int = Field(1024, description="evaluation samples per chunk", ge=1)
     memory_budget_mb: int = Field(

@@ -56,7 +56,7 @@ def plot_steps(report: dict[str, Any], path: Path, metrics: list[str], title: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from thinkrec.train.checkpoint import atomic_write_bytes
+    from thinkrec.storage import atomic_write_bytes
 
     steps = list(range(len(report["steps"])))
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -102,7 +102,7 @@ def cmd_llm_evaluate(args: argparse.Namespace) -> int:
     report = evaluation(trainer, split, cfg, args.split, progress=True)
     _print_report(report, args.split)
     if args.output:
-        from thinkrec.train.checkpoint import atomic_write_json
+        from thinkrec.storage import atomic_write_json
 
         atomic_write_json(Path(args.output), report)
         print(f"written: {args.output}")

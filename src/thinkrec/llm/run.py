@@ -29,7 +29,7 @@ from thinkrec.llm.model import DualHeadLM
 from thinkrec.llm.prompts import PromptBuilder
 from thinkrec.llm.trainer import LLMTrainer, StepLog
 from thinkrec.seed import Seeds
-from thinkrec.train.checkpoint import _atomic_save_tensors, atomic_write_json, exclusive_run_dir
+from thinkrec.storage import atomic_save_tensors, atomic_write_json, exclusive_run_dir
 
 
 def load_split(cfg: LLMRunConfig) -> Split:
@@ -58,7 +58,7 @@ def save_llm_checkpoint(directory: Path, model: DualHeadLM, info: dict[str, Any]
     tensors = {f"trainable.{n}": p.detach() for n, p in model.lm.named_parameters() if p.requires_grad}
     if model.item_table is not None:
         tensors["item_table"] = model.item_table
-    _atomic_save_tensors(directory / "last.safetensors", tensors)
+    atomic_save_tensors(directory / "last.safetensors", tensors)
     atomic_write_json(directory / "last.json", info)
 
 

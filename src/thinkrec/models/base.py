@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -53,14 +53,6 @@ class Encoded:
         offset = self.width - self.hidden.shape[1]
         index = (columns - offset)[:, :, None].expand(-1, -1, self.hidden.shape[-1])
         return self.hidden.gather(1, index)
-
-
-@dataclass
-class LossOutput:
-    """A scalar loss to minimise and its named parts (every part is logged)."""
-
-    total: torch.Tensor
-    parts: dict[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -11,10 +11,11 @@ Two ways to train it:
 - ``train_objective = "next"`` (the ReaRec authors' choice, and the presets'): next-item cross-entropy in
   the ``last`` sample mode, one history prefix per row, each with its own bidirectional pass; the last
   column's hidden state is the user vector ``r_0``, and nothing is appended to the sequence.
-- ``train_objective = "cloze"`` (the original paper's): :class:`ClozeObjective` replaces random items by a
-  learned ``[MASK]`` vector (token id ``n_items + 1``; a separate parameter, so the item table keeps
-  ``n_items + 1`` rows and the scorer never ranks the mask) and predicts them with a full softmax. At
-  inference a ``[MASK]`` is appended after the history and its hidden state is the user vector.
+- ``train_objective = "cloze"`` (the original paper's): the cloze objective
+  (:mod:`thinkrec.objectives.cloze`) replaces random items by a learned ``[MASK]`` vector (token id
+  ``n_items + 1``; a separate parameter, so the item table keeps ``n_items + 1`` rows and the scorer
+  never ranks the mask) and predicts them with a full softmax. At inference a ``[MASK]`` is appended
+  after the history and its hidden state is the user vector.
 
 Latent reasoning (:class:`~thinkrec.reasoning.reasoner.LatentReasoner`) uses the inherited
 :meth:`~thinkrec.models.sasrec.SASRec.extend`: a reasoning token attends to all real item columns (which
@@ -31,13 +32,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from thinkrec.data.batches import IGNORE, TrainBatch, position_ids
-from thinkrec.errors import ConfigError, ThinkrecError
-from thinkrec.models.base import Encoded, LossOutput
-from thinkrec.models.model import SeqRecModel
+from thinkrec.data.batches import position_ids
+from thinkrec.models.base import Encoded
 from thinkrec.models.sasrec import SASRec, SASRecConfig
-from thinkrec.seed import Seeds
-from thinkrec.train.losses import softmax_cross_entropy
 
 
 class BERT4RecConfig(SASRecConfig):
@@ -139,72 +136,3 @@ class BERT4Rec(SASRec):
         if self.cfg.train_objective == "cloze":
             inputs, positions = self.append_mask(inputs)
         return self.encode_tokens(inputs, positions, use_cache, last_only)
-
-
-def check_training(cfg: BERT4RecConfig, sample_mode: str, reasoning: bool) -> None:
-    """Reject the settings under which a bidirectional encoder would leak targets or cannot reason."""
-    if cfg.train_objective == "cloze" and reasoning:
-        raise ConfigError(
-            "model.train_objective='cloze' has no reasoning variant (ReaRec trains next-item on the last "
-            "column); use model.train_objective='next' with reasoning.kind=" + ("erl/prl")
-        )
-    if cfg.train_objective == "next" and sample_mode == "all":
-        raise ConfigError(
-            "BERT4Rec is bidirectional: in train.sample_mode='all' every position would see the item it must "
-            "predict. Use train.sample_mode='last' (one prefix per row, ReaRec's setting) or "
-            "model.train_objective='cloze'"
-        )
-
-
-def cloze_mask(inputs: torch.Tensor, mask_prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Which real items of ``inputs [B, W]`` (0 = padding) to mask: each with probability ``mask_prob``;
-    a row that drew none has its last item masked, so every row with an item trains."""
-    real = inputs != 0
-    draw = torch.rand(inputs.shape, generator=generator) < mask_prob
-    chosen = draw.to(real.device) & real
-    empty = ~chosen.any(dim=1) & real[:, -1]
-    chosen[:, -1] |= empty
-    return chosen
-
-
-class ClozeObjective:
-    """BERT4Rec's masked-item objective: mask items with probability ``mask_prob`` (replaced by ``[MASK]``),
-    predict each masked item with a full softmax over the catalogue (chunked
-    :func:`~thinkrec.train.losses.softmax_cross_entropy`), loss = mean over masked positions.
-
-    A batch's training sequences are its windows: in ``all`` mode the inputs plus the last target (the
-    oldest column dropped to stay within ``max_len``), in ``last`` mode the history plus its target. The
-    masks are drawn from a generator derived from the root seed and the epoch (resumable).
-    """
-
-    name = "cloze"
-
-    def __init__(self, mask_prob: float, seeds: Seeds) -> None:
-        self.mask_prob = mask_prob
-        self.seeds = seeds
-        self.generator = torch.Generator()
-        self.start_epoch(0)
-
-    def start_epoch(self, epoch: int) -> None:
-        """Called by the Trainer before each epoch (0-based)."""
-        self.generator.manual_seed(self.seeds.torch_seed(f"cloze-mask/{epoch}"))
-
-    @staticmethod
-    def sequences(batch: TrainBatch, max_len: int) -> torch.Tensor:
-        """The full item windows ``[B, <= max_len]`` of a batch (history followed by its newest target)."""
-        last = batch.targets[:, -1:] if batch.mode == "all" else batch.targets[:, None]
-        if bool((last == IGNORE).any()):
-            raise ThinkrecError("cloze training needs every window's newest target")
-        return torch.cat([batch.inputs, last], dim=1)[:, -max_len:]
-
-    def __call__(self, model: SeqRecModel, batch: TrainBatch) -> LossOutput:
-        backbone = model.backbone
-        if not isinstance(backbone, BERT4Rec):
-            raise ThinkrecError("the cloze objective needs a BERT4Rec backbone")
-        seq = self.sequences(batch, backbone.max_len)
-        chosen = cloze_mask(seq, self.mask_prob, self.generator)
-        masked = seq.masked_fill(chosen, backbone.mask_id)
-        hidden = backbone.encode_tokens(masked, position_ids(seq.shape[1], backbone.max_len)).hidden
-        users, items = model.scorer.prepare(hidden[chosen], model.item_vectors())
-        loss = softmax_cross_entropy(users, items, seq[chosen] - 1, model.scorer.temperature)
-        return LossOutput(loss, {"cloze": float(loss.detach()), "masked": float(chosen.sum())})

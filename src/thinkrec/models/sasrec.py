@@ -11,7 +11,7 @@ import math
 from typing import Literal, cast
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from thinkrec.models.base import Encoded, KVCache
@@ -56,6 +56,15 @@ class SASRecConfig(BaseModel):
     )
     scorer: Literal["dot", "cosine"] = Field("dot", description="user-item similarity")
     temperature: float = Field(1.0, description="logits are similarity / temperature", gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> SASRecConfig:
+        if self.hidden % self.heads:
+            raise ValueError(
+                f"model.heads ({self.heads}) must divide model.hidden ({self.hidden}): each head gets hidden / heads"
+                " dimensions"
+            )
+        return self
 
 
 class SASRec(nn.Module):

@@ -14,19 +14,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
 from thinkrec.data.batches import TrainSampler
 from thinkrec.data.split import Split
 from thinkrec.errors import ThinkrecError
 from thinkrec.eval.evaluator import evaluate
+from thinkrec.eval.metrics import parse_metric
 from thinkrec.eval.protocol import EvalConfig
 from thinkrec.models.model import SeqRecModel
+from thinkrec.objectives import Objective, loss_names
+from thinkrec.objectives.registry import SELECTED_ELSEWHERE
 from thinkrec.precision import warn_slow_bf16
 from thinkrec.seed import Seeds
 from thinkrec.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
-from thinkrec.train.objectives import Objective
 
 
 class TrainConfig(BaseModel):
@@ -39,25 +41,48 @@ class TrainConfig(BaseModel):
     optimizer: Literal["adam", "adamw"] = Field("adam", description="optimiser")
     lr: float = Field(1e-3, description="learning rate [learning_rate]", gt=0)
     weight_decay: float = Field(0.0, description="weight decay (L2 for adam, decoupled for adamw)", ge=0)
-    grad_clip: float | None = Field(None, description="clip the gradient norm to this value")
+    grad_clip: float | None = Field(None, description="clip the gradient norm to this value (> 0; default: off)", gt=0)
     sample_mode: Literal["all", "last"] = Field(
         "all", description="'all': every position predicts its next item; 'last': one target per prefix"
     )
     stride: int | None = Field(
         None, description="'all' mode: targets per window for sequences longer than max_len (default max_len)"
     )
-    loss: Literal["ce", "sampled"] = Field("ce", description="full-softmax or sampled-softmax cross-entropy")
+    loss: str = Field(
+        "ce",
+        description=(
+            "training objective of a plain run: 'ce' = full-softmax cross-entropy, 'sampled' = sampled softmax,"
+            " or any objective registered with thinkrec.objectives.register_objective"
+        ),
+    )
     n_negatives: int = Field(256, description="sampled softmax: negatives per batch", ge=1)
-    valid_metric: str = Field("NDCG@10", description="validation metric for early stopping [valid_metric]")
+    valid_metric: str = Field(
+        "NDCG@10", description="validation metric for early stopping, NAME@K with K in eval.ks [valid_metric]"
+    )
     patience: int = Field(10, description="stop after this many evaluations without improvement", ge=1)
     eval_every: int = Field(1, description="validate every this many epochs", ge=1)
     autocast: Literal["none", "bf16"] = Field(
         "none", description="CPU mixed precision for training: bf16 only pays off on AMX / AVX512-BF16 CPUs"
     )
-    threads: int | None = Field(None, description="torch CPU threads (default: torch's choice)")
+    threads: int | None = Field(None, description="torch CPU threads (default: torch's choice)", ge=1)
     seed: int = Field(2020, description="root seed: data order, initialisation, dropout and noise")
     resume: bool = Field(True, description="continue from the run directory's last checkpoint if present")
     progress: bool = Field(True, description="show progress bars")
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        if value in SELECTED_ELSEWHERE:
+            raise ValueError(f"{value!r} is not chosen through train.loss; set {SELECTED_ELSEWHERE[value]}")
+        if value not in loss_names():
+            raise ValueError(f"unknown objective {value!r}; choose one of {', '.join(loss_names())}")
+        return value
+
+    @field_validator("valid_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        parse_metric(value)
+        return value
 
 
 class NonFiniteLossError(ThinkrecError):
@@ -105,9 +130,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------ one epoch
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
-        start_epoch = getattr(self.objective, "start_epoch", None)
-        if start_epoch is not None:
-            start_epoch(epoch)
+        self.objective.start_epoch(epoch)
         rng = self.seeds.numpy(f"data-order/{epoch}")
         torch.manual_seed(self.seeds.torch_seed(f"dropout/{epoch}"))
         n_batches = self.sampler.n_batches(self.cfg.batch_size)
@@ -170,6 +193,9 @@ class Trainer:
         epoch = state["epoch"]
         while epoch < self.cfg.epochs and stopped != "early_stop":
             row: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
+            selectable = epoch >= self.objective.first_selectable_epoch
+            if not selectable:
+                row["warmup"] = True
             if (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs:
                 t0 = time.perf_counter()
                 result = evaluate(self.model, self.split, self.split.valid, self.eval_cfg)
@@ -182,7 +208,9 @@ class Trainer:
                         f"train.valid_metric {self.cfg.valid_metric!r} is not computed; choose one of "
                         f"{sorted(valid)} (eval.ks sets the K values)"
                     )
-                if value > state["best_value"]:
+                if not selectable:  # a warm-up epoch: neither a candidate for the best nor a bad evaluation
+                    pass
+                elif value > state["best_value"]:
                     state.update(best_value=value, best_epoch=epoch, bad=0, best_valid=valid)
                     save_checkpoint(
                         self.ckpt_dir, "best", self.model, {**self.run_info, "epoch": epoch, "valid": valid}
@@ -225,7 +253,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, metric: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from thinkrec.train.checkpoint import atomic_write_bytes
+    from thinkrec.storage import atomic_write_bytes
 
     epochs = [row["epoch"] for row in history]
     fig, ax_loss = plt.subplots(figsize=(7, 4))

@@ -1,4 +1,4 @@
-"""ReaRec's training objectives, ERL and PRL, as engine :class:`~thinkrec.train.objectives.Objective` s.
+"""What ReaRec's objectives (ERL, PRL) share: a batch as history prefixes, warm-up, scoring at ``tau``.
 
 Both work on the engine's two sample modes. In ``all`` mode (the default, fast path) every position of a
 left-padded window that has a target is a history prefix; the items are encoded once and all those
@@ -11,20 +11,20 @@ is the plain backbone loss, cross-entropy on ``r_0`` at temperature ``tau``, and
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 
 import torch
 
 from thinkrec.data.batches import IGNORE, TrainBatch
 from thinkrec.errors import ThinkrecError
-from thinkrec.models.base import Encoded, LossOutput
+from thinkrec.losses import softmax_cross_entropy
+from thinkrec.models.base import Encoded
 from thinkrec.models.model import SeqRecModel
+from thinkrec.objectives.base import LossOutput, Objective
 from thinkrec.reasoning.config import ReasoningConfig
-from thinkrec.reasoning.losses import info_nce, pairwise_kl, per_step_cross_entropy, progressive_temperatures
 from thinkrec.reasoning.reasoner import LatentReasoner, Perturb
 from thinkrec.seed import Seeds
-from thinkrec.train.losses import softmax_cross_entropy
 
 
 @dataclass
@@ -109,7 +109,7 @@ def reasoner_of(model: SeqRecModel) -> LatentReasoner:
     return model.reasoner
 
 
-class ReasoningObjective(ABC):
+class ReasoningObjective(Objective):
     """What ERL and PRL share: warm-up, prefix states, scoring at the reasoning temperature."""
 
     name = "reasoning"
@@ -127,6 +127,11 @@ class ReasoningObjective(ABC):
     @property
     def warming_up(self) -> bool:
         return self.epoch < self.cfg.warmup_epochs
+
+    @property
+    def first_selectable_epoch(self) -> int:
+        """Warm-up epochs train the plain backbone: a reasoning run's best checkpoint comes after them."""
+        return self.cfg.warmup_epochs
 
     def __call__(self, model: SeqRecModel, batch: TrainBatch) -> LossOutput:
         prefixes = prefix_batch(model, batch)
@@ -176,87 +181,3 @@ class ReasoningObjective(ABC):
     @abstractmethod
     def reasoning_loss(self, model: SeqRecModel, prefixes: PrefixBatch) -> LossOutput:
         """The objective's loss once the warm-up is over."""
-
-
-class EnsembleReasoningLoss(ReasoningObjective):
-    """ERL: ``CE(mean(r_0..r_K) . E / tau) - lambda * pairwise_kl(p_0..p_K)``.
-
-    ``p_k = softmax(r_k . E / tau)``; the KL direction and gradient are documented in
-    :func:`~thinkrec.reasoning.losses.pairwise_kl` (all ordered pairs, gradient through the first argument
-    only). Subtracting it lowers the loss when the steps disagree more.
-    """
-
-    name = "erl"
-
-    def reasoning_loss(self, model: SeqRecModel, prefixes: PrefixBatch) -> LossOutput:
-        states = self.states(model, prefixes)[prefixes.valid]  # [M, K+1, d]
-        # one item table for both terms: a computed table (text items) costs a pass of its encoder, and its
-        # dropout is then drawn once per batch, as for every other loss
-        table = model.item_vectors()
-        ce = self.cross_entropy(model, states.mean(dim=1), table, prefixes.targets[prefixes.valid], self.tau)
-        users, items = self.prepared(model, states, table)
-        kl = pairwise_kl(users, items, self.tau)
-        total = ce - self.cfg.erl_lambda * kl
-        return LossOutput(total, {"ce_mean": float(ce.detach()), "kl": float(kl.detach())})
-
-
-class ProgressiveReasoningLoss(ReasoningObjective):
-    """PRL: ``CE(r_K, tau) + sum_{k<K} CE(r_k, tau * alpha^(K-k)) + w * RCL``.
-
-    RCL (reasoning-aware contrastive learning): a noisy view reasons from the SAME item pass (item keys and
-    values are computed once) with Gaussian noise (std ``noise_std``, from a generator derived from the root
-    seed and the epoch) added to every reasoning input ``z_k``; InfoNCE at temperature ``tau`` pulls each
-    noisy step state ``k = 1..K`` towards the clean state of the same prefix. Negatives are the same step of
-    the other rows of the batch: in ``last`` mode the other prefixes of the batch, in ``all`` mode the other
-    rows' prefixes in the same prefix slot (one prefix per sequence, as in a ``last``-mode batch, and
-    ``B x B`` similarities per slot instead of ``M x M`` over all prefixes).
-    """
-
-    name = "prl"
-
-    def __init__(self, cfg: ReasoningConfig, tau: float, seeds: Seeds) -> None:
-        super().__init__(cfg, tau, seeds)
-        self.temperatures = progressive_temperatures(cfg.steps, tau, cfg.prl_alpha)
-        self.generator = torch.Generator()
-        self.start_epoch(0)
-
-    def start_epoch(self, epoch: int) -> None:
-        super().start_epoch(epoch)
-        # Re-derived per epoch, so a resumed run draws the same noise as an uninterrupted one.
-        self.generator.manual_seed(self.seeds.torch_seed(f"reasoning-noise/{epoch}"))
-
-    def noise(self, z: torch.Tensor) -> torch.Tensor:
-        eps = torch.randn(z.shape, generator=self.generator, dtype=torch.float32).to(z.device, z.dtype)
-        return z + self.cfg.noise_std * eps
-
-    def reasoning_loss(self, model: SeqRecModel, prefixes: PrefixBatch) -> LossOutput:
-        valid = prefixes.valid
-        clean = self.states(model, prefixes)  # [B, T, K+1, d]
-        users, items = self.prepared(model, clean[valid], model.item_vectors())
-        per_step = per_step_cross_entropy(users, items, prefixes.targets[valid], self.temperatures)
-        ce_last, ce_steps = per_step[-1], per_step[:-1].sum()
-        total = ce_last + ce_steps
-        parts = {"ce_last": float(ce_last.detach()), "ce_steps": float(ce_steps.detach())}
-        if self.cfg.rcl_weight > 0:
-            noisy = self.states(model, prefixes, self.noise)
-            groups_valid = valid.T.repeat_interleave(self.cfg.steps, dim=0)  # [T*K, B], slot-major
-            anchors, candidates = self.by_step_slot(noisy[:, :, 1:]), self.by_step_slot(clean[:, :, 1:])
-            rcl = info_nce(anchors, candidates, groups_valid, self.tau, self.cfg.rcl_similarity)
-            total = total + self.cfg.rcl_weight * rcl
-            parts["rcl"] = float(rcl.detach())
-        return LossOutput(total, parts)
-
-    @staticmethod
-    def by_step_slot(states: torch.Tensor) -> torch.Tensor:
-        """``[B, T, K, d] -> [T*K, B, d]``: one InfoNCE group per (prefix slot, step) across the rows."""
-        b, t, k, d = states.shape
-        return states.permute(1, 2, 0, 3).reshape(t * k, b, d)
-
-
-def build_reasoning_objective(cfg: ReasoningConfig, tau: float, seed: int) -> ReasoningObjective:
-    """The objective ``cfg.kind`` names (``erl`` or ``prl``)."""
-    if cfg.kind == "erl":
-        return EnsembleReasoningLoss(cfg, tau, Seeds(seed))
-    if cfg.kind == "prl":
-        return ProgressiveReasoningLoss(cfg, tau, Seeds(seed))
-    raise ValueError(f"reasoning.kind {cfg.kind!r} has no reasoning objective")

@@ -10,12 +10,12 @@ from typing import Any, Literal
 import torch
 from torch.nn import functional as F
 
-from thinkrec.train.losses import softmax_cross_entropy, wants_gradient
+from thinkrec.losses.softmax import softmax_cross_entropy, wants_gradient
 
 
 class _ChunkedPairwiseKL(torch.autograd.Function):
     """:func:`pairwise_kl` computed a few rows at a time: no ``[M, S, N]`` tensor is ever kept. As in
-    :func:`~thinkrec.train.losses.softmax_cross_entropy`, each chunk's distributions are formed once and,
+    :func:`~thinkrec.losses.softmax.softmax_cross_entropy`, each chunk's distributions are formed once and,
     when a gradient will be needed, turned into the gradient right away (the loss is a scalar: the backward
     pass only scales the stored gradients)."""
 

@@ -1,0 +1,69 @@
+"""ReaRec's progressive reasoning learning (PRL)."""
+
+from __future__ import annotations
+
+import torch
+
+from thinkrec.losses import info_nce, per_step_cross_entropy, progressive_temperatures
+from thinkrec.models.model import SeqRecModel
+from thinkrec.objectives.base import LossOutput, ObjectiveContext
+from thinkrec.objectives.reasoning import PrefixBatch, ReasoningObjective
+from thinkrec.reasoning.config import ReasoningConfig
+from thinkrec.seed import Seeds
+
+
+class ProgressiveReasoningLoss(ReasoningObjective):
+    """PRL: ``CE(r_K, tau) + sum_{k<K} CE(r_k, tau * alpha^(K-k)) + w * RCL``.
+
+    RCL (reasoning-aware contrastive learning): a noisy view reasons from the SAME item pass (item keys and
+    values are computed once) with Gaussian noise (std ``noise_std``, from a generator derived from the root
+    seed and the epoch) added to every reasoning input ``z_k``; InfoNCE at temperature ``tau`` pulls each
+    noisy step state ``k = 1..K`` towards the clean state of the same prefix. Negatives are the same step of
+    the other rows of the batch: in ``last`` mode the other prefixes of the batch, in ``all`` mode the other
+    rows' prefixes in the same prefix slot (one prefix per sequence, as in a ``last``-mode batch, and
+    ``B x B`` similarities per slot instead of ``M x M`` over all prefixes).
+    """
+
+    name = "prl"
+
+    def __init__(self, cfg: ReasoningConfig, tau: float, seeds: Seeds) -> None:
+        super().__init__(cfg, tau, seeds)
+        self.temperatures = progressive_temperatures(cfg.steps, tau, cfg.prl_alpha)
+        self.generator = torch.Generator()
+        self.start_epoch(0)
+
+    def start_epoch(self, epoch: int) -> None:
+        super().start_epoch(epoch)
+        # Re-derived per epoch, so a resumed run draws the same noise as an uninterrupted one.
+        self.generator.manual_seed(self.seeds.torch_seed(f"reasoning-noise/{epoch}"))
+
+    def noise(self, z: torch.Tensor) -> torch.Tensor:
+        eps = torch.randn(z.shape, generator=self.generator, dtype=torch.float32).to(z.device, z.dtype)
+        return z + self.cfg.noise_std * eps
+
+    def reasoning_loss(self, model: SeqRecModel, prefixes: PrefixBatch) -> LossOutput:
+        valid = prefixes.valid
+        clean = self.states(model, prefixes)  # [B, T, K+1, d]
+        users, items = self.prepared(model, clean[valid], model.item_vectors())
+        per_step = per_step_cross_entropy(users, items, prefixes.targets[valid], self.temperatures)
+        ce_last, ce_steps = per_step[-1], per_step[:-1].sum()
+        total = ce_last + ce_steps
+        parts = {"ce_last": float(ce_last.detach()), "ce_steps": float(ce_steps.detach())}
+        if self.cfg.rcl_weight > 0:
+            noisy = self.states(model, prefixes, self.noise)
+            groups_valid = valid.T.repeat_interleave(self.cfg.steps, dim=0)  # [T*K, B], slot-major
+            anchors, candidates = self.by_step_slot(noisy[:, :, 1:]), self.by_step_slot(clean[:, :, 1:])
+            rcl = info_nce(anchors, candidates, groups_valid, self.tau, self.cfg.rcl_similarity)
+            total = total + self.cfg.rcl_weight * rcl
+            parts["rcl"] = float(rcl.detach())
+        return LossOutput(total, parts)
+
+    @staticmethod
+    def by_step_slot(states: torch.Tensor) -> torch.Tensor:
+        """``[B, T, K, d] -> [T*K, B, d]``: one InfoNCE group per (prefix slot, step) across the rows."""
+        b, t, k, d = states.shape
+        return states.permute(1, 2, 0, 3).reshape(t * k, b, d)
+
+    @classmethod
+    def from_context(cls, ctx: ObjectiveContext) -> ProgressiveReasoningLoss:
+        return cls(ctx.reasoning, ctx.tau, ctx.seeds)
