@@ -27,7 +27,7 @@ from thinkrec.data.split import Split, Window
 from thinkrec.eval.metrics import metrics_from_ranks
 from thinkrec.models.text_items import UniSRecConfig
 from thinkrec.runs import load_data, saved_config, saved_ranks
-from thinkrec.train.checkpoint import atomic_write_text
+from thinkrec.storage import atomic_write_text
 
 
 def train_counts(split: Split) -> np.ndarray:

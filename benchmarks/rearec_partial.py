@@ -27,7 +27,8 @@ from thinkrec.eval.evaluator import EvalResult
 from thinkrec.eval.metrics import per_sample
 from thinkrec.eval.significance import paired_t_test
 from thinkrec.runs import evaluation_report, load_data, load_run, set_threads
-from thinkrec.train.checkpoint import atomic_write_text, checkpoint_info
+from thinkrec.storage import atomic_write_text
+from thinkrec.train.checkpoint import checkpoint_info
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ from thinkrec.runs import (
     set_threads,
     train,
 )
-from thinkrec.train.checkpoint import atomic_write_text
+from thinkrec.storage import atomic_write_text
 
 BACKBONES = ("sasrec", "bert4rec", "gru4rec", "unisrec", "morec")
 METRICS = {"N@10": "NDCG@10", "N@20": "NDCG@20", "R@10": "HR@10", "R@20": "HR@20"}
