@@ -86,7 +86,7 @@ def test_make_example_history_window() -> None:
 def test_config_rejects_unknown_keys_with_a_suggestion() -> None:
     from thinkrec.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="did you mean 'group_size'"):
+    with pytest.raises(ConfigError, match=r"did you mean 'recpo\.group_size'"):
         load_llm_config(None, ["recpo.group_sise=3"])
     cfg = load_llm_config(None, ["recpo.pairing=faithful_to_code", "model.finetune=full"])
     assert cfg.recpo.pairing == "faithful_to_code" and isinstance(cfg, LLMRunConfig)

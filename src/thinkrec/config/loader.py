@@ -1,8 +1,13 @@
-"""Load a :class:`RunConfig` from TOML/YAML (a path or a bundled preset name) plus dotted overrides.
+"""Load a config from TOML/YAML (a path or a bundled preset name) plus dotted overrides.
 
 ``thinkrec train ml100k-sasrec train.lr=0.002 model.hidden=128`` loads the preset, then applies each
 ``key.path=value`` (values parsed as YAML scalars/lists: ``true``, ``0.5``, ``[5,10]``). Errors name the
 file and the dotted key, and suggest the nearest valid key for a typo.
+
+A file may start from others: ``extends = ["protocols/ml100k-time", "methods/prl"]`` merges those files
+(paths relative to this file, or bundled preset names) in order, then this file's own tables on top, so a
+dataset protocol and a method are each written once. The same loader reads run configs
+(:func:`load_config`) and any other config schema (:func:`load_into`, e.g. the LLM runs').
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import difflib
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -19,13 +24,18 @@ from pydantic import BaseModel, ValidationError
 from thinkrec.config.schema import RunConfig
 from thinkrec.errors import ConfigError
 
+Schema = TypeVar("Schema", bound=BaseModel)
+EXTENDS = "extends"
+
 
 def preset_names() -> list[str]:
+    """The runnable presets (the building blocks in the presets' sub-folders are left out)."""
     folder = resources.files("thinkrec") / "presets"
     return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_file(path: Path) -> dict[str, Any]:
+    """One config file's tables, as written (``extends`` not followed)."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -46,8 +56,41 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def resolve_config_path(name: str) -> Path:
-    """A config file path, or the bundled preset of that name."""
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` laid over ``base``: tables merge key by key, any other value of ``top`` replaces ``base``'s."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file with everything it ``extends`` merged in (in order, the file's own tables last)."""
+    resolved = path.resolve()
+    if resolved in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, resolved))
+        raise ConfigError(f"{path}: '{EXTENDS}' goes round in a circle ({chain})")
+    data = read_file(path)
+    parents = data.pop(EXTENDS, [])
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(f"{path}: '{EXTENDS}' must be a file or preset name, or a list of them")
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        merged = merge(merged, read_config(resolve_config_path(parent, path.parent), (*_seen, resolved)))
+    return merge(merged, data)
+
+
+def resolve_config_path(name: str, relative_to: Path | None = None) -> Path:
+    """A config file path (relative to ``relative_to`` when given, else to the working folder), or the
+    bundled preset (or preset building block, e.g. ``protocols/ml100k-time``) of that name."""
+    for candidate in (relative_to / name, relative_to / f"{name}.toml") if relative_to is not None else ():
+        if candidate.is_file():
+            return candidate
     path = Path(name)
     if path.exists():
         return path
@@ -97,10 +140,10 @@ def _kind(member: type[BaseModel]) -> str | None:
     return default if isinstance(default, str) else None
 
 
-def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
+def _walk(loc: tuple[Any, ...], root: type[BaseModel] = RunConfig) -> tuple[list[str], type[BaseModel] | None]:
     """Dotted key parts (discriminator tags dropped) and the config class of the section at ``loc``."""
     parts: list[str] = []
-    current: type[BaseModel] | None = RunConfig
+    current: type[BaseModel] | None = root
     members: list[type[BaseModel]] = []
     for part in loc:
         tagged = [m for m in members if _kind(m) == part]
@@ -114,13 +157,13 @@ def _walk(loc: tuple[Any, ...]) -> tuple[list[str], type[BaseModel] | None]:
     return parts, current
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str, root: type[BaseModel] = RunConfig) -> str:
     lines = [f"{source}: invalid configuration"]
     for err in exc.errors():
-        parts, _ = _walk(tuple(err["loc"]))
+        parts, _ = _walk(tuple(err["loc"]), root)
         dotted = ".".join(parts)
         if err["type"] == "extra_forbidden":
-            _, section = _walk(tuple(err["loc"])[:-1])
+            _, section = _walk(tuple(err["loc"])[:-1], root)
             valid = list(section.model_fields) if section is not None else []
             close = difflib.get_close_matches(parts[-1], valid, n=1)
             hint = f"; did you mean '{'.'.join((*parts[:-1], close[0]))}'?" if close else ""
@@ -133,20 +176,29 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(name: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a config file or preset (or the defaults) and apply dotted overrides."""
+def load_into(
+    schema: type[Schema], name: str | None = None, overrides: list[str] | None = None, presets: bool = True
+) -> Schema:
+    """Load a config file (or, with ``presets``, a bundled preset; or the defaults), follow its ``extends``,
+    apply dotted overrides and validate against ``schema``: one error naming the file, every bad key and
+    its fix."""
     data: dict[str, Any] = {}
     source = "defaults"
     if name:
-        path = resolve_config_path(name)
-        data = _read_file(path)
+        path = resolve_config_path(name) if presets else Path(name)
+        data = read_config(path)
         source = str(path)
     data = apply_overrides(data, list(overrides or []))
     try:
-        return RunConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         where = source + (f" (with overrides {' '.join(overrides)})" if overrides else "")
-        raise ConfigError(format_validation_error(exc, where)) from None
+        raise ConfigError(format_validation_error(exc, where, schema)) from None
+
+
+def load_config(name: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a run config file or preset (or the defaults) and apply dotted overrides."""
+    return load_into(RunConfig, name, overrides)
 
 
 def config_table(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:

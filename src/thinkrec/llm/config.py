@@ -6,16 +6,13 @@ overrides exactly like the engine's :mod:`thinkrec.config.loader`.
 
 from __future__ import annotations
 
-import difflib
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from thinkrec.config.schema import DataConfig
 from thinkrec.data.config import SourceConfig
 from thinkrec.data.split import SplitConfig
-from thinkrec.errors import ConfigError
 from thinkrec.llm.recpo import AdvantageKind, LossPairing
 
 
@@ -167,35 +164,8 @@ class LLMRunConfig(BaseModel):
         return self.run_dir or f"runs/llm-{self.data.name}-{self.recpo.variant}-s{self.recpo.seed}"
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    current: Any = LLMRunConfig
-    for part in loc:
-        field = getattr(current, "model_fields", {}).get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        current = annotation
-    return list(getattr(current, "model_fields", {}))
-
-
 def load_llm_config(path: str | None = None, overrides: list[str] | None = None) -> LLMRunConfig:
     """Load a TOML/YAML file (or the defaults) and apply dotted overrides; errors name the nearest key."""
-    from thinkrec.config.loader import _read_file, apply_overrides
+    from thinkrec.config.loader import load_into
 
-    data: dict[str, Any] = _read_file(Path(path)) if path else {}
-    data = apply_overrides(data, list(overrides or []))
-    try:
-        return LLMRunConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"{path or 'defaults'}: invalid LLM configuration"]
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            dotted = ".".join(str(p) for p in loc)
-            if err["type"] == "extra_forbidden":
-                valid = _fields_at(loc[:-1])
-                close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                lines.append(f"  {dotted}: unknown key{hint} (valid keys here: {', '.join(valid)})")
-            else:
-                lines.append(f"  {dotted}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError("\n".join(lines)) from None
+    return load_into(LLMRunConfig, path, overrides, presets=False)
