@@ -114,7 +114,8 @@ def now() -> str:
 
 def stamp(record: dict[str, Any]) -> dict[str, Any]:
     """``record`` with this process's provenance and the current time added."""
-    return {**record, "time": now(), "provenance": provenance()}
+    run = provenance()  # first, so that a record's time is never before its process's start
+    return {**record, "time": now(), "provenance": run}
 
 
 def out_dir(area: str, *parts: str) -> Path:
