@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 import random
 
-from test_bench_records import load_script
-
-load_script("speed_engine")  # eval_paired imports it as a sibling module
-paired = load_script("eval_paired")
+from benchmarks.speed import eval_paired as paired
 
 
 def coverage(n: int, lo_rank: int, hi_rank: int) -> float:

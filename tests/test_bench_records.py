@@ -1,31 +1,16 @@
-"""The reproduction script keeps a small record of every finished run, and rebuilds its table from records alone."""
+"""The reproduction benchmark keeps a small record of every finished run, and rebuilds its table from records alone."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-repro = load_script("rearec_repro")
-cold_items = load_script("cold_items")
+from benchmarks.quality import cold_items, selection_table
+from benchmarks.quality import rearec_repro as repro
 
 
 def test_table_is_rebuilt_from_records_without_run_directories(
@@ -38,6 +23,8 @@ def test_table_is_rebuilt_from_records_without_run_directories(
     argv = ["--dataset", "ml100k", "--seeds", "1", "--variants", "base,erl", "--epochs", "3", "--out", str(out), *tiny]
     assert repro.main(argv) == 0
     table = json.loads((out / "rearec-ml100k-time.json").read_text())
+    provenance = table.pop("provenance")  # who wrote the table: machine, versions, commit, command
+    assert provenance["torch"] and provenance["machine"]["cores"] >= 1 and "commit" in provenance["thinkrec"]
     records = out / "records" / "ml100k-time"
     assert sorted(p.name for p in records.iterdir()) == ["sasrec-erl-s1", "sasrec-s1"]
     assert sorted(p.name for p in (records / "sasrec-s1").iterdir()) == [
@@ -74,14 +61,18 @@ def test_table_is_rebuilt_from_records_without_run_directories(
     (out / "rearec-ml100k-time.json").unlink()
     assert repro.main(argv) == 0
     assert not (out / "runs").exists()
-    assert json.loads((out / "rearec-ml100k-time.json").read_text()) == table
+    rebuilt = json.loads((out / "rearec-ml100k-time.json").read_text())
+    assert rebuilt.pop("provenance")["thinkrec"] == provenance["thinkrec"]
+    assert rebuilt == table
     assert table["overrides"] == {"all": tiny}
 
     # a tagged table gets its own files and leaves the folder's main table alone
     main_md = (out / "rearec-ml100k-time.md").read_text()
     (out / "rearec-ml100k-time.md").write_text("kept")
     assert repro.main(["--report-tag", "subset", *argv]) == 0
-    assert json.loads((out / "rearec-ml100k-time-subset.json").read_text()) == table
+    tagged = json.loads((out / "rearec-ml100k-time-subset.json").read_text())
+    assert "provenance" in tagged
+    assert {k: v for k, v in tagged.items() if k != "provenance"} == table
     assert (out / "rearec-ml100k-time-subset.md").read_text() == main_md
     assert (out / "rearec-ml100k-time.md").read_text() == "kept"
 
@@ -96,7 +87,7 @@ def test_table_is_rebuilt_from_records_without_run_directories(
 
 
 def test_selection_table_chooses_on_validation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    selection = load_script("selection_table")
+    selection = selection_table
 
     def fake_run(name: str, kind: str, lam: float, valid: list[float], test: float) -> Path:
         run = tmp_path / name
@@ -113,8 +104,14 @@ def test_selection_table_chooses_on_validation(tmp_path: Path, capsys: pytest.Ca
         fake_run("b", "erl", 0.01, [0.06, 0.07, 0.09], test=0.06),
         fake_run("c", "prl", 0.01, [0.04], test=0.05),
     ]
-    assert selection.main([*map(str, runs), "--keys", "reasoning.erl_lambda", "--save", str(tmp_path / "saved")]) == 0
-    rows = json.loads(capsys.readouterr().out.splitlines()[-1])
+    stem = tmp_path / "tables" / "selection"
+    argv = [*map(str, runs), "--keys", "reasoning.erl_lambda", "--save", str(tmp_path / "saved"), "--out", str(stem)]
+    assert selection.main(argv) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    rows = printed["rows"]
+    assert "machine" in printed["provenance"] and printed["time"]
+    assert json.loads(stem.with_suffix(".json").read_text())["rows"] == rows
+    assert "| **yes** |" in stem.with_suffix(".md").read_text()
     by_run = {row["run"]: row for row in rows}
     assert [by_run[r]["chosen"] for r in "abc"] == [False, True, True]
     assert (by_run["a"]["best_epoch"], by_run["a"]["valid"]) == (1, 0.08)
@@ -122,5 +119,5 @@ def test_selection_table_chooses_on_validation(tmp_path: Path, capsys: pytest.Ca
     assert sorted(p.name for p in (tmp_path / "saved" / "a").iterdir()) == ["config.json", "log.jsonl", "results.json"]
     # the saved copies rebuild the same rows
     assert selection.main([str(tmp_path / "saved" / r) for r in "abc"]) == 0
-    again = json.loads(capsys.readouterr().out.splitlines()[-1])
+    again = json.loads(capsys.readouterr().out.splitlines()[-1])["rows"]
     assert [row["valid"] for row in again] == [row["valid"] for row in rows]

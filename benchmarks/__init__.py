@@ -1,0 +1,1 @@
+"""thinkrec's benchmarks, by purpose: ``quality``, ``speed``, ``peers``, ``llm``; see ``benchmarks/README.md``."""

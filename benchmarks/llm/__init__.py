@@ -1,0 +1,1 @@
+"""R²ec (the LLM recommender): end-to-end comparison, the cost of one RecPO step, training fit."""

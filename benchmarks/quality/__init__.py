@@ -1,0 +1,1 @@
+"""Ranking quality: SASRec against its references, ReaRec base vs ERL vs PRL, cold items."""
