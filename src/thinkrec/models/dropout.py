@@ -1,12 +1,12 @@
 """Dropout that draws its random numbers cheaply on the CPU.
 
-``torch.nn.Dropout`` on the CPU draws one Bernoulli number per element; in SASRec-sized training that was
-40% of a step (profiled on MovieLens-100K prefixes, 2 cores). Here every 64-bit draw of the default
+``torch.nn.Dropout`` on the CPU draws one Bernoulli number per element, a large share of a SASRec-sized
+training step. Here every 64-bit draw of the default
 generator feeds four elements: each element keeps its value when its 16-bit lane is at or above a threshold.
 The drop probability is therefore ``p`` rounded to a multiple of 1/65536 (0.2 becomes 0.199997), and kept
 values are scaled by ``1 / (1 - p_rounded)`` so the expectation is unchanged. The default generator is used,
-so ``torch.manual_seed`` makes the masks reproducible. Forward plus backward costs about a third of
-``torch.nn.functional.dropout`` (``benchmarks/dropout_speed.py``). ``THINKREC_DROPOUT=torch`` in the
+so ``torch.manual_seed`` makes the masks reproducible. Its cost against ``torch.nn.functional.dropout``
+is measured by ``python -m benchmarks.speed.dropout_speed``. ``THINKREC_DROPOUT=torch`` in the
 environment switches to torch's dropout (for A/B comparisons of training quality).
 """
 

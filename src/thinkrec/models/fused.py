@@ -3,10 +3,9 @@
 ``torch.nn.functional.linear`` on the CPU (MKL's product) first copies the bias into every row of the
 output and then accumulates the product into it. oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``,
 the kernel torch's own CPU compiler emits) adds the bias and applies an optional GELU in the product's
-epilogue. Which is faster depends on the CPU (``benchmarks/linear_speed.py``, SASRec evaluation shapes,
-2 threads): on AVX-512 CPUs oneDNN's saved ~10% of an ML-100K evaluation; on an AVX2-only AMD EPYC
-MKL's product is 10-30% faster at these 64-wide inner dimensions and oneDNN's exact GELU epilogue costs
-more than a separate in-place GELU. So oneDNN is used where torch reports AVX-512
+epilogue. Which is faster depends on the CPU (``python -m benchmarks.speed.linear_speed``; numbers in
+docs/benchmarks/speed.md): oneDNN's on AVX-512 CPUs, MKL's product plus a separate in-place GELU on
+AVX2-only ones (where oneDNN's exact GELU epilogue costs more). So oneDNN is used where torch reports AVX-512
 (``torch.backends.cpu.get_cpu_capability()``), MKL plus an in-place GELU elsewhere -- fixed per machine,
 so a machine always computes the same numbers.
 

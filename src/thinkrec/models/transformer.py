@@ -20,9 +20,8 @@ def attend(
     ``training``. With gradients and no dropout: torch's fused kernel. With dropout the weights are formed
     (:func:`formed_attention`) and dropped with the cheap :func:`~thinkrec.models.dropout.dropout`, which
     the kernel's dropout path would materialise anyway. At inference the formed weights are the faster
-    path on these short sequences (``benchmarks/attention_speed.py``, 2 threads: a 128-history x 50-column
-    pass of a 2-head, 64-wide SASRec takes 0.74-0.85x the fused CPU kernel's time in float32, 0.61-0.74x in
-    bf16), except for a single float32 query per row, where the kernel is faster (0.11-0.17 vs 0.28-0.41 ms)."""
+    path on these short sequences, except for a single float32 query per row, where the fused kernel is
+    faster (whole-evaluation A/Bs in docs/benchmarks/speed.md)."""
     dropping = training and p > 0.0
     one_fp32_query = q.dtype == torch.float32 and q.shape[-2] == 1
     if not dropping and (torch.is_grad_enabled() or one_fp32_query):

@@ -3,7 +3,7 @@
 For catalogues too large to score exactly per request. The index holds the items' *scoring* vectors (for a
 cosine scorer the normalised ones), searched by inner product, so the approximate ranking approximates the
 exact one; scores are divided by the scorer's temperature to match :meth:`SeqRecModel.score`. Quality is
-measured as recall@K against exact scoring (:func:`recall_at_k`, ``benchmarks/ann_recall.py``).
+measured as recall@K against exact scoring (:func:`recall_at_k`, ``python -m benchmarks.speed.ann_recall``).
 """
 
 from __future__ import annotations
