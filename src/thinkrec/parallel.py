@@ -8,8 +8,8 @@ Python threads as torch has intra-op threads, and lets every operation run on on
 GIL inside its kernels, so the threads overlap. Moving torch between one thread and several costs time of
 its own, so :func:`row_workers` keeps it on one thread for as long as the runner is open. The worker threads
 are made once per process (and number of workers) and kept: a new thread's first torch operation sets up
-that thread's state, a cost worth avoiding on every evaluation. A thread takes torch's thread count when it first runs an operation, inside a runner, so the kept
-workers stay on one thread each.
+that thread's state, a cost worth avoiding on every evaluation. A thread takes torch's thread count when
+it first runs an operation, inside a runner, so the kept workers stay on one thread each.
 
 The evaluator (:func:`~thinkrec.eval.evaluator.evaluate`) hands out whole chunks of samples when there are
 at least two per worker, else pieces of a chunk cut at its encoder-pass boundaries that keep the chunk's
