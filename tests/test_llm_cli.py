@@ -47,7 +47,7 @@ def test_llm_train_evaluate_recommend(
 
 def test_llm_cli_errors_are_messages(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["llm", "train", str(tiny_dir / "llm.toml"), "recpo.grup_size=2"]) == 2
-    assert "did you mean 'group_size'" in capsys.readouterr().err
+    assert "did you mean 'recpo.group_size'" in capsys.readouterr().err
     assert main(["llm", "evaluate", str(tiny_dir / "nowhere")]) == 2
     assert "not an LLM run directory" in capsys.readouterr().err
 

@@ -173,7 +173,7 @@ def _trainer(tmp: Path, objective: object, sample_mode: str, epochs: int) -> Tra
     torch.manual_seed(0)
     model = build_model(MODEL, ds.n_items)
     model.reasoner = LatentReasoner(MODEL.hidden, 2)
-    cfg = TrainConfig(epochs=epochs, batch_size=16, lr=5e-3, seed=1, progress=False, sample_mode=sample_mode)
+    cfg = TrainConfig(epochs=epochs, batch_size=16, lr=5e-3, seed=1, sample_mode=sample_mode)
     sampler = TrainSampler(split, MODEL.max_len, cfg.sample_mode)
     eval_cfg = EvalConfig(ks=[10], inference="mean")
     return Trainer(model, objective, split, sampler, cfg, eval_cfg, tmp)  # type: ignore[arg-type]

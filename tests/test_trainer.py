@@ -25,7 +25,7 @@ def _trainer(tmp: Path, ds, epochs: int, seed: int = 1, objective=None, **kw) ->
     split = leave_one_out(ds)
     torch.manual_seed(seed)
     model = build_model(MODEL, ds.n_items)
-    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=5e-3, seed=seed, progress=False, patience=50, **kw)
+    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=5e-3, seed=seed, patience=50, **kw)
     sampler = TrainSampler(split, MODEL.max_len, cfg.sample_mode)
     return Trainer(model, objective or CrossEntropy(), split, sampler, cfg, EvalConfig(ks=[10]), tmp)
 

@@ -37,7 +37,7 @@ def sasrec_ranks(run_dir: Path, cfg: LLMRunConfig, epochs: int) -> tuple[np.ndar
     if not (run_dir / "results.json").exists():
         engine_cfg = load_config(
             "ml100k-time-sasrec",
-            [f"train.epochs={epochs}", "train.threads=1", "train.progress=false", "eval.ks=[5,10,20]"],
+            [f"train.epochs={epochs}", "train.threads=1", "progress=never", "eval.ks=[5,10,20]"],
         )
         if engine_cfg.data.split != cfg.data.split or engine_cfg.data.source != cfg.data.source:
             raise SystemExit("the SASRec preset's data/split differs from the LLM config's")

@@ -170,7 +170,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
     No lock on a finished run (another process may be reading it too).
     """
     preset = f"{args.dataset}-{args.protocol}-{variant}"
-    overrides = [f"train.seed={seed}", f"train.threads={args.threads}", "train.progress=false", *args.overrides]
+    overrides = [f"train.seed={seed}", f"train.threads={args.threads}", "progress=never", *args.overrides]
     overrides += variant_overrides(args, variant)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")

@@ -86,7 +86,7 @@ def main() -> None:
         runs.append(run_dir)
         if args.summarise_only or (run_dir / "results.json").exists():
             continue
-        cfg = load_config(args.preset, [*args.overrides, f"train.seed={seed}", "train.progress=false"])
+        cfg = load_config(args.preset, [*args.overrides, f"train.seed={seed}", "progress=never"])
         train(cfg, run_dir)
     print(json.dumps(summarise(args.preset, runs, args.out)))
 

@@ -139,7 +139,7 @@ def main() -> int:
     tuned = tune_allocator()
     torch.set_num_threads(args.threads)
     eval_overrides = [f"eval.autocast={args.autocast}", f"eval.workers={args.workers}"]
-    cfg = load_config(DATASETS[args.dataset][0], [*SAME, "train.progress=false", *eval_overrides])
+    cfg = load_config(DATASETS[args.dataset][0], [*SAME, "progress=never", *eval_overrides])
     peer = Peer(args.dataset, args.threads, args.peer_venv, args.peer_tuned_allocator)  # first: fails fast
     _dataset, split = load_data(cfg)
     model, _sampler, _batches, _seconds = train_epoch(cfg, split, "all")  # weights as speed_engine's

@@ -37,7 +37,7 @@ from thinkrec.runs import build, build_objective, load_data
 
 
 def epoch_seconds(preset: str, overrides: list[str], epoch: int) -> float:
-    cfg = load_config(preset, [*overrides, "train.progress=false"])
+    cfg = load_config(preset, [*overrides, "progress=never"])
     _, split = load_data(cfg)
     model = build(cfg, split.dataset.n_items)
     objective = build_objective(cfg)

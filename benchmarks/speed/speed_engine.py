@@ -117,7 +117,7 @@ def timed_eval(model: SeqRecModel, split: Split, cfg: RunConfig, repeats: int, b
 def ours(name: str, threads: int, extra: list[str], last_mode: bool, eval_repeats: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     preset = DATASETS[name][0]
-    cfg = load_config(preset, [*SAME, "train.progress=false", *extra])
+    cfg = load_config(preset, [*SAME, "progress=never", *extra])
     ds, split = load_data(cfg)
     last: dict[str, Any] = {}
     if last_mode:  # one target per prefix (RecBole's instances): same targets, more, smaller batches

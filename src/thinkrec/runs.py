@@ -21,11 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from thinkrec.config.schema import RunConfig
+from thinkrec.config.schema import RunConfig, operational_keys
 from thinkrec.data.batches import TrainSampler
 from thinkrec.data.dataset import SequenceDataset
 from thinkrec.data.prepare import load_or_prepare
 from thinkrec.data.split import EvalSamples, Split, Window, make_split
+from thinkrec.device import resolve_device
 from thinkrec.errors import ThinkrecError
 from thinkrec.eval.evaluator import EvalResult, evaluate
 from thinkrec.eval.protocol import EvalConfig, describe_protocol
@@ -35,6 +36,7 @@ from thinkrec.models.registry import build_model
 from thinkrec.models.text_items import attach_item_text, mark_known_items
 from thinkrec.objectives import Objective, ObjectiveContext
 from thinkrec.objectives import build_objective as build_named_objective
+from thinkrec.progress import show_bars
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.seed import Seeds
 from thinkrec.storage import atomic_write_json, exclusive_run_dir
@@ -102,7 +104,7 @@ def evaluation_report(
     ``"reasoning"``."""
     t0 = time.perf_counter()
     samples = split.samples(which) if samples is None else samples
-    result = evaluate(model, split, samples, eval_cfg, steps=steps, progress=cfg.train.progress)
+    result = evaluate(model, split, samples, eval_cfg, steps=steps, progress=show_bars(cfg.progress))
     seconds = time.perf_counter() - t0
     report: dict[str, Any] = {
         "split": which,
@@ -147,7 +149,7 @@ def saved_ranks(run_dir: Path, name: str, samples: EvalSamples, cfg: RunConfig, 
 
 # Settings that change how a run is executed, not what it computes: a resumed run may change them, and runs
 # that differ only in them are the same run (``run_dir``: a run directory moved or copied elsewhere).
-OPERATIONAL_KEYS = frozenset({"train.threads", "train.progress", "train.resume", "run_dir"})
+OPERATIONAL_KEYS = operational_keys()
 
 
 def flat_config(cfg: RunConfig) -> dict[str, Any]:
@@ -199,11 +201,14 @@ def _train(cfg: RunConfig, out: Path) -> TrainedRun:
     ds, split = load_data(cfg)
     save_vocabulary(ds, out / "items.parquet")
     model = build(cfg, ds.n_items)
-    attach_item_text(model, ds, progress=cfg.train.progress)  # text backbones: frozen item text embeddings
+    attach_item_text(model, ds, progress=show_bars(cfg.progress))  # text backbones: frozen item text embeddings
     mark_known_items(model, split.known_items)  # UniSRec-style, unseen_items = "text_only"
     sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
     info = {"config": json.loads(cfg.model_dump_json()), "dataset": ds.describe()}
-    trainer = Trainer(model, build_objective(cfg), split, sampler, cfg.train, cfg.eval, out, info)
+    model.to(resolve_device(cfg.device))
+    trainer = Trainer(
+        model, build_objective(cfg), split, sampler, cfg.train, cfg.eval, out, info, show_bars(cfg.progress)
+    )
     fit = trainer.fit()
     results: dict[str, Any] = {
         "best_epoch": fit.best_epoch,
@@ -244,8 +249,9 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[RunConfig, SeqRecModel]:
-    """The config and trained model of a run directory."""
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None = None) -> tuple[RunConfig, SeqRecModel]:
+    """The config and trained model of a run directory, on ``device`` (default: the run's ``device``
+    setting, ``auto`` unless it was set)."""
     path = Path(run_dir)
     cfg = saved_config(path)
     ckpt_dir = path / "checkpoints"
@@ -254,5 +260,6 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[RunConfig, 
     items = pq.read_metadata(path / "items.parquet").num_rows
     model = build(cfg, items)
     load_checkpoint(ckpt_dir, checkpoint, model)
+    model.to(resolve_device(device or cfg.device))
     model.eval()
     return cfg, model

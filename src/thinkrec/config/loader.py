@@ -172,7 +172,8 @@ def format_validation_error(exc: ValidationError, source: str, root: type[BaseMo
             lines.append(f"  {dotted or 'config'}: {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {dotted}: {err['msg']} (got {err.get('input')!r})")
-    lines.append("  see every key with: thinkrec config show")
+    if root is RunConfig:
+        lines.append("  see every key with: thinkrec config show")
     return "\n".join(lines)
 
 

@@ -6,17 +6,25 @@ description, generated from these models.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from thinkrec.data.config import PrepareConfig, SourceConfig
 from thinkrec.data.split import SplitConfig
+from thinkrec.device import DeviceSetting
 from thinkrec.eval.metrics import parse_metric
 from thinkrec.eval.protocol import EvalConfig
 from thinkrec.models.bert4rec import BERT4RecConfig
 from thinkrec.models.registry import ModelConfig
 from thinkrec.models.sasrec import SASRecConfig
+from thinkrec.progress import ProgressSetting
 from thinkrec.reasoning.config import ReasoningConfig
 from thinkrec.train.trainer import TrainConfig
+
+# Settings that change how a run is executed, not what it computes (threads, progress bars, device, evaluation
+# pass sizes, the run directory): marked on their fields, left out of a run's identity, free to change on resume.
+OPERATIONAL: dict[str, Any] = {"operational": True}
 
 
 class DataConfig(BaseModel):
@@ -41,8 +49,34 @@ class RunConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run_dir: str | None = Field(
-        None, description="output folder (default runs/<data.name>-<model.kind>[-<reasoning.kind>]-s<seed>)"
+        None,
+        description="output folder (default runs/<data.name>-<model.kind>[-<reasoning.kind>]-s<seed>)",
+        json_schema_extra=OPERATIONAL,
     )
+    device: DeviceSetting = Field(
+        "auto",
+        description="torch device for training and evaluation: 'auto' = a CUDA GPU when torch sees one, else the CPU",
+        json_schema_extra=OPERATIONAL,
+    )
+    progress: ProgressSetting = Field(
+        "auto",
+        description="progress bars: 'auto' = only on a terminal, 'always', 'never' (was train.progress)",
+        json_schema_extra=OPERATIONAL,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: object) -> object:
+        """``train.progress = true | false`` (older configs and saved runs) is ``progress = always | never``."""
+        if isinstance(data, dict) and isinstance(data.get("train"), dict) and "progress" in data["train"]:
+            train = dict(data["train"])
+            old = train.pop("progress")
+            data = {**data, "train": train}
+            if "progress" not in data and isinstance(old, bool):
+                data["progress"] = "always" if old else "never"
+            elif not isinstance(old, bool):
+                raise ValueError(f"train.progress is now progress = 'auto' | 'always' | 'never' (got {old!r})")
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -108,3 +142,18 @@ def check_bidirectional_training(cfg: BERT4RecConfig, sample_mode: str, reasonin
             "predict. Use train.sample_mode='last' (one prefix per row, ReaRec's setting) or "
             "model.train_objective='cloze'"
         )
+
+
+def operational_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> frozenset[str]:
+    """Dotted keys of the settings marked operational (``json_schema_extra={"operational": True}``)."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and extra.get("operational"):
+            keys.add(prefix + name)
+        annotation = field.annotation
+        members = [a for a in (annotation, *getattr(annotation, "__args__", ())) if isinstance(a, type)]
+        for member in members:
+            if issubclass(member, BaseModel):
+                keys |= operational_keys(member, f"{prefix}{name}.")
+    return frozenset(keys)

@@ -76,6 +76,12 @@ class TrainBatch:
     def n_targets(self) -> int:
         return int((self.targets != IGNORE).sum())
 
+    def to(self, device: torch.device) -> TrainBatch:
+        """The batch on ``device`` (itself when it is there already)."""
+        if self.inputs.device == device:
+            return self
+        return TrainBatch(self.inputs.to(device), self.positions.to(device), self.targets.to(device), self.mode)
+
 
 class TrainSampler:
     """Builds the epoch's training samples once and serves shuffled, length-bucketed batches.

@@ -16,9 +16,14 @@ class EvalConfig(BaseModel):
         [5, 10, 20], description="cut-offs K (>= 1) for NDCG@K, HR@K (= Recall@K) and MRR@K", min_length=1
     )
     mask_history: bool = Field(False, description="exclude the user's history items from the ranking")
-    batch_size: int = Field(1024, description="evaluation samples per chunk", ge=1)
+    batch_size: int = Field(
+        1024, description="evaluation samples per chunk", ge=1, json_schema_extra={"operational": True}
+    )
     memory_budget_mb: int = Field(
-        256, description="upper bound on the score matrix of one chunk (samples x items x 4 bytes)", ge=1
+        256,
+        description="upper bound on the score matrix of one chunk (samples x items x 4 bytes)",
+        ge=1,
+        json_schema_extra={"operational": True},
     )
     encode_tokens: int = Field(
         12800,
@@ -28,6 +33,7 @@ class EvalConfig(BaseModel):
             " on it"
         ),
         ge=1,
+        json_schema_extra={"operational": True},
     )
     workers: int = Field(
         0,
@@ -37,6 +43,7 @@ class EvalConfig(BaseModel):
             " (train.threads), 1 = off; results do not depend on it"
         ),
         ge=0,
+        json_schema_extra={"operational": True},
     )
     inference: Literal["auto", "last", "mean", "step"] = Field(
         "auto",

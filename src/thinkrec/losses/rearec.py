@@ -26,7 +26,7 @@ class _ChunkedPairwiseKL(torch.autograd.Function):
         m, s, d = users.shape
         n = items.shape[0]
         scaled_items = items * scale
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=users.device)
         grad_users = users.new_empty(users.shape) if with_grad else None
         grad_items = torch.zeros_like(items) if with_grad else None
         for start in range(0, m, chunk):

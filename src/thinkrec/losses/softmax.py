@@ -39,10 +39,10 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         m = users.shape[0]
         acc = torch.promote_types(users.dtype, torch.float32)  # accumulate in >= fp32
         scaled_items = items * scale  # logits = users . (scale * items)
-        lse = torch.empty(m, dtype=acc)
+        lse = torch.empty(m, dtype=acc, device=users.device)
         grad_users = users.new_empty(users.shape) if with_grad else None
         grad_items = torch.zeros_like(items) if with_grad else None
-        rows = torch.arange(chunk)
+        rows = torch.arange(chunk, device=users.device)
         for start in range(0, m, chunk):
             u = users[start : start + chunk]
             c = u.shape[0]

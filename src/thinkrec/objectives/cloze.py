@@ -17,7 +17,7 @@ def cloze_mask(inputs: torch.Tensor, mask_prob: float, generator: torch.Generato
     """Which real items of ``inputs [B, W]`` (0 = padding) to mask: each with probability ``mask_prob``;
     a row that drew none has its last item masked, so every row with an item trains."""
     real = inputs != 0
-    draw = torch.rand(inputs.shape, generator=generator) < mask_prob
+    draw = torch.rand(inputs.shape, generator=generator) < mask_prob  # on the CPU: the generator's device
     chosen = draw.to(real.device) & real
     empty = ~chosen.any(dim=1) & real[:, -1]
     chosen[:, -1] |= empty

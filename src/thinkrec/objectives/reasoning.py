@@ -80,8 +80,9 @@ def prefix_batch(model: SeqRecModel, batch: TrainBatch) -> PrefixBatch:
     # one prefix per row: the final block computes only the last column (keys/values of all columns)
     encoded = model.backbone(batch.inputs, batch.positions, use_cache=True, last_only=batch.mode == "last")
     if batch.mode == "last":
-        columns = torch.full((b, 1), w - 1, dtype=torch.long)
-        valid = torch.ones(b, 1, dtype=torch.bool)
+        device = batch.inputs.device
+        columns = torch.full((b, 1), w - 1, dtype=torch.long, device=device)
+        valid = torch.ones(b, 1, dtype=torch.bool, device=device)
         return PrefixBatch(encoded, columns, batch.targets[:, None] - 1, valid, [RowGroup(None, encoded, columns)])
     if not model.backbone.causal:
         raise ThinkrecError(
@@ -92,7 +93,7 @@ def prefix_batch(model: SeqRecModel, batch: TrainBatch) -> PrefixBatch:
     count = use.sum(1)
     t = max(1, int(count.max()))
     columns = torch.argsort((~use).to(torch.int8), dim=1, stable=True)[:, :t]
-    valid = torch.arange(t)[None, :] < count[:, None]
+    valid = torch.arange(t, device=count.device)[None, :] < count[:, None]
     targets = torch.where(valid, batch.targets.gather(1, columns) - 1, 0)
     split = split_rows(count)
     groups = (

@@ -7,6 +7,7 @@ epoch ``e`` and resumed from its ``last`` checkpoint continues exactly as an uni
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from thinkrec.objectives.registry import SELECTED_ELSEWHERE
 from thinkrec.precision import warn_slow_bf16
 from thinkrec.seed import Seeds
 from thinkrec.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 class TrainConfig(BaseModel):
@@ -64,10 +67,15 @@ class TrainConfig(BaseModel):
     autocast: Literal["none", "bf16"] = Field(
         "none", description="CPU mixed precision for training: bf16 only pays off on AMX / AVX512-BF16 CPUs"
     )
-    threads: int | None = Field(None, description="torch CPU threads (default: torch's choice)", ge=1)
+    threads: int | None = Field(
+        None, description="torch CPU threads (default: torch's choice)", ge=1, json_schema_extra={"operational": True}
+    )
     seed: int = Field(2020, description="root seed: data order, initialisation, dropout and noise")
-    resume: bool = Field(True, description="continue from the run directory's last checkpoint if present")
-    progress: bool = Field(True, description="show progress bars")
+    resume: bool = Field(
+        True,
+        description="continue from the run directory's last checkpoint if present",
+        json_schema_extra={"operational": True},
+    )
 
     @field_validator("loss")
     @classmethod
@@ -111,6 +119,7 @@ class Trainer:
         eval_cfg: EvalConfig,
         run_dir: Path,
         run_info: dict[str, Any] | None = None,
+        progress: bool = False,
     ) -> None:
         self.model = model
         self.objective = objective
@@ -121,6 +130,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.run_info = run_info or {}
+        self.progress = progress
+        self.device = next(model.parameters()).device
         self.seeds = Seeds(cfg.seed)
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -141,13 +152,14 @@ class Trainer:
             desc=f"epoch {epoch}",
             unit="batch",
             leave=False,
-            disable=None if self.cfg.progress else True,
+            disable=not self.progress,
         )
         sums: dict[str, float] = {}
         count = 0
         t0 = time.perf_counter()
         for batch in bar:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
+            batch = batch.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
                 out = self.objective(self.model, batch)
             if not torch.isfinite(out.total):
                 raise NonFiniteLossError(
@@ -235,13 +247,14 @@ class Trainer:
         return FitResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], stopped)
 
     def _report(self, row: dict[str, Any], state: dict[str, Any]) -> None:
-        if not self.cfg.progress:
-            return
         text = f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  {row['train_seconds']:.1f}s"
         if "valid" in row:
             text += f"  valid {self.cfg.valid_metric} {row['valid'][self.cfg.valid_metric]:.4f}"
             text += "  *" if state["best_epoch"] == row["epoch"] else ""
-        tqdm.write(text)
+        if self.progress:
+            tqdm.write(text)
+        else:
+            log.info(text)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, metric: str) -> None:
