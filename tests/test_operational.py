@@ -38,7 +38,7 @@ def test_train_progress_of_older_configs_becomes_progress() -> None:
     del saved["progress"], saved["device"]
     saved["train"]["progress"] = False  # config.json of a run written before the setting moved
     assert RunConfig.model_validate(saved).progress == "never"
-    with pytest.raises(ConfigError, match="train.progress is now progress"):
+    with pytest.raises(ConfigError, match=r"train\.progress is now progress"):
         load_config(None, ["train.progress=auto"])
 
 
