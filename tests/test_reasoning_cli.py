@@ -98,7 +98,20 @@ def test_train_prl_then_load_evaluate_per_step_and_recommend(shop: Path, capsys:
 def test_erl_infers_with_the_mean_and_plain_models_cannot_reason(
     shop: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["train", "shop.toml", "reasoning.kind=erl", "reasoning.warmup_epochs=1", "train.epochs=2", "--run-dir", "erl"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "shop.toml",
+                "reasoning.kind=erl",
+                "reasoning.warmup_epochs=1",
+                "train.epochs=2",
+                "--run-dir",
+                "erl",
+            ]
+        )
+        == 0
+    )
     results = json.loads((shop / "erl" / "results.json").read_text())
     assert results["test"]["metrics"] == results["test"]["reasoning"]["mean"]
     assert json.loads((shop / "erl" / "config.json").read_text())["eval"]["inference"] == "mean"

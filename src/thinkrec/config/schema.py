@@ -15,7 +15,7 @@ from thinkrec.eval.protocol import EvalConfig
 from thinkrec.models.bert4rec import BERT4RecConfig
 from thinkrec.models.registry import ModelConfig
 from thinkrec.models.sasrec import SASRecConfig
-from thinkrec.reasoning.config import ReasoningConfig
+from thinkrec.reasoning.config import NoReasoningConfig, ReasoningConfig
 from thinkrec.train.trainer import TrainConfig
 
 
@@ -37,7 +37,7 @@ class RunConfig(BaseModel):
 
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=SASRecConfig)
-    reasoning: ReasoningConfig = Field(default_factory=ReasoningConfig)
+    reasoning: ReasoningConfig = Field(default_factory=NoReasoningConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run_dir: str | None = Field(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -21,8 +22,8 @@ from thinkrec.errors import ThinkrecError
 from thinkrec.losses import softmax_cross_entropy
 from thinkrec.models.base import Encoded
 from thinkrec.models.model import SeqRecModel
-from thinkrec.objectives.base import LossOutput, Objective
-from thinkrec.reasoning.config import ReasoningConfig
+from thinkrec.objectives.base import LossOutput, Objective, ObjectiveContext
+from thinkrec.reasoning.config import LatentReasoningConfig
 from thinkrec.reasoning.reasoner import LatentReasoner, Perturb
 from thinkrec.seed import Seeds
 
@@ -45,6 +46,7 @@ class PrefixBatch:
     targets: torch.Tensor  # int64 [B, T], 0-based item column (0 where not valid)
     valid: torch.Tensor  # bool [B, T]
     groups: list[RowGroup]  # how the rows reason (see split_rows)
+    batch: TrainBatch  # what was encoded (an objective may encode it again, e.g. with other dropout masks)
 
 
 def split_rows(counts: torch.Tensor, keep: float = 0.9) -> list[torch.Tensor] | None:
@@ -82,7 +84,9 @@ def prefix_batch(model: SeqRecModel, batch: TrainBatch) -> PrefixBatch:
     if batch.mode == "last":
         columns = torch.full((b, 1), w - 1, dtype=torch.long)
         valid = torch.ones(b, 1, dtype=torch.bool)
-        return PrefixBatch(encoded, columns, batch.targets[:, None] - 1, valid, [RowGroup(None, encoded, columns)])
+        return PrefixBatch(
+            encoded, columns, batch.targets[:, None] - 1, valid, [RowGroup(None, encoded, columns)], batch
+        )
     if not model.backbone.causal:
         raise ThinkrecError(
             "all-prefix training needs a causal backbone (each position sees only earlier items); "
@@ -100,7 +104,17 @@ def prefix_batch(model: SeqRecModel, batch: TrainBatch) -> PrefixBatch:
         if split is None
         else [RowGroup(rows, select_rows(encoded, rows), columns[rows, : int(count[rows].max())]) for rows in split]
     )
-    return PrefixBatch(encoded, columns, targets, valid, groups)
+    return PrefixBatch(encoded, columns, targets, valid, groups, batch)
+
+
+Settings = TypeVar("Settings", bound=LatentReasoningConfig)
+
+
+def settings_of(ctx: ObjectiveContext, cls: type[Settings]) -> Settings:
+    """The context's reasoning section, which must be of class ``cls`` (the objective's own kind)."""
+    if not isinstance(ctx.reasoning, cls):
+        raise ThinkrecError(f"this objective needs reasoning settings of kind {cls.model_fields['kind'].default!r}")
+    return ctx.reasoning
 
 
 def reasoner_of(model: SeqRecModel) -> LatentReasoner:
@@ -114,7 +128,7 @@ class ReasoningObjective(Objective):
 
     name = "reasoning"
 
-    def __init__(self, cfg: ReasoningConfig, tau: float, seeds: Seeds) -> None:
+    def __init__(self, cfg: LatentReasoningConfig, tau: float, seeds: Seeds) -> None:
         self.cfg = cfg
         self.tau = tau
         self.seeds = seeds
@@ -147,18 +161,26 @@ class ReasoningObjective(Objective):
         )
         return LossOutput(loss, {"ce_r0": float(loss.detach())})
 
-    def states(self, model: SeqRecModel, prefixes: PrefixBatch, perturb: Perturb | None = None) -> torch.Tensor:
+    def states(
+        self,
+        model: SeqRecModel,
+        prefixes: PrefixBatch,
+        perturb: Perturb | None = None,
+        feed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Reasoning states ``[B, T, K+1, d]`` of every prefix slot (K = the trained steps); slots without a
-        trained prefix are zero when the rows reason in groups."""
+        trained prefix are zero when the rows reason in groups. ``perturb`` and ``feed`` (``[B, T, K, d]``) as
+        in :meth:`LatentReasoner.prefixes`."""
         reasoner, backbone = reasoner_of(model), model.cached_backbone
         if len(prefixes.groups) == 1:
-            return reasoner.prefixes(backbone, prefixes.encoded, prefixes.columns, None, perturb)
+            return reasoner.prefixes(backbone, prefixes.encoded, prefixes.columns, None, perturb, feed)
         b, t = prefixes.columns.shape
         out = prefixes.encoded.hidden.new_zeros(b, t, reasoner.steps + 1, prefixes.encoded.hidden.shape[-1])
         for group in prefixes.groups:
-            out[group.rows, : group.columns.shape[1]] = reasoner.prefixes(
-                backbone, group.encoded, group.columns, None, perturb
-            )
+            width = group.columns.shape[1]
+            rows = group.rows if group.rows is not None else slice(None)
+            part = None if feed is None else feed[rows, :width]
+            out[rows, :width] = reasoner.prefixes(backbone, group.encoded, group.columns, None, perturb, part)
         return out
 
     @staticmethod
