@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from thinkrec.config.loader import ConfigError, config_table, load_config
+from thinkrec.config.loader import config_table, load_config
+from thinkrec.errors import ConfigError
 from thinkrec.reasoning.config import ERLConfig, NoReasoningConfig, PRLConfig, reasoning_config
 from thinkrec.runs import saved_config
 
