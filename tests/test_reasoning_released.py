@@ -19,7 +19,7 @@ from thinkrec.models.registry import build_model
 from thinkrec.models.sasrec import SASRecConfig
 from thinkrec.objectives import reasoning as objectives_module
 from thinkrec.objectives.prl import ProgressiveReasoningLoss
-from thinkrec.reasoning.config import PRLConfig
+from thinkrec.reasoning.config import PRLConfig, reasoning_config
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.seed import Seeds
 
@@ -147,7 +147,7 @@ def test_prl_total_and_gradients_equal_the_transcribed_formula(view: str, step_c
         similarity=similarity,  # type: ignore[arg-type]
     )
     reference.backward()
-    assert float(out.total) == pytest.approx(float(reference), rel=1e-5)
+    assert float(out.total.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
     assert out.parts["rcl"] > 0
     for name, p in model.named_parameters():
         if p.grad is None:
@@ -299,3 +299,71 @@ def test_all_prefix_prl_with_the_contrastive_term_equals_the_per_prefix_loss_in_
     slow = _per_slot_loss(objective, model)
     assert fast.parts["rcl"] > 0
     assert float(fast.total.detach()) == pytest.approx(slow, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------- ERL
+def released_erl(model: SeqRecModel, inputs: torch.Tensor, targets: torch.Tensor, steps: int, kl_weight: float) -> Any:
+    """ERL's loss as ``ERL.py`` computes it: ``CE(mean(r_0..r_K) . E / tau)`` minus ``kl_weight`` times the
+    mean over rows and ordered step pairs ``j != k`` of ``F.kl_div(log p_j.detach(), p_k)`` (the reference
+    distribution's log detached); the steps recompute the extended sequence through the plain ``extend``."""
+    backbone, reasoner = model.cached_backbone, model.reasoner
+    assert isinstance(reasoner, LatentReasoner)
+    grown = backbone(inputs, torch.arange(inputs.shape[1]), use_cache=True)
+    states = [grown.hidden[:, -1]]
+    for k in range(1, steps + 1):
+        grown = backbone.extend(backbone.input_tokens((states[-1] + reasoner.rpe[k - 1])[:, None]), grown)
+        states.append(grown.hidden[:, -1])
+    thinking = torch.stack(states, dim=1)  # [B, T, d], T = K + 1
+    items = model.item_vectors()
+    loss = F.cross_entropy(thinking.mean(dim=1) @ items.T / TAU, targets)
+    logits = thinking @ items.T / TAU
+    probs, log_probs = F.softmax(logits, dim=-1), F.log_softmax(logits.detach(), dim=-1)
+    kl = F.kl_div(log_probs.unsqueeze(2), probs.unsqueeze(1), reduction="none").sum(-1)  # [B, T, T]
+    t = thinking.shape[1]
+    return loss - kl_weight * kl[:, ~torch.eye(t, dtype=torch.bool)].mean()
+
+
+def test_erl_total_and_gradients_equal_the_transcribed_formula() -> None:
+    inputs, targets = INPUTS, TARGETS[:, -1] - 1
+    objective = build_reasoning_objective(reasoning_config(kind="erl", warmup_epochs=0, erl_lambda=0.3), TAU, SEED)
+    model = _model().train()
+    out = objective(model, TrainBatch(inputs, POSITIONS, TARGETS[:, -1], "last"))
+    out.total.backward()
+    ours = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    reference = released_erl(model, inputs, targets, steps=2, kl_weight=0.3)
+    reference.backward()
+    assert float(out.total.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------- warm-up
+def test_a_reasoning_warm_up_trains_the_objective_without_the_noisy_view() -> None:
+    """``warmup_trains = "reasoning"`` (the research code): PRL's warm-up epochs are its cross-entropies alone
+    (the transcription with the contrastive weight 0); after the warm-up the contrastive term joins."""
+    inputs, targets = INPUTS, TARGETS[:, -1] - 1
+    batch = TrainBatch(inputs, POSITIONS, TARGETS[:, -1], "last")
+    options: dict[str, Any] = {"rcl_view": "reencode", "step_ce": "mean", "rcl_similarity": "dot"}
+    objective = build_reasoning_objective(
+        PRLConfig(warmup_epochs=2, warmup_trains="reasoning", rcl_weight=0.7, noise_std=0.3, **options), TAU, SEED
+    )
+    objective.start_epoch(1)
+    model = _model().train()
+    warm = objective(model, batch)
+    assert warm.parts.keys() == {"ce_last", "ce_steps"}
+    empty: list[torch.Tensor] = [torch.zeros(4, MODEL.hidden)] * 2
+    reference = released_prl(model, inputs, targets, steps=2, alpha=5.0, noise=empty, rcl_weight=0.0, view="reencode")
+    assert float(warm.total.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
+    objective.start_epoch(2)
+    assert objective(model, batch).parts.keys() == {"ce_last", "ce_steps", "rcl"}
+    assert objective.first_selectable_epoch == 2  # its warm-up epochs are still never the reported checkpoint
+    # ERL has no noisy view: its reasoning warm-up is its full loss
+    erl = build_reasoning_objective(reasoning_config(kind="erl", warmup_epochs=2, warmup_trains="reasoning"), TAU, SEED)
+    with torch.no_grad():
+        erl.start_epoch(0)
+        during = erl(model.eval(), batch)
+        erl.start_epoch(2)
+        after = erl(model, batch)
+    assert during.parts == after.parts and "kl" in during.parts

@@ -28,6 +28,9 @@ class ProgressiveReasoningLoss(ReasoningObjective):
       noisy tokens attend to the second item pass and to the noisy view's own earlier tokens. Gradient
       flows through the clean states into the noisy view, as in the research code.
 
+    With ``warmup_trains = "reasoning"`` the warm-up epochs train the cross-entropies alone (no noisy view),
+    as the research code does before its noise starts.
+
     Negatives are the same step of the other rows of the batch: in ``last`` mode the other prefixes of the
     batch, in ``all`` mode the other rows' prefixes in the same prefix slot (one prefix per sequence, as in
     a ``last``-mode batch, and ``B x B`` similarities per slot instead of ``M x M`` over all prefixes).
@@ -60,7 +63,7 @@ class ProgressiveReasoningLoss(ReasoningObjective):
         ce_last, ce_steps = per_step[-1], early.mean() if self.cfg.step_ce == "mean" else early.sum()
         total = ce_last + ce_steps
         parts = {"ce_last": float(ce_last.detach()), "ce_steps": float(ce_steps.detach())}
-        if self.cfg.rcl_weight > 0:
+        if self.cfg.rcl_weight > 0 and not self.warming_up:  # the noisy view waits for the warm-up's end
             noisy = self.noisy_states(model, prefixes, clean)
             groups_valid = valid.T.repeat_interleave(self.cfg.steps, dim=0)  # [T*K, B], slot-major
             anchors, candidates = self.by_step_slot(noisy[:, :, 1:]), self.by_step_slot(clean[:, :, 1:])

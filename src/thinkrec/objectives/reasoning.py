@@ -6,7 +6,10 @@ prefixes reason in the same extend passes (:meth:`LatentReasoner.prefixes`). In 
 one prefix. Either way a batch becomes ``M`` prefixes with states ``[M, K+1, d]`` and 0-based targets.
 
 Warm-up: for the first ``warmup_epochs`` epochs (told by the Trainer through :meth:`start_epoch`) the loss
-is the plain backbone loss, cross-entropy on ``r_0`` at temperature ``tau``, and no reasoning is run.
+is the plain backbone loss, cross-entropy on ``r_0`` at temperature ``tau``, and no reasoning is run
+(``warmup_trains = "backbone"``); with ``warmup_trains = "reasoning"`` the objective's own loss runs from the
+first epoch and only what an objective gates on :attr:`ReasoningObjective.warming_up` waits (PRL's noisy
+view and contrastive term).
 """
 
 from __future__ import annotations
@@ -149,7 +152,7 @@ class ReasoningObjective(Objective):
 
     def __call__(self, model: SeqRecModel, batch: TrainBatch) -> LossOutput:
         prefixes = prefix_batch(model, batch)
-        if self.warming_up:
+        if self.warming_up and self.cfg.warmup_trains == "backbone":
             return self.warmup_loss(model, prefixes)
         return self.reasoning_loss(model, prefixes)
 

@@ -79,8 +79,18 @@ class LatentReasoningConfig(BaseModel):
     )
     warmup_epochs: int = Field(
         2,
-        description="epochs of the plain backbone loss (CE on r_0) before the reasoning losses switch on",
+        description=(
+            "warm-up epochs (see warmup_trains); a warm-up epoch is never selected as the run's best checkpoint"
+        ),
         ge=0,
+    )
+    warmup_trains: Literal["backbone", "reasoning"] = Field(
+        "backbone",
+        description=(
+            "what the warm-up epochs train: 'backbone' = the plain backbone loss (CE on r_0), the reasoning"
+            " losses switch on after it (the paper's advice); 'reasoning' = the objective's own loss from the"
+            " first epoch, only PRL's noisy view and contrastive term wait (the research code)"
+        ),
     )
     normalise_feedback: bool = Field(
         True,
