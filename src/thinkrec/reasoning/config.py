@@ -146,8 +146,7 @@ class ERLConfig(LatentReasoningConfig):
 
 
 class PRLConfig(LatentReasoningConfig):
-    """Progressive reasoning learning: progressive temperatures on the steps, r_K at inference, a contrastive
-    term between a clean and a noisy view of the reasoning."""
+    """Progressive reasoning learning: progressive step temperatures, r_K at inference, clean-vs-noisy contrast."""
 
     kind: Literal["prl"] = Field("prl", description="progressive reasoning learning")
     prl_alpha: float = Field(
@@ -181,8 +180,9 @@ class PRLConfig(LatentReasoningConfig):
         "cosine",
         description=(
             "PRL: similarity of the contrastive loss (divided by tau). 'dot' is the research code's choice;"
-            " states come out of a LayerNorm (|r|^2 ~ hidden), so at tau = 0.07 its positive logit is ~900"
-            " for hidden 64 and the loss is almost always zero; cosine keeps a usable scale"
+            " states come out of a LayerNorm (|r|^2 ~ hidden), so at tau = 0.07 its logits are in the"
+            " hundreds: with the shared view the loss is then almost always zero, with the re-encoded view"
+            " (other dropout masks) it can be large; cosine keeps a usable scale"
         ),
     )
 
