@@ -233,3 +233,52 @@ def test_the_plots_mark_warm_up_and_best_epoch_and_give_each_step_metric_a_panel
     plot_steps(report, tmp_path / "one.png", ["NDCG@5"])
     plot_steps(report, tmp_path / "two.png", ["NDCG@5", "HR@5"])
     assert png_size(tmp_path / "two.png")[0] == 2 * png_size(tmp_path / "one.png")[0]  # one panel per metric
+
+
+RESEARCH_CODE_SETUP = [
+    "reasoning.kind=prl",
+    "reasoning.rcl_view=reencode",
+    "reasoning.step_ce=mean",
+    "reasoning.rcl_similarity=dot",
+    "reasoning.warmup_trains=reasoning",
+    "model.dropout=0.5",
+    "model.attn_dropout=0.5",
+    "model.input_dropout=0.2",
+    "model.ffn_dropout=false",
+    "model.norm=post",
+    "model.positions=from_start",
+]
+
+
+def test_the_research_code_setup_trains(shop: Path) -> None:
+    args = ["train", "shop.toml", *RESEARCH_CODE_SETUP, "reasoning.warmup_epochs=1", "train.epochs=2"]
+    assert main([*args, "--run-dir", "prl"]) == 0
+    log = [json.loads(line) for line in (shop / "prl" / "log.jsonl").read_text().splitlines()]
+    assert log[0].keys() >= {"ce_last", "ce_steps", "warmup"} and "rcl" not in log[0]  # a reasoning warm-up
+    assert "rcl" in log[1] and np.isfinite(log[1]["loss"])
+
+
+def test_a_run_whose_config_json_has_the_old_flat_reasoning_section_resumes_and_loads(shop: Path) -> None:
+    args = ["train", "shop.toml", "reasoning.kind=erl", "reasoning.warmup_epochs=1", "train.epochs=2"]
+    assert main([*args, "--run-dir", "erl"]) == 0
+    saved = json.loads((shop / "erl" / "config.json").read_text())
+    # what the earlier flat schema wrote: every key of every kind, and none of the keys added since
+    saved["reasoning"] = {
+        "kind": "erl",
+        "steps": 2,
+        "max_steps": None,
+        "tau": None,
+        "erl_lambda": 0.01,
+        "prl_alpha": 2.0,  # a PRL setting that had no effect in an ERL run
+        "noise_std": 0.01,
+        "rcl_weight": 1.0,
+        "rcl_similarity": "cosine",
+        "warmup_epochs": 1,
+        "normalise_feedback": True,
+    }
+    for key in ("input_dropout", "ffn_dropout"):
+        saved["model"].pop(key)
+    (shop / "erl" / "config.json").write_text(json.dumps(saved))
+    assert main([*args, "--run-dir", "erl"]) == 0  # the same config: resuming is allowed
+    cfg, model = load_run(shop / "erl")
+    assert cfg.reasoning.kind == "erl" and isinstance(model.reasoner, LatentReasoner)

@@ -367,3 +367,16 @@ def test_a_reasoning_warm_up_trains_the_objective_without_the_noisy_view() -> No
         erl.start_epoch(2)
         after = erl(model, batch)
     assert during.parts == after.parts and "kl" in during.parts
+
+
+def test_the_reencoded_view_trains_every_parameter_with_dropout_in_all_mode() -> None:
+    cfg = MODEL.model_copy(update={"dropout": 0.3, "attn_dropout": 0.3, "input_dropout": 0.2, "ffn_dropout": False})
+    model = _model(cfg, feedback_dropout=0.1).train()
+    out = _prl(rcl_view="reencode", step_ce="mean", rcl_similarity="dot")(
+        model, TrainBatch(INPUTS, POSITIONS, TARGETS, "all")
+    )
+    assert torch.isfinite(out.total) and out.parts["rcl"] > 0
+    out.total.backward()
+    for name, p in model.named_parameters():
+        if name != "backbone.position_embedding.weight":  # 'from_start': only the first 6 positions are used
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
