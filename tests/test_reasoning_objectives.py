@@ -73,6 +73,7 @@ def _per_prefix_loss(objective: ReasoningObjective, model: SeqRecModel) -> float
 )
 @pytest.mark.parametrize("warmup", [0, 1])
 def test_all_prefix_loss_equals_the_per_prefix_loss(kind: str, options: dict[str, float], warmup: int) -> None:
+    # with PRL's contrastive term on, in train mode and for both noisy views: test_reasoning_released.py
     model = _model().eval()  # no dropout, so both paths are deterministic
     objective = _objective(kind, warmup=warmup, **options)
     objective.start_epoch(0)  # warmup=1: still warming up at epoch 0
