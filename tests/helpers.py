@@ -119,8 +119,8 @@ item_batch_size = 4
 def build_reasoning_objective(cfg: Any, tau: float, seed: int) -> Any:
     """The ERL or PRL objective of reasoning settings ``cfg`` at temperature ``tau`` (through the registry)."""
     from thinkrec.objectives import ObjectiveContext, build_objective
-    from thinkrec.reasoning.config import ReasoningConfig
+    from thinkrec.reasoning.config import ERLConfig, PRLConfig
 
-    assert isinstance(cfg, ReasoningConfig)
+    assert isinstance(cfg, ERLConfig | PRLConfig)
     model = SASRecConfig(temperature=tau)
     return build_objective(cfg.kind, ObjectiveContext(model, cfg.model_copy(update={"tau": tau}), seed))

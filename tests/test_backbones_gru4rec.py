@@ -14,7 +14,7 @@ from thinkrec.models.base import CachedBackbone, Scorer
 from thinkrec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from thinkrec.models.model import SeqRecModel
 from thinkrec.objectives.cross_entropy import CrossEntropy
-from thinkrec.reasoning.config import ReasoningConfig
+from thinkrec.reasoning.config import reasoning_config
 from thinkrec.reasoning.reasoner import LatentReasoner
 
 from helpers import build_reasoning_objective, random_dataset
@@ -120,7 +120,7 @@ def test_gru_trains_in_all_mode_with_and_without_reasoning() -> None:
     assert torch.isfinite(out.total)
     for kind in ("erl", "prl"):
         model.zero_grad()
-        objective = build_reasoning_objective(ReasoningConfig(kind=kind, warmup_epochs=0), 1.0, 0)
+        objective = build_reasoning_objective(reasoning_config(kind=kind, warmup_epochs=0), 1.0, 0)
         loss = objective(model, batch)
         loss.total.backward()
         assert torch.isfinite(loss.total)

@@ -109,11 +109,11 @@ def test_an_unregistered_objective_or_metric_is_refused_when_the_config_loads(
 def test_context_options_reach_a_registered_factory() -> None:
     from thinkrec.models.sasrec import SASRecConfig
     from thinkrec.objectives import build_objective
-    from thinkrec.reasoning.config import ReasoningConfig
+    from thinkrec.reasoning.config import NoReasoningConfig
 
     register_objective("smoothed", lambda ctx: LabelSmoothedCE(float(ctx.options.get("smoothing", 0.1))))
     try:
-        ctx = ObjectiveContext(SASRecConfig(), ReasoningConfig(), seed=1, options={"smoothing": 0.3})
+        ctx = ObjectiveContext(SASRecConfig(), NoReasoningConfig(), seed=1, options={"smoothing": 0.3})
         objective = build_objective("smoothed", ctx)
         assert isinstance(objective, LabelSmoothedCE) and objective.smoothing == 0.3
         with pytest.raises(ValueError, match="registered already"):

@@ -166,3 +166,119 @@ def test_time_cuts_by_share_of_interactions() -> None:
     assert abs(np.mean(ds.timestamps >= t_test) - 0.1) < 0.05
     span = time_cut_points(ds, cfg.model_copy(update={"cut_unit": "quantile"}))
     assert span != (t_valid, t_test)
+
+
+def test_a_reasoning_run_never_reports_a_warm_up_checkpoint(
+    shop: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Validation is made best during the warm-up (perfect ranks while the plain backbone trains): the run
+    still reports an epoch after it, and its log shows every step's metrics per epoch."""
+    from thinkrec.train import trainer as trainer_module
+
+    real = trainer_module.evaluate
+    calls: list[int] = []
+
+    def warm_up_looks_best(*args: object, **kwargs: object) -> EvalResult:
+        result = real(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(1)
+        if len(calls) <= 2:  # epochs 0 and 1: the warm-up
+            zero = np.zeros_like(result.ranks)
+            return EvalResult(zero, np.zeros_like(result.step_ranks), zero, result.mode)
+        return result
+
+    monkeypatch.setattr(trainer_module, "evaluate", warm_up_looks_best)
+    overrides = ["reasoning.kind=erl", "reasoning.warmup_epochs=2", "train.epochs=4", "train.patience=1"]
+    assert main(["train", "shop.toml", *overrides, "--run-dir", "erl"]) == 0
+    results = json.loads((shop / "erl" / "results.json").read_text())
+    assert results["best_epoch"] >= 2
+    log = [json.loads(line) for line in (shop / "erl" / "log.jsonl").read_text().splitlines()]
+    assert [row.get("warmup", False) for row in log] == [True, True, False, False]
+    assert log[0]["valid"]["NDCG@5"] == 1.0 > log[results["best_epoch"]]["valid"]["NDCG@5"]
+    for row in log:  # r_0 .. r_K and their mean, every epoch, with every metric
+        assert list(row["valid_steps"]) == ["r_0", "r_1", "r_2", "mean"]
+        assert row["valid_steps"]["mean"].keys() == row["valid"].keys()
+    # ERL infers with the mean of the steps: the logged metric is the mean's
+    assert log[-1]["valid"] == log[-1]["valid_steps"]["mean"]
+    assert {"ce_r0"} <= log[0].keys() and {"ce_mean", "kl"} <= log[-1].keys()
+    assert (shop / "erl" / "curve.png").stat().st_size > 0
+
+
+def test_a_plain_run_logs_no_step_metrics(shop: Path) -> None:
+    assert main(["train", "shop.toml", "train.epochs=1", "--run-dir", "plain"]) == 0
+    row = json.loads((shop / "plain" / "log.jsonl").read_text().splitlines()[0])
+    assert "valid" in row and "valid_steps" not in row and "warmup" not in row
+
+
+def test_the_plots_mark_warm_up_and_best_epoch_and_give_each_step_metric_a_panel(tmp_path: Path) -> None:
+    from thinkrec.eval.steps import plot_steps
+    from thinkrec.train.trainer import plot_curves
+
+    def png_size(path: Path) -> tuple[int, int]:
+        header = path.read_bytes()[16:24]  # the IHDR chunk's width and height
+        return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+
+    steps = {"r_0": {"NDCG@5": 0.1}, "r_1": {"NDCG@5": 0.2}, "mean": {"NDCG@5": 0.15}}
+    history = [
+        {"epoch": 0, "loss": 3.0, "ce_r0": 3.0, "warmup": True, "valid": {"NDCG@5": 0.3}, "valid_steps": steps},
+        {"epoch": 1, "loss": 2.0, "ce_mean": 2.1, "kl": 0.5, "valid": {"NDCG@5": 0.2}, "valid_steps": steps},
+    ]
+    plot_curves(history, tmp_path / "curve.png", "NDCG@5", best_epoch=1)
+    assert png_size(tmp_path / "curve.png") == (800, 700)
+    report = {
+        "steps": [{"NDCG@5": 0.1, "HR@5": 0.2}, {"NDCG@5": 0.2, "HR@5": 0.3}],
+        "mean": {"NDCG@5": 0.15, "HR@5": 0.25},
+        "oracle": {"NDCG@5": 0.25, "HR@5": 0.35},
+        "mode": "last",
+    }
+    plot_steps(report, tmp_path / "one.png", ["NDCG@5"])
+    plot_steps(report, tmp_path / "two.png", ["NDCG@5", "HR@5"])
+    assert png_size(tmp_path / "two.png")[0] == 2 * png_size(tmp_path / "one.png")[0]  # one panel per metric
+
+
+RESEARCH_CODE_SETUP = [
+    "reasoning.kind=prl",
+    "reasoning.rcl_view=reencode",
+    "reasoning.step_ce=mean",
+    "reasoning.rcl_similarity=dot",
+    "reasoning.warmup_trains=reasoning",
+    "model.dropout=0.5",
+    "model.attn_dropout=0.5",
+    "model.input_dropout=0.2",
+    "model.ffn_dropout=false",
+    "model.norm=post",
+    "model.positions=from_start",
+]
+
+
+def test_the_research_code_setup_trains(shop: Path) -> None:
+    args = ["train", "shop.toml", *RESEARCH_CODE_SETUP, "reasoning.warmup_epochs=1", "train.epochs=2"]
+    assert main([*args, "--run-dir", "prl"]) == 0
+    log = [json.loads(line) for line in (shop / "prl" / "log.jsonl").read_text().splitlines()]
+    assert log[0].keys() >= {"ce_last", "ce_steps", "warmup"} and "rcl" not in log[0]  # a reasoning warm-up
+    assert "rcl" in log[1] and np.isfinite(log[1]["loss"])
+
+
+def test_a_run_whose_config_json_has_the_old_flat_reasoning_section_resumes_and_loads(shop: Path) -> None:
+    args = ["train", "shop.toml", "reasoning.kind=erl", "reasoning.warmup_epochs=1", "train.epochs=2"]
+    assert main([*args, "--run-dir", "erl"]) == 0
+    saved = json.loads((shop / "erl" / "config.json").read_text())
+    # what the earlier flat schema wrote: every key of every kind, and none of the keys added since
+    saved["reasoning"] = {
+        "kind": "erl",
+        "steps": 2,
+        "max_steps": None,
+        "tau": None,
+        "erl_lambda": 0.01,
+        "prl_alpha": 2.0,  # a PRL setting that had no effect in an ERL run
+        "noise_std": 0.01,
+        "rcl_weight": 1.0,
+        "rcl_similarity": "cosine",
+        "warmup_epochs": 1,
+        "normalise_feedback": True,
+    }
+    for key in ("input_dropout", "ffn_dropout"):
+        saved["model"].pop(key)
+    (shop / "erl" / "config.json").write_text(json.dumps(saved))
+    assert main([*args, "--run-dir", "erl"]) == 0  # the same config: resuming is allowed
+    cfg, model = load_run(shop / "erl")
+    assert cfg.reasoning.kind == "erl" and isinstance(model.reasoner, LatentReasoner)

@@ -22,7 +22,7 @@ from thinkrec.objectives.cross_entropy import CrossEntropy
 from thinkrec.objectives.erl import EnsembleReasoningLoss
 from thinkrec.objectives.prl import ProgressiveReasoningLoss
 from thinkrec.objectives.reasoning import ReasoningObjective, split_rows
-from thinkrec.reasoning.config import ReasoningConfig
+from thinkrec.reasoning.config import ERLConfig, reasoning_config
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.seed import Seeds
 from thinkrec.train.checkpoint import load_checkpoint
@@ -49,7 +49,7 @@ def _model(steps: int = 2) -> SeqRecModel:
 
 
 def _objective(kind: str, warmup: int = 0, **kw: float) -> ReasoningObjective:
-    cfg = ReasoningConfig(kind=kind, warmup_epochs=warmup, **kw)  # type: ignore[arg-type]
+    cfg = reasoning_config(kind=kind, warmup_epochs=warmup, **kw)
     objective = build_reasoning_objective(cfg, 0.5, seed=3)
     objective.start_epoch(warmup)
     return objective
@@ -73,6 +73,7 @@ def _per_prefix_loss(objective: ReasoningObjective, model: SeqRecModel) -> float
 )
 @pytest.mark.parametrize("warmup", [0, 1])
 def test_all_prefix_loss_equals_the_per_prefix_loss(kind: str, options: dict[str, float], warmup: int) -> None:
+    # with PRL's contrastive term on, in train mode and for both noisy views: test_reasoning_released.py
     model = _model().eval()  # no dropout, so both paths are deterministic
     objective = _objective(kind, warmup=warmup, **options)
     objective.start_epoch(0)  # warmup=1: still warming up at epoch 0
@@ -123,7 +124,7 @@ def test_warmup_is_the_plain_cross_entropy_and_leaves_the_reasoner_untouched() -
 @pytest.mark.parametrize("kind", ["erl", "prl"])
 def test_reasoning_losses_train_every_parameter(kind: str, mode: str) -> None:
     model = _model()
-    batch = TrainBatch(INPUTS, POSITIONS, TARGETS if mode == "all" else TARGETS[:, -1], mode)  # type: ignore[arg-type]
+    batch = TrainBatch(INPUTS, POSITIONS, TARGETS if mode == "all" else TARGETS[:, -1], mode)
     out = _objective(kind)(model, batch)
     assert torch.isfinite(out.total)
     out.total.backward()
@@ -176,13 +177,13 @@ def _trainer(tmp: Path, objective: object, sample_mode: str, epochs: int) -> Tra
     cfg = TrainConfig(epochs=epochs, batch_size=16, lr=5e-3, seed=1, sample_mode=sample_mode)
     sampler = TrainSampler(split, MODEL.max_len, cfg.sample_mode)
     eval_cfg = EvalConfig(ks=[10], inference="mean")
-    return Trainer(model, objective, split, sampler, cfg, eval_cfg, tmp)  # type: ignore[arg-type]
+    return Trainer(model, objective, split, sampler, cfg, eval_cfg, tmp)
 
 
 @pytest.mark.parametrize("kind", ["prl", "erl"])
 def test_reasoning_models_learn_a_predictable_sequence(tmp_path: Path, kind: str) -> None:
     """End to end through the Trainer ('last' mode is covered by the equivalence tests above)."""
-    objective = build_reasoning_objective(ReasoningConfig(kind=kind, warmup_epochs=1), 0.2, seed=1)  # type: ignore[arg-type]
+    objective = build_reasoning_objective(reasoning_config(kind=kind, warmup_epochs=1), 0.2, seed=1)
     result = _trainer(tmp_path, objective, "all", epochs=3).fit()
     assert result.best_valid["HR@10"] > 0.9
     assert {"ce_r0"} <= result.history[0].keys() and "ce_last" not in result.history[0]
@@ -193,7 +194,7 @@ def test_nan_after_warmup_stops_training_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(erl_module, "pairwise_kl", lambda users, items, tau: users.sum() * float("nan"))
-    objective = EnsembleReasoningLoss(ReasoningConfig(kind="erl", warmup_epochs=1), 0.2, Seeds(1))
+    objective = EnsembleReasoningLoss(ERLConfig(warmup_epochs=1), 0.2, Seeds(1))
     trainer = _trainer(tmp_path, objective, "all", epochs=3)
     with pytest.raises(NonFiniteLossError, match="epoch 1: the loss became nan"):
         trainer.fit()

@@ -154,8 +154,8 @@ class _PlainCache:
     def __call__(self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False) -> Encoded:
         return self.inner(inputs, positions, use_cache)
 
-    def input_tokens(self, vectors: torch.Tensor) -> torch.Tensor:
-        return self.inner.input_tokens(vectors)
+    def input_tokens(self, vectors: torch.Tensor, dropout: float | None = None) -> torch.Tensor:
+        return self.inner.input_tokens(vectors, dropout)
 
     def extend(self, tokens: torch.Tensor, encoded: Encoded, extra_mask: torch.Tensor | None = None) -> Encoded:
         return self.inner.extend(tokens, encoded, extra_mask)

@@ -14,7 +14,7 @@ from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import TrainBatch, position_ids
 from thinkrec.data.split import leave_one_out
 from thinkrec.models.text_items import MoEAdaptor, ParametricWhitening, TextSASRec, attach_item_text, mark_known_items
-from thinkrec.reasoning.config import ReasoningConfig
+from thinkrec.reasoning.config import reasoning_config
 from thinkrec.runs import build
 from thinkrec.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -52,7 +52,7 @@ def text_model(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps
                 "text": {"dim": TEXT_DIM},
                 **extra,
             },
-            "reasoning": {"kind": "prl" if steps else "none", "steps": max(steps, 1)},
+            "reasoning": {"kind": "prl", "steps": steps} if steps else {"kind": "none"},
         }
     )
     ds = random_dataset(n_users=10, n_items=N_ITEMS, min_len=3, max_len=8)
@@ -155,7 +155,7 @@ def test_erl_draws_a_computed_item_table_once_per_loss(tmp_path: Path, monkeypat
         return vectors(text, ids)
 
     monkeypatch.setattr(backbone.items, "vectors", counted)
-    objective = build_reasoning_objective(ReasoningConfig(kind="erl", steps=2, warmup_epochs=0), 0.5, seed=1)
+    objective = build_reasoning_objective(reasoning_config(kind="erl", steps=2, warmup_epochs=0), 0.5, seed=1)
     objective.start_epoch(0)
     inputs = torch.tensor([[0, 3, 5, 2], [1, 2, 4, 6]])
     out = objective(model, TrainBatch(inputs, position_ids(4, 6), torch.tensor([7, 8]), "last"))

@@ -37,6 +37,7 @@ from thinkrec.models.text_items import attach_item_text, mark_known_items
 from thinkrec.objectives import Objective, ObjectiveContext
 from thinkrec.objectives import build_objective as build_named_objective
 from thinkrec.progress import show_bars
+from thinkrec.reasoning.config import LatentReasoningConfig
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.seed import Seeds
 from thinkrec.storage import atomic_write_json, exclusive_run_dir
@@ -55,8 +56,10 @@ def build(cfg: RunConfig, n_items: int) -> SeqRecModel:
     torch.manual_seed(Seeds(cfg.train.seed).torch_seed("init"))
     model = build_model(cfg.model, n_items)
     r = cfg.reasoning
-    if r.enabled:
-        model.reasoner = LatentReasoner(cfg.model.hidden, r.steps, r.table_size, r.normalise_feedback)
+    if isinstance(r, LatentReasoningConfig):
+        model.reasoner = LatentReasoner(
+            cfg.model.hidden, r.steps, r.table_size, r.normalise_feedback, r.feedback_dropout
+        )
     return model
 
 

@@ -19,7 +19,7 @@ from thinkrec.models.bert4rec import BERT4RecConfig
 from thinkrec.models.registry import ModelConfig
 from thinkrec.models.sasrec import SASRecConfig
 from thinkrec.progress import ProgressSetting
-from thinkrec.reasoning.config import ReasoningConfig
+from thinkrec.reasoning.config import NoReasoningConfig, ReasoningConfig
 from thinkrec.train.trainer import TrainConfig
 
 # Settings that change how a run is executed, not what it computes (threads, progress bars, device, evaluation
@@ -45,7 +45,7 @@ class RunConfig(BaseModel):
 
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=SASRecConfig)
-    reasoning: ReasoningConfig = Field(default_factory=ReasoningConfig)
+    reasoning: ReasoningConfig = Field(default_factory=NoReasoningConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run_dir: str | None = Field(

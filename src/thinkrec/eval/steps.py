@@ -36,6 +36,17 @@ def step_report(result: EvalResult, ks: list[int]) -> dict[str, Any]:
     return report
 
 
+def step_metrics(result: EvalResult, ks: list[int]) -> dict[str, dict[str, float]]:
+    """Metrics of every step on its own and of the mean of the steps, keyed ``r_0 .. r_K`` and ``mean``
+    (what a reasoning run logs for every validation); empty for a model without reasoning steps."""
+    if result.step_ranks.shape[0] < 2:
+        return {}
+    out = {f"r_{k}": metrics_from_ranks(ranks, ks) for k, ranks in enumerate(result.step_ranks)}
+    if result.mean_ranks is not None:
+        out["mean"] = metrics_from_ranks(result.mean_ranks, ks)
+    return out
+
+
 def step_rows(report: dict[str, Any], metrics: list[str]) -> list[list[Any]]:
     """Table rows ``[label, value per metric]``: r_0..r_K, mean, oracle."""
     n_steps = len(report["steps"])
@@ -50,7 +61,8 @@ def step_rows(report: dict[str, Any], metrics: list[str]) -> list[list[Any]]:
 
 
 def plot_steps(report: dict[str, Any], path: Path, metrics: list[str], title: str = "") -> None:
-    """Metric vs reasoning step (one line per metric; mean and oracle as dashed / dotted levels) as a PNG."""
+    """Metric vs reasoning step as a PNG: one panel per metric (their scales differ), each with the mean of
+    the steps and the oracle as dashed / dotted levels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,18 +71,19 @@ def plot_steps(report: dict[str, Any], path: Path, metrics: list[str], title: st
     from thinkrec.storage import atomic_write_bytes
 
     steps = list(range(len(report["steps"])))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, metric in enumerate(metrics):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 4), squeeze=False)
+    for i, (metric, ax) in enumerate(zip(metrics, axes[0], strict=True)):
         color = f"C{i}"
-        ax.plot(steps, [row[metric] for row in report["steps"]], color=color, marker="o", label=metric)
+        ax.plot(steps, [row[metric] for row in report["steps"]], color=color, marker="o", label="r_k alone")
         if "mean" in report:
-            ax.axhline(report["mean"][metric], color=color, linestyle="--", linewidth=1, label=f"{metric} mean")
-        ax.axhline(report["oracle"][metric], color=color, linestyle=":", linewidth=1, label=f"{metric} oracle*")
-    ax.set_xticks(steps)
-    ax.set_xlabel("reasoning step k (user vector r_k)")
-    ax.set_ylabel("metric")
-    ax.set_title(title or f"metric vs reasoning step (inference: {report['mode']})")
-    ax.legend(fontsize=7, ncol=2)
+            ax.axhline(report["mean"][metric], color=color, linestyle="--", linewidth=1, label="mean of r_0..r_K")
+        ax.axhline(report["oracle"][metric], color=color, linestyle=":", linewidth=1, label="oracle*")
+        ax.set_xticks(steps)
+        ax.set_xlabel("reasoning step k (user vector r_k)")
+        ax.set_ylabel(metric)
+        ax.set_title(metric)
+        ax.legend(fontsize=7)
+    fig.suptitle(title or f"metric vs reasoning step (inference: {report['mode']})")
     fig.text(
         0.01, 0.01, "* oracle: best step per sample chosen with the ground truth (analysis, not a method)", fontsize=7
     )

@@ -76,8 +76,9 @@ class Backbone(Protocol):
 class CachedBackbone(Backbone, Protocol):
     """A backbone that can run new input vectors against an encoded sequence's cached keys/values."""
 
-    def input_tokens(self, vectors: torch.Tensor) -> torch.Tensor:
-        """What the backbone does to an input vector before its blocks (e.g. LayerNorm + dropout)."""
+    def input_tokens(self, vectors: torch.Tensor, dropout: float | None = None) -> torch.Tensor:
+        """What the backbone does to an input vector before its blocks (e.g. LayerNorm + dropout); ``dropout``
+        replaces the backbone's own input dropout probability (None: keep it)."""
         ...
 
     def extend(self, tokens: torch.Tensor, encoded: Encoded, extra_mask: torch.Tensor | None = None) -> Encoded: ...

@@ -33,6 +33,7 @@ from torch import nn
 
 from thinkrec.models.base import Encoded
 from thinkrec.models.dropout import Dropout
+from thinkrec.models.dropout import dropout as drop
 
 
 class GRU4RecConfig(BaseModel):
@@ -69,10 +70,11 @@ class GRU4Rec(nn.Module):
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 
-    def input_tokens(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Normalise and drop out input vectors (item embeddings, or reasoning inputs)."""
-        out: torch.Tensor = self.input_dropout(self.input_norm(vectors))
-        return out
+    def input_tokens(self, vectors: torch.Tensor, dropout: float | None = None) -> torch.Tensor:
+        """Normalise and drop out input vectors (item embeddings, or reasoning inputs); ``dropout`` replaces
+        the input dropout probability (None: ``model.dropout``)."""
+        p = self.input_dropout.p if dropout is None else dropout
+        return drop(self.input_norm(vectors), p, self.training)
 
     def forward(
         self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False, last_only: bool = False

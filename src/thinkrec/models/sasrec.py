@@ -16,6 +16,7 @@ from torch import nn
 
 from thinkrec.models.base import Encoded, KVCache
 from thinkrec.models.dropout import Dropout
+from thinkrec.models.dropout import dropout as drop
 from thinkrec.models.transformer import Block
 
 
@@ -29,8 +30,30 @@ class SASRecConfig(BaseModel):
     layers: int = Field(2, description="number of Transformer blocks [n_layers]", ge=1)
     heads: int = Field(2, description="attention heads per block [n_heads]", ge=1)
     ffn: int | None = Field(None, description="feed-forward inner size; default 4 x hidden [inner_size]")
-    dropout: float = Field(0.2, description="dropout on embeddings and block outputs", ge=0, lt=1)
+    dropout: float = Field(
+        0.2,
+        description="dropout on block outputs (hidden), and on the input embeddings unless model.input_dropout",
+        ge=0,
+        lt=1,
+    )
     attn_dropout: float = Field(0.2, description="dropout on attention weights", ge=0, lt=1)
+    input_dropout: float | None = Field(
+        None,
+        description=(
+            "dropout on the input tokens after the input LayerNorm (item + position embeddings; also the"
+            " fed-back reasoning tokens unless reasoning.feedback_dropout); default: model.dropout. The"
+            " ReaRec research code uses 0.2 here and 0.5 on hidden and attention"
+        ),
+        ge=0,
+        lt=1,
+    )
+    ffn_dropout: bool = Field(
+        True,
+        description=(
+            "dropout (model.dropout) between the feed-forward sub-layer's two linear maps, as RecBole;"
+            " false: none there (the ReaRec research code)"
+        ),
+    )
     max_len: int = Field(50, description="maximum history length [MAX_ITEM_LIST_LENGTH]", ge=1)
     scale_embeddings: bool = Field(False, description="multiply item embeddings by sqrt(hidden)")
     positions: Literal["from_end", "from_start"] = Field(
@@ -80,9 +103,17 @@ class SASRec(nn.Module):
         self.item_embedding = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
         self.position_embedding = nn.Embedding(cfg.max_len, cfg.hidden)
         self.input_norm = nn.LayerNorm(cfg.hidden)
-        self.input_dropout = Dropout(cfg.dropout)
+        self.input_dropout = Dropout(cfg.dropout if cfg.input_dropout is None else cfg.input_dropout)
         self.blocks = nn.ModuleList(
-            Block(cfg.hidden, cfg.heads, cfg.ffn or 4 * cfg.hidden, cfg.dropout, cfg.attn_dropout, cfg.norm == "post")
+            Block(
+                cfg.hidden,
+                cfg.heads,
+                cfg.ffn or 4 * cfg.hidden,
+                cfg.dropout,
+                cfg.attn_dropout,
+                cfg.norm == "post",
+                ffn_dropout=cfg.ffn_dropout,
+            )
             for _ in range(cfg.layers)
         )
         self.final_norm: nn.Module = nn.LayerNorm(cfg.hidden) if cfg.norm == "pre" else nn.Identity()
@@ -104,10 +135,11 @@ class SASRec(nn.Module):
             if self.output_embedding is not None:
                 self.output_embedding.weight[0].zero_()
 
-    def input_tokens(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Normalise and drop out input vectors (item + position embeddings, or reasoning inputs)."""
-        out: torch.Tensor = self.input_dropout(self.input_norm(vectors))
-        return out
+    def input_tokens(self, vectors: torch.Tensor, dropout: float | None = None) -> torch.Tensor:
+        """Normalise and drop out input vectors (item + position embeddings, or reasoning inputs); ``dropout``
+        replaces the input dropout probability (None: ``model.input_dropout``)."""
+        p = self.input_dropout.p if dropout is None else dropout
+        return drop(self.input_norm(vectors), p, self.training)
 
     def embed(self, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         items = self.item_embedding(inputs)

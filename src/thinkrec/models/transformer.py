@@ -57,7 +57,14 @@ class Block(nn.Module):
     pass's keys/values."""
 
     def __init__(
-        self, hidden: int, heads: int, ffn: int, dropout: float, attn_dropout: float, post_norm: bool = False
+        self,
+        hidden: int,
+        heads: int,
+        ffn: int,
+        dropout: float,
+        attn_dropout: float,
+        post_norm: bool = False,
+        ffn_dropout: bool = True,
     ) -> None:
         super().__init__()
         self.post_norm = post_norm
@@ -69,7 +76,9 @@ class Block(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
         self.ln_ffn = nn.LayerNorm(hidden)
-        self.ffn = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), Dropout(dropout), nn.Linear(ffn, hidden))
+        # ffn_dropout off keeps a p = 0 module in place (an identity), so the parameter names do not change
+        inner = Dropout(dropout if ffn_dropout else 0.0)
+        self.ffn = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), inner, nn.Linear(ffn, hidden))
         self.dropout = Dropout(dropout)
         self.attn_dropout = attn_dropout
 

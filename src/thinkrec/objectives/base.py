@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from thinkrec.data.batches import TrainBatch
 from thinkrec.models.model import SeqRecModel
-from thinkrec.reasoning.config import ReasoningConfig
+from thinkrec.reasoning.config import LatentReasoningConfig, ReasoningConfig
 from thinkrec.seed import Seeds
 
 
@@ -49,7 +49,8 @@ class ObjectiveContext:
     @property
     def tau(self) -> float:
         """The reasoning objectives' temperature: ``reasoning.tau``, else the backbone's."""
-        return self.reasoning.tau or self.temperature
+        tau = self.reasoning.tau if isinstance(self.reasoning, LatentReasoningConfig) else None
+        return tau or self.temperature
 
 
 class Objective(ABC):

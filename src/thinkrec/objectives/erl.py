@@ -5,7 +5,9 @@ from __future__ import annotations
 from thinkrec.losses import pairwise_kl
 from thinkrec.models.model import SeqRecModel
 from thinkrec.objectives.base import LossOutput, ObjectiveContext
-from thinkrec.objectives.reasoning import PrefixBatch, ReasoningObjective
+from thinkrec.objectives.reasoning import PrefixBatch, ReasoningObjective, settings_of
+from thinkrec.reasoning.config import ERLConfig
+from thinkrec.seed import Seeds
 
 
 class EnsembleReasoningLoss(ReasoningObjective):
@@ -17,6 +19,10 @@ class EnsembleReasoningLoss(ReasoningObjective):
     """
 
     name = "erl"
+
+    def __init__(self, cfg: ERLConfig, tau: float, seeds: Seeds) -> None:
+        super().__init__(cfg, tau, seeds)
+        self.cfg: ERLConfig = cfg
 
     def reasoning_loss(self, model: SeqRecModel, prefixes: PrefixBatch) -> LossOutput:
         states = self.states(model, prefixes)[prefixes.valid]  # [M, K+1, d]
@@ -31,4 +37,4 @@ class EnsembleReasoningLoss(ReasoningObjective):
 
     @classmethod
     def from_context(cls, ctx: ObjectiveContext) -> EnsembleReasoningLoss:
-        return cls(ctx.reasoning, ctx.tau, ctx.seeds)
+        return cls(settings_of(ctx, ERLConfig), ctx.tau, ctx.seeds)

@@ -6,13 +6,17 @@ prefixes reason in the same extend passes (:meth:`LatentReasoner.prefixes`). In 
 one prefix. Either way a batch becomes ``M`` prefixes with states ``[M, K+1, d]`` and 0-based targets.
 
 Warm-up: for the first ``warmup_epochs`` epochs (told by the Trainer through :meth:`start_epoch`) the loss
-is the plain backbone loss, cross-entropy on ``r_0`` at temperature ``tau``, and no reasoning is run.
+is the plain backbone loss, cross-entropy on ``r_0`` at temperature ``tau``, and no reasoning is run
+(``warmup_trains = "backbone"``); with ``warmup_trains = "reasoning"`` the objective's own loss runs from the
+first epoch and only what an objective gates on :attr:`ReasoningObjective.warming_up` waits (PRL's noisy
+view and contrastive term).
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -21,8 +25,8 @@ from thinkrec.errors import ThinkrecError
 from thinkrec.losses import softmax_cross_entropy
 from thinkrec.models.base import Encoded
 from thinkrec.models.model import SeqRecModel
-from thinkrec.objectives.base import LossOutput, Objective
-from thinkrec.reasoning.config import ReasoningConfig
+from thinkrec.objectives.base import LossOutput, Objective, ObjectiveContext
+from thinkrec.reasoning.config import LatentReasoningConfig
 from thinkrec.reasoning.reasoner import LatentReasoner, Perturb
 from thinkrec.seed import Seeds
 
@@ -45,6 +49,7 @@ class PrefixBatch:
     targets: torch.Tensor  # int64 [B, T], 0-based item column (0 where not valid)
     valid: torch.Tensor  # bool [B, T]
     groups: list[RowGroup]  # how the rows reason (see split_rows)
+    batch: TrainBatch  # what was encoded (an objective may encode it again, e.g. with other dropout masks)
 
 
 def split_rows(counts: torch.Tensor, keep: float = 0.9) -> list[torch.Tensor] | None:
@@ -83,7 +88,9 @@ def prefix_batch(model: SeqRecModel, batch: TrainBatch) -> PrefixBatch:
         device = batch.inputs.device
         columns = torch.full((b, 1), w - 1, dtype=torch.long, device=device)
         valid = torch.ones(b, 1, dtype=torch.bool, device=device)
-        return PrefixBatch(encoded, columns, batch.targets[:, None] - 1, valid, [RowGroup(None, encoded, columns)])
+        return PrefixBatch(
+            encoded, columns, batch.targets[:, None] - 1, valid, [RowGroup(None, encoded, columns)], batch
+        )
     if not model.backbone.causal:
         raise ThinkrecError(
             "all-prefix training needs a causal backbone (each position sees only earlier items); "
@@ -101,7 +108,17 @@ def prefix_batch(model: SeqRecModel, batch: TrainBatch) -> PrefixBatch:
         if split is None
         else [RowGroup(rows, select_rows(encoded, rows), columns[rows, : int(count[rows].max())]) for rows in split]
     )
-    return PrefixBatch(encoded, columns, targets, valid, groups)
+    return PrefixBatch(encoded, columns, targets, valid, groups, batch)
+
+
+Settings = TypeVar("Settings", bound=LatentReasoningConfig)
+
+
+def settings_of(ctx: ObjectiveContext, cls: type[Settings]) -> Settings:
+    """The context's reasoning section, which must be of class ``cls`` (the objective's own kind)."""
+    if not isinstance(ctx.reasoning, cls):
+        raise ThinkrecError(f"this objective needs reasoning settings of kind {cls.model_fields['kind'].default!r}")
+    return ctx.reasoning
 
 
 def reasoner_of(model: SeqRecModel) -> LatentReasoner:
@@ -115,7 +132,7 @@ class ReasoningObjective(Objective):
 
     name = "reasoning"
 
-    def __init__(self, cfg: ReasoningConfig, tau: float, seeds: Seeds) -> None:
+    def __init__(self, cfg: LatentReasoningConfig, tau: float, seeds: Seeds) -> None:
         self.cfg = cfg
         self.tau = tau
         self.seeds = seeds
@@ -136,7 +153,7 @@ class ReasoningObjective(Objective):
 
     def __call__(self, model: SeqRecModel, batch: TrainBatch) -> LossOutput:
         prefixes = prefix_batch(model, batch)
-        if self.warming_up:
+        if self.warming_up and self.cfg.warmup_trains == "backbone":
             return self.warmup_loss(model, prefixes)
         return self.reasoning_loss(model, prefixes)
 
@@ -148,18 +165,26 @@ class ReasoningObjective(Objective):
         )
         return LossOutput(loss, {"ce_r0": float(loss.detach())})
 
-    def states(self, model: SeqRecModel, prefixes: PrefixBatch, perturb: Perturb | None = None) -> torch.Tensor:
+    def states(
+        self,
+        model: SeqRecModel,
+        prefixes: PrefixBatch,
+        perturb: Perturb | None = None,
+        feed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Reasoning states ``[B, T, K+1, d]`` of every prefix slot (K = the trained steps); slots without a
-        trained prefix are zero when the rows reason in groups."""
+        trained prefix are zero when the rows reason in groups. ``perturb`` and ``feed`` (``[B, T, K, d]``) as
+        in :meth:`LatentReasoner.prefixes`."""
         reasoner, backbone = reasoner_of(model), model.cached_backbone
         if len(prefixes.groups) == 1:
-            return reasoner.prefixes(backbone, prefixes.encoded, prefixes.columns, None, perturb)
+            return reasoner.prefixes(backbone, prefixes.encoded, prefixes.columns, None, perturb, feed)
         b, t = prefixes.columns.shape
         out = prefixes.encoded.hidden.new_zeros(b, t, reasoner.steps + 1, prefixes.encoded.hidden.shape[-1])
         for group in prefixes.groups:
-            out[group.rows, : group.columns.shape[1]] = reasoner.prefixes(
-                backbone, group.encoded, group.columns, None, perturb
-            )
+            width = group.columns.shape[1]
+            rows = group.rows if group.rows is not None else slice(None)
+            part = None if feed is None else feed[rows, :width]
+            out[rows, :width] = reasoner.prefixes(backbone, group.encoded, group.columns, None, perturb, part)
         return out
 
     @staticmethod

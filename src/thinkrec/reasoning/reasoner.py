@@ -65,6 +65,7 @@ class LatentReasoner(nn.Module):
         steps: int,
         max_steps: int | None = None,
         normalise_feedback: bool = True,
+        feedback_dropout: float | None = None,
     ) -> None:
         super().__init__()
         self.steps = steps
@@ -72,6 +73,7 @@ class LatentReasoner(nn.Module):
         if not 0 <= steps <= self.max_steps:
             raise ValueError(f"steps must be in 0..max_steps ({self.max_steps})")
         self.normalise_feedback = normalise_feedback
+        self.feedback_dropout = feedback_dropout  # None: the backbone's input dropout, as for an item token
         self.rpe = nn.Parameter(torch.empty(self.max_steps, hidden))
         nn.init.normal_(self.rpe, std=0.02)
 
@@ -115,11 +117,16 @@ class LatentReasoner(nn.Module):
         return torch.cat(states, dim=1)
 
     def _token(self, backbone: CachedBackbone, r: torch.Tensor, k: int, perturb: Perturb | None) -> torch.Tensor:
-        """Input token of step ``k`` from the previous state ``r``: ``r + RPE[k]``, perturbed, normalised."""
+        """Input token of step ``k`` from the previous state ``r``: ``r + RPE[k]``, perturbed, then normalised
+        and dropped out (``feedback_dropout``) when ``normalise_feedback``."""
         z = r + self.rpe[k - 1]
         if perturb is not None:
             z = perturb(z)
-        return backbone.input_tokens(z) if self.normalise_feedback else z
+        if not self.normalise_feedback:
+            return z
+        if self.feedback_dropout is None:  # the backbone's own input dropout (works with any backbone)
+            return backbone.input_tokens(z)
+        return backbone.input_tokens(z, self.feedback_dropout)
 
     def prefixes(
         self,
@@ -128,12 +135,16 @@ class LatentReasoner(nn.Module):
         columns: torch.Tensor,
         steps: int | None = None,
         perturb: Perturb | None = None,
+        feed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """States ``[B, T, K+1, d]`` of the prefixes ending at item columns ``columns [B, T]`` of each row.
 
         ``encoded`` is the backbone's pass over the items (with its cache and key padding); it is not
         modified, so several branches (e.g. PRL's clean and noisy views) can reason from one item pass.
-        ``perturb`` is applied to every input ``z_k`` before normalisation.
+        ``perturb`` is applied to every input ``z_k`` before normalisation. ``feed [B, T, >= K, d]``, if
+        given, replaces the chain's own previous states in the inputs: ``z_k = feed[:, :, k-1] + RPE[k]``
+        (PRL's re-encoded view feeds back the clean view's states); the chain still attends to its own
+        earlier tokens.
         """
         k_total = self.resolve_steps(steps)
         if encoded.cache is None or encoded.key_padding is None:
@@ -146,7 +157,7 @@ class LatentReasoner(nn.Module):
         grown, own = encoded, None
         chains = isinstance(backbone, ChainBackbone)  # a runtime-checkable Protocol: check once, not per step
         for k in range(1, k_total + 1):
-            tokens = self._token(backbone, r, k, perturb)
+            tokens = self._token(backbone, r if feed is None else feed[:, :, k - 1], k, perturb)
             if chains:
                 r, own = cast(ChainBackbone, backbone).extend_chains(tokens, encoded, items, own)
             else:

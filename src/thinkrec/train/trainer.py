@@ -24,6 +24,7 @@ from thinkrec.errors import ThinkrecError
 from thinkrec.eval.evaluator import evaluate
 from thinkrec.eval.metrics import parse_metric
 from thinkrec.eval.protocol import EvalConfig
+from thinkrec.eval.steps import step_metrics
 from thinkrec.models.model import SeqRecModel
 from thinkrec.objectives import Objective, loss_names
 from thinkrec.objectives.registry import SELECTED_ELSEWHERE
@@ -213,6 +214,10 @@ class Trainer:
                 result = evaluate(self.model, self.split, self.split.valid, self.eval_cfg)
                 valid = result.metrics(self.eval_cfg.ks)
                 row["valid"] = valid
+                # every reasoning step on its own and their mean: which step the checkpoint's metric comes from
+                steps = step_metrics(result, self.eval_cfg.ks)
+                if steps:
+                    row["valid_steps"] = steps
                 row["eval_seconds"] = time.perf_counter() - t0
                 value = valid.get(self.cfg.valid_metric)
                 if value is None:
@@ -243,7 +248,7 @@ class Trainer:
             epoch += 1
         if checkpoint_exists(self.ckpt_dir, "best"):
             load_checkpoint(self.ckpt_dir, "best", self.model)
-        plot_curves(state["history"], self.run_dir / "curve.png", self.cfg.valid_metric)
+        plot_curves(state["history"], self.run_dir / "curve.png", self.cfg.valid_metric, state["best_epoch"])
         return FitResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], stopped)
 
     def _report(self, row: dict[str, Any], state: dict[str, Any]) -> None:
@@ -257,27 +262,53 @@ class Trainer:
             log.info(text)
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path, metric: str) -> None:
-    """Training loss and validation metric per epoch, saved as a PNG (atomically)."""
+# Keys of a log row that are not parts of the training loss.
+ROW_KEYS = frozenset({"epoch", "loss", "train_seconds", "batches", "warmup", "valid", "valid_steps", "eval_seconds"})
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, metric: str, best_epoch: int | None = None) -> None:
+    """Training loss (total and each named part) and the validation metric per epoch (of the inference mode
+    in use and, for reasoning runs, of every step r_0..r_K alone and of their mean), saved as a PNG
+    (atomically). Warm-up epochs are shaded and the best epoch is marked: the checkpoint a run reports."""
     if not history:
         return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from thinkrec.storage import atomic_write_bytes
 
+    fig, (ax_loss, ax_valid) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
     epochs = [row["epoch"] for row in history]
-    fig, ax_loss = plt.subplots(figsize=(7, 4))
-    ax_loss.plot(epochs, [row["loss"] for row in history], color="tab:blue", label="training loss")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("training loss", color="tab:blue")
+    ax_loss.plot(epochs, [row["loss"] for row in history], color="black", marker=".", label="loss (total)")
+    parts = sorted({key for row in history for key, value in row.items() if key not in ROW_KEYS})
+    for i, part in enumerate(parts):
+        points = [(row["epoch"], row[part]) for row in history if isinstance(row.get(part), int | float)]
+        if points:
+            ax_loss.plot(*zip(*points, strict=True), color=f"C{i}", linestyle="--", marker=".", label=part)
+    ax_loss.set_ylabel("training loss")
     valid = [(row["epoch"], row["valid"][metric]) for row in history if "valid" in row]
     if valid:
-        ax_valid = ax_loss.twinx()
-        ax_valid.plot(*zip(*valid, strict=True), color="tab:orange", marker=".", label=f"valid {metric}")
-        ax_valid.set_ylabel(f"validation {metric}", color="tab:orange")
+        ax_valid.plot(*zip(*valid, strict=True), color="black", marker="o", label=f"{metric} (inference mode)")
+    names = sorted({name for row in history for name in row.get("valid_steps", {})}, key=_step_order)
+    for i, name in enumerate(names):
+        points = [
+            (row["epoch"], row["valid_steps"][name][metric]) for row in history if name in row.get("valid_steps", {})
+        ]
+        style = ":" if name == "mean" else "-"
+        ax_valid.plot(*zip(*points, strict=True), color=f"C{i}", linestyle=style, marker=".", label=name)
+    ax_valid.set_ylabel(f"validation {metric}")
+    ax_valid.set_xlabel("epoch")
+    ax_valid.xaxis.set_major_locator(MaxNLocator(integer=True))
+    warmup = [row["epoch"] for row in history if row.get("warmup")]
+    for ax in (ax_loss, ax_valid):
+        if warmup:
+            ax.axvspan(min(warmup) - 0.5, max(warmup) + 0.5, color="0.85", label="warm-up (never selected)")
+        if best_epoch is not None and best_epoch >= 0:
+            ax.axvline(best_epoch, color="tab:red", linestyle="-.", linewidth=1, label=f"best epoch ({best_epoch})")
+        ax.legend(fontsize=7, ncol=2)
     ax_loss.set_title("training curve")
     fig.tight_layout()
     import io
@@ -286,3 +317,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path, metric: str) -> None:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def _step_order(name: str) -> tuple[int, int]:
+    """r_0, r_1, ..., then mean."""
+    return (1, 0) if name == "mean" else (0, int(name.removeprefix("r_")))
