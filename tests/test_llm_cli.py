@@ -72,8 +72,9 @@ def test_serving_an_llm_run_returns_its_reasoning(
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
     from fastapi.testclient import TestClient
 
-    from thinkrec.serve.app import create_app, load_recommender
+    from thinkrec.serve.app import create_app
     from thinkrec.serve.llm import LLMRecommender, is_llm_run
+    from thinkrec.serve.service import load_recommender
 
     monkeypatch.setenv("THINKREC_CACHE_DIR", str(tiny_dir / "cache"))
     run = tiny_dir / "served"
@@ -82,7 +83,7 @@ def test_serving_an_llm_run_returns_its_reasoning(
     assert is_llm_run(run) and not is_llm_run(tiny_dir)
     rec = load_recommender(run)
     assert isinstance(rec, LLMRecommender)
-    client = TestClient(create_app(recommender=rec))
+    client = TestClient(create_app(recommender=rec), base_url="http://localhost")
     body = client.post("/recommend", json={"history": ["i1", "i2"], "k": 3, "exclude_seen": True}).json()
     assert isinstance(body["reasoning"], str) and body["steps"] is None and body["model"]["kind"] == "r2ec"
     assert len(body["items"]) == 3 and {"i1", "i2"}.isdisjoint(it["item"] for it in body["items"])
