@@ -158,3 +158,10 @@ class LLMRecommender:
 
     def search(self, query: str, limit: int = 20) -> list[int]:
         return self.vocabulary.search(query, limit)
+
+    def item_vectors(self) -> torch.Tensor:
+        """The cached item table ``[n_items, d]`` (row ``i`` = internal id ``i + 1``; the pad row dropped)."""
+        table = self.trainer.model.item_table
+        if table is None:
+            raise ValueError("this run has no item table yet")
+        return torch.as_tensor(table[1:]).detach().clone()

@@ -237,6 +237,8 @@ class Recommends(Protocol):
 
     def user_history(self, user: ExternalId, hold_out: bool = False) -> UserHistory: ...
 
+    def item_vectors(self) -> torch.Tensor: ...
+
 
 class Recommender:
     """A trained model plus its vocabulary, answering batched top-K queries on internal ids."""
@@ -268,6 +270,12 @@ class Recommender:
     def user_history(self, user: ExternalId, hold_out: bool = False) -> UserHistory:
         """A user of the run's dataset (see :class:`UserHistory`); reads the dataset on first use."""
         return self._users(user, hold_out)
+
+    def item_vectors(self) -> torch.Tensor:
+        """The items' output vectors ``[n_items, d]`` (row ``i`` = internal id ``i + 1``), what user vectors
+        are scored against."""
+        with self._lock, torch.inference_mode():
+            return self.model.item_vectors().detach().clone()
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", ann: bool = False) -> Recommender:
