@@ -110,3 +110,31 @@ def test_missing_default_model_says_where_the_cache_is(tmp_path: Path, monkeypat
     monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "empty-cache"))
     with pytest.raises(ThinkrecError, match=r"prepare-model.*THINKREC_CACHE_DIR"):
         resolve_model_path(ModelSection())
+
+
+def test_the_plain_recommend_verbs_serve_an_llm_run_too(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``thinkrec recommend`` (one history, or ``--batch``) goes through the same path for an R²ec run."""
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tiny_dir / "cache"))
+    run = tiny_dir / "plain-verbs"
+    assert main(["llm", "train", str(tiny_dir / "llm.toml"), "--run-dir", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["llm", "recommend", str(run), "--history", "i1,i2", "-k", "3"]) == 0
+    llm_items = [
+        line.split()[1] for line in capsys.readouterr().out.splitlines() if line.strip()[:2] in {"1.", "2.", "3."}
+    ]
+    assert main(["recommend", str(run), "--history", "i1,i2", "-k", "3", "--exclude-seen"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("reasoning:") and "top-3:" in out
+    rows = [line.split() for line in out.split("top-3:")[1].splitlines()[3:6]]
+    assert [r[1] for r in rows] == llm_items
+    users = tiny_dir / "users.csv"
+    users.write_text("user,items\nx,i1 i2\n")
+    out_csv = tiny_dir / "top.csv"
+    assert (
+        main(["recommend", str(run), "--batch", str(users), "--output", str(out_csv), "-k", "3", "--exclude-seen"]) == 0
+    )
+    assert [line.split(",")[2].strip('"') for line in out_csv.read_text().splitlines()[1:]] == llm_items
+    assert main(["llm", "recommend", str(run), "-k", "0", "--user", "u1"]) == 2
+    assert "-k must be" in capsys.readouterr().err

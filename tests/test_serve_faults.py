@@ -73,7 +73,7 @@ def test_batch_k_outside_the_cap_is_refused(run_dir: Path, tmp_path: Path, capsy
     ("extra", "says"),
     [
         (["--ks", "abc"], "--ks: 'abc' is not a whole number"),
-        (["--ks", "5,0"], "--ks must be a whole number in 1..1000, got 0"),
+        (["--ks", "5,0"], "--ks: cut-offs must be 1 or more, got 0"),
         (["--steps", "-1"], "--steps must be 0 or more"),
     ],
 )

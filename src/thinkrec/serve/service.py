@@ -37,7 +37,7 @@ def check_steps(steps: int | None, what: str = "--steps") -> int | None:
 
 
 def parse_ks(text: str, what: str = "--ks") -> list[int]:
-    """Comma-separated cut-offs such as ``5,10,20``, each in ``1..MAX_K``."""
+    """Comma-separated metric cut-offs such as ``5,10,20``, each 1 or more."""
     ks: list[int] = []
     for token in text.split(","):
         try:
@@ -45,7 +45,9 @@ def parse_ks(text: str, what: str = "--ks") -> list[int]:
         except ValueError:
             message = f"{what}: {token.strip()!r} is not a whole number; give cut-offs like 5,10,20"
             raise ThinkrecError(message) from None
-        ks.append(check_k(k, what))
+        if k < 1:
+            raise ThinkrecError(f"{what}: cut-offs must be 1 or more, got {k}")
+        ks.append(k)
     return ks
 
 
