@@ -55,7 +55,9 @@ def test_recommend_for_a_known_user_marks_the_held_out_item(run: Path, monkeypat
     unknown = client.post("/recommend", json={"user": "nobody"})
     assert unknown.status_code == 422 and "unknown user" in unknown.json()["error"]
     both = client.post("/recommend", json={"user": "u3", "history": items[:2]})
-    assert both.status_code == 422 and "not both" in both.json()["error"]
+    assert both.status_code == 422 and "exactly one of history" in both.json()["error"]
+    neither = client.post("/recommend", json={"k": 3})
+    assert neither.status_code == 422 and "exactly one of history" in neither.json()["error"]
 
 
 def test_command_line_user_recommends_after_the_whole_sequence(

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from thinkrec import __version__
+from thinkrec.errors import ThinkrecError
 from thinkrec.serve.batching import MicroBatcher
 from thinkrec.serve.batching import Query as BatchQuery
 from thinkrec.serve.recommender import MAX_K, MAX_SEARCH, Recommends, UserHistory
@@ -66,7 +67,7 @@ class RecommendRequest(BaseModel):
     @model_validator(mode="after")
     def _history_or_user(self) -> RecommendRequest:
         if (self.history is None) == (self.user is None):
-            raise ValueError("give either history (external item ids) or user (a user of the dataset), not both")
+            raise ValueError("give exactly one of history (external item ids) or user (a user of the dataset)")
         return self
 
 
@@ -245,6 +246,8 @@ def create_app(
             found = rec.user_history(user, hold_out=True)
         except KeyError as exc:
             raise HTTPException(422, {"error": f"unknown user: {exc.args[0]}", "detail": {"user": user}}) from None
+        except ThinkrecError as exc:  # the run's dataset cannot be read here: a fault of the server, not the request
+            raise HTTPException(503, f"users cannot be looked up on this server: {exc}") from None
         if not found.items:
             raise HTTPException(422, f"user {user!r} has no history before their held-out item")
         return found

@@ -14,7 +14,7 @@ shared by threads (e.g. the HTTP server's thread pool).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -133,8 +133,8 @@ class UserHistory:
 class UserHistories:
     """The users of a run's dataset and their split, read on first use (a run directory does not hold them)."""
 
-    def __init__(self, load: Any) -> None:
-        self._load = load  # () -> (SequenceDataset, Split)
+    def __init__(self, load: Callable[[], tuple[SequenceDataset, Split]]) -> None:
+        self._load = load
         self._data: tuple[SequenceDataset, Split, dict[str, int]] | None = None
         self._lock = threading.Lock()
 
@@ -155,9 +155,9 @@ class UserHistories:
         start = int(ds.offsets[u])
         times = [int(t) for t in ds.timestamps[start : start + len(items)]]
         cut = len(items)
-        if hold_out:
+        if hold_out:  # stop before the user's first test item (none: the user has no test sample)
             positions = split.test.positions[split.test.users == u]
-            if len(positions) and int(positions.min()) > 0:
+            if len(positions):
                 cut = int(positions.min())
         held = items[cut] if cut < len(items) else None
         now = times[cut] if cut < len(items) else times[-1]
