@@ -106,3 +106,25 @@ def test_pandas_in_and_out(run: thinkrec.Run) -> None:
     frame = pd.DataFrame({"user": ["a", "a"], "item": [EXT[0], EXT[1]]})
     out = run.recommend(histories=frame, k=3)
     assert isinstance(out, pd.DataFrame) and list(out.columns) == ["user", "rank", "item", "title", "score"]
+
+
+def test_fit_on_a_dict_of_columns_with_dates_and_titles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
+    rows = [
+        (f"u{u}", (u + i) % 15 + 1, f"2024-03-{i + 1:02d}", f"Lamp {(u + i) % 15 + 1}")
+        for u in range(30)
+        for i in range(8)
+    ]
+    users, items, days, names = (list(c) for c in zip(*rows, strict=True))
+    columns = {"user": users, "item": items, "time": days, "text": names}
+    quick = ["train.epochs=1", "model.hidden=16", "train.progress=false"]
+    run = thinkrec.fit("ml100k-sasrec", interactions=columns, overrides=quick, run_dir=tmp_path / "run")
+    assert run.describe()["dataset"] == "own" and run.describe()["n_items"] == 15
+    assert "NDCG@10" in run.results["test"]["metrics"]
+    top = run.recommend("u3", k=3, output="arrow").to_pylist()
+    assert [r["user"] for r in top] == ["u3"] * 3 and all(r["title"].startswith("Lamp ") for r in top)
+    assert (tmp_path / "run" / "data" / "items.parquet").exists()
+    with pytest.raises(thinkrec.ThinkrecError, match=r"train\.epochz"):
+        thinkrec.fit("ml100k-sasrec", interactions=columns, overrides=["train.epochz=1"], run_dir=tmp_path / "r2")
+    with pytest.raises(thinkrec.ThinkrecError, match="missing column"):
+        thinkrec.fit("ml100k-sasrec", interactions={"who": ["a"], "item": [1]}, run_dir=tmp_path / "r3")

@@ -146,6 +146,8 @@ class Run:
             raise ThinkrecError("give either users (ids of the run's dataset) or histories, not both")
         keys: list[Any]
         times: list[list[int]] | None = None
+        if isinstance(users, str | int):  # one id, not an iterable of its characters
+            users = [users]
         if users is not None:
             found = [user_history(rec, u, what="users") for u in users]
             keys = [f.user for f in found]
