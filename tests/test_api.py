@@ -106,6 +106,15 @@ def test_pandas_in_and_out(run: thinkrec.Run) -> None:
     frame = pd.DataFrame({"user": ["a", "a"], "item": [EXT[0], EXT[1]]})
     out = run.recommend(histories=frame, k=3)
     assert isinstance(out, pd.DataFrame) and list(out.columns) == ["user", "rank", "item", "title", "score"]
+    assert out["item"].tolist() == [r["item"] for r in rows(run.recommend(histories={"a": EXT[:2]}, k=3))]
+    embeddings = run.item_embeddings()
+    assert isinstance(embeddings, pd.DataFrame) and embeddings["item"].tolist() == EXT
+    dated = pd.DataFrame(
+        {"user": ["a", "a"], "item": [EXT[1], EXT[0]], "time": pd.to_datetime(["2024-01-02", "2024-01-01"])}
+    )
+    assert run.recommend(histories=dated, k=3).equals(out)
+    test = pd.DataFrame({"user": ["a"], "item": [out["item"][0]], "time": pd.to_datetime(["2024-01-03"])})
+    assert run.evaluate(test, history=dated, ks=[1])["HR@1"] == 1.0
 
 
 def test_fit_on_a_dict_of_columns_with_dates_and_titles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
