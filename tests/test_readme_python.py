@@ -46,3 +46,32 @@ def test_readme_python_examples_run(
         vectors.column_names if hasattr(vectors, "column_names") else vectors.columns
     )
     assert (tmp_path / "runs" / "py-shop" / "data" / "interactions.parquet").exists()
+
+
+def test_readme_own_data_config_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The own-data TOML of the README, as written, next to files with the columns it names."""
+    from thinkrec.cli.main import main
+
+    text = README.read_text()
+    section = text[text.index("### Your own data") :]
+    config = re.search(r"^```toml\n(.*?)^```", section, flags=re.S | re.M)
+    assert config is not None and 'cut_unit = "interactions"' in config.group(1)
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    (folder / "shop.toml").write_text(config.group(1))
+    events = ["customer,sku,ts"] + [
+        f"c{u},s{(u + i) % 20},2024-03-{i + 1:02d}T{u % 24:02d}:00:00" for u in range(60) for i in range(10)
+    ]
+    (folder / "events.csv").write_text("\n".join(events) + "\n")
+    products = ["sku,name,brand"] + [f"s{i},Lamp {i},Brand {i % 3}" for i in range(20)]
+    (folder / "products.csv").write_text("\n".join(products) + "\n")
+    monkeypatch.chdir(tmp_path)  # the paths in the config are relative to its folder, not to here
+    quick = ["train.epochs=1", "model.hidden=16", "train.progress=false"]
+    assert main(["train", "shop/shop.toml", *quick, "--run-dir", "runs/shop"]) == 0
+    capsys.readouterr()
+    assert main(["recommend", "runs/shop", "--user", "c42", "-k", "10"]) == 0
+    out = capsys.readouterr().out.split("top-10:")[1]
+    assert out.count("Lamp ") == 10 and "Brand" not in out  # titles from title_col = "name"
