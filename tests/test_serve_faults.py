@@ -100,6 +100,7 @@ def test_outputs_that_cannot_be_created_are_messages(
     fails_with(argv, "cannot create the folder", capsys)
     fails_with(["evaluate", str(run_dir), "--output", str(tmp_path)], "is a folder", capsys)
     fails_with(["train", "ml100k-sasrec", "--run-dir", str(a_file / "run")], "cannot create the folder", capsys)
+    fails_with(["demo", "--run-dir", str(a_file / "run")], "cannot create the folder", capsys)
 
 
 # --- the HTTP API ----------------------------------------------------------------------------------------------

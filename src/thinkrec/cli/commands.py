@@ -79,6 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     overrides = [f"train.epochs={args.epochs}", *args.overrides]
     cfg = load_config("ml100k-sasrec", overrides)
+    check_output(Path(args.run_dir or "runs/demo") / "config.json", "--run-dir")
     print(f"demo: SASRec on MovieLens-100K, leave-one-out, full ranking, {args.epochs} epochs (seed {cfg.train.seed})")
     run = train(cfg, args.run_dir or "runs/demo")
     print(f"\nrun: {run.run_dir}  (best epoch {run.fit.best_epoch}; curve: {run.run_dir / 'curve.png'})")
