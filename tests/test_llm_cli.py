@@ -72,8 +72,9 @@ def test_serving_an_llm_run_returns_its_reasoning(
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
     from fastapi.testclient import TestClient
 
-    from thinkrec.serve.app import create_app, load_recommender
+    from thinkrec.serve.app import create_app
     from thinkrec.serve.llm import LLMRecommender, is_llm_run
+    from thinkrec.serve.service import load_recommender
 
     monkeypatch.setenv("THINKREC_CACHE_DIR", str(tiny_dir / "cache"))
     run = tiny_dir / "served"
@@ -82,7 +83,7 @@ def test_serving_an_llm_run_returns_its_reasoning(
     assert is_llm_run(run) and not is_llm_run(tiny_dir)
     rec = load_recommender(run)
     assert isinstance(rec, LLMRecommender)
-    client = TestClient(create_app(recommender=rec))
+    client = TestClient(create_app(recommender=rec), base_url="http://localhost")
     body = client.post("/recommend", json={"history": ["i1", "i2"], "k": 3, "exclude_seen": True}).json()
     assert isinstance(body["reasoning"], str) and body["steps"] is None and body["model"]["kind"] == "r2ec"
     assert len(body["items"]) == 3 and {"i1", "i2"}.isdisjoint(it["item"] for it in body["items"])
@@ -109,3 +110,31 @@ def test_missing_default_model_says_where_the_cache_is(tmp_path: Path, monkeypat
     monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "empty-cache"))
     with pytest.raises(ThinkrecError, match=r"prepare-model.*THINKREC_CACHE_DIR"):
         resolve_model_path(ModelSection())
+
+
+def test_the_plain_recommend_verbs_serve_an_llm_run_too(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``thinkrec recommend`` (one history, or ``--batch``) goes through the same path for an R²ec run."""
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tiny_dir / "cache"))
+    run = tiny_dir / "plain-verbs"
+    assert main(["llm", "train", str(tiny_dir / "llm.toml"), "--run-dir", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["llm", "recommend", str(run), "--history", "i1,i2", "-k", "3"]) == 0
+    llm_items = [
+        line.split()[1] for line in capsys.readouterr().out.splitlines() if line.strip()[:2] in {"1.", "2.", "3."}
+    ]
+    assert main(["recommend", str(run), "--history", "i1,i2", "-k", "3", "--exclude-seen"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("reasoning:") and "top-3:" in out
+    rows = [line.split() for line in out.split("top-3:")[1].splitlines()[3:6]]
+    assert [r[1] for r in rows] == llm_items
+    users = tiny_dir / "users.csv"
+    users.write_text("user,items\nx,i1 i2\n")
+    out_csv = tiny_dir / "top.csv"
+    assert (
+        main(["recommend", str(run), "--batch", str(users), "--output", str(out_csv), "-k", "3", "--exclude-seen"]) == 0
+    )
+    assert [line.split(",")[2].strip('"') for line in out_csv.read_text().splitlines()[1:]] == llm_items
+    assert main(["llm", "recommend", str(run), "-k", "0", "--user", "u1"]) == 2
+    assert "-k must be" in capsys.readouterr().err

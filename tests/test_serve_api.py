@@ -28,7 +28,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(run_dir: Path) -> TestClient:
-    return TestClient(create_app(run_dir), raise_server_exceptions=False)
+    return TestClient(create_app(run_dir), raise_server_exceptions=False, base_url="http://localhost")
 
 
 def test_health_and_openapi(client: TestClient) -> None:
@@ -146,7 +146,7 @@ def test_search_bad_requests(client: TestClient) -> None:
 
 def test_reasoning_model_returns_per_step_lists() -> None:
     rec = reasoning_recommender()
-    client = TestClient(create_app(recommender=rec), raise_server_exceptions=False)
+    client = TestClient(create_app(recommender=rec), raise_server_exceptions=False, base_url="http://localhost")
     ext = rec.vocabulary.external
     body = client.post("/recommend", json={"history": [ext[0], ext[1]], "k": 4}).json()
     assert body["reasoning_steps"] == 2 and len(body["steps"]) == 3

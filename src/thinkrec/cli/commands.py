@@ -8,16 +8,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow.parquet as pq
-import torch
-
 from thinkrec.cli.format import metrics_table, protocol_lines, table
 from thinkrec.config.loader import config_table, load_config, preset_names
 from thinkrec.errors import ThinkrecError
+from thinkrec.serve.service import check_k, check_output, check_port, check_steps, parse_ks
 
 if TYPE_CHECKING:
-    from thinkrec.models.model import SeqRecModel
+    from thinkrec.serve.recommender import Recommends, TopK
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
@@ -70,6 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from thinkrec.runs import train
 
     cfg = load_config(args.config, args.overrides)
+    check_output(Path(args.run_dir or cfg.default_run_dir()) / "config.json", "--run-dir")
     run = train(cfg, args.run_dir)
     print(f"\nrun: {run.run_dir}  (best epoch {run.fit.best_epoch}, {run.fit.epochs_run} epochs, {run.fit.stopped})")
     print_results(run.results, cfg.eval.ks)
@@ -81,6 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     overrides = [f"train.epochs={args.epochs}", *args.overrides]
     cfg = load_config("ml100k-sasrec", overrides)
+    check_output(Path(args.run_dir or "runs/demo") / "config.json", "--run-dir")
     print(f"demo: SASRec on MovieLens-100K, leave-one-out, full ranking, {args.epochs} epochs (seed {cfg.train.seed})")
     run = train(cfg, args.run_dir or "runs/demo")
     print(f"\nrun: {run.run_dir}  (best epoch {run.fit.best_epoch}; curve: {run.run_dir / 'curve.png'})")
@@ -91,12 +90,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from thinkrec.runs import evaluation_report, load_data, load_run
 
+    ks = parse_ks(args.ks) if args.ks else None
+    check_steps(args.steps)
+    if args.output:
+        check_output(args.output)
     cfg, model = load_run(args.run_dir, args.checkpoint)
     updates: dict[str, object] = {}
     if args.mask_history is not None:
         updates["mask_history"] = args.mask_history
-    if args.ks:
-        updates["ks"] = [int(k) for k in args.ks.split(",")]
+    if ks:
+        updates["ks"] = ks
     if args.autocast:
         updates["autocast"] = args.autocast
     eval_cfg = cfg.eval.model_copy(update=updates)
@@ -116,57 +119,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_history(text: str, external: np.ndarray) -> list[int]:
-    lookup = {str(e): i + 1 for i, e in enumerate(external)}
-    history: list[int] = []
-    for token in text.replace(",", " ").split():
-        if token not in lookup:
-            raise ThinkrecError(f"--history: item id {token!r} is not in this model's catalogue")
-        history.append(lookup[token])
-    if not history:
-        raise ThinkrecError("--history is empty; give item ids separated by commas, e.g. --history 50,172,133")
-    return history
-
-
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from thinkrec.data.batches import position_ids
-    from thinkrec.runs import load_data, load_run
+    """``thinkrec recommend RUN_DIR --history ...|--user ...``: one top-K list with titles."""
+    from thinkrec.serve.service import load_recommender, parse_history, recommend, top_rows, user_history
 
-    cfg, model = load_run(args.run_dir, args.checkpoint)
-    vocab = pq.read_table(Path(args.run_dir) / "items.parquet").to_pydict()
-    external = np.asarray(vocab["external_id"])
-    titles = vocab.get("title")
+    check_k(args.k)
     if (args.user is None) == (args.history is None):
         raise ThinkrecError("give exactly one of --user ID (a user of the dataset) or --history ID,ID,...")
+    rec = load_recommender(args.run_dir, args.checkpoint)
+    times = None
     if args.history is not None:
-        history = _parse_history(args.history, external)
-    else:
-        ds, _ = load_data(cfg)
-        users = {str(u): i for i, u in enumerate(ds.user_ids)}
-        if args.user not in users:
-            raise ThinkrecError(f"--user {args.user!r} is not a user of dataset {cfg.data.name}")
-        history = ds.sequence(users[args.user]).tolist()
-    max_len = model.backbone.max_len
-    window = history[-max_len:]
-    inputs = torch.tensor([window])
-    with torch.no_grad():
-        states = model.encode(inputs, position_ids(len(window), max_len))
-        scores = model.score(model.user_vector(states, cfg.eval.inference, cfg.eval.inference_step))[0]
-    if args.exclude_seen:
-        scores[torch.tensor(history) - 1] = float("-inf")
-    top = torch.topk(scores, min(args.k, len(scores)))
+        history = parse_history(args.history, rec.vocabulary)
+    else:  # the whole sequence: what to recommend next
+        found = user_history(rec, args.user)
+        history, times = found.items, [[*found.times, found.now]]
+    top = recommend(rec, [history], args.k, exclude_seen=args.exclude_seen, per_step=args.show_steps, times=times)
+    vocab = rec.vocabulary
+    if top.texts is not None:
+        print("reasoning:")
+        print("  " + (top.texts[0].strip().replace("\n", "\n  ") or "(none)") + "\n")
     print("history (most recent last):")
     for item in history[-10:]:
-        print(f"  {external[item - 1]}  {titles[item - 1] if titles else ''}")
-    rows = [
-        [rank + 1, external[int(i)], f"{float(s):.3f}", titles[int(i)] if titles else ""]
-        for rank, (s, i) in enumerate(zip(top.values, top.indices, strict=True))
-    ]
+        print(f"  {vocab.external_id(item)}  {vocab.title(item)}")
+    rows = top_rows(rec, top, [None])
     print(f"\ntop-{args.k}:")
-    print(table(["rank", "item", "score", "title"], rows))
+    ranked = zip(rows["rank"], rows["item"], rows["score"], rows["title"], strict=True)
+    print(table(["rank", "item", "score", "title"], [[r, i, f"{sc:.3f}", t] for r, i, sc, t in ranked]))
     if args.show_steps:
-        seen = history if args.exclude_seen else None
-        print_step_recommendations(model, states, seen, args.k, external, titles)
+        print_step_recommendations(rec, top, args.k)
     return 0
 
 
@@ -195,15 +175,17 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 def cmd_recommend_batch(args: argparse.Namespace) -> int:
     """``thinkrec recommend RUN_DIR --batch INPUT --output OUT``: top-K for every user of a file."""
     from thinkrec.serve.batch import recommend_file
-    from thinkrec.serve.recommender import MAX_K, Recommender
+    from thinkrec.serve.service import load_recommender
 
     if args.output is None:
         raise ThinkrecError("--batch needs --output OUT.parquet or OUT.csv")
     if args.history is not None or args.user is not None:
         raise ThinkrecError("--batch cannot be combined with --history or --user")
-    if not 1 <= args.k <= MAX_K:
-        raise ThinkrecError(f"-k must be in 1..{MAX_K}")
-    rec = Recommender.from_run(args.run_dir, args.checkpoint)
+    check_k(args.k)
+    if args.chunk_size < 1:
+        raise ThinkrecError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    check_output(args.output, inputs=[args.batch])
+    rec = load_recommender(args.run_dir, args.checkpoint)
     summary = recommend_file(
         rec,
         args.batch,
@@ -234,11 +216,12 @@ def cmd_recommend_or_batch(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``thinkrec serve RUN_DIR``: the HTTP API and web page (needs the ``serve`` extra)."""
+    check_port(args.port)
     try:
         from thinkrec.serve.app import serve
     except ImportError as exc:
         raise ThinkrecError(f"thinkrec serve needs the serve extra: pip install 'thinkrec[serve]' ({exc})") from exc
-    serve(args.run_dir, args.host, args.port, ann=args.ann)
+    serve(args.run_dir, args.host, args.port, ann=args.ann, extra_hosts=args.allowed_host or ())
     return 0
 
 
@@ -263,36 +246,67 @@ def print_reasoning_steps(
     print(f"plot: {path}")
 
 
-def print_step_recommendations(
-    model: SeqRecModel,
-    states: torch.Tensor,
-    seen: list[int] | None,
-    k: int,
-    external: np.ndarray,
-    titles: list[str] | None,
-) -> None:
-    """The top-``k`` of every reasoning step side by side (``+`` marks an item new at that step), and how
-    many items each step keeps from the previous one."""
-    if states.shape[1] < 2:
+def print_step_recommendations(rec: Recommends, top: TopK, k: int) -> None:
+    """The top-``k`` of every reasoning step of row 0 of ``top`` side by side (``+`` marks an item new at
+    that step), and how many items each step keeps from the previous one."""
+    steps = [[item for item, _ in row] for row in top.step_rows(0)]
+    if len(steps) < 2:
         print("\n--show-steps: this model does not reason (K = 0); nothing to compare")
         return
-    with torch.no_grad():
-        scores = torch.stack([model.score(states[:, j])[0] for j in range(states.shape[1])])
-    if seen is not None:
-        scores[:, torch.tensor(seen) - 1] = float("-inf")
-    top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.tolist()
+    vocab = rec.vocabulary
 
     def label(item: int, new: bool) -> str:
-        name = titles[item] if titles else ""
-        text = f"{external[item]} {name[:28]}".strip()
+        text = f"{vocab.external_id(item)} {vocab.title(item)[:28]}".strip()
         return ("+ " if new else "  ") + text
 
-    header = [f"r_{j}" + (" (backbone)" if j == 0 else "") for j in range(len(top))]
+    header = [f"r_{j}" + (" (backbone)" if j == 0 else "") for j in range(len(steps))]
+    depth = min(len(s) for s in steps)
     rows = [
-        [rank + 1, *(label(top[j][rank], j > 0 and top[j][rank] not in top[j - 1]) for j in range(len(top)))]
-        for rank in range(len(top[0]))
+        [rank + 1, *(label(steps[j][rank], j > 0 and steps[j][rank] not in steps[j - 1]) for j in range(len(steps)))]
+        for rank in range(depth)
     ]
     print(f"\ntop-{k} of every reasoning step (+ = not in the previous step's top-{k}):")
     print(table(["rank", *header], rows))
-    kept = [f"r_{j - 1}->r_{j}: {len(set(top[j]) & set(top[j - 1]))}/{len(top[j])} kept" for j in range(1, len(top))]
+    kept = [
+        f"r_{j - 1}->r_{j}: {len(set(steps[j]) & set(steps[j - 1]))}/{len(steps[j])} kept" for j in range(1, len(steps))
+    ]
     print("  " + ";  ".join(kept))
+
+
+# --- LLM recommender, R²ec: the verbs that go through the serving path ---------------------------------------
+
+
+def cmd_llm_evaluate(args: argparse.Namespace) -> int:
+    """``thinkrec llm evaluate``: checks ``--output`` before the evaluation runs."""
+    from thinkrec.llm.cli import cmd_llm_evaluate as evaluate
+
+    if args.output:
+        check_output(args.output)
+    return evaluate(args)
+
+
+def cmd_llm_recommend(args: argparse.Namespace) -> int:
+    """The shared recommendation path (:mod:`thinkrec.serve.service`), printed as reasoning then top-K.
+    The history is always excluded from the ranking, as in the run's evaluation."""
+    from thinkrec.serve.llm import is_llm_run
+    from thinkrec.serve.service import check_k, load_recommender, parse_history, recommend, top_rows, user_history
+
+    check_k(args.k)
+    if not is_llm_run(args.run_dir):
+        raise ThinkrecError(f"{args.run_dir}: not an LLM run directory; train one with thinkrec llm train")
+    rec = load_recommender(args.run_dir)
+    times = None
+    if args.user is not None:  # after the whole sequence: "now" is the last item's time
+        found = user_history(rec, args.user)
+        history, times = found.items, [[*found.times, found.now]]
+    else:
+        history = parse_history(args.history, rec.vocabulary)
+    top = recommend(rec, [history], args.k, exclude_seen=True, times=times)
+    text = top.texts[0] if top.texts else ""
+    print("reasoning:")
+    print("  " + (text.strip().replace("\n", "\n  ") if text else "(none: the no-reasoning variant)"))
+    rows = top_rows(rec, top, [None])
+    print(f"\ntop-{args.k}:")
+    for rank, item, title, score in zip(rows["rank"], rows["item"], rows["title"], rows["score"], strict=True):
+        print(f"  {rank:>2}. {item}  {title}  ({score:.2f})")
+    return 0

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("run_dir", help="a run directory written by thinkrec train")
     rec.add_argument("--history", help="external item ids, oldest first, separated by commas")
     rec.add_argument("--user", help="an external user id of the run's dataset (uses the whole sequence)")
-    rec.add_argument("-k", type=int, default=10, help="how many items (default 10)")
+    rec.add_argument("-k", type=int, default=10, help="how many items, 1..1000 (default 10)")
     rec.add_argument("--exclude-seen", action="store_true", help="never recommend items of the history")
     rec.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint")
     rec.add_argument(
@@ -161,7 +161,16 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="a run directory of thinkrec train, or of thinkrec llm train (R²ec: answers include its reasoning)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, local only)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--port", type=int, default=8000, help="port, 1..65535 (default 8000)")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help=(
+            "also answer requests whose Host header names NAME (repeatable; default: localhost, 127.0.0.1,"
+            " [::1] and --host); other names get 400, so a web page cannot reach the API by DNS rebinding"
+        ),
+    )
     serve.add_argument(
         "--ann",
         action="store_true",
@@ -175,9 +184,10 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _add_llm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``thinkrec llm prepare-model|train|evaluate|recommend`` (verbs live in :mod:`thinkrec.llm.cli`)."""
+    from thinkrec.cli import commands as c
     from thinkrec.llm.cli import add_llm_parser
 
-    add_llm_parser(sub)
+    add_llm_parser(sub, {"recommend": c.cmd_llm_recommend, "evaluate": c.cmd_llm_evaluate})
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

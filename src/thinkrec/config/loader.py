@@ -53,6 +53,26 @@ def read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a table of sections (data, model, train, eval)")
+    return anchor_paths(data, path.parent)
+
+
+SOURCE_PATH_KEYS = ("path", "items_path")
+
+
+def anchor_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Make the data files a config file names relative to its own folder absolute, so the config works
+    from any working directory. A relative path with no such file next to the config is kept as written
+    (looked up later under the data directory, as the presets' ``ml-100k`` is)."""
+    section = data.get("data")
+    source = section.get("source") if isinstance(section, dict) else None
+    if not isinstance(source, dict):
+        return data
+    for key in SOURCE_PATH_KEYS:
+        value = source.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            candidate = folder / value
+            if candidate.exists():
+                source[key] = str(candidate.resolve())
     return data
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SourceFormat = Literal["ml100k", "seqrecbench", "s3rec", "sasrec", "table"]
 DedupMode = Literal["none", "exact", "first"]
@@ -29,9 +29,9 @@ class SourceConfig(BaseModel):
     )
     path: str = Field(
         description=(
-            "the dataset folder or file, relative to the data directory ($THINKREC_DATA_DIR), e.g. 'ml-100k',"
-            " 'seqrecbench/amazon2014-beauty', 's3rec/Beauty.txt', 'sasrec-video-games/Video.txt', or an"
-            " absolute path"
+            "the dataset folder or file: relative to the config file's folder when it exists there, else to the"
+            " data directory ($THINKREC_DATA_DIR), e.g. 'ml-100k', 'seqrecbench/amazon2014-beauty',"
+            " 's3rec/Beauty.txt', 'sasrec-video-games/Video.txt', or an absolute path"
         )
     )
     user_col: str = Field(default="user_id", description="table: the column holding the user id")
@@ -39,8 +39,9 @@ class SourceConfig(BaseModel):
     time_col: str | None = Field(
         default="timestamp",
         description=(
-            "table: the column holding a numeric timestamp (e.g. unix seconds); null = no time, the position"
-            " of the row within its user (in file order) is used instead"
+            "table: the column holding the time: numbers (e.g. unix seconds), ISO dates or date-times"
+            " ('2024-03-01', '2024-03-01T12:30:00', read as UTC unix seconds) or Parquet date/timestamp"
+            " columns; null = no time, the position of the row within its user (in file order) is used instead"
         ),
     )
     rating_col: str | None = Field(
@@ -58,7 +59,7 @@ class SourceConfig(BaseModel):
         default=None,
         description=(
             "table: an optional item table (CSV/TSV/Parquet) with item text; a relative path is looked up"
-            " next to the interaction file first, then under the data directory"
+            " next to the config file, then next to the interaction file, then under the data directory"
         ),
     )
     items_id_col: str = Field(default="item_id", description="table: the item id column of the item table")
@@ -66,6 +67,21 @@ class SourceConfig(BaseModel):
         default_factory=lambda: ["title"],
         description="table: the text columns of the item table to keep (HTML entities are unescaped)",
     )
+    title_col: str | None = Field(
+        default=None,
+        description=(
+            "table: the item text column shown as the title by recommend, serve and the Python API (one of"
+            " text_cols); null = the first of text_cols"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _title_is_a_text_column(self) -> SourceConfig:
+        if self.title_col is not None and self.title_col not in self.text_cols:
+            raise ValueError(
+                f"title_col {self.title_col!r} is not one of text_cols {self.text_cols}; add it to text_cols"
+            )
+        return self
 
 
 class PrepareConfig(BaseModel):

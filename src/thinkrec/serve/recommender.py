@@ -14,10 +14,10 @@ shared by threads (e.g. the HTTP server's thread pool).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow.parquet as pq
 import torch
@@ -27,6 +27,10 @@ from thinkrec.data.batches import position_ids
 from thinkrec.errors import ThinkrecError
 from thinkrec.models.model import SeqRecModel
 from thinkrec.serve.ann import AnnIndex
+
+if TYPE_CHECKING:
+    from thinkrec.data.dataset import SequenceDataset
+    from thinkrec.data.split import Split
 
 MAX_K = 1000
 MAX_SEARCH = 100
@@ -47,14 +51,15 @@ class Vocabulary:
         self._lower = [t.lower() for t in titles]
 
     @classmethod
-    def from_parquet(cls, path: Path) -> Vocabulary:
-        """Read ``items.parquet`` (columns ``item``, ``external_id`` and optionally ``title``)."""
+    def from_parquet(cls, path: Path, title_col: str | None = "title") -> Vocabulary:
+        """Read ``items.parquet`` (columns ``item``, ``external_id`` and the item text columns); titles come
+        from ``title_col`` (blank when the run has no such column)."""
         if not path.exists():
             raise ThinkrecError(f"{path}: missing; the run directory needs its item vocabulary")
         table = pq.read_table(path).sort_by("item")
         external = table.column("external_id").to_pylist()
-        if "title" in table.column_names:
-            titles = ["" if t is None else str(t) for t in table.column("title").to_pylist()]
+        if title_col is not None and title_col in table.column_names:
+            titles = ["" if t is None else str(t) for t in table.column(title_col).to_pylist()]
         else:
             titles = [""] * len(external)
         return cls([e if isinstance(e, int) else str(e) for e in external], titles)
@@ -95,6 +100,70 @@ class Vocabulary:
             hits.append((0 if at == 0 else 1, 0 if word else 1, at, len(title), i + 1))
         hits.sort()
         return [h[-1] for h in hits[:limit]]
+
+
+def resolve_inference(cfg: RunConfig, reasons: bool) -> tuple[str, int | None]:
+    """How per-step states become one user vector, ``('last'|'mean'|'step', step)``: the run's
+    ``eval.inference`` with ``'auto'`` resolved from the reasoning objective; ``('last', None)`` for a model
+    without a reasoner. The serving path (CLI, batch, HTTP, Python API) asks only this function."""
+    if not reasons:
+        return "last", None
+    mode = cfg.eval.inference
+    if mode == "auto":  # a RunConfig resolves it on validation; a copy made without validation may not have
+        return cfg.reasoning.default_inference, None
+    return mode, cfg.eval.inference_step if mode == "step" else None
+
+
+@dataclass
+class UserHistory:
+    """A known user's history in internal ids (oldest first) and their timestamps.
+
+    With a held-out item the history stops before it: ``held_out`` is the user's first test item (the one
+    the run was evaluated on) and ``now`` its time; without, the history is the whole sequence and ``now``
+    its last time.
+    """
+
+    user: ExternalId
+    items: list[int]
+    times: list[int]
+    now: int
+    held_out: int | None = None
+
+
+class UserHistories:
+    """The users of a run's dataset and their split, read on first use (a run directory does not hold them)."""
+
+    def __init__(self, load: Callable[[], tuple[SequenceDataset, Split]]) -> None:
+        self._load = load
+        self._data: tuple[SequenceDataset, Split, dict[str, int]] | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> tuple[SequenceDataset, Split, dict[str, int]]:
+        with self._lock:
+            if self._data is None:
+                ds, split = self._load()
+                self._data = ds, split, {str(u): i for i, u in enumerate(ds.user_ids)}
+            return self._data
+
+    def __call__(self, user: ExternalId, hold_out: bool = False) -> UserHistory:
+        """The history of external user ``user``; raises ``KeyError`` for a user the dataset does not have."""
+        ds, split, lookup = self._get()
+        u = lookup.get(str(user))
+        if u is None:
+            raise KeyError(f"user {user!r} is not a user of dataset {ds.name}")
+        items = [int(i) for i in ds.sequence(u)]
+        start = int(ds.offsets[u])
+        times = [int(t) for t in ds.timestamps[start : start + len(items)]]
+        cut = len(items)
+        if hold_out:  # stop before the user's first test item (none: the user has no test sample)
+            positions = split.test.positions[split.test.users == u]
+            if len(positions):
+                cut = int(positions.min())
+        held = items[cut] if cut < len(items) else None
+        now = times[cut] if cut < len(items) else times[-1]
+        external = ds.user_ids[u]
+        external = external.item() if hasattr(external, "item") else external  # a numpy scalar as int / str
+        return UserHistory(external, items[:cut], times[:cut], now, held)
 
 
 @dataclass
@@ -161,9 +230,14 @@ class Recommends(Protocol):
         steps: int | None = None,
         exclude_seen: bool = False,
         per_step: bool = True,
+        times: Sequence[Sequence[int]] | None = None,
     ) -> TopK: ...
 
     def search(self, query: str, limit: int = 20) -> list[int]: ...
+
+    def user_history(self, user: ExternalId, hold_out: bool = False) -> UserHistory: ...
+
+    def item_vectors(self) -> torch.Tensor: ...
 
 
 class Recommender:
@@ -186,6 +260,22 @@ class Recommender:
         self.max_len = int(model.backbone.max_len)
         self.ann = ann  # approximate top-K instead of exact scoring, when set
         self._lock = threading.Lock()
+        self._users = UserHistories(self._load_data)
+
+    def _load_data(self) -> tuple[SequenceDataset, Split]:
+        from thinkrec.runs import load_data
+
+        return load_data(self.config)
+
+    def user_history(self, user: ExternalId, hold_out: bool = False) -> UserHistory:
+        """A user of the run's dataset (see :class:`UserHistory`); reads the dataset on first use."""
+        return self._users(user, hold_out)
+
+    def item_vectors(self) -> torch.Tensor:
+        """The items' output vectors ``[n_items, d]`` (row ``i`` = internal id ``i + 1``), what user vectors
+        are scored against."""
+        with self._lock, torch.inference_mode():
+            return self.model.item_vectors().detach().clone()
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", ann: bool = False) -> Recommender:
@@ -195,7 +285,8 @@ class Recommender:
 
         cfg, model = load_run(run_dir, checkpoint)
         index = AnnIndex.for_model(model) if ann else None
-        return cls(model, Vocabulary.from_parquet(Path(run_dir) / "items.parquet"), cfg, ann=index)
+        vocabulary = Vocabulary.from_parquet(Path(run_dir) / "items.parquet", title_column(cfg))
+        return cls(model, vocabulary, cfg, ann=index)
 
     @property
     def n_items(self) -> int:
@@ -215,11 +306,8 @@ class Recommender:
 
     @property
     def inference(self) -> tuple[str, int | None]:
-        """How per-step states become one user vector: ``('last'|'mean'|'step', step)`` from the run's eval."""
-        mode = self.config.eval.inference
-        if self.model.reasoner is None or mode == "auto":  # 'auto' is resolved by RunConfig; be safe
-            return ("last", None) if self.model.reasoner is None else (self.config.reasoning.default_inference, None)
-        return mode, self.config.eval.inference_step
+        """How per-step states become one user vector (see :func:`resolve_inference`)."""
+        return resolve_inference(self.config, self.model.reasoner is not None)
 
     def describe(self) -> dict[str, Any]:
         """Model facts for clients and logs."""
@@ -257,12 +345,14 @@ class Recommender:
         steps: int | None = None,
         exclude_seen: bool = False,
         per_step: bool = True,
+        times: Sequence[Sequence[int]] | None = None,
     ) -> TopK:
         """Top-``k`` internal ids and scores for each history (internal ids, oldest first).
 
         ``steps``: reasoning steps (default: the model's K; ignored by plain backbones, which only accept 0 or
         ``None``). ``exclude_seen``: never recommend an item of the (whole) history. ``per_step``: also the top-K
-        of each reasoning state (reasoning models only; costs one catalogue scoring per state). Raises ``ValueError`` on
+        of each reasoning state (reasoning models only; costs one catalogue scoring per state). ``times``: the
+        histories' timestamps, for models that use them (sequence models do not). Raises ``ValueError`` on
         an empty history, an id outside the catalogue, or ``k``/``steps`` out of range.
         """
         use = self._check(histories, k, steps)
@@ -353,3 +443,15 @@ class Recommender:
     def search(self, query: str, limit: int = 20) -> list[int]:
         """Internal ids whose titles match ``query`` (see :meth:`Vocabulary.search`)."""
         return self.vocabulary.search(query, limit)
+
+
+def title_column(cfg: Any) -> str | None:
+    """The item text column shown as a title for a run's config (engine or R²ec): ``data.source.title_col``,
+    else the first of ``data.source.text_cols``, else ``'title'`` (the column of the built-in formats)."""
+    source = cfg.data.source
+    chosen = getattr(source, "title_col", None)
+    if chosen:
+        return str(chosen)
+    if source.format == "table":
+        return source.text_cols[0] if source.text_cols else None
+    return "title"

@@ -1,8 +1,9 @@
-// thinkrec web page: search titles, build a history, show recommendations (and per-step lists).
+// thinkrec web page: search titles, build a history (or load a user's), show recommendations (and per-step lists).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { history: [], model: null, searchTimer: null, requestId: 0 };
+// user: a user of the dataset whose real history is shown (null: the history built by hand)
+const state = { history: [], user: null, heldOut: null, model: null, searchTimer: null, requestId: 0 };
 
 function text(tag, value, cls) {
   const el = document.createElement(tag);
@@ -50,9 +51,15 @@ async function search() {
 }
 
 function addItem(it) {
+  forgetUser();  // editing a user's history makes it a hand-built one
   state.history.push({ item: it.item, title: it.title });
   renderHistory();
   recommend();
+}
+
+function forgetUser() {
+  state.user = null;
+  state.heldOut = null;
 }
 
 function renderHistory() {
@@ -60,10 +67,16 @@ function renderHistory() {
   ol.replaceChildren(...state.history.map((it, index) => {
     const li = text("li", it.title || String(it.item));
     li.title = "remove";
-    li.addEventListener("click", () => { state.history.splice(index, 1); renderHistory(); recommend(); });
+    li.addEventListener("click", () => { forgetUser(); state.history.splice(index, 1); renderHistory(); recommend(); });
     return li;
   }));
-  $("history-empty").hidden = state.history.length > 0;
+  $("history-empty").hidden = state.history.length > 0 || state.user !== null;
+  const held = $("held-out");
+  held.hidden = !state.heldOut;
+  held.replaceChildren();
+  if (state.heldOut) {
+    held.append("then, held out: ", text("span", state.heldOut.title || String(state.heldOut.item), "held-out"));
+  }
 }
 
 function showError(message) {
@@ -73,14 +86,15 @@ function showError(message) {
 
 async function recommend() {
   const tbody = $("recs").querySelector("tbody");
-  if (!state.history.length) {
+  if (!state.history.length && state.user === null) {
     tbody.replaceChildren(); $("steps-view").hidden = true; $("reasoning-view").hidden = true; return;
   }
   const request = {
-    history: state.history.map((it) => it.item),
     k: Math.max(1, Math.min(1000, parseInt($("k").value, 10) || 10)),
     exclude_seen: $("exclude-seen").checked,
   };
+  if (state.user !== null) request.user = state.user;
+  else request.history = state.history.map((it) => it.item);
   if (state.model && state.model.max_reasoning_steps > 0) {
     request.reasoning_steps = Math.max(0, parseInt($("steps").value, 10) || 0);
   }
@@ -91,9 +105,16 @@ async function recommend() {
     });
     if (id !== state.requestId) return;  // a newer request is on its way
     showError("");
+    if (body.history) {
+      state.history = body.history;
+      state.heldOut = body.held_out;
+      renderHistory();
+    }
+    $("held-out-note").hidden = !body.held_out;
     tbody.replaceChildren(...body.items.map((it, rank) => {
       const tr = document.createElement("tr");
       tr.append(text("td", rank + 1), text("td", it.item), text("td", it.title), text("td", it.score.toFixed(3), "score"));
+      if (it.held_out) tr.classList.add("held-out");
       tr.title = "add to history";
       tr.addEventListener("click", () => addItem(it));
       return tr;
@@ -116,6 +137,7 @@ function renderSteps(steps) {
     const ol = document.createElement("ol");
     list.forEach((it, rank) => {
       const li = text("li", it.title || String(it.item));
+      if (it.held_out) li.classList.add("held-out");
       if (before) {
         const was = before.indexOf(String(it.item));
         if (was < 0) li.classList.add("new");
@@ -136,5 +158,15 @@ $("search").addEventListener("input", () => {
 $("k").addEventListener("change", recommend);
 $("steps").addEventListener("change", recommend);
 $("exclude-seen").addEventListener("change", recommend);
-$("clear").addEventListener("click", () => { state.history = []; renderHistory(); recommend(); });
+$("clear").addEventListener("click", () => { forgetUser(); state.history = []; renderHistory(); recommend(); });
+$("user-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const user = $("user").value.trim();
+  if (!user) return;
+  state.user = user;
+  state.history = [];
+  state.heldOut = null;
+  renderHistory();
+  recommend();
+});
 loadModel().catch((err) => showError(`cannot reach the server: ${err.message}`));
