@@ -107,12 +107,19 @@ class RunConfig(BaseModel):
                 f" ({self.reasoning.warmup_epochs}): a reasoning run's checkpoint is chosen after its warm-up"
             )
         if self.eval.inference == "auto":
-            self.eval = self.eval.model_copy(update={"inference": self.reasoning.default_inference})
+            self.eval = self.eval.model_copy(update={"inference": self.inference()[0]})
         if self.eval.inference == "step":
             top = self.reasoning.table_size if self.reasoning.enabled else 0
             if self.eval.inference_step is None or self.eval.inference_step > top:
                 raise ValueError(f"eval.inference='step' needs eval.inference_step in 0..{top}")
         return self
+
+    def inference(self) -> tuple[str, int | None]:
+        """How a reasoning model's per-step states become one user vector, ``('last'|'mean'|'step', step)``:
+        ``eval.inference``, where ``'auto'`` means the objective's own (ERL: mean, PRL: last). The one place
+        'auto' is resolved (a bare EvalConfig outside a run treats it as 'last')."""
+        mode = self.reasoning.default_inference if self.eval.inference == "auto" else self.eval.inference
+        return mode, self.eval.inference_step if mode == "step" else None
 
     @property
     def objective(self) -> str:

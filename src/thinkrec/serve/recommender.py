@@ -106,12 +106,7 @@ def resolve_inference(cfg: RunConfig, reasons: bool) -> tuple[str, int | None]:
     """How per-step states become one user vector, ``('last'|'mean'|'step', step)``: the run's
     ``eval.inference`` with ``'auto'`` resolved from the reasoning objective; ``('last', None)`` for a model
     without a reasoner. The serving path (CLI, batch, HTTP, Python API) asks only this function."""
-    if not reasons:
-        return "last", None
-    mode = cfg.eval.inference
-    if mode == "auto":  # a RunConfig resolves it on validation; a copy made without validation may not have
-        return cfg.reasoning.default_inference, None
-    return mode, cfg.eval.inference_step if mode == "step" else None
+    return cfg.inference() if reasons else ("last", None)
 
 
 @dataclass
