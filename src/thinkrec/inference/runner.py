@@ -131,10 +131,10 @@ class FoldedRunner(PlainRunner):
 
 
 def runner_for(model: SeqRecModel, device: torch.device | str | None = None) -> Runner:
-    """The runner for a trained model on ``device`` (default: where its parameters are): the folded runner on
-    the CPU where it :meth:`~FoldedRunner.supports` the model (its kernels are chosen for CPUs), the plain one
-    elsewhere."""
-    where = model_device(model) if device is None else torch.device(device)
+    """The runner for a trained model on ``device`` (``None`` or ``"auto"``: where its parameters are): the
+    folded runner on the CPU where it :meth:`~FoldedRunner.supports` the model (its kernels are chosen for
+    CPUs), the plain one elsewhere. The runner does not move the model: ``device`` names where it is."""
+    where = model_device(model) if device is None or device == "auto" else torch.device(device)
     if where.type == "cpu" and FoldedRunner.supports(model):
         return FoldedRunner.from_model(model)
     return PlainRunner(model)
