@@ -11,6 +11,7 @@ from thinkrec.config.loader import load_config
 from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import TrainBatch, position_ids
 from thinkrec.errors import ConfigError, ThinkrecError
+from thinkrec.inference.runner import FoldedRunner, runner_for
 from thinkrec.models.base import CachedBackbone, Scorer
 from thinkrec.models.bert4rec import BERT4Rec, BERT4RecConfig
 from thinkrec.models.model import SeqRecModel
@@ -75,15 +76,18 @@ def test_zero_steps_is_the_backbone_last_column() -> None:
         assert not torch.allclose(model.encode(INPUTS, POS, steps=1)[:, 1], last, atol=1e-3)
 
 
+@pytest.mark.parametrize("folded", [False, True])
 @pytest.mark.parametrize("steps", [1, 2, 3])
-def test_cached_reasoning_equals_recomputing_with_prefix_masking(steps: int) -> None:
+def test_cached_reasoning_equals_recomputing_with_prefix_masking(steps: int, folded: bool) -> None:
     """Recompute [items, z_1..z_k] from scratch: items attend to all items only (bidirectionally), reasoning
-    token j to all real items and tokens <= j. Its last column must equal the cached r_k."""
+    token j to all real items and tokens <= j. Its last column must equal the cached r_k (the plain path,
+    and the CPU inference runner's folded cache)."""
     model = tiny(steps=3)
     bert = model.backbone
     assert isinstance(bert, BERT4Rec) and isinstance(model.reasoner, LatentReasoner)
+    encode = FoldedRunner.from_model(model).encode if folded else model.encode
     with torch.no_grad():
-        states = model.encode(INPUTS, POS, steps=steps)
+        states = encode(INPUTS, POS, steps)
         items = bert.embed(INPUTS, POS)
         pad = INPUTS == 0
         r = states[:, 0]
@@ -189,12 +193,15 @@ def test_position_option_is_honoured_like_sasrec() -> None:
 def test_reasoning_in_passes_equals_one_pass(objective: str) -> None:
     """The evaluator's path (item passes of a few rows, each trimmed; reasoning once over the laid-out folded
     cache) gives the states of one pass, also when a cloze model appends its [MASK] column (one more column
-    than the histories: ``folded_width``)."""
+    than the histories: ``FoldedEncoder.width``)."""
     model = tiny(objective, steps=2)
     inputs = torch.tensor([[0, 0, 0, 0, 7, 8], [0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])[:, 1:]  # width 5 < max_len
+    runner = runner_for(model)
+    assert isinstance(runner, FoldedRunner)
     with torch.no_grad():
         whole = model.encode(inputs, position_ids(5, 6), 2)
+        torch.testing.assert_close(runner.encode(inputs, position_ids(5, 6), 2), whole, atol=1e-5, rtol=1e-5)
         for rows in (1, 2):
-            passes = model.encode_passes(inputs, rows, 2)
+            passes = runner.encode_passes(inputs, rows, 2)
             torch.testing.assert_close(passes, whole, atol=1e-5, rtol=1e-5)
-    assert model.backbone.folded_width(5) == (6 if objective == "cloze" else 5)  # type: ignore[operator]
+    assert runner.encoder.width(5) == (6 if objective == "cloze" else 5)

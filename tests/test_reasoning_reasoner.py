@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from thinkrec.errors import ThinkrecError
+from thinkrec.inference.runner import FoldedRunner, PlainRunner, runner_for
 from thinkrec.models.base import CachedBackbone, ChainBackbone, Encoded
 from thinkrec.models.model import SeqRecModel
 from thinkrec.models.registry import build_model
@@ -69,10 +70,12 @@ def _recompute(model: SeqRecModel, inputs: torch.Tensor, positions: torch.Tensor
 def test_cached_reasoning_equals_recomputing_the_extended_sequence(steps: int, normalise: bool, norm: str) -> None:
     model = _model(steps=3, normalise=normalise, norm=norm)
     with torch.no_grad():
-        cached = model.encode(INPUTS, POSITIONS, steps)
+        cached = model.encode(INPUTS, POSITIONS, steps)  # the plain path: forward, then extend (chains)
+        folded = FoldedRunner.from_model(model).encode(INPUTS, POSITIONS, steps)  # the CPU inference runner
         full = _recompute(model, INPUTS, POSITIONS, steps)
-    assert cached.shape == (len(INPUTS), steps + 1, HIDDEN)
+    assert cached.shape == folded.shape == (len(INPUTS), steps + 1, HIDDEN)
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(folded, full, atol=1e-5, rtol=0)
     # the steps really differ from each other (the test is not comparing constants)
     assert (cached[:, 1:] - cached[:, :-1]).abs().amax() > 0.1
 
@@ -95,8 +98,14 @@ def test_zero_steps_is_exactly_the_backbone_and_fewer_steps_are_a_prefix() -> No
         assert torch.equal(model.reasoner(model.cached_backbone, model.backbone(INPUTS, POSITIONS), 0), plain)
         three = model.encode(INPUTS, POSITIONS, 3)
         torch.testing.assert_close(model.encode(INPUTS, POSITIONS, 1), three[:, :2], atol=1e-6, rtol=0)
+        runner = FoldedRunner.from_model(model)
+        assert torch.equal(runner.encode(INPUTS, POSITIONS, 0), model.encode(INPUTS, POSITIONS, 0))
+        three = runner.encode(INPUTS, POSITIONS, 3)
+        torch.testing.assert_close(runner.encode(INPUTS, POSITIONS, 1), three[:, :2], atol=1e-6, rtol=0)
     with pytest.raises(ThinkrecError, match=r"reasoning position embeddings for 0\.\.3"):
         model.encode(INPUTS, POSITIONS, 4)
+    with pytest.raises(ThinkrecError, match=r"reasoning position embeddings for 0\.\.3"):
+        runner.encode(INPUTS, POSITIONS, 4)
 
 
 def test_the_reasoning_position_embeddings_are_the_only_new_parameters() -> None:
@@ -186,8 +195,10 @@ def test_the_generic_kv_cache_path_equals_the_chain_fast_path() -> None:
 def test_inference_with_only_the_last_column_computed_equals_the_full_pass() -> None:
     model = _model().eval()
     with torch.no_grad():
-        fast = model.encode(INPUTS, POSITIONS, 3)  # eval mode: the final block computes the last column only
+        last = model.encode(INPUTS, POSITIONS, 3)  # eval mode: the final block computes the last column only
+        fast = FoldedRunner.from_model(model).encode(INPUTS, POSITIONS, 3)  # ... and forms no keys/values
         full = model.reasoner(model.cached_backbone, model.backbone(INPUTS, POSITIONS, use_cache=True), 3)
+    torch.testing.assert_close(last, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
 
 
@@ -199,6 +210,10 @@ def test_encoding_in_passes_equals_one_pass(steps: int, rows: int) -> None:
     model = _model(steps=3)
     inputs = INPUTS[[2, 0, 3, 1]]  # shortest first, as the evaluator orders them: the groups have different widths
     whole = model.encode(inputs, POSITIONS, steps)
-    passes = model.encode_passes(inputs, rows, steps)
-    assert passes.shape == whole.shape == (4, steps + 1, HIDDEN)
+    runner = runner_for(model)
+    assert isinstance(runner, FoldedRunner)  # a CPU model with a SASRec backbone and a LatentReasoner
+    passes = runner.encode_passes(inputs, rows, steps)
+    plain = PlainRunner(model).encode_passes(inputs, rows, steps)  # any backbone: reasoning per pass
+    assert passes.shape == plain.shape == whole.shape == (4, steps + 1, HIDDEN)
     assert torch.allclose(passes, whole, atol=1e-5)
+    assert torch.allclose(plain, whole, atol=1e-5)

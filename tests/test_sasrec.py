@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from thinkrec.data.batches import position_ids
+from thinkrec.inference.folded import FoldedBlock, FoldedEncoder
 from thinkrec.models.sasrec import SASRec, SASRecConfig
 
 
@@ -49,11 +50,11 @@ def test_last_only_equals_the_last_column_of_the_full_pass(positions: str) -> No
     last = model(seq, position_ids(6, 6), last_only=True).hidden
     assert last.shape == (2, 1, 8)
     torch.testing.assert_close(full, last, rtol=1e-5, atol=1e-6)
-    folded = model.encode_folded(seq, position_ids(6, 6))
+    # the inference runner's folded pass: the same state, every layer's attention inputs instead of keys/values
+    # (a FoldedPass, which the backbone's extend does not take)
+    folded = FoldedEncoder(model).encode(seq, position_ids(6, 6))
     torch.testing.assert_close(folded.hidden, last, rtol=1e-5, atol=1e-6)
-    assert folded.folded and folded.cache is not None and [h.shape for h, _ in folded.cache] == [(2, 6, 8)] * 2
-    with pytest.raises(ValueError, match="folded cache"):
-        model.extend(torch.randn(2, 1, 8), folded)  # it holds attention inputs, no keys/values to extend
+    assert [h.shape for h in folded.inputs] == [(2, 6, 8)] * 2 and folded.width == 6
 
 
 @pytest.mark.parametrize("post_norm", [False, True])
@@ -94,7 +95,7 @@ def test_last_column_with_folded_key_value_projections_equals_projecting_every_c
     bias = torch.zeros(3, 1, 7).masked_fill(
         torch.cat([pad, torch.zeros(3, 2, dtype=torch.bool)], 1)[:, None], float("-inf")
     )
-    slot_out = block.extend_slot(token, room, 6, bias)
+    slot_out = FoldedBlock(block).extend_slot(token, room, 6, bias)
     torch.testing.assert_close(slot_out, chain_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(room[:, 6:], block._attn_input(token))  # the token's own input is kept for later ones
 
@@ -144,24 +145,25 @@ def test_folded_reasoning_weights_follow_parameter_changes_and_dropout_keeps_the
 
     torch.manual_seed(0)
     block = Block(8, 2, 16, 0.0, 0.5).eval()
+    folded = FoldedBlock(block)
     inputs, token = torch.randn(3, 6, 8), torch.randn(3, 1, 8)
     bias = torch.zeros(3, 1, 6)
     with torch.no_grad():
-        before = block.extend_slot(token, inputs.clone(), 5, bias)
+        before = folded.extend_slot(token, inputs.clone(), 5, bias)
         block.qkv.weight.mul_(2.0)
         block.out.bias.add_(1.0)
-        after = block.extend_slot(token, inputs.clone(), 5, bias)
-    fresh = block.extend_slot(token, inputs.clone(), 5, bias)  # autograd on: formed anew
+        after = folded.extend_slot(token, inputs.clone(), 5, bias)
+    fresh = folded.extend_slot(token, inputs.clone(), 5, bias)  # autograd on: formed anew
     torch.testing.assert_close(after, fresh.detach())
     with torch.no_grad():  # formed under bf16 autocast first, the kept weights still serve float32
         block.qkv.bias.add_(0.5)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = block.extend_slot(token, inputs.clone(), 5, bias)
-        full = block.extend_slot(token, inputs.clone(), 5, bias)
+            low = folded.extend_slot(token, inputs.clone(), 5, bias)
+        full = folded.extend_slot(token, inputs.clone(), 5, bias)
     assert full.dtype == torch.float32
     torch.testing.assert_close(low.float(), full, rtol=0.05, atol=0.05)
     assert (after - before).abs().amax() > 0.1
     block.train()
     torch.manual_seed(1)
-    dropped = block.extend_slot(token, inputs.clone(), 5, bias)
+    dropped = folded.extend_slot(token, inputs.clone(), 5, bias)
     assert torch.isfinite(dropped).all() and (dropped - full).abs().amax() > 1e-3

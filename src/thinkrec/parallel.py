@@ -11,11 +11,12 @@ are made once per process (and number of workers) and kept: a new thread's first
 that thread's state, a cost worth avoiding on every evaluation. A thread takes torch's thread count when
 it first runs an operation, inside a runner, so the kept workers stay on one thread each.
 
-The evaluator (:func:`~thinkrec.eval.evaluator.evaluate`) hands out whole chunks of samples when there are
-at least two per worker, else pieces of a chunk cut at its encoder-pass boundaries that keep the chunk's
-width. Either way every pass, and every reasoning cache's width, is the one a serial run uses, and every
-operation treats rows independently, so results do not depend on the number of workers
-(``tests/test_parallel.py``). Each worker runs with the caller's gradient and autocast mode (both are
+The evaluator (:func:`~thinkrec.eval.evaluator.evaluate`) uses workers on the CPU only (a GPU spreads
+each operation over all rows itself). It hands out (:meth:`Rows.waves`) whole chunks of samples when there
+are at least two per worker, else pieces of a chunk cut at its encoder-pass boundaries that keep the
+chunk's width. Either way every pass, and every reasoning cache's width, is the one a serial run uses, and
+every operation treats rows independently, so results do not depend on the number of workers
+(``tests/test_parallel.py``). Each worker runs with the caller's gradient and (CPU) autocast mode (both are
 thread-local in torch).
 """
 
@@ -23,9 +24,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from itertools import islice
 from typing import TypeVar
 
 import torch
@@ -58,6 +60,13 @@ class Rows:
                 return fn(piece)
 
         return list(self._pool.map(call, pieces))
+
+    def waves(self, fn: Callable[[T], object], pieces: Iterable[T], size: int) -> None:
+        """``fn`` over every piece, in waves of ``size`` pieces (one :meth:`map` each): the pieces are drawn
+        from ``pieces`` one wave at a time, so a lazy stream keeps only a wave's pieces alive."""
+        stream = iter(pieces)
+        for wave in iter(lambda: list(islice(stream, size)), []):
+            self.map(fn, wave)
 
 
 SERIAL = Rows(1)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from thinkrec.data.split import EvalSamples, Split
 from thinkrec.errors import ThinkrecError
 from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
 from thinkrec.eval.protocol import EvalConfig
+from thinkrec.inference.runner import Runner, model_device, runner_for
 from thinkrec.models.model import SeqRecModel
 from thinkrec.parallel import resolve_workers, row_workers
 from thinkrec.precision import warn_slow_bf16
@@ -31,6 +32,16 @@ class EvalResult:
     step_ranks: np.ndarray  # int64 [K+1, n]; row k scores with step k alone
     mean_ranks: np.ndarray | None  # int64 [n] when K > 0: scoring with the mean of steps
     mode: str = "last"  # the inference mode of ``ranks``: 'last', 'mean' or 'step <k>'
+
+    @classmethod
+    def empty(cls, n: int, k_plus_1: int, mode: str, step: int | None) -> EvalResult:
+        """Zero ranks of ``n`` samples and ``K + 1`` steps, for the inference mode ``mode`` (and ``step``)."""
+        return cls(
+            ranks=np.zeros(n, dtype=np.int64),
+            step_ranks=np.zeros((k_plus_1, n), dtype=np.int64),
+            mean_ranks=np.zeros(n, dtype=np.int64) if k_plus_1 > 1 else None,
+            mode=mode if mode != "step" else f"step {step}",
+        )
 
     def metrics(self, ks: list[int]) -> dict[str, float]:
         return metrics_from_ranks(self.ranks, ks)
@@ -77,9 +88,10 @@ def _ranks(
 
     Scores are computed in cache-sized row blocks; each block's target score is read from the same
     block, so ties are judged on identical numbers. The scorer's temperature is left out: dividing by a
-    positive number does not change an order, and it would cost a pass over every block.
+    positive number does not change an order, and it would cost a pass over every block. The ranks are
+    counted on the users' device and come back as a numpy array.
     """
-    ranks = torch.empty(len(users), dtype=torch.long)
+    ranks = torch.empty(len(users), dtype=torch.long, device=users.device)
     block = rows_per_block(items.shape[0])
     users, items = model.scorer.prepare(users, items)  # e.g. cosine: normalised once, not per block
     for start in range(0, len(users), block):
@@ -88,22 +100,26 @@ def _ranks(
         if history is not None:
             # History ids are 1-based item ids; padding (0) is skipped.
             hist = history[rows]
-            index = torch.arange(len(hist))[:, None].expand_as(hist)
+            index = torch.arange(len(hist), device=hist.device)[:, None].expand_as(hist)
             real = hist > 0
             scores[index[real], hist[real] - 1] = float("-inf")
         ranks[rows] = target_ranks(scores, targets[rows], overwrite=True)
-    result: np.ndarray = ranks.numpy()
+    result: np.ndarray = ranks.cpu().numpy()
     return result
 
 
-def encode_in_blocks(model: SeqRecModel, inputs: torch.Tensor, steps: int | None, cfg: EvalConfig) -> torch.Tensor:
-    """User states ``[B, K+1, d]`` of left-padded histories ``inputs [B, W]``, encoded in passes of at most
+def encode_in_blocks(
+    model: SeqRecModel, inputs: torch.Tensor, steps: int | None, cfg: EvalConfig, runner: Runner | None = None
+) -> torch.Tensor:
+    """User states ``[B, K+1, d]`` of left-padded histories ``inputs [B, W]`` (on the model's device), encoded
+    by ``runner`` (default: :func:`~thinkrec.inference.runner.runner_for` the model) in passes of at most
     ``cfg.encode_tokens`` positions: one pass over thousands of histories streams every activation through
     main memory (ML-100K's 943 x 50 test histories: several times slower than in passes), while passes of a
     few dozen rows pay every operation's fixed cost many times."""
+    runner = runner_for(model) if runner is None else runner
     # one autocast region for all passes: the weights are cast to bf16 once, not once per pass
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
-        return model.encode_passes(inputs, pass_rows(inputs, cfg), steps).float()
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+        return runner.encode_passes(inputs, pass_rows(inputs, cfg), steps).float()
 
 
 def pass_rows(inputs: torch.Tensor | np.ndarray, cfg: EvalConfig) -> int:
@@ -128,6 +144,103 @@ def chunk_size(cfg: EvalConfig, n_items: int) -> int:
     return max(1, min(cfg.batch_size, budget))
 
 
+# a piece of a chunk: sample indices, the samples, their histories trimmed to the chunk's width, and untrimmed
+Piece = tuple[np.ndarray, EvalSamples, np.ndarray, np.ndarray]
+
+
+def pieces(
+    chunks: Iterable[tuple[np.ndarray, EvalSamples, np.ndarray]],
+    cfg: EvalConfig,
+    parts: int,
+    done: Callable[[], object],
+) -> Iterator[Piece]:
+    """The chunks, each cut at pass boundaries into up to ``parts`` pieces of whole encoder passes: the pieces
+    keep the chunk's width, so every pass (and a reasoning cache's width) is the chunk's own. ``done`` is
+    called after each chunk."""
+    for sl, part, history in chunks:
+        (inputs,) = trim(history)
+        rows = pass_rows(inputs, cfg)
+        passes = -(-len(sl) // rows)
+        per = -(-passes // parts) * rows  # whole passes per piece
+        for a in range(0, len(sl), per):
+            cut = slice(a, a + per)
+            yield sl[cut], part.subset(np.arange(len(sl))[cut]), inputs[cut], history[cut]
+        done()
+
+
+def pieces_per_chunk(chunks: int, workers: int) -> int:
+    """Whole chunks with one worker, or when there are enough for every worker to take two; else two pieces
+    per worker of each chunk (ML-100K's 943 test users are one chunk of four passes)."""
+    return 1 if workers == 1 or chunks >= 2 * workers else 2 * workers
+
+
+def inference_mode(cfg: EvalConfig, k_plus_1: int) -> tuple[str, int | None]:
+    """The configured user vector (``'last'``, ``'mean'`` or ``'step'`` and its step) for ``K + 1`` states."""
+    # 'auto' is resolved from reasoning.kind by RunConfig; a bare EvalConfig treats it as 'last'.
+    mode, step = (cfg.inference, cfg.inference_step) if k_plus_1 > 1 else ("last", None)
+    mode = "last" if mode == "auto" else mode
+    if mode == "step" and (step is None or not 0 <= step < k_plus_1):
+        raise ThinkrecError(f"eval.inference_step {step} is outside the steps evaluated (0..{k_plus_1 - 1})")
+    return mode, step
+
+
+class _Bar(Protocol):
+    def update(self, n: float | None = 1) -> object: ...
+    def close(self) -> None: ...
+
+
+class _NoBar:
+    def update(self, n: float | None = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def chunk_bar(show: bool, total: int) -> _Bar:
+    """A progress bar over the evaluation's chunks (tqdm), or one that shows nothing."""
+    if not show:
+        return _NoBar()
+    from tqdm import tqdm
+
+    bar: _Bar = tqdm(desc="evaluate", unit="chunk", leave=False, total=total)
+    return bar
+
+
+@dataclass
+class PieceRanker:
+    """Ranks the samples of one piece and writes them into ``result`` (pieces write disjoint samples, so
+    worker threads can share it): every step's and the mean's with ``per_step``, else the configured mode's."""
+
+    runner: Runner
+    items: torch.Tensor  # [n_items, d] on the model's device
+    cfg: EvalConfig
+    steps: int | None
+    per_step: bool
+    mode: str
+    step: int | None
+    result: EvalResult
+
+    def __call__(self, piece: Piece) -> None:
+        sl, part, inputs, history = piece
+        model, device, out = self.runner.model, self.items.device, self.result
+        states = encode_in_blocks(model, torch.from_numpy(inputs).to(device), self.steps, self.cfg, self.runner)
+        targets = torch.from_numpy(part.targets - 1).to(device)
+        hist = torch.from_numpy(history).to(device) if self.cfg.mask_history else None
+        if not self.per_step:
+            out.ranks[sl] = _ranks(model, model.user_vector(states, self.mode, self.step), self.items, targets, hist)
+            return
+        for k in range(states.shape[1]):
+            out.step_ranks[k, sl] = _ranks(model, states[:, k], self.items, targets, hist)
+        if out.mean_ranks is not None:
+            out.mean_ranks[sl] = _ranks(model, states.mean(dim=1), self.items, targets, hist)
+        if self.mode == "mean":
+            assert out.mean_ranks is not None
+            out.ranks[sl] = out.mean_ranks[sl]
+        else:
+            out.ranks[sl] = out.step_ranks[-1 if self.mode == "last" else self.step or 0, sl]
+
+
 @torch.no_grad()
 def evaluate(
     model: SeqRecModel,
@@ -138,87 +251,27 @@ def evaluate(
     progress: bool = False,
     per_step: bool = True,
 ) -> EvalResult:
-    """Rank every sample's target among all items, in chunks of at most ``cfg.memory_budget_mb``.
+    """Rank every sample's target among all items, in chunks of at most ``cfg.memory_budget_mb``, on the
+    model's device (row workers on the CPU only).
 
     With ``per_step`` (default) every reasoning step is also scored on its own (for step curves and the
     oracle analysis); without it only the configured inference mode is scored (what serving costs).
     """
     model.eval()
-    if cfg.autocast == "bf16":
+    device = model_device(model)
+    if cfg.autocast == "bf16" and device.type == "cpu":
         warn_slow_bf16("eval.autocast")
-    max_len = model.backbone.max_len
-    n = len(samples)
-    size = chunk_size(cfg, model.n_items)
     k_plus_1 = (steps if steps is not None else model.reasoning_steps) + 1
-    # 'auto' is resolved from reasoning.kind by RunConfig; a bare EvalConfig treats it as 'last'.
-    mode, step = (cfg.inference, cfg.inference_step) if k_plus_1 > 1 else ("last", None)
-    mode = "last" if mode == "auto" else mode
-    if mode == "step" and (step is None or not 0 <= step < k_plus_1):
-        raise ThinkrecError(f"eval.inference_step {step} is outside the steps evaluated (0..{k_plus_1 - 1})")
-    step_ranks = np.zeros((k_plus_1, n), dtype=np.int64)
-    mean_ranks = np.zeros(n, dtype=np.int64) if k_plus_1 > 1 else None
-    ranks = np.zeros(n, dtype=np.int64)
-    chunks: Iterator[tuple[np.ndarray, EvalSamples, np.ndarray]] = history_chunks(split, samples, max_len, size)
-    n_chunks = -(-n // size)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="evaluate", unit="chunk", leave=False, total=n_chunks)
-    items = model.item_vectors()
-
-    # a piece: sample indices, the samples, their histories trimmed to the chunk's width, and untrimmed
-    Piece = tuple[np.ndarray, EvalSamples, np.ndarray, np.ndarray]
-
-    def run(piece: Piece) -> None:
-        sl, part, inputs, history = piece
-        states = encode_in_blocks(model, torch.from_numpy(inputs), steps, cfg)
-        targets = torch.from_numpy(part.targets - 1)
-        hist = torch.from_numpy(history) if cfg.mask_history else None
-
-        def rank_of(user: torch.Tensor) -> np.ndarray:
-            return _ranks(model, user, items, targets, hist)
-
-        if per_step:
-            for k in range(k_plus_1):
-                step_ranks[k, sl] = rank_of(states[:, k])
-            if mean_ranks is not None:
-                mean_ranks[sl] = rank_of(states.mean(dim=1))
-            if mode == "last":
-                ranks[sl] = step_ranks[-1, sl]
-            elif mode == "mean":
-                assert mean_ranks is not None
-                ranks[sl] = mean_ranks[sl]
-            else:
-                ranks[sl] = step_ranks[step or 0, sl]
-        else:
-            ranks[sl] = rank_of(model.user_vector(states, mode, step))
-
-    def pieces(parts: int) -> Iterator[Piece]:
-        """The chunks, each cut at pass boundaries into up to ``parts`` pieces of whole encoder passes: the
-        pieces keep the chunk's width, so every pass (and a reasoning cache's width) is the chunk's own."""
-        for sl, part, history in chunks:
-            (inputs,) = trim(history)
-            rows = pass_rows(inputs, cfg)
-            passes = -(-len(sl) // rows)
-            per = -(-passes // parts) * rows  # whole passes per piece
-            for a in range(0, len(sl), per):
-                cut = slice(a, a + per)
-                yield sl[cut], part.subset(np.arange(len(sl))[cut]), inputs[cut], history[cut]
-            if bar is not None:
-                bar.update(1)
-
-    with row_workers(resolve_workers(cfg.workers)) as runner:
-        if runner.workers == 1:
-            for piece in pieces(1):
-                run(piece)
-        else:
-            # whole chunks when there are enough for every worker to take two; else each chunk is cut into
-            # two pieces per worker (ML-100K's 943 test users are one chunk of four passes)
-            parts = 1 if n_chunks >= 2 * runner.workers else 2 * runner.workers
-            stream = pieces(parts)
-            for wave in iter(lambda: list(islice(stream, runner.workers if parts == 1 else parts)), []):
-                runner.map(run, wave)
-    if bar is not None:
-        bar.close()
-    return EvalResult(ranks, step_ranks, mean_ranks, mode if mode != "step" else f"step {step}")
+    mode, step = inference_mode(cfg, k_plus_1)
+    result = EvalResult.empty(len(samples), k_plus_1, mode, step)
+    ranker = PieceRanker(runner_for(model, device), model.item_vectors(), cfg, steps, per_step, mode, step, result)
+    size = chunk_size(cfg, model.n_items)
+    n_chunks = -(-len(samples) // size)
+    bar = chunk_bar(progress, n_chunks)
+    workers = resolve_workers(cfg.workers) if device.type == "cpu" else 1
+    with row_workers(workers) as rows:
+        parts = pieces_per_chunk(n_chunks, rows.workers)
+        stream = pieces(history_chunks(split, samples, model.backbone.max_len, size), cfg, parts, bar.update)
+        rows.waves(ranker, stream, rows.workers if parts == 1 else parts)
+    bar.close()
+    return result

@@ -1,11 +1,15 @@
 """The narrow interfaces every model part implements.
 
-- A :class:`Backbone` turns a left-padded item sequence into hidden states, and (for Transformer
-  backbones) can *extend* an encoded sequence by new input vectors reusing its per-layer key/value cache.
-  That is all latent reasoning needs.
+- A :class:`Backbone` turns a left-padded item sequence into hidden states (its forward pass). A
+  :class:`CachedBackbone` can also *extend* an encoded sequence by new input vectors reusing its per-layer
+  cache (keys/values, or recurrent states): that is all latent reasoning, training and evaluation need from
+  a new backbone. :class:`ChainBackbone` is an optional faster extend for all-prefix training.
 - A :class:`SeqRecModel` = backbone + scorer + (optional) reasoner. ``encode`` returns the user states
   ``[B, K+1, d]`` (step 0 = the backbone's last hidden state, steps 1..K = reasoning steps), ``score``
   turns a user vector into logits over the whole catalogue.
+
+What makes inference fast on the CPU for particular backbones (a folded cache for SASRec's family) is not
+part of these interfaces: :mod:`thinkrec.inference` builds it from a trained model.
 """
 
 from __future__ import annotations
@@ -33,14 +37,6 @@ class Encoded:
     hidden: torch.Tensor  # [B, W, d]
     cache: KVCache | None = None
     key_padding: torch.Tensor | None = None  # bool [B, W], True where the column is padding
-    # a folded cache (ChainBackbone.encode_folded): every layer's entry is its attention inputs [B, W, d]
-    # (and an empty tensor) instead of keys/values; reasoning tokens attend through folded projections
-    folded: bool = False
-    # > 0 (folded caches from reasoning_cache): each entry has room for `slots` reasoning tokens after the W
-    # columns, [B, W + slots, d], and `attn_bias` [B, 1, W + slots] is 0 where a token may attend, -inf at
-    # padding
-    slots: int = 0
-    attn_bias: torch.Tensor | None = None
 
     @property
     def width(self) -> int:
@@ -91,10 +87,6 @@ class ChainBackbone(CachedBackbone, Protocol):
     Chain ``i`` of row ``b`` attends to the cached columns ``shared_mask[b, i]`` allows and to its own
     earlier tokens only (all-prefix reasoning: one chain per history prefix). The same result as
     :meth:`CachedBackbone.extend` with a block-diagonal mask, without scoring the other chains' tokens.
-
-    At inference (one chain per history) it also offers a cheaper cache: :meth:`encode_folded` keeps every
-    layer's attention inputs instead of keys/values, :func:`reasoning_cache` gives it room for the K tokens,
-    and :meth:`extend_slot` runs one token per row over it.
     """
 
     def extend_chains(
@@ -104,59 +96,6 @@ class ChainBackbone(CachedBackbone, Protocol):
         encoded columns; ``own`` the chains' earlier keys/values per layer ``[B, h, T, j, hd]`` (None = no
         earlier token). Returns their hidden states ``[B, T, d]`` and the grown ``own``."""
         ...
-
-    def encode_folded(self, inputs: torch.Tensor, positions: torch.Tensor) -> Encoded:
-        """The last column's state ``[B, 1, d]`` with a folded cache (``Encoded.folded``): every layer's
-        attention inputs instead of its keys/values, what :func:`reasoning_cache` lays out for
-        :meth:`extend_slot` (inference: one reasoning chain per history)."""
-        ...
-
-    def folded_width(self, width: int) -> int:
-        """Columns :meth:`encode_folded` encodes for histories ``width`` columns wide (e.g. one more for an
-        appended ``[MASK]``)."""
-        ...
-
-    def extend_slot(self, tokens: torch.Tensor, encoded: Encoded, step: int) -> torch.Tensor:
-        """Run reasoning token ``step`` (1-based) of each row, ``tokens [B, 1, d]``, over a
-        :func:`reasoning_cache`: after the encoded columns and tokens ``1..step-1``. The token is written into
-        the cache's room, so one cache serves one chain at a time. Returns its hidden state ``[B, 1, d]``."""
-        ...
-
-
-def reasoning_cache(parts: Iterable[Encoded], rows: int, width: int, slots: int) -> Encoded:
-    """One folded cache of ``rows`` rows and ``width`` columns with room for ``slots`` reasoning tokens
-    (``Encoded.slots``), from the folded passes ``parts`` (:meth:`ChainBackbone.encode_folded`) over
-    consecutive groups of rows, each left-padded to ``width`` (the added padding columns hold zeros: they are
-    masked, but ``0 x NaN`` would be NaN). Each part is copied in as it comes, so a generator of passes keeps
-    one pass's activations alive at a time and the passes reuse the same (cache-hot) memory."""
-    rooms: list[torch.Tensor] = []
-    hidden: torch.Tensor | None = None
-    pad: torch.Tensor | None = None
-    start = 0
-    for part in parts:
-        if not part.folded or part.cache is None or part.key_padding is None:
-            raise ValueError("reasoning_cache needs folded passes (encode_folded)")
-        end, w = start + part.hidden.shape[0], part.width
-        if end > rows or w > width:
-            raise ValueError(f"a pass of {end - start} rows x {w} columns does not fit a {rows} x {width} cache")
-        if hidden is None:
-            hidden = part.hidden.new_empty(rows, 1, part.hidden.shape[-1])
-            rooms = [h.new_empty(rows, width + slots, h.shape[-1]) for h, _ in part.cache]
-            pad = torch.ones(rows, width, dtype=torch.bool, device=part.hidden.device)
-        assert pad is not None
-        hidden[start:end] = part.hidden[:, -1:]
-        pad[start:end, width - w :] = part.key_padding
-        for room, (h, _) in zip(rooms, part.cache, strict=True):
-            room[start:end, width - w : width] = h
-            room[start:end, : width - w] = 0
-        start = end
-    if hidden is None or pad is None or start != rows:
-        raise ValueError(f"the passes cover {start} rows of the cache's {rows}")
-    zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
-    bias = torch.where(pad, torch.full((), float("-inf"), dtype=hidden.dtype, device=hidden.device), zero)
-    bias = torch.cat([bias, bias.new_zeros(rows, slots)], dim=1)[:, None]
-    cache = [(room, room[:, :0]) for room in rooms]
-    return Encoded(hidden, cache, pad, folded=True, slots=slots, attn_bias=bias)
 
 
 @runtime_checkable

@@ -99,29 +99,30 @@ class BERT4Rec(SASRec):
         last_only: bool = False,
     ) -> Encoded:
         """Bidirectional pass over ``inputs [B, W]`` as given (ids may include ``[MASK]``)."""
-        pad = inputs == 0
-        encoded = self.run_blocks(self.embed(inputs, positions), self.attention_mask(pad), None, last_only, use_cache)
+        x, mask, pad = super().prepared(inputs, positions)
+        encoded = self.run_blocks(x, mask, None, last_only, use_cache)
         encoded.key_padding = pad
         if not use_cache:
             encoded.cache = None
         return self.keep_cache(encoded, use_cache)
+
+    def prepared(
+        self, inputs: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`SASRec.prepared <thinkrec.models.sasrec.SASRec.prepared>` of what :meth:`forward` encodes:
+        with a cloze-trained model's ``[MASK]`` column appended."""
+        return super().prepared(*self.with_mask(inputs, positions))
+
+    def with_mask(self, inputs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ids and positions :meth:`forward` encodes: a cloze-trained model appends a ``[MASK]``
+        (:meth:`append_mask`), a next-item-trained one takes ``inputs`` as they are."""
+        return self.append_mask(inputs) if self.cfg.train_objective == "cloze" else (inputs, positions)
 
     def attention_mask(self, pad: torch.Tensor) -> torch.Tensor:
         """Bidirectional: every column sees every real column (and itself); ``[B, 1, W, W]``."""
         w = pad.shape[1]
         eye = torch.eye(w, dtype=torch.bool, device=pad.device)
         return ((~pad[:, None, :]).expand(-1, w, -1) | eye[None])[:, None]
-
-    def folded_width(self, width: int) -> int:
-        """One more column for a cloze-trained model's ``[MASK]`` (at most ``max_len``)."""
-        return min(width + 1, self.max_len) if self.cfg.train_objective == "cloze" else width
-
-    def encode_folded(self, inputs: torch.Tensor, positions: torch.Tensor) -> Encoded:
-        """:meth:`SASRec.encode_folded` over the bidirectional pass (with the ``[MASK]`` column of a
-        cloze-trained model)."""
-        if self.cfg.train_objective == "cloze":
-            inputs, positions = self.append_mask(inputs)
-        return super().encode_folded(inputs, positions)
 
     def forward(
         self,
@@ -133,6 +134,4 @@ class BERT4Rec(SASRec):
         """``inputs``: int64 ``[B, W]`` left-padded item ids; ``positions``: int64 ``[W]``.
 
         A cloze-trained model appends a ``[MASK]`` column (so the last column is the mask's state)."""
-        if self.cfg.train_objective == "cloze":
-            inputs, positions = self.append_mask(inputs)
-        return self.encode_tokens(inputs, positions, use_cache, last_only)
+        return self.encode_tokens(*self.with_mask(inputs, positions), use_cache, last_only)

@@ -6,8 +6,9 @@ generator feeds four elements: each element keeps its value when its 16-bit lane
 The drop probability is therefore ``p`` rounded to a multiple of 1/65536 (0.2 becomes 0.199997), and kept
 values are scaled by ``1 / (1 - p_rounded)`` so the expectation is unchanged. The default generator is used,
 so ``torch.manual_seed`` makes the masks reproducible. Its cost against ``torch.nn.functional.dropout``
-is measured by ``python -m benchmarks.speed.dropout_speed``. ``THINKREC_DROPOUT=torch`` in the
-environment switches to torch's dropout (for A/B comparisons of training quality).
+is measured by ``python -m benchmarks.speed.dropout_speed``. Tensors off the CPU take torch's dropout;
+``THINKREC_DROPOUT=torch`` in the environment switches to it on the CPU too (for A/B comparisons of
+training quality).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return x
     if not 0.0 < p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    if os.environ.get("THINKREC_DROPOUT") == "torch":  # torch's own dropout, for A/B comparisons
+    # torch's own dropout: off the CPU (where its fused kernel is the cheap one), or for A/B comparisons
+    if x.device.type != "cpu" or os.environ.get("THINKREC_DROPOUT") == "torch":
         return F.dropout(x, p, True)
     out: torch.Tensor = _Dropout.apply(x, p)  # type: ignore[no-untyped-call]
     return out

@@ -7,17 +7,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from thinkrec.data.batches import position_ids, trim
 from thinkrec.errors import ThinkrecError
-from thinkrec.models.base import (
-    Backbone,
-    CachedBackbone,
-    ChainBackbone,
-    ComputedItems,
-    Encoded,
-    Scorer,
-    reasoning_cache,
-)
+from thinkrec.models.base import Backbone, CachedBackbone, ComputedItems, Encoded, Scorer
 
 
 class Reasoner(Protocol):
@@ -74,42 +65,15 @@ class SeqRecModel(nn.Module):
 
     def encode(self, inputs: torch.Tensor, positions: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """User states ``[B, K+1, d]``: the last hidden state followed by ``K`` reasoning steps
-        (``steps`` overrides the reasoner's K; plain models only allow ``K = 0``)."""
+        (``steps`` overrides the reasoner's K; plain models only allow ``K = 0``). The plain path, through
+        the backbone's forward pass and ``extend``; :mod:`thinkrec.inference` runs faster ones at inference."""
         if self.reasoner is None and steps:
             raise ThinkrecError(f"this model has no reasoner; it cannot reason for {steps} steps")
         if self.reasoner is None or steps == 0:
             # Only the newest column's state is needed: the final block computes it alone, without keys/values.
             return self.backbone(inputs, positions, last_only=True).hidden[:, -1:]
-        k = self.reasoner.steps if steps is None else steps
-        return self.reasoner(self.cached_backbone, self._reasoning_pass(inputs, positions, k), steps)
-
-    def _reasoning_pass(self, inputs: torch.Tensor, positions: torch.Tensor, steps: int) -> Encoded:
-        """The item pass reasoning starts from: the last column's state and the cache the reasoner reads (for
-        a :class:`ChainBackbone` folded, with room for ``steps`` tokens; keys/values or states otherwise)."""
-        if isinstance(self.backbone, ChainBackbone):
-            part = self.backbone.encode_folded(inputs, positions)
-            return reasoning_cache([part], part.hidden.shape[0], part.width, steps)
-        encoded: Encoded = self.backbone(inputs, positions, use_cache=True, last_only=True)
-        return encoded
-
-    def encode_passes(self, inputs: torch.Tensor, rows: int, steps: int | None = None) -> torch.Tensor:
-        """:meth:`encode` of many left-padded histories ``inputs [B, W]`` (positions of a ``max_len``-wide
-        batch), in passes of ``rows`` rows, each trimmed to its longest row: the item pass streams
-        ``rows x W`` activations, so small passes stay in cache. Reasoning steps add one token per row, so per
-        pass they would be dozens of tiny operations; they run once over all ``B`` rows instead, on one
-        folded cache laid out from the passes (:func:`~thinkrec.models.base.reasoning_cache`) -- for
-        Transformer backbones (:class:`ChainBackbone`); others reason per pass."""
-        b = inputs.shape[0]
-        k = self.reasoning_steps if steps is None else steps
-        max_len = self.backbone.max_len
-        blocks = (_trimmed(inputs[start : start + rows]) for start in range(0, b, rows))
-        if self.reasoner is None or k == 0 or not isinstance(self.backbone, ChainBackbone):
-            # (caches of other layouts, e.g. recurrent states, are reasoned over per pass)
-            return torch.cat([self.encode(block, position_ids(block.shape[1], max_len), k) for block in blocks])
-        backbone = self.backbone
-        parts = (backbone.encode_folded(block, position_ids(block.shape[1], max_len)) for block in blocks)
-        cache = reasoning_cache(parts, b, backbone.folded_width(inputs.shape[1]), k)
-        return self.reasoner(self.cached_backbone, cache, k)
+        backbone = self.cached_backbone
+        return self.reasoner(backbone, backbone(inputs, positions, use_cache=True, last_only=True), steps)
 
     def user_vector(self, states: torch.Tensor, mode: str = "last", step: int | None = None) -> torch.Tensor:
         """Collapse per-step states ``[B, K+1, d]`` to one user vector: last step, mean of steps, or a step."""
@@ -127,9 +91,3 @@ class SeqRecModel(nn.Module):
         """Logits ``[B, n_items]`` of user vectors ``[B, d]`` against the whole catalogue."""
         logits: torch.Tensor = self.scorer(users, self.item_vectors(), temperature)
         return logits
-
-
-def _trimmed(inputs: torch.Tensor) -> torch.Tensor:
-    """``inputs`` without the leading columns that are padding in every row (:func:`~thinkrec.data.batches.trim`)."""
-    (kept,) = trim(inputs.numpy())
-    return torch.from_numpy(kept)

@@ -161,52 +161,24 @@ class SASRec(nn.Module):
         causal = torch.ones(w, w, dtype=torch.bool, device=pad.device).tril()
         return ((causal[None] & ~pad[:, None, :]) | eye[None])[:, None]
 
+    def prepared(
+        self, inputs: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the blocks run on for item ids ``inputs [B, W]``: the input tokens ``[B, W', d]``, their
+        may-attend mask ``[B, 1, W', W']`` and key padding ``[B, W']`` (``W' = W``; a subclass may add
+        columns, as a cloze-trained BERT4Rec its ``[MASK]``)."""
+        pad = inputs == 0
+        return self.embed(inputs, positions), self.attention_mask(pad), pad
+
     def forward(
         self, inputs: torch.Tensor, positions: torch.Tensor, use_cache: bool = False, last_only: bool = False
     ) -> Encoded:
         """``inputs``: int64 ``[B, W]`` left-padded item ids; ``positions``: int64 ``[W]``. With ``last_only``
         the final block computes only the last column (``hidden`` is ``[B, 1, d]``)."""
-        pad = inputs == 0
-        encoded = self.run_blocks(self.embed(inputs, positions), self.attention_mask(pad), None, last_only, use_cache)
+        x, mask, pad = self.prepared(inputs, positions)
+        encoded = self.run_blocks(x, mask, None, last_only, use_cache)
         encoded.key_padding = pad
         return self.keep_cache(encoded, use_cache)
-
-    def encode_folded(self, inputs: torch.Tensor, positions: torch.Tensor) -> Encoded:
-        """The last-column pass (as ``last_only``) with a folded cache (``Encoded.folded``): every layer keeps
-        its attention inputs ``[B, W, d]`` instead of keys/values. Reasoning tokens attend to them through
-        folded projections (:meth:`~thinkrec.models.transformer.Block.extend_slot`), ``O(W d)`` per token and
-        head, so no layer projects keys/values for reasoning and the pass costs what the plain last-column
-        pass does; :func:`~thinkrec.models.base.reasoning_cache` gives it room for the tokens."""
-        pad = inputs == 0
-        mask = self.attention_mask(pad)
-        x = self.embed(inputs, positions)
-        cache = []
-        last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            if i == last:
-                x, h = cast(Block, block).forward_last_folded(x, mask)
-            else:
-                x, h = cast(Block, block).forward_inputs(x, mask)
-            cache.append((h, h[:, :, :0]))
-        return Encoded(self.final_norm(x), cache, pad, folded=True)
-
-    def folded_width(self, width: int) -> int:
-        """Columns :meth:`encode_folded` encodes for histories ``width`` columns wide: the same."""
-        return width
-
-    def extend_slot(self, tokens: torch.Tensor, encoded: Encoded, step: int) -> torch.Tensor:
-        """Reasoning token ``step`` (1..``encoded.slots``) of each row over a
-        :func:`~thinkrec.models.base.reasoning_cache`; see
-        :meth:`~thinkrec.models.transformer.Block.extend_slot`."""
-        if encoded.cache is None or encoded.attn_bias is None or not 1 <= step <= encoded.slots:
-            raise ValueError(f"reasoning step {step} needs a reasoning_cache with room for it ({encoded.slots})")
-        column = encoded.width + step - 1
-        bias = encoded.attn_bias[..., : column + 1]
-        x = tokens
-        for block, (room, _) in zip(self.blocks, encoded.cache, strict=True):
-            x = cast(Block, block).extend_slot(x, room, column, bias)
-        out: torch.Tensor = self.final_norm(x)
-        return out
 
     @staticmethod
     def keep_cache(encoded: Encoded, use_cache: bool) -> Encoded:
@@ -242,8 +214,6 @@ class SASRec(nn.Module):
         cached sequence. They attend to every real cached column and causally to each other; ``extra_mask``
         (bool ``[B|1, T, S]``) can restrict that further. Returns their hidden states and the grown cache."""
         assert encoded.cache is not None and encoded.key_padding is not None
-        if encoded.folded:
-            raise ValueError("a folded cache (encode_folded) can only be extended by extend_slot")
         b, t, _ = tokens.shape
         past_pad = encoded.key_padding
         s_past = past_pad.shape[1]
@@ -262,8 +232,6 @@ class SASRec(nn.Module):
         [B, T, W]`` allows and to its own chain's earlier tokens ``own`` (see
         :class:`~thinkrec.models.base.ChainBackbone`). Returns their hidden states and the grown ``own``."""
         assert encoded.cache is not None
-        if encoded.folded:
-            raise ValueError("a folded cache (encode_folded) can only be extended by extend_slot")
         b, t, _ = tokens.shape
         if own is None:
             heads = self.cfg.heads

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from thinkrec.models.base import tensor_versions
 from thinkrec.models.dropout import Dropout, dropout
 from thinkrec.models.fused import linear
 
@@ -21,8 +20,11 @@ def attend(
     (:func:`formed_attention`) and dropped with the cheap :func:`~thinkrec.models.dropout.dropout`, which
     the kernel's dropout path would materialise anyway. At inference the formed weights are the faster
     path on these short sequences, except for a single float32 query per row, where the fused kernel is
-    faster (whole-evaluation A/Bs in docs/benchmarks/speed.md)."""
+    faster (whole-evaluation A/Bs in docs/benchmarks/speed.md). Off the CPU these choices do not apply:
+    the fused kernel always runs, dropping the weights itself."""
     dropping = training and p > 0.0
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p if dropping else 0.0)
     one_fp32_query = q.dtype == torch.float32 and q.shape[-2] == 1
     if not dropping and (torch.is_grad_enabled() or one_fp32_query):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -41,8 +43,8 @@ def formed_attention(
     a ``[B, T, heads, hd]`` tensor, so merging the heads afterwards is free. The softmax is taken in
     float32: for bf16 inputs more precise and, on this CPU, twice as fast as in bf16."""
     b, heads, t, hd = q.shape
-    blocked = torch.full((), float("-inf"), dtype=q.dtype)
-    bias = torch.where(mask[:, 0], torch.zeros((), dtype=q.dtype), blocked)  # [B|1, T, S]
+    blocked = torch.full((), float("-inf"), dtype=q.dtype, device=q.device)
+    bias = torch.where(mask[:, 0], torch.zeros((), dtype=q.dtype, device=q.device), blocked)  # [B|1, T, S]
     out = v.new_empty(b, t, heads, hd)
     for head in range(heads):
         scores = torch.baddbmm(bias, q[:, head], k[:, head].transpose(1, 2), alpha=hd**-0.5)
@@ -157,77 +159,13 @@ class Block(nn.Module):
         projections are folded into the last column's query and attention output (:meth:`folded_scores`,
         :meth:`folded_mix`), which costs ``O(W d)`` per row and head instead of the ``O(W d^2)`` of
         projecting every column -- the same numbers up to rounding order. Returns the output and the
-        attention inputs ``[B, W, d]`` (what a folded cache keeps in place of keys/values)."""
+        attention inputs ``[B, W, d]`` (what the inference runner's folded cache keeps in place of keys/values,
+        :mod:`thinkrec.inference.folded`)."""
         h = self._attn_input(x)
         (q,) = self._project(h[:, -1:], slice(0, x.shape[-1]))  # [B, heads, 1, hd]
         scores = self.folded_scores(q, h).masked_fill_(~mask[..., -1:, :], float("-inf"))
         probs = dropout(torch.softmax(scores, dim=-1), self.attn_dropout, self.training)
         return self._finish(x[:, -1:], self.folded_mix(probs, h)), h
-
-    def forward_inputs(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward` without a cache, returning the attention inputs ``[B, T, d]`` (what a folded cache
-        keeps, see :meth:`extend_slot`) in place of the keys/values."""
-        h = self._attn_input(x)
-        q, k, v = self._project(h, slice(None))
-        return self._finish(x, attend(q, k, v, mask, self.attn_dropout, self.training)), h
-
-    def extend_slot(self, x: torch.Tensor, inputs: torch.Tensor, column: int, bias: torch.Tensor) -> torch.Tensor:
-        """One new token per row ``x [B, 1, d]`` over a folded cache: ``inputs [B, S, d]`` holds the attention
-        inputs of the earlier columns (items, then earlier reasoning tokens) and has room at ``column``, where
-        this token's own input is written. The token attends to columns ``<= column`` through the folded
-        projections; ``bias [B, 1, column + 1]`` is 0 where it may attend and -inf where not. Per head
-        ``h``, with this token's input ``u`` and the columns' inputs ``h_j``:
-
-        - scores: ``(W_q u + b_q) . (W_k h_j + b_k) / sqrt(hd) = u^T A h_j + c . h_j`` + a term that is the
-          same for every column (a softmax ignores it), ``A = W_q^T W_k / sqrt(hd)``, ``c = W_k^T b_q /
-          sqrt(hd)``: one product of ``u`` with ``[A | c]`` for all heads, then one batched product over
-          the columns;
-        - output: ``W_o [.. W_v (sum_j p_j h_j) + b_v ..] + b_o`` (the weights ``p`` sum to one) is one
-          product with ``W_o W_v`` per head stacked, bias ``W_o b_v + b_o``.
-
-        So a step costs one pass over the cache for the scores and one for the mix, and no per-head
-        reshaping. Attention dropout in training takes the unfolded-weight formulas (:meth:`folded_mix`).
-        Returns the token's output ``[B, 1, d]``."""
-        b, _, d = x.shape
-        heads = self.heads
-        h = self._attn_input(x)
-        inputs[:, column] = h[:, 0]
-        seen = inputs[:, : column + 1]
-        query, query_bias, mix, mix_bias = self.folded_weights()
-        folded = linear(h[:, 0], query, query_bias).view(b, heads, d)
-        scores = torch.baddbmm(bias, folded, seen.transpose(1, 2))  # [B, heads, column + 1]
-        probs = torch.softmax(scores, dim=-1)
-        if self.training and self.attn_dropout > 0.0:
-            attn = self.folded_mix(dropout(probs, self.attn_dropout, True)[:, :, None], seen)
-            return self._finish(x, attn)
-        mixed = torch.bmm(probs, seen).view(b, 1, heads * d)
-        return self._residual(x, linear(mixed, mix, mix_bias))
-
-    def folded_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The combined weights of :meth:`extend_slot`: ``[heads * d, d]`` query-to-key-space weight and its
-        bias ``[heads * d]`` (scaled by ``1/sqrt(hd)``), ``[d, heads * d]`` value-and-output weight and its
-        bias ``[d]``, in the parameters' precision (also under autocast, which casts them where they are
-        used). Without autograd they are kept until a parameter changes (tensor versions), so the steps of an
-        evaluation form them once."""
-        params = (self.qkv.weight, self.qkv.bias, self.out.weight, self.out.bias)
-        key = tensor_versions(params)
-        cached = self.__dict__.get("_folded")
-        if cached is not None and cached[0] == key and not torch.is_grad_enabled():
-            weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] = cached[1]
-            return weights
-        d, heads, hd = self.qkv.in_features, self.heads, self.head_dim
-        w_q, w_k, w_v = self.qkv.weight.view(3, heads, hd, d).unbind(0)
-        b_q, _, b_v = self.qkv.bias.view(3, heads, hd).unbind(0)
-        scale = hd**-0.5
-        with torch.autocast(self.qkv.weight.device.type, enabled=False):  # in the parameters' precision
-            query = torch.einsum("hcd,hce->hed", w_q, w_k).reshape(heads * d, d) * scale
-            query_bias = torch.einsum("hc,hce->he", b_q, w_k).reshape(heads * d) * scale
-            mix = torch.einsum("ohc,hcd->ohd", self.out.weight.view(d, heads, hd), w_v).reshape(d, heads * d)
-            mix_bias = self.out.weight @ b_v.reshape(d) + self.out.bias
-        weights = (query, query_bias, mix, mix_bias)
-        if not torch.is_grad_enabled():
-            self.__dict__["_folded"] = (key, weights)
-        return weights
 
     def folded_scores(self, q: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Scaled attention scores ``[B, heads, T, W]`` of queries ``q [B, heads, T, hd]`` against the keys

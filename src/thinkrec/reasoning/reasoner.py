@@ -14,10 +14,8 @@ tokens), so it works with any :class:`~thinkrec.models.base.CachedBackbone`. A b
 implements :class:`~thinkrec.models.base.ChainBackbone` (SASRec) runs the same computation without scoring
 the other prefixes' reasoning tokens (step ``k`` costs ``T x (W + k)`` attention scores, not
 ``T x (W + k T)``). One prefix per row (``last`` sample mode) is the special case "the last column only".
-At inference a :class:`~thinkrec.models.base.ChainBackbone` hands :meth:`LatentReasoner.forward` a folded
-cache with room for the K tokens (:func:`~thinkrec.models.base.reasoning_cache`): one chain per row, each step one
-:meth:`~thinkrec.models.base.ChainBackbone.extend_slot`, with none of the per-chain bookkeeping (tested
-equal to the general path and to recomputing the extended sequence).
+:meth:`LatentReasoner.unroll` runs the same steps with a caller's step function, one chain per row: an
+inference runner's own cache (:mod:`thinkrec.inference`) uses it.
 """
 
 from __future__ import annotations
@@ -95,24 +93,25 @@ class LatentReasoner(nn.Module):
         perturb: Perturb | None = None,
     ) -> torch.Tensor:
         """States ``[B, K+1, d]`` of the prefix ending at the last column of each row."""
-        if encoded.folded:
-            return self._slots(cast(ChainBackbone, backbone), encoded, steps, perturb)
         b = encoded.hidden.shape[0]
         last = torch.full((b, 1), encoded.width - 1, dtype=torch.long, device=encoded.hidden.device)
         return self.prefixes(backbone, encoded, last, steps, perturb)[:, 0]
 
-    def _slots(
-        self, backbone: ChainBackbone, encoded: Encoded, steps: int | None, perturb: Perturb | None
+    def unroll(
+        self,
+        backbone: CachedBackbone,
+        first: torch.Tensor,
+        step: Callable[[torch.Tensor, int], torch.Tensor],
+        steps: int | None = None,
+        perturb: Perturb | None = None,
     ) -> torch.Tensor:
-        """:meth:`forward` over a :func:`~thinkrec.models.base.reasoning_cache` (inference): the reasoning
-        tokens are written into its room, one chain per row."""
-        k_total = self.resolve_steps(steps)
-        if k_total > encoded.slots:
-            raise ValueError(f"the cache has room for {encoded.slots} reasoning tokens, not {k_total}")
-        r = encoded.hidden[:, -1:]
+        """States ``[B, K+1, d]`` of one chain per row from its first state ``first [B, 1, d]``:
+        ``step(token, k)`` runs the input token ``[B, 1, d]`` of step ``k`` (1-based) over the caller's cache
+        of the items and the earlier tokens and returns its state ``r_k``."""
+        r = first
         states = [r]
-        for k in range(1, k_total + 1):
-            r = backbone.extend_slot(self._token(backbone, r, k, perturb), encoded, k)
+        for k in range(1, self.resolve_steps(steps) + 1):
+            r = step(self._token(backbone, r, k, perturb), k)
             states.append(r)
         return torch.cat(states, dim=1)
 
@@ -149,8 +148,6 @@ class LatentReasoner(nn.Module):
         k_total = self.resolve_steps(steps)
         if encoded.cache is None or encoded.key_padding is None:
             raise ValueError("reasoning needs the backbone's key/value cache and key padding")
-        if encoded.folded:
-            raise ValueError("a folded cache serves one chain per row: reason over it with forward()")
         r = encoded.at(columns)
         states = [r]
         items = prefix_item_mask(columns, encoded.key_padding)
