@@ -25,6 +25,7 @@ import torch
 from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import position_ids
 from thinkrec.errors import ThinkrecError
+from thinkrec.inference.runner import model_device, runner_for
 from thinkrec.models.model import SeqRecModel
 from thinkrec.serve.ann import AnnIndex
 
@@ -249,6 +250,9 @@ class Recommender:
         if vocabulary.n_items != model.n_items:
             raise ThinkrecError(f"vocabulary has {vocabulary.n_items} items but the model scores {model.n_items}")
         self.model = model.eval()
+        # the CPU fast path for reasoning models where it applies, else the model's own forward + extend
+        self.runner = runner_for(self.model)
+        self.device = model_device(self.model)
         self.vocabulary = vocabulary
         self.config = config or RunConfig()
         self.memory_budget_mb = memory_budget_mb
@@ -382,12 +386,13 @@ class Recommender:
         inputs, positions = self.encode_batch(histories)
         mode, step = self.inference
         with self._lock, torch.inference_mode():
-            states = self.model.encode(inputs, positions, steps if self.model.reasoner is not None else None)
+            inputs, positions = inputs.to(self.device), positions.to(self.device)
+            states = self.runner.encode(inputs, positions, steps if self.model.reasoner is not None else None)
             user = self.model.user_vector(states, mode, step)
             if self.ann is not None:
                 return self._recommend_ann(histories, states, user, k, exclude_seen, per_step)
             scores = self.model.score(user)
-            seen = self._seen_mask(histories, scores.shape[1]) if exclude_seen else None
+            seen = self._seen_mask(histories, scores.shape[1]).to(scores.device) if exclude_seen else None
             if seen is not None:
                 scores = scores.masked_fill(seen, float("-inf"))
             top = torch.topk(scores, k, dim=1)
