@@ -6,9 +6,9 @@ description, generated from these models.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from thinkrec.data.config import PrepareConfig, SourceConfig
+from thinkrec.data.config import PrepareConfig, SourceConfig, check_dataset_name
 from thinkrec.data.split import SplitConfig
 from thinkrec.eval.metrics import parse_metric
 from thinkrec.eval.protocol import EvalConfig
@@ -28,6 +28,9 @@ class DataConfig(BaseModel):
     source: SourceConfig = Field(default_factory=lambda: SourceConfig(format="ml100k", path="ml-100k"))
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+
+    # checked when the config loads, before anything is read or a folder named after it is created
+    _plain_name = field_validator("name")(check_dataset_name)
 
 
 class RunConfig(BaseModel):
