@@ -4,6 +4,7 @@ finished runs that can be trained again, the log kept in step with the checkpoin
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,74 @@ def _error(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return err
+
+
+# --- damaged files give one clear message, for every command that reads a run -----------------------------
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _flip_weights(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _bad_items(path: Path) -> None:
+    path.write_bytes(b"PAR1 not really parquet")
+
+
+DAMAGE = {
+    "truncated best": ("checkpoints/best.safetensors", _truncate, "damaged checkpoint"),
+    "empty best": ("checkpoints/best.safetensors", lambda p: p.write_bytes(b""), "damaged checkpoint"),
+    "flipped best": ("checkpoints/best.safetensors", _flip_weights, "checksum"),
+    "bad config": ("config.json", lambda p: p.write_text('{"model": {"hidden": "x"'), "not a readable thinkrec config"),
+    "schema config": ("config.json", lambda p: p.write_text('{"model": {"hidden": "x"}}'), "model.sasrec.hidden"),
+    "missing items": ("items.parquet", lambda p: p.unlink(), "missing"),
+    "corrupt items": ("items.parquet", _bad_items, "damaged"),
+}
+
+
+@pytest.fixture()
+def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``thinkrec serve`` loads the run and would then serve it: fail instead of blocking the test."""
+    import uvicorn
+
+    def run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the damaged run was served")
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    yield
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+@pytest.mark.parametrize("command", ["evaluate", "recommend", "serve"])
+def test_a_damaged_run_file_gives_one_clear_message(
+    shop: Path, capsys: pytest.CaptureFixture[str], served: None, damage: str, command: str
+) -> None:
+    assert _train() == 0
+    name, spoil, message = DAMAGE[damage]
+    spoil(shop / "run" / name)
+    capsys.readouterr()
+    argv = {"evaluate": ["evaluate", "run"], "recommend": ["recommend", "run", "--history", "3,4"]}
+    assert main(argv.get(command, [command, "run"])) == 2
+    err = _error(capsys)
+    assert name in err and message in err, err
+
+
+@pytest.mark.parametrize("spoil", [_truncate, _flip_weights])
+def test_resuming_from_a_damaged_last_checkpoint_says_what_to_do(
+    shop: Path, capsys: pytest.CaptureFixture[str], spoil: object
+) -> None:
+    assert _train() == 0
+    spoil(shop / "run" / "checkpoints" / "last.safetensors")  # type: ignore[operator]
+    capsys.readouterr()
+    assert _train() == 2
+    err = _error(capsys)
+    assert "last.safetensors: damaged checkpoint" in err and "train.resume=false" in err
+    assert _train("train.resume=false") == 0  # the way out it names works
 
 
 # --- failed runs do not block the corrected command; bad names and data create nothing ----------------------

@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from pydantic import ValidationError
 
 from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import TrainSampler
@@ -230,12 +231,28 @@ def _train(cfg: RunConfig, out: Path) -> TrainedRun:
     return TrainedRun(out, fit, results)
 
 
+def _reason(exc: Exception) -> str:
+    """The gist of a parsing error in one line (a pydantic error: its first field and message)."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        first = exc.errors()[0]
+        return f"{'.'.join(map(str, first['loc'])) or 'the file'}: {first['msg']}"
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def saved_config(run_dir: str | Path) -> RunConfig:
     """The resolved config a run directory (or a record of one) was trained with."""
     path = Path(run_dir)
-    if not (path / "config.json").exists():
+    file = path / "config.json"
+    if not file.exists():
         raise ThinkrecError(f"{path}: not a thinkrec run directory (no config.json); train one with thinkrec train")
-    return RunConfig.model_validate_json((path / "config.json").read_text())
+    try:
+        return RunConfig.model_validate_json(file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ThinkrecError(
+            f"{file}: not a readable thinkrec config ({_reason(exc)}); restore it (the run's checkpoints record "
+            "the config they were trained with), or train the run again"
+        ) from None
 
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -244,15 +261,32 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def vocabulary_size(run_dir: str | Path) -> int:
+    """The number of items of a run's ``items.parquet``, read whole, so a damaged file is reported here (and
+    not by the readers of the titles later)."""
+    file = Path(run_dir) / "items.parquet"
+    fix = "train the run again with the same command: resuming a run rewrites it"
+    if not file.exists():
+        raise ThinkrecError(f"{file}: missing (the run's item vocabulary); {fix}")
+    try:
+        table = pq.read_table(file)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ThinkrecError(f"{file}: damaged ({_reason(exc)}); {fix}") from None
+    missing = {"item", "external_id"} - set(table.column_names)
+    if missing:
+        raise ThinkrecError(f"{file}: damaged (no column {', '.join(sorted(missing))}); {fix}")
+    return int(table.num_rows)
+
+
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[RunConfig, SeqRecModel]:
-    """The config and trained model of a run directory."""
+    """The config and trained model of a run directory. Every file it reads is checked: a missing or damaged
+    one raises a :class:`ThinkrecError` naming it and what to do."""
     path = Path(run_dir)
     cfg = saved_config(path)
     ckpt_dir = path / "checkpoints"
     if not checkpoint_exists(ckpt_dir, checkpoint):
         raise ThinkrecError(f"{path}: no '{checkpoint}' checkpoint yet; has training finished an epoch?")
-    items = pq.read_metadata(path / "items.parquet").num_rows
-    model = build(cfg, items)
+    model = build(cfg, vocabulary_size(path))
     load_checkpoint(ckpt_dir, checkpoint, model)
     model.eval()
     return cfg, model
