@@ -3,14 +3,27 @@ finished runs that can be trained again, the log kept in step with the checkpoin
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from thinkrec.cli.main import main
+from thinkrec.data.batches import TrainSampler
+from thinkrec.data.split import leave_one_out
+from thinkrec.eval.protocol import EvalConfig
+from thinkrec.models.registry import build_model
+from thinkrec.models.sasrec import SASRecConfig
+from thinkrec.objectives.cross_entropy import CrossEntropy
+from thinkrec.storage import atomic_write_json
+from thinkrec.train.trainer import TrainConfig, Trainer
+
+from helpers import random_dataset
 
 
 @pytest.fixture()
@@ -56,6 +69,20 @@ def _error(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return err
+
+
+MODEL = SASRecConfig(hidden=16, layers=1, heads=2, max_len=10, dropout=0.1, attn_dropout=0.1)
+
+
+def _trainer(run_dir: Path, epochs: int, **kw: object) -> Trainer:
+    ds = random_dataset(n_users=50, n_items=20, seed=3)
+    split = leave_one_out(ds)
+    torch.manual_seed(1)
+    model = build_model(MODEL, ds.n_items)
+    settings: dict[str, object] = {"batch_size": 32, "lr": 5e-3, "seed": 1, "progress": False, **kw}
+    cfg = TrainConfig(epochs=epochs, **settings)  # type: ignore[arg-type]
+    sampler = TrainSampler(split, MODEL.max_len, cfg.sample_mode)
+    return Trainer(model, CrossEntropy(), split, sampler, cfg, EvalConfig(ks=[10]), run_dir)
 
 
 # --- damaged files give one clear message, for every command that reads a run -----------------------------
@@ -126,7 +153,49 @@ def test_resuming_from_a_damaged_last_checkpoint_says_what_to_do(
     assert _train("train.resume=false") == 0  # the way out it names works
 
 
+def test_resuming_with_a_damaged_config_says_what_to_do(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _train() == 0
+    (shop / "run" / "config.json").write_text("{")
+    capsys.readouterr()
+    assert _train() == 2
+    err = _error(capsys)
+    assert "config.json: not a readable thinkrec config" in err and "train.resume=false" in err
+    assert _train("train.resume=false") == 0
+
+
 # --- failed runs do not block the corrected command; bad names and data create nothing ----------------------
+
+
+def test_a_run_that_failed_before_its_first_epoch_accepts_the_corrected_config(
+    shop: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(self: Trainer, epoch: int) -> dict[str, float]:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "train_epoch", interrupted)
+        assert _train("model.hidden=4", "model.heads=1") == 130
+    assert (shop / "run" / "config.json").exists() and not (shop / "run" / "checkpoints" / "last.safetensors").exists()
+    assert _train() == 0, _error(capsys)
+    assert json.loads((shop / "run" / "config.json").read_text())["model"]["hidden"] == 8
+    assert main(["evaluate", "run"]) == 0
+
+
+def test_starting_over_leaves_no_output_of_the_run_before(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _train("train.epochs=2") == 0
+    (shop / "run" / "checkpoints" / "last.safetensors").unlink()  # as if killed in its first epoch
+    assert (shop / "run" / "checkpoints" / "best.safetensors").exists()
+    assert _train("model.hidden=4", "model.heads=1", "train.epochs=1") == 0
+    log = (shop / "run" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [0]
+    assert main(["evaluate", "run"]) == 0  # best is of the new config
+
+
+def test_bad_data_creates_no_run_directory(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _train("data.source.user_col=client") == 2
+    assert "client" in _error(capsys)
+    assert not (shop / "run").exists()
+    assert _train() == 0
 
 
 def test_a_dataset_name_that_is_a_path_is_rejected_before_anything_is_created(
@@ -140,3 +209,34 @@ def test_a_dataset_name_that_is_a_path_is_rejected_before_anything_is_created(
         assert sorted(p.name for p in shop.iterdir() if "escaped" in p.name) == []
         assert not (shop / "inner" / "runs").exists()
         assert "data.name" in _error(capsys)
+
+
+# --- file modes and continuing finished runs ---------------------------------------------------------------
+
+
+def test_run_outputs_get_the_usual_modes_under_the_umask(shop: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        assert _train() == 0
+    finally:
+        os.umask(old)
+    run = shop / "run"
+    files = [p for p in run.rglob("*") if p.is_file() and p.name != ".lock"]
+    assert {"config.json", "results.json", "best.safetensors", "test_ranks.npz", "items.parquet"} <= {
+        p.name for p in files
+    }
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: "0o644" for p in files}
+    old = os.umask(0o077)
+    try:
+        atomic_write_json(shop / "private.json", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((shop / "private.json").stat().st_mode) == 0o600
+
+
+def test_an_early_stopped_run_stays_stopped_when_epochs_grow(tmp_path: Path) -> None:
+    # a learning rate too small to change the ranking: the second evaluation does not improve
+    first = _trainer(tmp_path, epochs=4, lr=1e-12, patience=1).fit()
+    assert (first.stopped, first.epochs_run) == ("early_stop", 2)
+    again = _trainer(tmp_path, epochs=8, lr=1e-12, patience=1).fit()
+    assert (again.stopped, again.epochs_run) == ("early_stop", 2)

@@ -189,7 +189,14 @@ class Trainer:
             log_path.unlink()
         stopped = "max_epochs"
         if state.get("stopped") == "early_stop":
+            # An early-stopped run stays stopped when train.epochs grows: an uninterrupted run with the larger
+            # train.epochs would have stopped at the same epoch too.
             stopped = "early_stop"
+            if state["epoch"] < self.cfg.epochs:
+                tqdm.write(
+                    f"{self.run_dir} stopped early after epoch {state['epoch'] - 1} ({self.cfg.patience} evaluations "
+                    "without improvement); more epochs would not train it further"
+                )
         epoch = state["epoch"]
         while epoch < self.cfg.epochs and stopped != "early_stop":
             row: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
