@@ -56,7 +56,7 @@ def test_a_run_killed_while_saving_its_checkpoint_resumes_without_training_an_ep
 ) -> None:
     straight = _trainer(tmp_path / "straight", epochs=3).fit()
     # kill the run right after the second epoch's 'last' weights replaced the first's: before the rest of
-    # that checkpoint is written
+    # that checkpoint (and the log line of the epoch) is written
     real_replace = os.replace
     replaced: list[str] = []
 
@@ -75,6 +75,8 @@ def test_a_run_killed_while_saving_its_checkpoint_resumes_without_training_an_ep
     assert [row["epoch"] for row in resumed.history] == [0, 1, 2]
     assert resumed.history[-1]["valid"] == straight.history[-1]["valid"]
     assert resumed.history[-1]["loss"] == pytest.approx(straight.history[-1]["loss"], rel=1e-6)
+    log = (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [0, 1, 2]
 
 
 def test_flipped_bytes_in_the_weights_are_detected(tmp_path: Path) -> None:

@@ -211,6 +211,34 @@ def test_a_dataset_name_that_is_a_path_is_rejected_before_anything_is_created(
         assert "data.name" in _error(capsys)
 
 
+# --- the log follows the checkpoint; temporaries of killed writers are removed ----------------------------
+
+
+def test_resuming_restores_log_rows_a_kill_lost(shop: Path) -> None:
+    assert _train("train.epochs=2") == 0
+    log = shop / "run" / "log.jsonl"
+    rows = log.read_text().splitlines()
+    log.write_text(rows[0] + "\n" + rows[1][:10])  # killed while appending the second row
+    assert _train("train.epochs=2") == 0
+    assert log.read_text().splitlines() == rows
+
+
+def test_training_again_removes_temporaries_of_killed_writers(shop: Path) -> None:
+    assert _train() == 0
+    run = shop / "run"
+    stale = [
+        run / "checkpoints" / ".last.safetensors.k3j_a8x2",  # tempfile.mkstemp's, earlier thinkrec versions
+        run / ".results.json.a1b2c3d4.tmp",
+        run / ".items.parquet.tmp",
+    ]
+    kept = [run / ".gitignore", run / "notes.txt"]
+    for path in stale + kept:
+        path.write_text("x")
+    assert _train() == 0
+    assert [p.exists() for p in stale] == [False] * len(stale)
+    assert [p.exists() for p in kept] == [True] * len(kept)
+
+
 # --- file modes and continuing finished runs ---------------------------------------------------------------
 
 

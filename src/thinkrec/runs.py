@@ -39,7 +39,7 @@ from thinkrec.objectives import Objective, ObjectiveContext
 from thinkrec.objectives import build_objective as build_named_objective
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.seed import Seeds
-from thinkrec.storage import atomic_path, atomic_write_json, exclusive_run_dir
+from thinkrec.storage import atomic_path, atomic_write_json, exclusive_run_dir, remove_temporaries
 from thinkrec.train.checkpoint import CheckpointError, checkpoint_exists, checkpoint_info, load_checkpoint
 from thinkrec.train.trainer import FitResult, Trainer
 
@@ -250,6 +250,8 @@ def resumes(cfg: RunConfig, out: Path) -> bool:
 
 def _train(cfg: RunConfig, out: Path, ds: SequenceDataset, split: Split, resume: bool) -> TrainedRun:
     """:func:`train` while holding the run directory's lock, with the data read."""
+    for folder in (out, out / "checkpoints"):
+        remove_temporaries(folder)  # of writers killed mid-write; no live writer exists while we hold the lock
     model = build(cfg, ds.n_items)
     attach_item_text(model, ds, progress=cfg.train.progress)  # text backbones: frozen item text embeddings
     mark_known_items(model, split.known_items)  # UniSRec-style, unseen_items = "text_only"

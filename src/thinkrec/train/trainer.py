@@ -28,6 +28,7 @@ from thinkrec.objectives import Objective, loss_names
 from thinkrec.objectives.registry import SELECTED_ELSEWHERE
 from thinkrec.precision import warn_slow_bf16
 from thinkrec.seed import Seeds
+from thinkrec.storage import atomic_write_text
 from thinkrec.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
 
@@ -185,6 +186,9 @@ class Trainer:
             info = load_checkpoint(self.ckpt_dir, "last", self.model, self.optimizer)
             state = info["trainer_state"]
             tqdm.write(f"resuming {self.run_dir} after epoch {state['epoch'] - 1}")
+            # A run killed between its checkpoint and its log line (or in the middle of that line) left a log
+            # that disagrees with the checkpoint: rewrite it from the checkpoint's history of the epochs done.
+            atomic_write_text(log_path, "".join(json.dumps(row) + "\n" for row in state["history"]))
         elif log_path.exists():
             log_path.unlink()
         stopped = "max_epochs"
