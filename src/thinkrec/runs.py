@@ -293,7 +293,8 @@ def _reason(exc: Exception) -> str:
     """The gist of a parsing error in one line (a pydantic error: its first field and message)."""
     if isinstance(exc, ValidationError) and exc.errors():
         first = exc.errors()[0]
-        return f"{'.'.join(map(str, first['loc'])) or 'the file'}: {first['msg']}"
+        where = ".".join(map(str, first["loc"]))
+        return f"{where}: {first['msg']}" if where else str(first["msg"])
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
 
