@@ -79,7 +79,7 @@ def _trainer(run_dir: Path, epochs: int, **kw: object) -> Trainer:
     split = leave_one_out(ds)
     torch.manual_seed(1)
     model = build_model(MODEL, ds.n_items)
-    settings: dict[str, object] = {"batch_size": 32, "lr": 5e-3, "seed": 1, "progress": False, **kw}
+    settings: dict[str, object] = {"batch_size": 32, "lr": 5e-3, "seed": 1, **kw}
     cfg = TrainConfig(epochs=epochs, **settings)  # type: ignore[arg-type]
     sampler = TrainSampler(split, MODEL.max_len, cfg.sample_mode)
     return Trainer(model, CrossEntropy(), split, sampler, cfg, EvalConfig(ks=[10]), run_dir)
