@@ -4,7 +4,7 @@ Each check runs the real commands on a tiny made-up log in a temporary folder (k
 raising ``KeyboardInterrupt`` at the chosen moment) and prints one line: the finding, what was done, the
 exit code and the message or behaviour seen, and ``ok`` or ``FAIL``. Exits 1 if any check fails.
 
-    python benchmarks/reliability_probe.py          # about a minute on one core
+    python tests/reliability_probe.py          # about half a minute on one core
 """
 
 from __future__ import annotations
