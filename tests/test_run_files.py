@@ -21,6 +21,7 @@ from thinkrec.models.registry import build_model
 from thinkrec.models.sasrec import SASRecConfig
 from thinkrec.objectives.cross_entropy import CrossEntropy
 from thinkrec.storage import atomic_write_json
+from thinkrec.train.checkpoint import checkpoint_info
 from thinkrec.train.trainer import TrainConfig, Trainer
 
 from helpers import random_dataset
@@ -161,6 +162,21 @@ def test_resuming_with_a_damaged_config_says_what_to_do(shop: Path, capsys: pyte
     err = _error(capsys)
     assert "config.json: not a readable thinkrec config" in err and "train.resume=false" in err
     assert _train("train.resume=false") == 0
+
+
+def test_a_run_with_checkpoints_of_the_two_file_format_resumes(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    assert _train() == 0
+    ckpt = shop / "run" / "checkpoints"
+    for name in ("best", "last"):  # rewrite both as an earlier thinkrec wrote them: tensors, then the JSON
+        info = checkpoint_info(ckpt, name)
+        save_file(load_file(str(ckpt / f"{name}.safetensors")), str(ckpt / f"{name}.safetensors"))
+        (ckpt / f"{name}.json").write_text(json.dumps(info))
+    assert main(["evaluate", "run"]) == 0
+    assert _train("train.epochs=2") == 0, _error(capsys)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["best.safetensors", "last.safetensors"]
+    assert checkpoint_info(ckpt, "last")["trainer_state"]["epoch"] == 2
 
 
 # --- failed runs do not block the corrected command; bad names and data create nothing ----------------------
