@@ -76,14 +76,22 @@ def test_train_evaluate_recommend(shop: Path, capsys: pytest.CaptureFixture[str]
 
 def test_rerunning_train_resumes_and_refuses_a_different_config(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "shop.toml", "train.epochs=2", "--run-dir", "run"]) == 0
-    assert main(["train", "shop.toml", "train.epochs=3", "--run-dir", "run"]) == 2
-    assert "different config" in capsys.readouterr().err
+    assert main(["train", "shop.toml", "train.epochs=2", "model.hidden=8", "--run-dir", "run"]) == 2
+    assert "different config (model.hidden)" in capsys.readouterr().err
     assert main(["train", "shop.toml", "train.epochs=2", "--run-dir", "run"]) == 0
     log = (shop / "run" / "log.jsonl").read_text().splitlines()
     assert len(log) == 2  # nothing retrained
+    # more epochs continue the finished run; fewer than it has trained are refused
+    assert main(["train", "shop.toml", "train.epochs=3", "--run-dir", "run"]) == 0
+    log = (shop / "run" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [0, 1, 2]
+    assert json.loads((shop / "run" / "config.json").read_text())["train"]["epochs"] == 3
+    capsys.readouterr()
+    assert main(["train", "shop.toml", "train.epochs=2", "--run-dir", "run"]) == 2
+    assert "has trained 3 epochs, more than train.epochs=2" in capsys.readouterr().err
     # a run directory moved elsewhere is the same run, also when the config names the directory
     (shop / "run").rename(shop / "moved")
-    assert main(["train", "shop.toml", "train.epochs=2", "run_dir=moved"]) == 0
+    assert main(["train", "shop.toml", "train.epochs=3", "run_dir=moved"]) == 0
     assert (shop / "moved" / "log.jsonl").read_text().splitlines() == log
 
 

@@ -1,6 +1,6 @@
 """Runs: build every component from a :class:`RunConfig`, train, evaluate, and reload a saved run.
 
-A run directory holds ``config.json`` (the resolved config), ``checkpoints/{best,last}.{safetensors,json}``,
+A run directory holds ``config.json`` (the resolved config), ``checkpoints/{best,last}.safetensors``,
 ``log.jsonl`` (one line per epoch), ``curve.png``, ``items.parquet`` (the item vocabulary with titles, so
 a saved model can recommend without the raw data), ``results.json`` (metrics with their protocol),
 ``{valid,test}_ranks.npz`` (every sample's rank, per reasoning step: for significance tests and subgroup
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from pydantic import ValidationError
 
 from thinkrec.config.schema import RunConfig, operational_keys
 from thinkrec.data.batches import TrainSampler
@@ -40,8 +42,8 @@ from thinkrec.progress import show_bars
 from thinkrec.reasoning.config import LatentReasoningConfig
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.seed import Seeds
-from thinkrec.storage import atomic_write_json, exclusive_run_dir
-from thinkrec.train.checkpoint import checkpoint_exists, load_checkpoint
+from thinkrec.storage import atomic_path, atomic_write_json, exclusive_run_dir, remove_temporaries
+from thinkrec.train.checkpoint import CheckpointError, checkpoint_exists, checkpoint_info, load_checkpoint
 from thinkrec.train.trainer import FitResult, Trainer
 
 
@@ -81,9 +83,8 @@ def save_vocabulary(ds: SequenceDataset, path: Path) -> None:
     }
     for name, values in ds.item_text.items():
         columns[name] = pa.array(values[1:], type=pa.string())
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.table(columns), tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table(columns), tmp)
 
 
 @dataclass
@@ -177,32 +178,85 @@ def changed_keys(old: RunConfig, new: RunConfig) -> list[str]:
 
 
 def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainedRun:
-    """Prepare data, train with early stopping, evaluate the best checkpoint on validation and test."""
+    """Prepare data, train with early stopping, evaluate the best checkpoint on validation and test.
+
+    Nothing in the run directory is created or changed before the data are read and checked and the config
+    is known to fit the run there. A run directory that holds no finished epoch (no ``last`` checkpoint,
+    e.g. after a run that failed before its first epoch) takes any config: the run starts over there.
+    """
     set_threads(cfg.train.threads)
     out = Path(run_dir or cfg.default_run_dir())
-    with exclusive_run_dir(out):
-        return _train(cfg, out)
+    with ExitStack() as stack:
+        locked = out.is_dir()
+        if locked:  # an existing run directory: refuse at once when another process trains there
+            stack.enter_context(exclusive_run_dir(out))
+        resume = resumes(cfg, out)
+        ds, split = load_data(cfg)
+        if not locked:  # a new run directory: created only now that the data are known to be good
+            stack.enter_context(exclusive_run_dir(out))
+            resume = resumes(cfg, out)  # another process may have trained there while the data loaded
+        return _train(cfg, out, ds, split, resume)
 
 
-def _train(cfg: RunConfig, out: Path) -> TrainedRun:
-    """:func:`train` while holding the run directory's lock."""
-    saved = out / "config.json"
-    if saved.exists() and cfg.train.resume:
-        # Read the saved config through the current schema, so keys added since (with their defaults)
-        # do not block resuming a run written by an older thinkrec.
-        try:
-            previous = RunConfig.model_validate_json(saved.read_text())
-        except ValueError:
-            previous = None
-        changed = changed_keys(previous, cfg) if previous is not None else ["(unreadable config.json)"]
-        if changed:
-            raise ThinkrecError(
-                f"{out} holds a run with a different config ({', '.join(changed)}); choose another run_dir, "
-                "or set train.resume=false to start over there"
-            )
-    atomic_write_json(saved, json.loads(cfg.model_dump_json()))
-    ds, split = load_data(cfg)
-    save_vocabulary(ds, out / "items.parquet")
+# The files a run writes (beside config.json and items.parquet, which every start rewrites); a run that starts
+# over deletes those of the run before, so none of them describes another config.
+RUN_OUTPUTS = (
+    "log.jsonl",
+    "curve.png",
+    "results.json",
+    "checkpoints/best.safetensors",
+    "checkpoints/best.json",
+    "checkpoints/last.safetensors",
+    "checkpoints/last.json",
+)
+
+
+def resumes(cfg: RunConfig, out: Path) -> bool:
+    """Whether training ``cfg`` into ``out`` continues the run there (from its ``last`` checkpoint) rather
+    than starting over. Raises :class:`ThinkrecError` when ``out`` holds finished epochs of another config.
+
+    ``train.epochs`` may differ from the saved config as long as it is not below the epochs already done: a
+    finished run continues with more epochs (one that stopped early stays stopped, as an uninterrupted run
+    with the larger ``train.epochs`` would have stopped at the same epoch)."""
+    ckpt_dir = out / "checkpoints"
+    if not cfg.train.resume or not checkpoint_exists(ckpt_dir, "last"):
+        return False
+    state = checkpoint_info(ckpt_dir, "last").get("trainer_state")
+    if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+        raise CheckpointError(
+            f"{ckpt_dir / 'last.safetensors'}: not a resumable checkpoint (no trainer state); delete it to start the"
+            " run over, or set train.resume=false"
+        )
+    try:
+        # through the current schema: keys added since (with their defaults) do not block resuming a run
+        # written by an older thinkrec
+        previous = saved_config(out)
+    except ThinkrecError as exc:
+        raise ThinkrecError(
+            f"{exc}\n  {out} holds {state['epoch']} trained epochs; to keep them, restore config.json, or set "
+            "train.resume=false to start over there"
+        ) from None
+    changed = changed_keys(previous, cfg)
+    done = state["epoch"]
+    if "train.epochs" in changed and cfg.train.epochs >= done:
+        changed.remove("train.epochs")
+    elif "train.epochs" in changed:
+        raise ThinkrecError(
+            f"{out} holds a run that has trained {done} epochs, more than train.epochs={cfg.train.epochs}; set "
+            f"train.epochs to {done} or more, choose another run_dir, or set train.resume=false to start over there"
+        )
+    if changed:
+        raise ThinkrecError(
+            f"{out} holds a run with a different config ({', '.join(changed)}); choose another run_dir, "
+            "or set train.resume=false to start over there"
+        )
+    return True
+
+
+def _train(cfg: RunConfig, out: Path, ds: SequenceDataset, split: Split, resume: bool) -> TrainedRun:
+    """:func:`train` while holding the run directory's lock, with the data read."""
+    for folder in (out, out / "checkpoints"):
+        remove_temporaries(folder)  # of writers killed mid-write; no live writer exists while we hold the lock
     model = build(cfg, ds.n_items)
     attach_item_text(model, ds, progress=show_bars(cfg.progress))  # text backbones: frozen item text embeddings
     mark_known_items(model, split.known_items)  # UniSRec-style, unseen_items = "text_only"
@@ -212,6 +266,11 @@ def _train(cfg: RunConfig, out: Path) -> TrainedRun:
     trainer = Trainer(
         model, build_objective(cfg), split, sampler, cfg.train, cfg.eval, out, info, show_bars(cfg.progress)
     )
+    if not resume:
+        for name in (*RUN_OUTPUTS, *RANKS_FILES.values()):
+            (out / name).unlink(missing_ok=True)
+    atomic_write_json(out / "config.json", json.loads(cfg.model_dump_json()))
+    save_vocabulary(ds, out / "items.parquet")
     fit = trainer.fit()
     results: dict[str, Any] = {
         "best_epoch": fit.best_epoch,
@@ -238,12 +297,29 @@ def _train(cfg: RunConfig, out: Path) -> TrainedRun:
     return TrainedRun(out, fit, results)
 
 
+def _reason(exc: Exception) -> str:
+    """The gist of a parsing error in one line (a pydantic error: its first field and message)."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        return f"{where}: {first['msg']}" if where else str(first["msg"])
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def saved_config(run_dir: str | Path) -> RunConfig:
     """The resolved config a run directory (or a record of one) was trained with."""
     path = Path(run_dir)
-    if not (path / "config.json").exists():
+    file = path / "config.json"
+    if not file.exists():
         raise ThinkrecError(f"{path}: not a thinkrec run directory (no config.json); train one with thinkrec train")
-    return RunConfig.model_validate_json((path / "config.json").read_text())
+    try:
+        return RunConfig.model_validate_json(file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ThinkrecError(
+            f"{file}: not a readable thinkrec config ({_reason(exc)}); restore it (the run's checkpoints record "
+            "the config they were trained with), or train the run again"
+        ) from None
 
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -252,16 +328,33 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def vocabulary_size(run_dir: str | Path) -> int:
+    """The number of items of a run's ``items.parquet``, read whole, so a damaged file is reported here (and
+    not by the readers of the titles later)."""
+    file = Path(run_dir) / "items.parquet"
+    fix = "train the run again with the same command: resuming a run rewrites it"
+    if not file.exists():
+        raise ThinkrecError(f"{file}: missing (the run's item vocabulary); {fix}")
+    try:
+        table = pq.read_table(file)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ThinkrecError(f"{file}: damaged ({_reason(exc)}); {fix}") from None
+    missing = {"item", "external_id"} - set(table.column_names)
+    if missing:
+        raise ThinkrecError(f"{file}: damaged (no column {', '.join(sorted(missing))}); {fix}")
+    return int(table.num_rows)
+
+
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None = None) -> tuple[RunConfig, SeqRecModel]:
     """The config and trained model of a run directory, on ``device`` (default: the run's ``device``
-    setting, ``auto`` unless it was set)."""
+    setting, ``auto`` unless it was set). Every file it reads is checked: a missing or damaged one raises a
+    :class:`ThinkrecError` naming it and what to do."""
     path = Path(run_dir)
     cfg = saved_config(path)
     ckpt_dir = path / "checkpoints"
     if not checkpoint_exists(ckpt_dir, checkpoint):
         raise ThinkrecError(f"{path}: no '{checkpoint}' checkpoint yet; has training finished an epoch?")
-    items = pq.read_metadata(path / "items.parquet").num_rows
-    model = build(cfg, items)
+    model = build(cfg, vocabulary_size(path))
     load_checkpoint(ckpt_dir, checkpoint, model)
     model.to(resolve_device(device or cfg.device))
     model.eval()

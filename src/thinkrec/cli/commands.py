@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from thinkrec.runs import train
 
     cfg = load_config(args.config, args.overrides)
-    check_output(Path(args.run_dir or cfg.default_run_dir()) / "config.json", "--run-dir")
+    check_output(Path(args.run_dir or cfg.default_run_dir()) / "config.json", "--run-dir", create=False)
     run = train(cfg, args.run_dir)
     print(f"\nrun: {run.run_dir}  (best epoch {run.fit.best_epoch}, {run.fit.epochs_run} epochs, {run.fit.stopped})")
     print_results(run.results, cfg.eval.ks)
@@ -79,7 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     overrides = [f"train.epochs={args.epochs}", *args.overrides]
     cfg = load_config("ml100k-sasrec", overrides)
-    check_output(Path(args.run_dir or "runs/demo") / "config.json", "--run-dir")
+    check_output(Path(args.run_dir or "runs/demo") / "config.json", "--run-dir", create=False)
     print(f"demo: SASRec on MovieLens-100K, leave-one-out, full ranking, {args.epochs} epochs (seed {cfg.train.seed})")
     run = train(cfg, args.run_dir or "runs/demo")
     print(f"\nrun: {run.run_dir}  (best epoch {run.fit.best_epoch}; curve: {run.run_dir / 'curve.png'})")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from thinkrec.data.config import PrepareConfig, SourceConfig
+from thinkrec.data.config import PrepareConfig, SourceConfig, check_dataset_name
 from thinkrec.data.split import SplitConfig
 from thinkrec.device import DeviceSetting
 from thinkrec.eval.metrics import parse_metric
@@ -36,6 +36,9 @@ class DataConfig(BaseModel):
     source: SourceConfig = Field(default_factory=lambda: SourceConfig(format="ml100k", path="ml-100k"))
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+
+    # checked when the config loads, before anything is read or a folder named after it is created
+    _plain_name = field_validator("name")(check_dataset_name)
 
 
 class RunConfig(BaseModel):

@@ -6,9 +6,25 @@ Every field has a description; the CLI prints them as help.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` if it is a plain name (letters, digits, '.', '_' and '-', not starting with '.', '_' or '-'):
+    it names the dataset's cache folder and the default run directory, so a path (``../x``, ``a/b``) could
+    write outside them."""
+    if not DATASET_NAME.match(name):
+        raise ValueError(
+            f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+            " (it names a folder, so no path separators and no '..')"
+        )
+    return name
+
 
 SourceFormat = Literal["ml100k", "seqrecbench", "s3rec", "sasrec", "table"]
 DedupMode = Literal["none", "exact", "first"]

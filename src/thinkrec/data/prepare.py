@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from thinkrec import paths
-from thinkrec.data.config import PrepareConfig, SourceConfig
+from thinkrec.data.config import PrepareConfig, SourceConfig, check_dataset_name
 from thinkrec.data.dataset import FORMAT_VERSION, SequenceDataset
 from thinkrec.data.readers import RawLog, read_source, source_files
 from thinkrec.errors import ConfigError, DataError
@@ -34,7 +33,6 @@ PIPELINE_VERSION = 1
 
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _factorize(values: pa.ChunkedArray) -> tuple[pa.Array, IntArray]:
@@ -241,8 +239,10 @@ def load_or_prepare(
     The cache folder is ``(cache_root or paths.cache_dir()) / "datasets" / f"{name}-{hash}"``. A damaged or
     outdated cache entry is rebuilt.
     """
-    if not _NAME_RE.match(name):
-        raise ConfigError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
+    try:
+        check_dataset_name(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     key = cache_key(source, prep)
     target = Path(cache_root if cache_root is not None else paths.cache_dir()) / "datasets" / f"{name}-{key}"
     if (target / "meta.json").exists():

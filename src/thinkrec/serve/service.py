@@ -57,9 +57,13 @@ def check_port(port: int, what: str = "--port") -> int:
     return port
 
 
-def check_output(path: str | Path, what: str = "--output", inputs: Iterable[str | Path] = ()) -> Path:
+def check_output(
+    path: str | Path, what: str = "--output", inputs: Iterable[str | Path] = (), create: bool = True
+) -> Path:
     """An output file path that can be written: not one of ``inputs`` (a run must never overwrite what it
-    reads), not a folder, in a folder that exists or can be made and that is writable. Makes the folder."""
+    reads), not a folder, in a folder that exists or can be made and that is writable. Makes the folder,
+    unless ``create`` is off (a run directory is made only once its data are known to be good): then the
+    nearest existing folder above it must be a writable folder."""
     out = Path(path).expanduser()
     for source in inputs:
         src = Path(source).expanduser()
@@ -68,6 +72,13 @@ def check_output(path: str | Path, what: str = "--output", inputs: Iterable[str 
     if out.is_dir():
         raise ThinkrecError(f"{what} {out} is a folder; give a file name")
     folder = out.parent
+    if not create:
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise ThinkrecError(
+                f"{what} {out}: cannot create the folder {folder} ({existing} is not a writable folder)"
+            )
+        return out
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -30,6 +30,7 @@ from thinkrec.objectives import Objective, loss_names
 from thinkrec.objectives.registry import SELECTED_ELSEWHERE
 from thinkrec.precision import warn_slow_bf16
 from thinkrec.seed import Seeds
+from thinkrec.storage import atomic_write_text
 from thinkrec.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -198,11 +199,21 @@ class Trainer:
             info = load_checkpoint(self.ckpt_dir, "last", self.model, self.optimizer)
             state = info["trainer_state"]
             tqdm.write(f"resuming {self.run_dir} after epoch {state['epoch'] - 1}")
+            # A run killed between its checkpoint and its log line (or in the middle of that line) left a log
+            # that disagrees with the checkpoint: rewrite it from the checkpoint's history of the epochs done.
+            atomic_write_text(log_path, "".join(json.dumps(row) + "\n" for row in state["history"]))
         elif log_path.exists():
             log_path.unlink()
         stopped = "max_epochs"
         if state.get("stopped") == "early_stop":
+            # An early-stopped run stays stopped when train.epochs grows: an uninterrupted run with the larger
+            # train.epochs would have stopped at the same epoch too.
             stopped = "early_stop"
+            if state["epoch"] < self.cfg.epochs:
+                tqdm.write(
+                    f"{self.run_dir} stopped early after epoch {state['epoch'] - 1} ({self.cfg.patience} evaluations "
+                    "without improvement); more epochs would not train it further"
+                )
         epoch = state["epoch"]
         while epoch < self.cfg.epochs and stopped != "early_stop":
             row: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
