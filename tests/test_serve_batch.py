@@ -132,3 +132,17 @@ def test_cli_batch(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert pq.read_metadata(dst).num_rows == 2 * len(USERS)
     assert main(["recommend", str(run_dir), "--batch", str(src)]) == 2
     assert "--output" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out", ["out.parquet", "out.csv"])
+def test_batch_output_gets_the_usual_file_mode(rec: Recommender, tmp_path: Path, out: str) -> None:
+    import os
+    import stat
+
+    src = write_parquet(tmp_path / "in.parquet", HISTORIES)
+    old = os.umask(0o022)
+    try:
+        recommend_file(rec, src, tmp_path / out, k=3, progress=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / out).stat().st_mode) == 0o644  # not mkstemp's 0o600

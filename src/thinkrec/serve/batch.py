@@ -14,7 +14,7 @@ item are counted and left out. In CSV and JSONL inputs the ``user`` column is re
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -149,9 +149,9 @@ class _Writer:
         self.fmt = _format(path, OUTPUT_FORMATS, "output")
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        # 0o666 under the umask, as any new file (mkstemp would make it 0o600); O_EXCL: never another's file
+        self.tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         self.schema = schema
         self._writer: pq.ParquetWriter | pacsv.CSVWriter = (
             pq.ParquetWriter(str(self.tmp), schema) if self.fmt == "parquet" else pacsv.CSVWriter(str(self.tmp), schema)
