@@ -1,0 +1,147 @@
+"""The reward's item table, a fixed item side, centred vectors, the format reward and the device setting,
+with a tiny random Llama built in code (CPU, fast)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="the llm extra is not installed: pip install 'thinkrec[llm]'")
+pytest.importorskip("peft", reason="the llm extra is not installed: pip install 'thinkrec[llm]'")
+
+from test_llm_model import _setup, tiny_model
+from thinkrec.llm.config import load_llm_config
+from thinkrec.llm.data import PromptBank, train_examples
+from thinkrec.llm.prompts import PromptBuilder
+from thinkrec.llm.recpo import cosine_scores, format_bonus, fused_reward
+from thinkrec.llm.trainer import LLMTrainer
+
+
+def _trainer(overrides: list[str], finetune: str = "lora") -> tuple[LLMTrainer, Any, list[Any]]:
+    cfg, split, model = _setup(overrides, finetune)
+    for name, p in model.lm.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.3)  # adapters that change the item vectors
+    bank = PromptBank(split.dataset, cfg, PromptBuilder(model.tokenizer, system_prompt="s", max_item_tokens=16))
+    return LLMTrainer(model, bank, cfg), split, train_examples(split, cfg)[:2]
+
+
+def _tables_seen_by_reward(trainer: LLMTrainer, monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """Copies of the cached item table at every reward scoring (``score_all``) of one step."""
+    seen: list[torch.Tensor] = []
+    model = trainer.model
+    score_all = model.score_all
+
+    def spy(users: torch.Tensor) -> torch.Tensor:
+        assert model.item_table is not None
+        seen.append(model.item_table.clone())
+        return score_all(users)
+
+    monkeypatch.setattr(model, "score_all", spy)
+    return seen
+
+
+@pytest.mark.parametrize("variant", ["recpo", "no_reasoning"])
+def test_reward_ranks_against_the_table_before_the_steps_refresh(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
+    trainer, _, batch = _trainer([f"recpo.variant={variant}"])
+    model = trainer.model
+    model.build_item_table(trainer.bank.item_ids, 5)
+    assert model.item_table is not None
+    before = model.item_table.clone()
+    seen = _tables_seen_by_reward(trainer, monkeypatch)
+    trainer.step(batch, 1)
+    assert seen and all(torch.equal(t, before) for t in seen)  # every reward saw the pre-step table
+    targets = sorted({ex.target for ex in batch})
+    assert not torch.equal(model.item_table[targets], before[targets])  # refreshed afterwards
+
+
+def test_after_refresh_order_scores_against_the_fresh_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer, _, batch = _trainer(["recpo.reward_table=after_refresh"])
+    model = trainer.model
+    model.build_item_table(trainer.bank.item_ids, 5)
+    assert model.item_table is not None
+    before = model.item_table.clone()
+    seen = _tables_seen_by_reward(trainer, monkeypatch)
+    trainer.step(batch, 1)
+    targets = sorted({ex.target for ex in batch})
+    others = [i for i in range(1, before.shape[0]) if i not in targets]
+    assert not torch.equal(seen[0][targets], before[targets]) and torch.equal(seen[0][others], before[others])
+
+
+@pytest.mark.parametrize("variant", ["recpo", "no_reasoning"])
+def test_fixed_item_side_keeps_the_adapter_free_table(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
+    trainer, _, batch = _trainer(["recpo.item_side=fixed", "recpo.negatives=catalogue", f"recpo.variant={variant}"])
+    model = trainer.model
+    monkeypatch.setattr(model, "encode_items", lambda *a, **k: pytest.fail("a fixed item side encodes no items"))
+    trainer.ensure_item_table()
+    assert model.item_table is not None
+    table = model.item_table.clone()
+    with torch.no_grad(), model.adapters_disabled():
+        base = model.encode(trainer.bank.item_ids[1:4])
+    with torch.no_grad():
+        adapted = model.encode(trainer.bank.item_ids[1:4])
+    assert torch.allclose(table[1:4], base, atol=1e-5) and not torch.allclose(table[1:4], adapted, atol=1e-3)
+    assert all(p.requires_grad for n, p in model.lm.named_parameters() if "lora" in n)  # flags restored
+    log = trainer.step(batch, 1)
+    # the no-reasoning loss always has a gradient; RecPO's is zero when a group's rewards tie
+    assert (log.grad_norm > 0 or variant == "recpo") and torch.equal(model.item_table, table)
+    trainer.evaluate(batch, rebuild=True)  # evaluation does not rebuild a fixed table either
+    assert torch.equal(model.item_table, table)
+
+
+def test_fixed_item_side_rejects_a_table_refresh() -> None:
+    from thinkrec.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match="refresh_every"):
+        load_llm_config(None, ["recpo.item_side=fixed", "recpo.refresh_every=3"])
+    with pytest.raises((ConfigError, ValueError), match="select_metric"):
+        load_llm_config(None, ["recpo.select_metric=NDCG@50"])
+
+
+def test_centred_scores_are_cosines_after_subtracting_the_mean_item() -> None:
+    model = tiny_model()
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.1], [1.0, -0.1], [1.2, 0.0]])
+    model.item_table = table
+    users = torch.tensor([[1.0, 0.2]])
+    plain = model.score_all(users)
+    model.center_items = True
+    mean = table[1:].mean(0)
+    assert torch.allclose(model.score_all(users), cosine_scores(users - mean, table - mean, model.tau))
+    # nearly parallel items: the raw cosines barely differ, the centred ones spread out
+    centred = model.score_all(users)
+    assert (centred[0, 1:].max() - centred[0, 1:].min()) > 10 * (plain[0, 1:].max() - plain[0, 1:].min())
+
+
+def test_centred_training_step_runs() -> None:
+    trainer, _, batch = _trainer(["model.center_items=true", "recpo.negatives=catalogue", "recpo.variant=no_reasoning"])
+    trainer.model.center_items = True
+    log = trainer.step(batch, 1)
+    assert log.grad_norm > 0 and 0 <= log.ndcg <= 1
+
+
+def test_format_reward_pays_for_a_marker_written_within_the_budget() -> None:
+    assert format_bonus([True, False, True], 0.1).tolist() == pytest.approx([0.1, 0.0, 0.1])
+    scores = torch.tensor([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
+    masked = torch.zeros(2, 3, dtype=torch.bool)
+    targets = torch.tensor([2, 2])
+    plain = fused_reward(scores, targets, masked, 0.0, 3)
+    bonus = fused_reward(scores, targets, masked, 0.0, 3, format_bonus([True, False], 0.5))
+    assert bonus.reward.tolist() == pytest.approx([1.5, 1.0])
+    assert torch.equal(bonus.ndcg, plain.ndcg)
+
+
+def test_device_setting_places_model_and_table() -> None:
+    from thinkrec.errors import ConfigError
+    from thinkrec.llm.hf import wrap
+    from thinkrec.llm.tiny import tiny_llama, tiny_tokenizer
+
+    cfg = load_llm_config(None, ["model.device=cpu", "model.lora_r=2"])
+    tok = tiny_tokenizer()
+    model = wrap(tiny_llama(len(tok)), tok, cfg.model)
+    assert model.device == torch.device("cpu")
+    assert model.build_item_table([[0], [1, 40, 5], [1, 41, 5]]).device == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError):
+            wrap(tiny_llama(len(tok)), tok, cfg.model.model_copy(update={"device": "cuda"}))
