@@ -50,14 +50,31 @@ def cut_words(text: str, n: int) -> str:
     return " ".join(words[:n]) + (" ..." if len(words) > n else "")
 
 
+def format_date(timestamp: int) -> str:
+    """A unix time as ``YYYY-MM-DD`` (UTC)."""
+    import datetime
+
+    return datetime.datetime.fromtimestamp(int(timestamp), tz=datetime.UTC).strftime("%Y-%m-%d")
+
+
+def format_rating(rating: float) -> str:
+    """``rated 4/5`` (``rated 3.5/5`` for half stars)."""
+    return f"rated {rating:g}/5"
+
+
+def history_line(title: str, when: str | None, details: list[str]) -> str:
+    """``<when>: [title] (detail; detail)``; ``- [title]`` without a time, no brackets without details."""
+    head = f"{when}: " if when else "- "
+    tail = f" ({'; '.join(d for d in details if d)})" if any(details) else ""
+    return f"{head}[{clean(title)}]{tail}"
+
+
 def history_text(titles: list[str], times: list[int] | None, now: int | None) -> str:
     """One line per history item, oldest first: ``<time ago>: [title]`` (``- [title]`` without times)."""
     lines = []
     for i, title in enumerate(titles):
-        if times is not None and now is not None:
-            lines.append(f"{format_time_ago(now - times[i])}: [{clean(title)}]")
-        else:
-            lines.append(f"- [{clean(title)}]")
+        when = format_time_ago(now - times[i]) if times is not None and now is not None else None
+        lines.append(history_line(title, when, []))
     return "\n".join(lines)
 
 
