@@ -19,11 +19,26 @@ from thinkrec.llm.recpo import cosine_scores, format_bonus, fused_reward
 from thinkrec.llm.trainer import LLMTrainer
 
 
-def _trainer(overrides: list[str], finetune: str = "lora") -> tuple[LLMTrainer, Any, list[Any]]:
-    cfg, split, model = _setup(overrides, finetune)
+def distinct_model() -> Any:
+    """A tiny LoRA model whose item vectors differ (the default init makes them equal in float32, and
+    the in-batch loss then has no gradient)."""
+    from thinkrec.llm.config import ModelSection
+    from thinkrec.llm.hf import wrap
+    from thinkrec.llm.tiny import tiny_llama, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    return wrap(tiny_llama(len(tok), init_std=0.5), tok, ModelSection(lora_r=2))
+
+
+def _perturb_adapters(model: Any) -> None:
     for name, p in model.lm.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.3)  # adapters that change the item vectors
+
+
+def _trainer(overrides: list[str], finetune: str = "lora") -> tuple[LLMTrainer, Any, list[Any]]:
+    cfg, split, model = _setup(overrides, finetune)
+    _perturb_adapters(model)
     bank = PromptBank(split.dataset, cfg, PromptBuilder(model.tokenizer, system_prompt="s", max_item_tokens=16))
     return LLMTrainer(model, bank, cfg), split, train_examples(split, cfg)[:2]
 
@@ -145,3 +160,105 @@ def test_device_setting_places_model_and_table() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError):
             wrap(tiny_llama(len(tok)), tok, cfg.model.model_copy(update={"device": "cuda"}))
+
+
+# ----------------------------------------------------------------------------- evaluation and selection
+def test_popularity_ranks_use_training_counts_and_the_same_masking() -> None:
+    import numpy as np
+
+    from test_llm_prompts import toy_dataset
+    from thinkrec.data.split import SplitConfig, make_split
+    from thinkrec.llm.data import Example
+    from thinkrec.llm.evaluation import popularity_ranks, training_counts
+
+    counts = np.array([0.0, 5, 3, 8, 1])
+    ex = Example(user=0, position=2, shown=[3], shown_times=[0], target=2, target_time=0, seen=[3])
+    assert popularity_ranks(counts, [ex], mask_history=True).tolist() == [1]  # item 1 (5) beats it; 3 masked
+    assert popularity_ranks(counts, [ex], mask_history=False).tolist() == [2]
+    split = make_split(toy_dataset(), SplitConfig(kind="loo"))
+    c = training_counts(split)
+    assert c[0] == 0 and c.sum() == split.n_train_interactions
+    ds = split.dataset
+    manual = np.zeros(ds.n_items + 1)
+    for u in range(ds.n_users):
+        for item in ds.sequence(u)[: split.train_lengths[u]]:
+            manual[item] += 1
+    assert np.array_equal(c, manual)
+
+
+def test_compare_reports_pairs_samples_and_tests_both_metrics() -> None:
+    from thinkrec.llm.evaluation import compare_reports
+
+    a = {"ranks": [0, 30, 5, 40] * 10, "samples": [[u, 1] for u in range(40)]}
+    b = {"ranks": [0, 3, 5, 40] * 10, "samples": [[u, 1] for u in range(40)]}
+    out = compare_reports(a, b, k=20, resamples=300)
+    assert out["n"] == 40 and out["HR@20"]["only_b"] == 10 and out["HR@20"]["only_a"] == 0
+    assert out["HR@20"]["b"] == pytest.approx(0.75) and out["HR@20"]["a"] == pytest.approx(0.5)
+    assert out["NDCG@20"]["mean_diff"] > 0 and out["NDCG@20"]["p_value"] == 0.0
+    with pytest.raises(ValueError, match="different samples"):
+        compare_reports(a, {**b, "samples": [[u, 2] for u in range(40)]})
+    with pytest.raises(ValueError, match="not paired"):
+        compare_reports(a, {"ranks": [0]})
+
+
+def test_evaluation_report_has_cost_popularity_and_samples() -> None:
+    from thinkrec.llm.run import evaluation
+
+    trainer, split, _ = _trainer([])
+    report = evaluation(trainer, split, trainer.cfg, "test", progress=False)
+    assert report["n_samples"] == 4 and len(report["samples"]) == 4 and len(report["popularity"]["ranks"]) == 4
+    cost = report["cost"]
+    assert cost["device"] == "cpu" and cost["seconds_per_user"] > 0 and cost["peak_memory_mb"] > 0
+    assert cost["generated_tokens"] > 0 and cost["tokens_per_second"] > 0
+    assert set(report["popularity"]["metrics"]) == set(report["metrics"])
+    assert "most_popular" in report["protocol"] and report["protocol"]["history_masking"].startswith("the user")
+
+
+def test_best_validation_weights_are_selected_and_used_for_the_test(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from thinkrec.llm.run import load_llm_checkpoint, train_llm
+
+    cfg, split, _ = _setup(["recpo.variant=no_reasoning", "recpo.steps=3", "recpo.eval_every=1"])
+    model = distinct_model()
+    values = iter([0.1, 0.5, 0.2, 0.3, 0.0])  # steps 0, 1, 2, 3, then the test
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def fake_evaluate(self: LLMTrainer, examples: list[Any], progress: bool = False, rebuild: bool = True) -> Any:
+        snapshots.append({n: p.detach().clone() for n, p in self.model.lm.named_parameters() if p.requires_grad})
+        v = next(values)
+        metrics = {f"{m}@{k}": v for m in ("NDCG", "HR") for k in (5, 10, 20)}
+        return {"metrics": metrics, "n_samples": len(examples), "ranks": [0] * len(examples), "cost": {}}
+
+    monkeypatch.setattr(LLMTrainer, "evaluate", fake_evaluate)
+    results = train_llm(cfg, tmp_path, model=model, split=split, progress=False)
+    sel = results["selection"]
+    assert sel["best_step"] == 1 and sel["best_value"] == 0.5 and len(sel["history"]) == 4
+    assert sel["most_popular"] is not None
+    for n, p in snapshots[-1].items():  # the test evaluation saw the step-1 weights
+        assert torch.equal(p, snapshots[1][n]), n
+    assert not all(torch.equal(snapshots[3][n], snapshots[1][n]) for n in snapshots[1])  # training moved on
+    fresh = distinct_model()
+    info = load_llm_checkpoint(tmp_path / "checkpoints", fresh)
+    assert info["checkpoint"] == "best" and info["step"] == 1
+    for n, p in fresh.lm.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, snapshots[1][n]), n
+    assert (tmp_path / "checkpoints" / "last.json").exists()
+
+
+def test_init_from_starts_from_another_runs_weights(tmp_path: Any) -> None:
+    from thinkrec.errors import ThinkrecError
+    from thinkrec.llm.run import initialise_from, train_llm
+
+    cfg, split, model = _setup(["recpo.variant=no_reasoning", "recpo.negatives=catalogue"])
+    train_llm(cfg, tmp_path / "cold", model=model, split=split, progress=False, evaluate_test=False)
+    cfg2, _, fresh = _setup([f"init_from={tmp_path / 'cold'}", "model.lora_r=2"])
+    cfg2 = cfg2.model_copy(update={"model": cfg.model})
+    info = initialise_from(fresh, cfg2)
+    assert info["checkpoint"] == "last" and fresh.item_table is None
+    for (n, p), (_, q) in zip(model.lm.named_parameters(), fresh.lm.named_parameters(), strict=True):
+        assert torch.equal(p, q), n
+    other = cfg2.model_copy(update={"model": cfg.model.model_copy(update={"lora_r": 8})})
+    with pytest.raises(ThinkrecError, match="lora_r"):
+        initialise_from(tiny_model(), other)

@@ -22,6 +22,7 @@ from thinkrec.llm.prompts import (
     format_rating,
     format_time_ago,
     history_line,
+    item_instruction,
     item_prompt_text,
     item_text,
     user_prompt_text,
@@ -58,24 +59,28 @@ def read_side_info(ds: SequenceDataset, cfg: LLMRunConfig) -> SideInfo:
     data = root if root.is_file() else folder / "u.data"
     if data.is_file():
         raw = np.loadtxt(data, dtype=np.int64, ndmin=2)
-        by_pair = {(int(u), int(i)): float(r) for u, i, r in raw[:, :3]}
+        by_pair = {(str(u), str(i)): float(r) for u, i, r in raw[:, :3]}
         users = np.repeat(np.asarray(ds.user_ids), np.diff(ds.offsets))
         externals = np.asarray(ds.item_ids)[ds.items - 1]
-        info.ratings = np.asarray(
-            [by_pair.get((int(u), int(i)), np.nan) for u, i in zip(users, externals, strict=True)], dtype=np.float64
+        ratings = np.asarray(
+            [by_pair.get((str(u), str(i)), np.nan) for u, i in zip(users, externals, strict=True)], dtype=np.float64
         )
+        # a dataset that is not this file's (no pair found) has no ratings rather than all-unknown ones
+        info.ratings = None if np.isnan(ratings).all() else ratings
     item_file = folder / "u.item"
     if item_file.is_file():
-        genres: dict[int, str] = {}
-        years: dict[int, str] = {}
+        genres: dict[str, str] = {}
+        years: dict[str, str] = {}
         for line in item_file.read_text(encoding="latin-1").splitlines():
             parts = line.split("|")
             if len(parts) < 24:
                 continue
             flags = parts[-19:]
-            genres[int(parts[0])] = ", ".join(g for g, f in zip(ML100K_GENRES, flags, strict=True) if f == "1")
-            years[int(parts[0])] = parts[2][-4:] if parts[2] else ""
-        ids = [int(i) for i in ds.item_ids]
+            genres[parts[0]] = ", ".join(g for g, f in zip(ML100K_GENRES, flags, strict=True) if f == "1")
+            years[parts[0]] = parts[2][-4:] if parts[2] else ""
+        ids = [str(i) for i in ds.item_ids]
+        if not any(i in genres for i in ids):  # not this file's items
+            return info
         info.item_columns = {
             "genres": [""] + [genres.get(i, "") for i in ids],
             "year": [""] + [years.get(i, "") for i in ids],
@@ -127,10 +132,12 @@ def train_examples(split: Split, cfg: LLMRunConfig) -> list[Example]:
 
 
 def eval_examples(split: Split, cfg: LLMRunConfig, which: Literal["valid", "test"]) -> list[Example]:
-    """A seeded subset of ``eval_users`` validation / test samples (in the split's order)."""
+    """A seeded subset of the split's test (``sample.eval_users``) or validation (``sample.valid_users``)
+    samples, in the split's order: the same samples for every run with the same data, split and seed."""
     samples = split.samples(which)
     rng = Seeds(cfg.sample.seed).numpy(f"llm-{which}")
-    index = np.sort(rng.choice(len(samples), size=min(cfg.sample.eval_users, len(samples)), replace=False))
+    wanted = cfg.sample.eval_users if which == "test" else cfg.sample.valid_users or cfg.sample.eval_users
+    index = np.sort(rng.choice(len(samples), size=min(wanted, len(samples)), replace=False))
     return [
         make_example(split.dataset, int(samples.users[i]), int(samples.positions[i]), cfg.sample.history_len)
         for i in index
@@ -236,6 +243,7 @@ class PromptBank:
     def item_ids(self) -> list[list[int]]:
         """Token ids of every item sequence, index = item id (index 0: the pad item's, never scored)."""
         if self._item_ids is None:
-            pad = self.builder.item_ids(self.item_prompt(1)) if self.ds.n_items else []
-            self._item_ids = [pad] + [self.builder.item_ids(self.item_prompt(i)) for i in range(1, self.ds.n_items + 1)]
+            head = item_instruction(self.cfg.prompt.noun_singular, self.cfg.prompt.answer_marker)
+            seqs = [self.builder.item_ids(self.item_texts[i], head) for i in range(1, self.ds.n_items + 1)]
+            self._item_ids = [seqs[0] if seqs else [], *seqs]
         return self._item_ids
