@@ -77,14 +77,13 @@ def cmd_llm_prepare_model(args: argparse.Namespace) -> int:
 
 def cmd_llm_train(args: argparse.Namespace) -> int:
     from thinkrec.llm.config import load_llm_config
-    from thinkrec.llm.distributed import Replicas
-    from thinkrec.llm.run import train_llm
+    from thinkrec.llm.run import replicas_for, train_llm
 
     overrides = [*args.overrides, *([f"init_from={args.init_from}"] if args.init_from else [])]
     cfg = load_llm_config(args.config, overrides)
     out = Path(args.run_dir or cfg.default_run_dir())
     results = train_llm(cfg, out, progress=not args.no_progress)
-    if not Replicas.detect().is_main:
+    if not replicas_for(cfg).is_main:
         return 0
     print(
         f"\nrun: {out}  (reward: first half {results['reward_first_half']:.4f}, second half "
@@ -213,8 +212,9 @@ def cmd_llm_recommend(args: argparse.Namespace) -> int:
     if model.item_table is None:
         model.build_item_table(bank.item_ids, cfg.eval.item_batch_size, progress=True)
     users_vec, texts = trainer.user_vectors([ex], cfg.recpo.variant == "recpo")
-    scores = mask_scores(model.score_all(users_vec), history_mask([ex.seen], ds.n_items + 1))[0]
-    top = np.argsort(-scores.numpy(), kind="stable")[: args.k]
+    scores = model.score_all(users_vec)
+    scores = mask_scores(scores, history_mask([ex.seen], ds.n_items + 1, device=scores.device))[0]
+    top = np.argsort(-scores.cpu().numpy(), kind="stable")[: args.k]
     print("reasoning:")
     print("  " + (texts[0].strip().replace("\n", "\n  ") if texts[0] else "(none: the no-reasoning variant)"))
     print(f"\ntop-{args.k}:")

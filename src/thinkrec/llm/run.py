@@ -53,6 +53,13 @@ def make_builder(model: DualHeadLM, cfg: LLMRunConfig) -> PromptBuilder:
     )
 
 
+def replicas_for(cfg: LLMRunConfig) -> Replicas:
+    """This process's replica, on the backend of the configured device (gloo on the CPU, NCCL on CUDA)."""
+    from thinkrec.device import resolve_device
+
+    return Replicas.detect(cpu=resolve_device(cfg.model.device).type == "cpu")
+
+
 def build_model(cfg: LLMRunConfig) -> DualHeadLM:
     from thinkrec.llm.hf import load_dual_head
 
@@ -127,12 +134,12 @@ def initial_item_table(
     key = hashlib.sha256(json.dumps([str(model_dir.resolve()), stamp, bank.item_ids]).encode()).hexdigest()[:20]
     path = paths.cache_dir() / "llm-item-tables" / f"{key}.safetensors"
     if path.exists():
-        model.item_table = load_file(str(path))["item_table"]
+        model.item_table = load_file(str(path))["item_table"].to(model.device)
         return
     table = model.build_item_table(bank.item_ids, cfg.eval.item_batch_size, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"item_table": table}, str(tmp))
+    save_file({"item_table": table.cpu()}, str(tmp))
     tmp.replace(path)
 
 
@@ -184,7 +191,7 @@ def train_llm(
     (:func:`~thinkrec.train.checkpoint.exclusive_run_dir`) meanwhile.
     """
     out = Path(run_dir or cfg.default_run_dir())
-    with exclusive_run_dir(out) if Replicas.detect().is_main else nullcontext():
+    with exclusive_run_dir(out) if replicas_for(cfg).is_main else nullcontext():
         return _train_llm(cfg, out, model, split, progress, evaluate_test)
 
 
@@ -198,7 +205,7 @@ def _train_llm(
 ) -> dict[str, Any]:
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
-    replicas = Replicas.detect()
+    replicas = replicas_for(cfg)
     if cfg.recpo.users_per_step < replicas.world:
         raise ThinkrecError(
             f"recpo.users_per_step={cfg.recpo.users_per_step} is smaller than the {replicas.world} processes; "
