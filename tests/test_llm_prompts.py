@@ -176,4 +176,4 @@ def test_time_format_resolution() -> None:
     assert time_format(load_llm_config(None, ["prompt.relative_time=true"])) == "relative"
     assert time_format(load_llm_config(None, ["prompt.time_format=none"])) == "none"
     beauty = load_llm_config("benchmarks/llm/llm_beauty.toml", [])
-    assert time_format(beauty) == "relative" and beauty.prompt.noun_singular == "product"
+    assert time_format(beauty) == "date" and beauty.prompt.noun_singular == "product"

@@ -122,7 +122,8 @@ class PromptSection(BaseModel):
         description=(
             "what precedes each history line: 'relative' ('3d 2.0h ago', the paper's), 'date' (YYYY-MM-DD of the"
             " interaction), 'none'; auto = 'date' for ml100k (its users rate in bursts, so most relative times"
-            " read 'minutes ago'), 'relative' for other timestamped sources, 'none' without timestamps"
+            " read 'minutes ago') and seqrecbench (day timestamps), 'relative' for timestamped tables, 'none'"
+            " without timestamps"
         ),
     )
     relative_time: bool | None = Field(

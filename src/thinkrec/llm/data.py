@@ -152,8 +152,9 @@ def has_timestamps(cfg: LLMRunConfig) -> bool:
 
 def time_format(cfg: LLMRunConfig) -> TimeFormat:
     """The resolved ``prompt.time_format``: the older ``relative_time`` switch wins when set; ``auto`` =
-    dates on ml100k (its users rate in bursts: most relative times read minutes), relative times on
-    other timestamped sources, none without timestamps."""
+    dates on ml100k (its users rate in bursts: most relative times read minutes) and seqrecbench (day
+    timestamps: same-day items read "0.0min ago"), relative times on other timestamped sources (tables),
+    none without timestamps."""
     p = cfg.prompt
     if p.relative_time is not None:
         return "relative" if p.relative_time else "none"
@@ -161,7 +162,7 @@ def time_format(cfg: LLMRunConfig) -> TimeFormat:
         return p.time_format
     if not has_timestamps(cfg):
         return "none"
-    return "date" if cfg.data.source.format == "ml100k" else "relative"
+    return "date" if cfg.data.source.format in ("ml100k", "seqrecbench") else "relative"
 
 
 class PromptBank:
