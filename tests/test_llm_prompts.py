@@ -177,3 +177,22 @@ def test_time_format_resolution() -> None:
     assert time_format(load_llm_config(None, ["prompt.time_format=none"])) == "none"
     beauty = load_llm_config("benchmarks/llm/llm_beauty.toml", [])
     assert time_format(beauty) == "date" and beauty.prompt.noun_singular == "product"
+
+
+def test_categories_of_a_table_source_go_beside_history_titles() -> None:
+    from dataclasses import replace
+
+    from thinkrec.llm.data import PromptBank
+    from thinkrec.llm.prompts import PromptBuilder
+    from thinkrec.llm.tiny import tiny_tokenizer
+
+    ds = toy_dataset()
+    ds = replace(ds, item_text={**ds.item_text, "category": [""] + [f"Cat {i % 3}" for i in range(1, 13)]})
+    cfg = load_llm_config(
+        None, ["data.source.format=table", "data.source.path=/nowhere.csv", "prompt.time_format=none"]
+    )
+    bank = PromptBank(ds, cfg, PromptBuilder(tiny_tokenizer(), system_prompt="s"))
+    ex = make_example(ds, 0, 2, 5)
+    first = ex.shown[0]
+    assert bank.history_lines(ex)[0] == f"- [Item {first}] (Cat {first % 3})"
+    assert bank.item_texts[first] == f"Title: Item {first}\nCategory: Cat {first % 3}"

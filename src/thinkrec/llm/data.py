@@ -51,9 +51,13 @@ def read_side_info(ds: SequenceDataset, cfg: LLMRunConfig) -> SideInfo:
     source = cfg.data.source
     if not cfg.prompt.side_info or source.format != "ml100k":
         return SideInfo()
+    from thinkrec.errors import DataError
     from thinkrec.paths import resolve_data_path
 
-    root = resolve_data_path(source.path)
+    try:
+        root = resolve_data_path(source.path)
+    except DataError:  # a dataset built in code (tests) with no raw files behind it
+        return SideInfo()
     folder = root.parent if root.is_file() else root
     info = SideInfo()
     data = root if root.is_file() else folder / "u.data"
@@ -185,10 +189,11 @@ class PromptBank:
         self.item_texts = [""] + [
             item_text({f: columns[f][i] for f in fields}, cfg.prompt.field_words) for i in range(1, ds.n_items + 1)
         ]
-        # genres (or categories) beside each history title, when the data has them
-        self.history_details = (
-            available.get("genres") if (cfg.prompt.item_fields is None or "genres" in fields) else None
+        # genres (or categories) beside each history title, when the data has them and item text shows them
+        detail = next(
+            (f for f in ("genres", "genre", "categories", "category") if f in available and f in fields), None
         )
+        self.history_details = available[detail] if detail else None
         self._item_ids: list[list[int]] | None = None
         self.time_format = time_format(cfg)
         show = cfg.prompt.show_ratings
