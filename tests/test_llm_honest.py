@@ -262,3 +262,20 @@ def test_init_from_starts_from_another_runs_weights(tmp_path: Any) -> None:
     other = cfg2.model_copy(update={"model": cfg.model.model_copy(update={"lora_r": 8})})
     with pytest.raises(ThinkrecError, match="lora_r"):
         initialise_from(tiny_model(), other)
+
+
+def test_validation_also_runs_after_the_last_step(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from thinkrec.llm.run import train_llm
+
+    cfg, split, model = _setup(["recpo.variant=no_reasoning", "recpo.steps=3", "recpo.eval_every=2"])
+    seen: list[int] = []
+
+    def fake_evaluate(self: LLMTrainer, examples: list[Any], progress: bool = False, rebuild: bool = True) -> Any:
+        seen.append(len(seen))
+        metrics = {f"{m}@{k}": 0.1 for m in ("NDCG", "HR") for k in (5, 10, 20)}
+        return {"metrics": metrics, "n_samples": len(examples), "ranks": [0] * len(examples), "cost": {}}
+
+    monkeypatch.setattr(LLMTrainer, "evaluate", fake_evaluate)
+    results = train_llm(cfg, tmp_path, model=model, split=split, progress=False, evaluate_test=False)
+    assert [h["step"] for h in results["selection"]["history"]] == [0, 2, 3]
+    assert results["selection"]["best_step"] == 0  # ties keep the earlier weights

@@ -191,8 +191,8 @@ class RecPOSection(BaseModel):
         ge=0,
         description=(
             "rebuild the whole cached item table every N steps (0 = never: only the step's targets are"
-            " re-encoded, as in the paper's code; the other rows go stale, so the training reward partly"
-            " measures how a fresh target vector stands out among stale ones)"
+            " re-encoded, as in the paper's code, and the other rows go stale between evaluations, which"
+            " rebuild it)"
         ),
     )
     group_size: int = Field(4, ge=1, description="rollouts per user (G)")
@@ -218,8 +218,9 @@ class RecPOSection(BaseModel):
         0,
         ge=0,
         description=(
-            "evaluate on validation every this many steps and keep the best weights (checkpoints/best.*), which"
-            " the test evaluation then uses (0 = no validation: the final weights)"
+            "evaluate on validation before the first step, every this many steps and after the last, and keep"
+            " the best weights (checkpoints/best.*), which the test evaluation then uses (0 = no validation:"
+            " the final weights)"
         ),
     )
     select_metric: str = Field("NDCG@20", description="the validation metric of best-checkpoint selection")

@@ -258,7 +258,7 @@ def _train_llm(
             model.build_item_table(bank.item_ids, cfg.eval.item_batch_size)
         record: StepLog = trainer.step(batch, step)
         row = record.as_dict()
-        if cfg.recpo.eval_every and step % cfg.recpo.eval_every == 0:
+        if cfg.recpo.eval_every and (step % cfg.recpo.eval_every == 0 or step == cfg.recpo.steps):
             row["valid"] = selection.evaluate(step)
         log.append(row)
         if main:
