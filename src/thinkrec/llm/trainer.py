@@ -371,7 +371,11 @@ class LLMTrainer:
                 "generated_tokens": tokens,
                 "tokens_per_second": tokens / reason_s if reasoning and reason_s > 0 else 0.0,
                 **peak_memory(self.device),
-                "note": "seconds summed over processes; item table build excluded (seconds.item_table)",
+                "note": (
+                    "reasoning = greedy generation (recpo) plus the user-vector forward (the prompt forward"
+                    " alone for no_reasoning); scoring = full-catalogue cosines, masking and ranks; seconds"
+                    " summed over processes; the item table build is excluded (seconds.item_table)"
+                ),
             },
         }
 
