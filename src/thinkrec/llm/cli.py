@@ -212,9 +212,8 @@ def cmd_llm_recommend(args: argparse.Namespace) -> int:
     if model.item_table is None:
         model.build_item_table(bank.item_ids, cfg.eval.item_batch_size, progress=True)
     users_vec, texts = trainer.user_vectors([ex], cfg.recpo.variant == "recpo")
-    scores = model.score_all(users_vec)
-    scores = mask_scores(scores, history_mask([ex.seen], ds.n_items + 1, device=scores.device))[0]
-    top = np.argsort(-scores.cpu().numpy(), kind="stable")[: args.k]
+    scores = mask_scores(model.score_all(users_vec), history_mask([ex.seen], ds.n_items + 1))[0]
+    top = np.argsort(-scores.numpy(), kind="stable")[: args.k]
     print("reasoning:")
     print("  " + (texts[0].strip().replace("\n", "\n  ") if texts[0] else "(none: the no-reasoning variant)"))
     print(f"\ntop-{args.k}:")
