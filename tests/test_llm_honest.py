@@ -279,3 +279,24 @@ def test_validation_also_runs_after_the_last_step(tmp_path: Any, monkeypatch: py
     results = train_llm(cfg, tmp_path, model=model, split=split, progress=False, evaluate_test=False)
     assert [h["step"] for h in results["selection"]["history"]] == [0, 2, 3]
     assert results["selection"]["best_step"] == 0  # ties keep the earlier weights
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+@pytest.mark.parametrize("variant", ["recpo", "no_reasoning"])
+def test_a_step_and_an_evaluation_on_cuda(variant: str) -> None:
+    from thinkrec.llm.config import ModelSection
+    from thinkrec.llm.hf import wrap
+    from thinkrec.llm.run import evaluation
+    from thinkrec.llm.tiny import tiny_llama, tiny_tokenizer
+
+    cfg, split, _ = _setup([f"recpo.variant={variant}", "recpo.negatives=catalogue", "model.center_items=true"])
+    tok = tiny_tokenizer()
+    model = wrap(tiny_llama(len(tok), init_std=0.5), tok, ModelSection(lora_r=2, device="cuda", center_items=True))
+    bank = PromptBank(split.dataset, cfg, PromptBuilder(model.tokenizer, system_prompt="s", max_item_tokens=16))
+    trainer = LLMTrainer(model, bank, cfg)
+    trainer.ensure_item_table()
+    assert model.device.type == "cuda" and model.item_table is not None and model.item_table.is_cuda
+    log = trainer.step(train_examples(split, cfg)[:2], 1)
+    assert log.grad_norm >= 0
+    report = evaluation(trainer, split, cfg, "test", progress=False)
+    assert report["cost"]["device"].startswith("cuda") and report["cost"]["peak_memory_kind"] == "cuda allocated"
