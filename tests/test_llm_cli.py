@@ -45,6 +45,27 @@ def test_llm_train_evaluate_recommend(
     assert "top-2:" in capsys.readouterr().out
 
 
+def test_llm_cold_start_then_recpo_then_compare(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tiny_dir / "cache"))
+    cold, rl = tiny_dir / "cold", tiny_dir / "rl"
+    stage1 = ["recpo.variant=no_reasoning", "recpo.negatives=catalogue", "recpo.eval_every=1"]
+    assert main(["llm", "train", str(tiny_dir / "llm.toml"), *stage1, "--run-dir", str(cold), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "step 0: valid NDCG@20" in out and "most-popular" in out and "cost:" in out
+    assert (cold / "checkpoints" / "best.json").exists()
+    stage2 = ["recpo.eval_every=2", "recpo.format_reward=0.05", "--init-from", str(cold)]
+    assert main(["llm", "train", str(tiny_dir / "llm.toml"), *stage2, "--run-dir", str(rl), "--no-progress"]) == 0
+    results = json.loads((rl / "results.json").read_text())
+    assert results["init_from"] == str(cold) and results["selection"]["metric"] == "NDCG@20"
+    assert json.loads((rl / "config.json").read_text())["init_from"] == str(cold)
+    capsys.readouterr()
+    assert main(["llm", "compare", str(cold / "results.json"), str(rl / "results.json"), "--resamples", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "3 paired samples" in out and "paired bootstrap" in out and "McNemar" in out
+
+
 def test_llm_cli_errors_are_messages(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["llm", "train", str(tiny_dir / "llm.toml"), "recpo.grup_size=2"]) == 2
     assert "did you mean 'recpo.group_size'" in capsys.readouterr().err

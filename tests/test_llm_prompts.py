@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,107 @@ def test_config_rejects_unknown_keys_with_a_suggestion() -> None:
         load_llm_config(None, ["recpo.group_sise=3"])
     cfg = load_llm_config(None, ["recpo.pairing=faithful_to_code", "model.finetune=full"])
     assert cfg.recpo.pairing == "faithful_to_code" and isinstance(cfg, LLMRunConfig)
+
+
+def test_history_line_and_date_and_rating_formats() -> None:
+    from thinkrec.llm.prompts import format_date, format_rating, history_line
+
+    assert format_date(0) == "1970-01-01" and format_date(86400 * 365) == "1971-01-01"
+    assert format_rating(4.0) == "rated 4/5" and format_rating(3.5) == "rated 3.5/5"
+    assert history_line(" Heat\n(1995)", "1998-04-16", ["Action, Crime", "rated 4/5"]) == (
+        "1998-04-16: [Heat (1995)] (Action, Crime; rated 4/5)"
+    )
+    assert history_line("Heat", None, []) == "- [Heat]"
+
+
+def _toy_ml100k(root: Path) -> Path:
+    """Three users, four movies, in the raw MovieLens-100K layout (u.data tab-separated, u.item pipes)."""
+    folder = root / "ml"
+    folder.mkdir()
+    rows = [(1, 1, 5, 100), (1, 2, 3, 200), (1, 3, 4, 300), (1, 4, 1, 400), (2, 2, 2, 150), (2, 1, 4, 250)]
+    rows += [(2, 3, 5, 350), (3, 4, 4, 120), (3, 3, 3, 220), (3, 1, 2, 320)]
+    (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    flags = {1: (3, 4, 5), 2: (1, 2), 3: (8,), 4: ()}
+    lines = []
+    for item, on in flags.items():
+        genre = "|".join("1" if g in on else "0" for g in range(19))
+        lines.append(f"{item}|Movie {item} (1995)|01-Jan-199{item}||http://x|{genre}")
+    (folder / "u.item").write_text("\n".join(lines) + "\n", encoding="latin-1")
+    return folder
+
+
+def test_ml100k_prompts_show_dates_genres_and_ratings(tmp_path: Path) -> None:
+    from thinkrec.data.prepare import load_or_prepare
+    from thinkrec.llm.data import PromptBank, read_side_info, time_format
+    from thinkrec.llm.prompts import PromptBuilder
+    from thinkrec.llm.tiny import tiny_tokenizer
+
+    folder = _toy_ml100k(tmp_path)
+    cfg = load_llm_config(
+        None,
+        [
+            "data.source.format=ml100k",
+            f"data.source.path={folder}",
+            "data.name=toy-ml",
+            "data.split.kind=loo",
+            "sample.history_len=20",
+        ],
+    )
+    ds = load_or_prepare(cfg.data.source, cfg.data.prepare, cfg.data.name)
+    side = read_side_info(ds, cfg)
+    assert side.ratings is not None and len(side.ratings) == len(ds.items) and not np.isnan(side.ratings).any()
+    assert time_format(cfg) == "date"
+    bank = PromptBank(ds, cfg, PromptBuilder(tiny_tokenizer(), system_prompt="s"), side)
+    user = [str(u) for u in ds.user_ids].index("1")
+    ex = make_example(ds, user, 3, 20)
+    lines = bank.history_lines(ex)
+    assert lines[0] == "1970-01-01: [Movie 1 (1995)] (Animation, Children's, Comedy; rated 5/5)"
+    assert lines[1].endswith("[Movie 2 (1995)] (Action, Adventure; rated 3/5)") and len(lines) == 3
+    item = [str(i) for i in ds.item_ids].index("3") + 1
+    assert bank.item_texts[item] == "Title: Movie 3 (1995)\nGenres: Drama\nYear: 1993"
+    # titles only and no times when asked
+    plain = load_llm_config(
+        None,
+        [
+            "data.source.format=ml100k",
+            f"data.source.path={folder}",
+            "prompt.side_info=false",
+            "prompt.time_format=none",
+        ],
+    )
+    bare = PromptBank(ds, plain, PromptBuilder(tiny_tokenizer(), system_prompt="s"))
+    assert bare.history_lines(ex)[0] == "- [Movie 1 (1995)]" and bare.item_texts[item] == "Title: Movie 3 (1995)"
+    # over the token budget the oldest lines go first, whole
+    tight = PromptBuilder(tiny_tokenizer(), system_prompt="s", max_prompt_tokens=len(bank.user_ids(ex)) - 5)
+    short = PromptBank(ds, cfg, tight, side)
+    text = tiny_tokenizer().decode(short.user_ids(ex))
+    assert "Movie 1 (1995)" not in text and lines[-1] in text
+
+
+def test_time_format_resolution() -> None:
+    from thinkrec.llm.data import time_format
+
+    assert time_format(load_llm_config(None, [])) == "date"  # ml100k default
+    assert time_format(load_llm_config(None, ["prompt.relative_time=true"])) == "relative"
+    assert time_format(load_llm_config(None, ["prompt.time_format=none"])) == "none"
+    beauty = load_llm_config("benchmarks/llm/llm_beauty.toml", [])
+    assert time_format(beauty) == "date" and beauty.prompt.noun_singular == "product"
+
+
+def test_categories_of_a_table_source_go_beside_history_titles() -> None:
+    from dataclasses import replace
+
+    from thinkrec.llm.data import PromptBank
+    from thinkrec.llm.prompts import PromptBuilder
+    from thinkrec.llm.tiny import tiny_tokenizer
+
+    ds = toy_dataset()
+    ds = replace(ds, item_text={**ds.item_text, "category": [""] + [f"Cat {i % 3}" for i in range(1, 13)]})
+    cfg = load_llm_config(
+        None, ["data.source.format=table", "data.source.path=/nowhere.csv", "prompt.time_format=none"]
+    )
+    bank = PromptBank(ds, cfg, PromptBuilder(tiny_tokenizer(), system_prompt="s"))
+    ex = make_example(ds, 0, 2, 5)
+    first = ex.shown[0]
+    assert bank.history_lines(ex)[0] == f"- [Item {first}] (Cat {first % 3})"
+    assert bank.item_texts[first] == f"Title: Item {first}\nCategory: Cat {first % 3}"

@@ -19,6 +19,9 @@ LLM_EPILOG = """examples:
   thinkrec llm train benchmarks/llm/llm_ml100k.toml recpo.variant=no_reasoning
   thinkrec llm evaluate runs/llm-ml100k-time-recpo-s42 --split test
   thinkrec llm recommend runs/llm-ml100k-time-recpo-s42 --user 196 -k 10
+  thinkrec llm train benchmarks/llm/llm_ml100k_coldstart.toml --run-dir runs/cold   # stage 1: no reasoning
+  thinkrec llm train benchmarks/llm/llm_ml100k.toml --init-from runs/cold          # stage 2: RecPO from it
+  thinkrec llm compare runs/a/results.json runs/b/results.json -k 20                # paired tests on test
 data-parallel over CPU processes (GPUs are not used yet): launch the same command with accelerate, e.g.
   accelerate launch --cpu --num_processes 4 -m thinkrec.cli.main llm train cfg.toml recpo.users_per_step=16
   (torchrun --nproc_per_node 4 -m thinkrec.cli.main ... works too); see docs/llm.md"""
@@ -47,6 +50,7 @@ def add_llm_parser(
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. recpo.steps=30 sample.train_users=200")
     train.add_argument("--run-dir", help="output folder (default runs/llm-<data>-<variant>-s<seed>)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--init-from", help="start from this run directory's trained weights (sets init_from)")
     train.set_defaults(func=cmd_llm_train)
 
     ev = verbs.add_parser("evaluate", help="full-catalogue HR/NDCG of a trained LLM run")
@@ -54,6 +58,13 @@ def add_llm_parser(
     ev.add_argument("--split", choices=["valid", "test"], default="test", help="which samples (default test)")
     ev.add_argument("--output", help="also write the report to this JSON file")
     ev.set_defaults(func=above.get("evaluate", cmd_llm_evaluate))
+
+    cmp = verbs.add_parser("compare", help="paired tests of two runs' test results (bootstrap NDCG, McNemar HR)")
+    cmp.add_argument("a", help="results.json of run A (or a report written by evaluate --output)")
+    cmp.add_argument("b", help="results.json of run B, on the same samples")
+    cmp.add_argument("-k", type=int, default=20, help="the cut-off K of NDCG@K and HR@K (default 20)")
+    cmp.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    cmp.set_defaults(func=cmd_llm_compare)
 
     rec = verbs.add_parser("recommend", help="print the model's reasoning, then its top-K titles")
     rec.add_argument("run_dir", help="a directory written by thinkrec llm train")
@@ -74,13 +85,13 @@ def cmd_llm_prepare_model(args: argparse.Namespace) -> int:
 
 def cmd_llm_train(args: argparse.Namespace) -> int:
     from thinkrec.llm.config import load_llm_config
-    from thinkrec.llm.distributed import Replicas
-    from thinkrec.llm.run import train_llm
+    from thinkrec.llm.run import replicas_for, train_llm
 
-    cfg = load_llm_config(args.config, args.overrides)
+    overrides = [*args.overrides, *([f"init_from={args.init_from}"] if args.init_from else [])]
+    cfg = load_llm_config(args.config, overrides)
     out = Path(args.run_dir or cfg.default_run_dir())
     results = train_llm(cfg, out, progress=not args.no_progress)
-    if not Replicas.detect().is_main:
+    if not replicas_for(cfg).is_main:
         return 0
     print(
         f"\nrun: {out}  (reward: first half {results['reward_first_half']:.4f}, second half "
@@ -91,11 +102,52 @@ def cmd_llm_train(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: dict[str, Any], which: str) -> None:
-    print(f"{which} ({report['n_samples']} samples):")
+    popular = report.get("popularity", {}).get("metrics", {})
+    print(f"{which} ({report['n_samples']} samples):" + ("  model  most-popular" if popular else ""))
     for name, value in report["metrics"].items():
-        print(f"  {name:<8} {value:.4f}")
+        side = f"  {popular[name]:.4f}" if name in popular else ""
+        print(f"  {name:<8} {value:.4f}{side}")
+    cost = report.get("cost")
+    if cost:
+        print(
+            f"  cost: {cost['seconds_per_user']:.3f} s/user (reasoning {cost['reasoning_seconds_per_user']:.3f},"
+            f" scoring {cost['scoring_seconds_per_user']:.3f}), {cost['tokens_per_second']:.1f} tokens/s,"
+            f" peak memory {cost['peak_memory_mb']:.0f} MB ({cost['peak_memory_kind']}) on {cost['device']}"
+        )
     for key, value in report.get("protocol", {}).items():
         print(f"  {key}: {value}")
+
+
+def cmd_llm_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from thinkrec.errors import ThinkrecError
+    from thinkrec.llm.evaluation import compare_reports
+
+    reports = []
+    for path in (args.a, args.b):
+        data = json.loads(Path(path).read_text())
+        reports.append(data.get("test", data))  # a run's results.json or an evaluate --output report
+    try:
+        out = compare_reports(reports[0], reports[1], k=args.k, resamples=args.resamples)
+    except ValueError as exc:
+        raise ThinkrecError(str(exc)) from None
+    ndcg, hr = out[f"NDCG@{args.k}"], out[f"HR@{args.k}"]
+    print(f"{out['n']} paired samples (B - A):")
+    print(
+        f"  NDCG@{args.k}: A {ndcg['a']:.4f}  B {ndcg['b']:.4f}  diff {ndcg['mean_diff']:+.4f}"
+        f"  95% CI [{ndcg['ci_low']:+.4f}, {ndcg['ci_high']:+.4f}]  p {ndcg['p_value']:.4f} (paired bootstrap)"
+    )
+    print(
+        f"  HR@{args.k}:   A {hr['a']:.4f}  B {hr['b']:.4f}  only A {hr['only_a']}  only B {hr['only_b']}"
+        f"  p {hr['p_value']:.4f} (McNemar, {hr['method']})"
+    )
+    for name, report in zip("AB", reports, strict=True):
+        pop = report.get("popularity", {}).get("metrics", {})
+        n_key, h_key = f"NDCG@{args.k}", f"HR@{args.k}"
+        if n_key in pop:
+            print(f"  most-popular on {name}'s samples: {n_key} {pop[n_key]:.4f}  {h_key} {pop[h_key]:.4f}")
+    return 0
 
 
 def cmd_llm_evaluate(args: argparse.Namespace) -> int:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from thinkrec.config.schema import DataConfig
+from thinkrec.config.schema import OPERATIONAL, DataConfig
 from thinkrec.data.config import SourceConfig
 from thinkrec.data.split import SplitConfig
+from thinkrec.device import DeviceSetting
 from thinkrec.llm.recpo import AdvantageKind, LossPairing
 
 
@@ -31,8 +32,27 @@ class SampleConfig(BaseModel):
 
     train_users: int = Field(300, ge=1, description="training users drawn (seeded) from users with >= 2 training items")
     examples_per_user: int = Field(1, ge=1, description="training examples (random prefixes) per drawn user")
-    eval_users: int = Field(100, ge=1, description="validation / test samples drawn (seeded) from the split's")
-    history_len: int = Field(10, ge=1, description="most recent history items shown in the prompt")
+    eval_users: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "test samples drawn (seeded) from the split's; the same samples for every run with the same data,"
+            " split and sample.seed, so two runs' per-sample results pair up (>= 1,000 for a significance test)"
+        ),
+    )
+    valid_users: int | None = Field(
+        None,
+        ge=1,
+        description="validation samples for checkpoint selection (null = eval_users); fewer is cheaper mid-run",
+    )
+    history_len: int = Field(
+        20,
+        ge=1,
+        description=(
+            "most recent history items shown in the prompt (an over-long prompt keeps its instruction and its"
+            " most recent lines, model.max_prompt_tokens)"
+        ),
+    )
     seed: int = Field(0, description="seed of the user / example / evaluation-sample draws")
 
 
@@ -65,7 +85,25 @@ class ModelSection(BaseModel):
             " (SmolLM2 inserts a long one)"
         ),
     )
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads (default: torch's choice)", json_schema_extra=OPERATIONAL
+    )
+    device: DeviceSetting = Field(
+        "auto",
+        description=(
+            "where the LM, its item table and every tensor it makes live: auto (a CUDA GPU when torch sees one,"
+            " else the CPU), cpu, or cuda (an error without a GPU)"
+        ),
+        json_schema_extra=OPERATIONAL,
+    )
+    center_items: bool = Field(
+        False,
+        description=(
+            "subtract the mean item vector from user and item vectors before the cosine (a small LM's hidden"
+            " states are nearly parallel: mean item-item cosine ~0.96 on ML-100K); applies to rewards, losses"
+            " and evaluation alike"
+        ),
+    )
 
 
 class PromptSection(BaseModel):
@@ -79,8 +117,28 @@ class PromptSection(BaseModel):
         None, description="item text columns shown in item prompts (null = every column the dataset has)"
     )
     field_words: int = Field(32, ge=1, description="each non-title field is cut to this many words ('...' appended)")
+    time_format: Literal["auto", "relative", "date", "none"] = Field(
+        "auto",
+        description=(
+            "what precedes each history line: 'relative' ('3d 2.0h ago', the paper's), 'date' (YYYY-MM-DD of the"
+            " interaction), 'none'; auto = 'date' for ml100k (its users rate in bursts, so most relative times"
+            " read 'minutes ago') and seqrecbench (day timestamps), 'relative' for timestamped tables, 'none'"
+            " without timestamps"
+        ),
+    )
     relative_time: bool | None = Field(
-        None, description="show '<time> ago' before history titles (null = when the source has timestamps)"
+        None,
+        description="older configs' switch: true = time_format 'relative', false = 'none' (null = use time_format)",
+    )
+    show_ratings: bool | None = Field(
+        None, description="show each history item's rating ('rated 4/5'; null = when the source has ratings: ml100k)"
+    )
+    side_info: bool = Field(
+        True,
+        description=(
+            "read what the raw files hold beyond titles (ml100k: ratings, genres, release year) for prompts and"
+            " item text; false = titles only"
+        ),
     )
     answer_marker: str = Field("<answer>", description="the plain-text marker that ends the reasoning")
 
@@ -104,13 +162,37 @@ class RecPOSection(BaseModel):
             " item (cached vectors, the step's targets freshly encoded), history masked, like the reward"
         ),
     )
+    reward_table: Literal["before_refresh", "after_refresh"] = Field(
+        "before_refresh",
+        description=(
+            "which cached item table the step's reward ranks against: 'before_refresh' (the released code's"
+            " order: score, then write the step's freshly encoded targets into the table) or 'after_refresh'"
+            " (targets refreshed first: the target is then the one fresh row among stale ones)"
+        ),
+    )
+    item_side: Literal["trained", "fixed"] = Field(
+        "trained",
+        description=(
+            "'trained' (paper): item vectors come from the trained model and get gradients; 'fixed': the item"
+            " table is built once by the adapter-free model (or the initial weights under full fine-tuning)"
+            " and never changes -- only the user side learns (departs from the paper, see docs/llm.md)"
+        ),
+    )
+    format_reward: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "added to a rollout's reward when it wrote the end marker itself within max_new_tokens (teaches"
+            " the format: a short rationale, then the marker); 0 = off (paper)"
+        ),
+    )
     refresh_every: int = Field(
         0,
         ge=0,
         description=(
             "rebuild the whole cached item table every N steps (0 = never: only the step's targets are"
-            " re-encoded, as in the paper's code; the other rows go stale, so the training reward partly"
-            " measures how a fresh target vector stands out among stale ones)"
+            " re-encoded, as in the paper's code, and the other rows go stale between evaluations, which"
+            " rebuild it)"
         ),
     )
     group_size: int = Field(4, ge=1, description="rollouts per user (G)")
@@ -132,7 +214,16 @@ class RecPOSection(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     grad_clip: float | None = Field(1.0, description="clip the gradient norm (null = off)")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps (the code's 32 had no effect)")
-    eval_every: int = Field(0, ge=0, description="evaluate on validation every this many steps (0 = at the end)")
+    eval_every: int = Field(
+        0,
+        ge=0,
+        description=(
+            "evaluate on validation before the first step, every this many steps and after the last, and keep"
+            " the best weights (checkpoints/best.*), which the test evaluation then uses (0 = no validation:"
+            " the final weights)"
+        ),
+    )
+    select_metric: str = Field("NDCG@20", description="the validation metric of best-checkpoint selection")
     seed: int = Field(42, description="root seed: initialisation, data order and rollout sampling")
 
 
@@ -145,6 +236,13 @@ class LLMEvalSection(BaseModel):
     batch_size: int = Field(16, ge=1, description="users per greedy-reasoning batch")
     item_batch_size: int = Field(64, ge=1, description="items per encoding batch of the item table")
     mask_history: bool = Field(True, description="exclude the user's whole history from the ranking (paper)")
+    popularity_baseline: bool = Field(
+        True,
+        description=(
+            "also rank by training-interaction counts on the same samples, catalogue and masking, and report"
+            " it beside the model (validation and test)"
+        ),
+    )
 
 
 class LLMRunConfig(BaseModel):
@@ -159,6 +257,21 @@ class LLMRunConfig(BaseModel):
     recpo: RecPOSection = Field(default_factory=RecPOSection)
     eval: LLMEvalSection = Field(default_factory=LLMEvalSection)
     run_dir: str | None = Field(None, description="output folder (default runs/llm-<data.name>-<variant>-s<seed>)")
+    init_from: str | None = Field(
+        None,
+        description=(
+            "start from the trained weights of this run directory (its best checkpoint, else its last), e.g."
+            " a no_reasoning cold start before RecPO; its model section must match"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LLMRunConfig:
+        if self.recpo.item_side == "fixed" and self.recpo.refresh_every:
+            raise ValueError("recpo.item_side='fixed' keeps the item table: recpo.refresh_every must be 0")
+        if self.recpo.select_metric not in {f"{m}@{k}" for m in ("NDCG", "HR") for k in self.eval.ks}:
+            raise ValueError(f"recpo.select_metric={self.recpo.select_metric!r}: use NDCG@K or HR@K with K in eval.ks")
+        return self
 
     def default_run_dir(self) -> str:
         return self.run_dir or f"runs/llm-{self.data.name}-{self.recpo.variant}-s{self.recpo.seed}"

@@ -1,7 +1,8 @@
 """Data-parallel R²ec training across processes started by ``accelerate launch`` (or ``torchrun``).
 
-The process group is set up by accelerate (``PartialState``, gloo backend: the model and its tensors are on
-the CPU in this version) from the launcher's environment; this module only decides who does what:
+The process group is set up by accelerate (``PartialState``) from the launcher's environment: the gloo
+backend when the model runs on the CPU, NCCL with one GPU per process (accelerate selects the local GPU)
+when it runs on CUDA (``model.device``). This module only decides who does what:
 
 - every process holds a full replica and sees the same global batch of users (same seeded order);
 - each process runs the rollouts, rewards and losses of its share of the users (``users[rank::world]``);
@@ -36,14 +37,14 @@ class Replicas:
     world: int = 1
 
     @classmethod
-    def detect(cls) -> Replicas:
-        """One replica unless a launcher set ``WORLD_SIZE`` > 1; then join its process group via accelerate."""
+    def detect(cls, cpu: bool = True) -> Replicas:
+        """One replica unless a launcher set ``WORLD_SIZE`` > 1; then join its process group via accelerate
+        (``cpu``: the gloo backend for a model on the CPU; else NCCL, each process on its local GPU)."""
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         from accelerate import PartialState
 
-        # gloo: the model and every tensor of this code live on the CPU (GPU placement is not wired in yet)
-        state = PartialState(cpu=True)
+        state = PartialState(cpu=cpu)
         return cls(rank=int(state.process_index), world=int(state.num_processes))
 
     @property

@@ -172,4 +172,7 @@ def wrap(lm: Any, tokenizer: Any, section: ModelSection) -> DualHeadLM:
             p.requires_grad_(True)
     eos = [i for i in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} if isinstance(i, int)]
     eos = [i for i in eos if i != tokenizer.unk_token_id]
-    return DualHeadLM(lm, tokenizer, section.tau, int(tokenizer.pad_token_id), eos)
+    from thinkrec.device import resolve_device
+
+    lm.to(resolve_device(section.device))
+    return DualHeadLM(lm, tokenizer, section.tau, int(tokenizer.pad_token_id), eos, center_items=section.center_items)

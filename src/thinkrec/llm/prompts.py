@@ -50,14 +50,31 @@ def cut_words(text: str, n: int) -> str:
     return " ".join(words[:n]) + (" ..." if len(words) > n else "")
 
 
+def format_date(timestamp: int) -> str:
+    """A unix time as ``YYYY-MM-DD`` (UTC)."""
+    import datetime
+
+    return datetime.datetime.fromtimestamp(int(timestamp), tz=datetime.UTC).strftime("%Y-%m-%d")
+
+
+def format_rating(rating: float) -> str:
+    """``rated 4/5`` (``rated 3.5/5`` for half stars)."""
+    return f"rated {rating:g}/5"
+
+
+def history_line(title: str, when: str | None, details: list[str]) -> str:
+    """``<when>: [title] (detail; detail)``; ``- [title]`` without a time, no brackets without details."""
+    head = f"{when}: " if when else "- "
+    tail = f" ({'; '.join(d for d in details if d)})" if any(details) else ""
+    return f"{head}[{clean(title)}]{tail}"
+
+
 def history_text(titles: list[str], times: list[int] | None, now: int | None) -> str:
     """One line per history item, oldest first: ``<time ago>: [title]`` (``- [title]`` without times)."""
     lines = []
     for i, title in enumerate(titles):
-        if times is not None and now is not None:
-            lines.append(f"{format_time_ago(now - times[i])}: [{clean(title)}]")
-        else:
-            lines.append(f"- [{clean(title)}]")
+        when = format_time_ago(now - times[i]) if times is not None and now is not None else None
+        lines.append(history_line(title, when, []))
     return "\n".join(lines)
 
 
@@ -83,9 +100,14 @@ def item_text(fields: dict[str, str], field_words: int) -> str:
     return "\n".join(lines)
 
 
-def item_prompt_text(text: str, singular: str, marker: str) -> str:
+def item_instruction(singular: str, marker: str) -> str:
+    """The item prompt's instruction line and the blank line after it."""
     close = marker.replace("<", "</", 1)
-    return ITEM_INSTRUCTION.format(singular=singular, open=marker, close=close) + "\n\n" + text
+    return ITEM_INSTRUCTION.format(singular=singular, open=marker, close=close) + "\n\n"
+
+
+def item_prompt_text(text: str, singular: str, marker: str) -> str:
+    return item_instruction(singular, marker) + text
 
 
 class PromptBuilder:
@@ -131,12 +153,14 @@ class PromptBuilder:
             ids = ids[:head] + ids[len(ids) - (self.max_prompt_tokens - head) :]
         return ids
 
-    def item_ids(self, text: str) -> list[int]:
-        """An item sequence: the chat with the item text, the assistant turn pre-filled with the marker."""
+    def item_ids(self, text: str, head: str = "") -> list[int]:
+        """An item sequence: the chat with ``head`` (the instruction, never cut) then the item ``text`` cut
+        to ``max_item_tokens`` tokens, the assistant turn pre-filled with the marker. (Cutting the whole
+        prompt instead would let a long instruction crowd out the item itself.)"""
         body = self.tokenizer.encode(text, add_special_tokens=False)
         if len(body) > self.max_item_tokens:
             text = str(getattr(self.tokenizer, "decode")(body[: self.max_item_tokens]))  # noqa: B009
-        return self.chat_ids(text) + self.marker_ids
+        return self.chat_ids(head + text) + self.marker_ids
 
     def with_marker(self, prompt: list[int]) -> list[int]:
         """The no-reasoning user sequence: prompt, then the marker right away."""

@@ -89,7 +89,9 @@ def mask_scores(scores: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(masked, float("-inf"))
 
 
-def history_mask(histories: list[list[int]], n_columns: int, mask_pad: bool = True) -> torch.Tensor:
+def history_mask(
+    histories: list[list[int]], n_columns: int, mask_pad: bool = True, device: torch.device | None = None
+) -> torch.Tensor:
     """Boolean ``[len(histories), n_columns]``; column = item id. Column 0 (the pad item) is masked too
     when ``mask_pad`` (our decision for r2ec.md §9.10: the pad item is never a candidate)."""
     out = torch.zeros(len(histories), n_columns, dtype=torch.bool)
@@ -98,12 +100,12 @@ def history_mask(histories: list[list[int]], n_columns: int, mask_pad: bool = Tr
             out[row, torch.as_tensor(items, dtype=torch.long)] = True
     if mask_pad:
         out[:, 0] = True
-    return out
+    return out.to(device)
 
 
 @dataclass(frozen=True)
 class Rewards:
-    """Per-rollout reward parts: ``reward = (1 - beta) * ndcg + beta * softmax``."""
+    """Per-rollout reward parts: ``reward = (1 - beta) * ndcg + beta * softmax`` (+ a format bonus)."""
 
     reward: torch.Tensor  # float [R]
     ndcg: torch.Tensor  # float [R]: 1 / log2(rank + 2) if rank < cutoff else 0
@@ -118,7 +120,12 @@ def ndcg_reward(ranks: torch.Tensor, cutoff: int) -> torch.Tensor:
 
 
 def fused_reward(
-    scores: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor, beta: float, cutoff: int
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    masked: torch.Tensor,
+    beta: float,
+    cutoff: int,
+    bonus: torch.Tensor | None = None,
 ) -> Rewards:
     """The fused reward of r2ec.md §4.3 step 2 over the full catalogue with ``masked`` entries removed.
 
@@ -128,6 +135,7 @@ def fused_reward(
         masked: ``[R, N]`` bool, ``True`` for the user's history (and the pad column).
         beta: weight of the softmax term (the code's ``reward_softmax_weight``, 0.05).
         cutoff: NDCG cut-off (1000 in the code; ``min(1000, N)`` on small catalogues).
+        bonus: ``[R]`` added to the reward as it is (the format reward; not part of ``ndcg``/``softmax``).
     """
     with torch.no_grad():
         s = mask_scores(scores.detach().float(), masked)
@@ -135,10 +143,18 @@ def fused_reward(
         ndcg = ndcg_reward(ranks, cutoff)
         prob = torch.softmax(s, dim=1).gather(1, targets[:, None]).squeeze(1)
         reward = (1.0 - beta) * ndcg + beta * prob
+        if bonus is not None:
+            reward = reward + bonus.to(reward.device, reward.dtype)
     return Rewards(reward=reward, ndcg=ndcg, softmax=prob, ranks=ranks)
 
 
 # ------------------------------------------------------------------------------------------- advantages
+def format_bonus(hit_marker: list[bool], weight: float) -> torch.Tensor:
+    """The format reward: ``weight`` for each rollout that wrote the end marker itself (within the token
+    budget -- a rollout cut at the budget had the marker appended and gets 0), else 0."""
+    return torch.tensor([weight if hit else 0.0 for hit in hit_marker], dtype=torch.float32)
+
+
 def group_advantages(
     rewards: torch.Tensor,
     group_size: int,
@@ -250,13 +266,14 @@ def catalogue_target_logprobs(
     gradients; a repeated id keeps its first vector). ``masked [R, N]`` columns (history, pad) are removed;
     the row's own ``targets [R]`` column never is.
     """
+    device = users.device
     logits = cosine_scores(users, table.detach(), tau)
     ids, inverse = torch.unique(item_ids, return_inverse=True)
-    first = torch.full((len(ids),), len(item_ids), dtype=torch.long)
-    first = first.scatter_reduce(0, inverse, torch.arange(len(item_ids)), reduce="amin")
+    first = torch.full((len(ids),), len(item_ids), dtype=torch.long, device=device)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(item_ids), device=device), reduce="amin")
     logits = logits.index_copy(1, ids, cosine_scores(users, items[first], tau))
     keep = torch.zeros_like(masked)
-    keep[torch.arange(len(targets)), targets] = True
+    keep[torch.arange(len(targets), device=device), targets] = True
     logits = mask_scores(logits, masked & ~keep)
     return torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
 

@@ -1,9 +1,14 @@
 """An R²ec run: build from a config, train with RecPO (or the no-reasoning baseline), evaluate, reload.
 
 A run directory holds ``config.json``, ``log.jsonl`` (one line per step: reward, advantage, NDCG@cutoff,
-softmax term, reasoning length, losses, seconds per phase), ``reward.png``, ``checkpoints/last.safetensors``
-+ ``last.json`` (the *trainable* tensors only -- LoRA adapters, or all weights for full fine-tuning -- and the
-cached item table, via the engine's atomic checkpoint files) and ``results.json``.
+softmax term, reasoning length, losses, seconds per phase, and the validation metrics on evaluation steps),
+``reward.png``, ``checkpoints/last.safetensors`` + ``last.json`` (the final *trainable* tensors only -- LoRA
+adapters, or all weights for full fine-tuning -- and the cached item table, via the engine's atomic
+checkpoint files), ``checkpoints/best.*`` (the weights with the best validation ``recpo.select_metric``,
+when ``recpo.eval_every`` > 0; the test evaluation and later loads use them) and ``results.json``.
+
+Stages: a run may start from another run's trained weights (``init_from``), e.g. a supervised cold start
+(``recpo.variant = "no_reasoning"``, catalogue InfoNCE on thousands of history prefixes) before RecPO.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from thinkrec.errors import ThinkrecError
 from thinkrec.llm.config import LLMRunConfig
 from thinkrec.llm.data import PromptBank, eval_examples, train_examples
 from thinkrec.llm.distributed import Replicas
+from thinkrec.llm.evaluation import popularity_report
 from thinkrec.llm.model import DualHeadLM
 from thinkrec.llm.prompts import PromptBuilder
 from thinkrec.llm.trainer import LLMTrainer, StepLog
@@ -47,6 +53,13 @@ def make_builder(model: DualHeadLM, cfg: LLMRunConfig) -> PromptBuilder:
     )
 
 
+def replicas_for(cfg: LLMRunConfig) -> Replicas:
+    """This process's replica, on the backend of the configured device (gloo on the CPU, NCCL on CUDA)."""
+    from thinkrec.device import resolve_device
+
+    return Replicas.detect(cpu=resolve_device(cfg.model.device).type == "cpu")
+
+
 def build_model(cfg: LLMRunConfig) -> DualHeadLM:
     from thinkrec.llm.hf import load_dual_head
 
@@ -54,27 +67,50 @@ def build_model(cfg: LLMRunConfig) -> DualHeadLM:
     return load_dual_head(cfg.model)
 
 
-def save_llm_checkpoint(directory: Path, model: DualHeadLM, info: dict[str, Any]) -> None:
-    tensors = {f"trainable.{n}": p.detach() for n, p in model.lm.named_parameters() if p.requires_grad}
+def trainable_state(model: DualHeadLM) -> dict[str, torch.Tensor]:
+    """Copies of the trainable tensors (and the cached item table), on the CPU."""
+    tensors = {f"trainable.{n}": p.detach().cpu().clone() for n, p in model.lm.named_parameters() if p.requires_grad}
     if model.item_table is not None:
-        tensors["item_table"] = model.item_table
-    atomic_save_tensors(directory / "last.safetensors", tensors)
-    atomic_write_json(directory / "last.json", info)
+        tensors["item_table"] = model.item_table.detach().cpu().clone()
+    return tensors
 
 
-def load_llm_checkpoint(directory: Path, model: DualHeadLM) -> dict[str, Any]:
-    if not (directory / "last.json").exists():
-        raise ThinkrecError(f"{directory}: no checkpoint (last.json); train first with thinkrec llm train")
-    tensors = load_file(str(directory / "last.safetensors"))
+def restore_state(model: DualHeadLM, tensors: dict[str, torch.Tensor]) -> None:
+    """Load :func:`trainable_state`'s tensors back (onto the model's device)."""
+    state = {k.removeprefix("trainable."): v for k, v in tensors.items() if k.startswith("trainable.")}
+    missing = set(state) - {n for n, _ in model.lm.named_parameters()}
+    if missing:
+        raise ThinkrecError(f"checkpoint tensors do not fit the model: {sorted(missing)[:3]} ...")
+    model.lm.load_state_dict(state, strict=False)
+    if "item_table" in tensors:
+        model.item_table = tensors["item_table"].to(model.device)
+
+
+def save_llm_checkpoint(
+    directory: Path,
+    model: DualHeadLM,
+    info: dict[str, Any],
+    name: str = "last",
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write ``<name>.safetensors`` + ``<name>.json`` (``tensors`` default: the model's current state)."""
+    atomic_save_tensors(directory / f"{name}.safetensors", tensors or trainable_state(model))
+    atomic_write_json(directory / f"{name}.json", info)
+
+
+def load_llm_checkpoint(directory: Path, model: DualHeadLM, name: str | None = None) -> dict[str, Any]:
+    """Load checkpoint ``name`` (default: ``best`` when the run selected one, else ``last``)."""
+    name = name or ("best" if (directory / "best.json").exists() else "last")
+    if not (directory / f"{name}.json").exists():
+        raise ThinkrecError(f"{directory}: no checkpoint ({name}.json); train first with thinkrec llm train")
+    tensors = load_file(str(directory / f"{name}.safetensors"))
     state = {k.removeprefix("trainable."): v for k, v in tensors.items() if k.startswith("trainable.")}
     missing = set(state) - {n for n, _ in model.lm.named_parameters()}
     if missing:
         raise ThinkrecError(f"{directory}: checkpoint tensors do not fit the model: {sorted(missing)[:3]} ...")
-    model.lm.load_state_dict(state, strict=False)
-    if "item_table" in tensors:
-        model.item_table = tensors["item_table"]
-    info: dict[str, Any] = json.loads((directory / "last.json").read_text())
-    return info
+    restore_state(model, tensors)
+    info: dict[str, Any] = json.loads((directory / f"{name}.json").read_text())
+    return {**info, "checkpoint": name}
 
 
 def initial_item_table(
@@ -98,12 +134,12 @@ def initial_item_table(
     key = hashlib.sha256(json.dumps([str(model_dir.resolve()), stamp, bank.item_ids]).encode()).hexdigest()[:20]
     path = paths.cache_dir() / "llm-item-tables" / f"{key}.safetensors"
     if path.exists():
-        model.item_table = load_file(str(path))["item_table"]
+        model.item_table = load_file(str(path))["item_table"].to(model.device)
         return
     table = model.build_item_table(bank.item_ids, cfg.eval.item_batch_size, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"item_table": table}, str(tmp))
+    save_file({"item_table": table.cpu()}, str(tmp))
     tmp.replace(path)
 
 
@@ -155,7 +191,7 @@ def train_llm(
     (:func:`~thinkrec.train.checkpoint.exclusive_run_dir`) meanwhile.
     """
     out = Path(run_dir or cfg.default_run_dir())
-    with exclusive_run_dir(out) if Replicas.detect().is_main else nullcontext():
+    with exclusive_run_dir(out) if replicas_for(cfg).is_main else nullcontext():
         return _train_llm(cfg, out, model, split, progress, evaluate_test)
 
 
@@ -169,7 +205,7 @@ def _train_llm(
 ) -> dict[str, Any]:
     if cfg.model.threads:
         torch.set_num_threads(cfg.model.threads)
-    replicas = Replicas.detect()
+    replicas = replicas_for(cfg)
     if cfg.recpo.users_per_step < replicas.world:
         raise ThinkrecError(
             f"recpo.users_per_step={cfg.recpo.users_per_step} is smaller than the {replicas.world} processes; "
@@ -182,6 +218,7 @@ def _train_llm(
     split = split or load_split(cfg)
     own_model = model is None
     model = model or build_model(cfg)
+    init = initialise_from(model, cfg) if cfg.init_from else None
     bank = PromptBank(split.dataset, cfg, make_builder(model, cfg))
     trainer = LLMTrainer(model, bank, cfg, replicas)
     examples = train_examples(split, cfg)
@@ -193,12 +230,18 @@ def _train_llm(
     if main:
         log_path.write_text("")
     t0 = time.perf_counter()
-    if main:  # the main process fills the shared cache first; the others then read it
-        initial_item_table(model, bank, cfg, cache=own_model, progress=progress)
-    replicas.barrier()
-    if not main:
-        initial_item_table(model, bank, cfg, cache=own_model)
+    if init is not None or cfg.recpo.item_side == "fixed":
+        # trained weights (or the fixed side's adapter-free table): not the cached base-model table
+        trainer.ensure_item_table(rebuild=init is not None, progress=progress and main)
+    else:
+        if main:  # the main process fills the shared cache first; the others then read it
+            initial_item_table(model, bank, cfg, cache=own_model, progress=progress)
+        replicas.barrier()
+        if not main:
+            initial_item_table(model, bank, cfg, cache=own_model)
     table_seconds = time.perf_counter() - t0
+    selection = Selection(cfg, trainer, split, valid, out, main, progress)
+    selection.evaluate(0)  # the starting point competes too (a cold start RecPO may only make worse)
     steps = range(1, cfg.recpo.steps + 1)
     bar: Any = steps
     progress = progress and main
@@ -215,9 +258,8 @@ def _train_llm(
             model.build_item_table(bank.item_ids, cfg.eval.item_batch_size)
         record: StepLog = trainer.step(batch, step)
         row = record.as_dict()
-        if cfg.recpo.eval_every and step % cfg.recpo.eval_every == 0:
-            report = trainer.evaluate(valid, progress)
-            row["valid"] = report["metrics"]
+        if cfg.recpo.eval_every and (step % cfg.recpo.eval_every == 0 or step == cfg.recpo.steps):
+            row["valid"] = selection.evaluate(step)
         log.append(row)
         if main:
             with log_path.open("a") as handle:
@@ -227,32 +269,142 @@ def _train_llm(
     replicas.check_in_sync(trainer.params)
     if main:
         plot_rewards(log, out / "reward.png", cfg.recpo.refresh_every)
+        save_llm_checkpoint(
+            out / "checkpoints",
+            model,
+            {"config": json.loads(cfg.model_dump_json()), "steps": cfg.recpo.steps, "item_table_fresh": False},
+        )
+    selection.restore_best()
     results: dict[str, Any] = {
         "variant": cfg.recpo.variant,
         "pairing": cfg.recpo.pairing,
         "processes": replicas.world,
         "train_examples": len(examples),
+        "init_from": cfg.init_from,
         "item_table_seconds": table_seconds,
         "train_seconds": time.perf_counter() - t0,
         "reward_first_half": float(np.mean([r["reward"] for r in log[: max(1, len(log) // 2)]])),
         "reward_second_half": float(np.mean([r["reward"] for r in log[len(log) // 2 :]])),
+        "selection": selection.summary(),
     }
     if evaluate_test:
         results["test"] = evaluation(trainer, split, cfg, "test", progress)
-    # after the test evaluation the cached item table is the trained model's (rebuilt), not a stale one
-    info = {"config": json.loads(cfg.model_dump_json()), "steps": cfg.recpo.steps, "item_table_fresh": evaluate_test}
     if main:
-        save_llm_checkpoint(out / "checkpoints", model, info)
         atomic_write_json(out / "results.json", results)
     replicas.barrier()
     return results
 
 
+def initialise_from(model: DualHeadLM, cfg: LLMRunConfig) -> dict[str, Any]:
+    """Load the trained weights of run ``cfg.init_from`` (its best checkpoint, else its last); its model
+    section must be the one of ``cfg`` (the same base model, fine-tuning and adapters)."""
+    assert cfg.init_from is not None
+    source = Path(cfg.init_from)
+    if not (source / "config.json").exists():
+        raise ThinkrecError(f"init_from={source}: not an LLM run directory (no config.json)")
+    other = LLMRunConfig.model_validate_json((source / "config.json").read_text())
+    keys = ("path", "finetune", "lora_r", "lora_alpha", "lora_targets")
+    differ = [k for k in keys if getattr(other.model, k) != getattr(cfg.model, k)]
+    if differ:
+        raise ThinkrecError(f"init_from={source}: its model.{differ[0]} differs from this run's")
+    info = load_llm_checkpoint(source / "checkpoints", model)
+    model.item_table = None  # rebuilt by the trainer for this run's prompts and item side
+    return info
+
+
+class Selection:
+    """Best-validation checkpoint selection: every ``recpo.eval_every`` steps (and before the first), the
+    validation ``recpo.select_metric`` is compared with the best so far; the best weights are kept in memory
+    (every process) and written to ``checkpoints/best.*`` (main process). A most-popular row computed on the
+    same validation samples is reported beside each evaluation. Off (a no-op) when ``eval_every`` is 0."""
+
+    def __init__(
+        self,
+        cfg: LLMRunConfig,
+        trainer: LLMTrainer,
+        split: Split,
+        valid: list[Any],
+        out: Path,
+        main: bool,
+        progress: bool,
+    ) -> None:
+        self.cfg, self.trainer, self.valid, self.out, self.main, self.progress = (
+            cfg,
+            trainer,
+            valid,
+            out,
+            main,
+            progress,
+        )
+        self.metric = cfg.recpo.select_metric
+        self.on = bool(cfg.recpo.eval_every) and bool(valid)
+        self.popularity = (
+            popularity_report(split, valid, cfg.eval.ks, cfg.eval.mask_history)
+            if self.on and cfg.eval.popularity_baseline
+            else None
+        )
+        self.best_value = float("-inf")
+        self.best_step = -1
+        self.best: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        if not self.on:
+            return {}
+        report = self.trainer.evaluate(self.valid, self.progress)
+        metrics: dict[str, float] = report["metrics"]
+        value = metrics[self.metric]
+        if value > self.best_value:
+            self.best_value, self.best_step = value, step
+            self.best = trainable_state(self.trainer.model)
+            if self.main:
+                info = {"config": json.loads(self.cfg.model_dump_json()), "step": step, "item_table_fresh": True}
+                save_llm_checkpoint(self.out / "checkpoints", self.trainer.model, info, "best", self.best)
+        pop = self.popularity["metrics"][self.metric] if self.popularity else None
+        self.history.append({"step": step, **metrics, "cost": report["cost"]})
+        if self.main:
+            side = f"  most-popular {pop:.4f}" if pop is not None else ""
+            line = (
+                f"step {step}: valid {self.metric} {value:.4f}{side}  (best {self.best_value:.4f} at step"
+                f" {self.best_step}; {report['n_samples']} samples)"
+            )
+            if self.progress:
+                from tqdm import tqdm
+
+                tqdm.write(line)
+            else:
+                print(line, flush=True)
+        return metrics
+
+    def restore_best(self) -> None:
+        """Put the best weights back (the test evaluation then uses them); a no-op without selection."""
+        if self.best is not None:
+            restore_state(self.trainer.model, self.best)
+
+    def summary(self) -> dict[str, Any]:
+        if not self.on:
+            return {"selected": "final weights (recpo.eval_every = 0: no validation)"}
+        return {
+            "selected": f"best validation {self.metric} (checkpoints/best.*)",
+            "metric": self.metric,
+            "best_step": self.best_step,
+            "best_value": self.best_value,
+            "valid_samples": len(self.valid),
+            "most_popular": self.popularity["metrics"] if self.popularity else None,
+            "history": self.history,
+        }
+
+
 def evaluation(
     trainer: LLMTrainer, split: Split, cfg: LLMRunConfig, which: Literal["valid", "test"], progress: bool
 ) -> dict[str, Any]:
+    """The model's report on the seeded ``which`` samples (full catalogue), with the per-sample ``(user,
+    position)`` list that pairs runs, and a most-popular row on the same samples and masking."""
     examples = eval_examples(split, cfg, which)
     report = trainer.evaluate(examples, progress)
+    report["samples"] = [[ex.user, ex.position] for ex in examples]
+    if cfg.eval.popularity_baseline:
+        report["popularity"] = popularity_report(split, examples, cfg.eval.ks, cfg.eval.mask_history)
     report["protocol"] = {
         **{k: v for k, v in split.protocol.items() if k != "samples"},
         "samples": f"{len(examples)} seeded {which} samples (sample.seed={cfg.sample.seed})",
@@ -260,6 +412,7 @@ def evaluation(
         "history_masking": "the user's whole history excluded" if cfg.eval.mask_history else "not masked",
         "reasoning": "greedy, stop at the marker" if cfg.recpo.variant == "recpo" else "none (prompt + marker)",
         "ranking": "pessimistic ties",
+        "most_popular": "training-prefix interaction counts, same samples and masking",
     }
     return report
 
@@ -271,6 +424,6 @@ def load_llm_run(run_dir: str | Path) -> tuple[LLMRunConfig, DualHeadLM]:
     cfg = LLMRunConfig.model_validate_json((path / "config.json").read_text())
     model = build_model(cfg)
     info = load_llm_checkpoint(path / "checkpoints", model)
-    if not info.get("item_table_fresh", False):
-        model.item_table = None  # stale rows: rebuilt on first use
+    if not info.get("item_table_fresh", False) and cfg.recpo.item_side == "trained":
+        model.item_table = None  # stale rows: rebuilt on first use (a fixed item side keeps its table)
     return cfg, model

@@ -3,14 +3,18 @@
 A RecPO step on ``B`` users (r2ec.md §4.3, single process):
 
 1. **Rollouts**: every prompt is prefilled once and ``G`` completions are sampled together (no-grad).
-2. **Targets**: the ``B`` target item sequences are encoded *with* gradients once (shared prefix run once);
-   their detached vectors are written into the cached item table before rewards are computed.
+2. **Targets**: the ``B`` target item sequences are encoded *with* gradients once (shared prefix run once).
+   With ``recpo.item_side = "fixed"`` they are the fixed table's rows instead (no gradient, no refresh).
 3. **Per group** (one user = one mini-batch, as in the code): the prompt is encoded once with gradients and
    its ``G`` completions run on the repeated cache; the same forward gives the completion log-probs and the
    user vectors. Rewards use the *detached* user vectors of this forward against the full cached table with
    the history masked -- the policy has not changed since sampling (one optimiser step per RecPO step), so
    no separate no-grad scoring pass is needed. Advantages, top-k mask and both losses follow.
-4. One backward over the sum of the group losses (what plain DDP / one GPU does: gradients of the ``B``
+4. **Refresh**: the targets' detached vectors are written into the cached table *after* the rewards
+   (``recpo.reward_table = "before_refresh"``, the released code's order: every row the reward ranks was
+   encoded by the same, older model). ``"after_refresh"`` writes them before step 3, so the target is the
+   one fresh row among stale ones -- a reward that partly measures freshness.
+5. One backward over the sum of the group losses (what plain DDP / one GPU does: gradients of the ``B``
    mini-batches add up), gradient clipping, one AdamW step.
 
 Data-parallel (``accelerate launch``, see :mod:`thinkrec.llm.distributed`): every replica encodes all ``B``
@@ -37,6 +41,7 @@ from thinkrec.llm.model import DualHeadLM
 from thinkrec.llm.recpo import (
     catalogue_target_logprobs,
     contrastive_loss,
+    format_bonus,
     fused_reward,
     group_advantages,
     history_mask,
@@ -101,7 +106,8 @@ class LLMTrainer:
             self.optimizer, lambda s: min(1.0, (s + 1) / r.warmup_steps) if r.warmup_steps else 1.0
         )
         # replicas sample different rollouts for their different users
-        self.generator = torch.Generator().manual_seed(r.seed + 7919 * self.replicas.rank)
+        self.device = model.device
+        self.generator = torch.Generator(device=self.device).manual_seed(r.seed + 7919 * self.replicas.rank)
         self.n_columns = bank.ds.n_items + 1
         self.cutoff = min(r.ndcg_cutoff, bank.ds.n_items)
 
@@ -121,14 +127,32 @@ class LLMTrainer:
         self.optimizer.step()
         self.scheduler.step()
 
+    def ensure_item_table(self, rebuild: bool = False, progress: bool = False) -> None:
+        """Build the cached item table when missing, or rebuild it when asked -- except a fixed item side,
+        whose table (the adapter-free model's) is built once and kept."""
+        model, batch = self.model, self.cfg.eval.item_batch_size
+        if self.cfg.recpo.item_side == "fixed":
+            if model.item_table is None:
+                if not model.has_adapters() and self.cfg.model.finetune == "full":
+                    raise RuntimeError("a fixed item side under full fine-tuning needs its saved item table")
+                model.build_item_table(self.bank.item_ids, batch, progress, base=True)
+            return
+        if rebuild or model.item_table is None:
+            model.build_item_table(self.bank.item_ids, batch, progress)
+
     def _targets(self, examples: list[Example]) -> torch.Tensor:
-        """Target item vectors with gradients; their detached copies refresh the cached table."""
+        """Target item vectors: freshly encoded with gradients, or the fixed table's rows (no gradient)."""
+        self.ensure_item_table()
         ids = [ex.target for ex in examples]
-        vecs = self.model.encode_items([self.bank.item_ids[i] for i in ids])
-        if self.model.item_table is None:
-            self.model.build_item_table(self.bank.item_ids, self.cfg.eval.item_batch_size)
-        self.model.refresh_items(ids, vecs)
-        return vecs
+        if self.cfg.recpo.item_side == "fixed":
+            assert self.model.item_table is not None
+            return self.model.item_table[torch.as_tensor(ids, device=self.model.item_table.device)]
+        return self.model.encode_items([self.bank.item_ids[i] for i in ids])
+
+    def _refresh(self, examples: list[Example], vecs: torch.Tensor) -> None:
+        """Write the step's target vectors (detached) into the cached table (not for a fixed item side)."""
+        if self.cfg.recpo.item_side == "trained":
+            self.model.refresh_items([ex.target for ex in examples], vecs)
 
     def _target_logprobs(
         self,
@@ -140,12 +164,16 @@ class LLMTrainer:
     ) -> torch.Tensor:
         """Each user row's log-probability of its target (``columns``: its column among the step's targets
         ``items``), over the step's targets or over the whole catalogue (``recpo.negatives``)."""
-        tau = self.model.tau
+        model = self.model
+        tau = model.tau
+        # centred on the mean of the table as the reward saw it (a no-op without model.center_items)
+        users, items = model.centred(users), model.centred(items)
         if self.cfg.recpo.negatives == "in_batch":
             return inbatch_target_logprobs(users, items, columns, tau)
-        assert self.model.item_table is not None  # built by _targets
-        ids = torch.as_tensor([ex.target for ex in examples], dtype=torch.long)
-        return catalogue_target_logprobs(users, self.model.item_table, items, ids, ids[columns], masked, tau)
+        assert model.item_table is not None  # built by _targets
+        ids = torch.as_tensor([ex.target for ex in examples], dtype=torch.long, device=users.device)
+        table = model.centred(model.item_table)
+        return catalogue_target_logprobs(users, table, items, ids, ids[columns], masked, tau)
 
     def step_recpo(self, examples: list[Example], step: int) -> StepLog:
         r = self.cfg.recpo
@@ -168,22 +196,25 @@ class LLMTrainer:
         t = timer.add("rollouts", t)
         model.train()
         items = self._targets(examples)
+        if r.reward_table == "after_refresh":
+            self._refresh(examples, items)
         t = timer.add("targets", t)
         rewards_all, adv_all, ndcg_all, soft_all = [], [], [], []
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         tok_sum, item_sum = 0.0, 0.0
         for u, (column, ex) in enumerate(own):
             completions = rollouts.ids[u * g : (u + 1) * g]
             out = model.encode_prefixed(prompts[u], completions)
             logprobs = model.continuation_logprobs(out)
             scores = model.score_all(out.pooled)
-            masked = history_mask([ex.seen] * g, self.n_columns)
-            targets = torch.full((g,), ex.target, dtype=torch.long)
-            rewards = fused_reward(scores, targets, masked, r.beta, self.cutoff)
+            masked = history_mask([ex.seen] * g, self.n_columns, device=self.device)
+            targets = torch.full((g,), ex.target, dtype=torch.long, device=self.device)
+            bonus = format_bonus(rollouts.hit_marker[u * g : (u + 1) * g], r.format_reward) if r.format_reward else None
+            rewards = fused_reward(scores, targets, masked, r.beta, self.cutoff, bonus)
             adv = group_advantages(rewards.reward, g, r.advantage, std_floor=r.adv_std_floor)
             top = topk_mask(adv, g, r.relabel_topk)
             l_tok = token_policy_loss(logprobs, out.mask, adv, r.clip_low, r.clip_high, r.pairing)
-            columns = torch.full((g,), column, dtype=torch.long)
+            columns = torch.full((g,), column, dtype=torch.long, device=self.device)
             p_own = self._target_logprobs(out.pooled, items, examples, columns, masked)
             l_item = item_loss(p_own, adv, top, r.clip_low, r.clip_high, r.pairing)
             total = total + l_tok + l_item
@@ -193,6 +224,8 @@ class LLMTrainer:
             adv_all.append(adv)
             ndcg_all.append(rewards.ndcg)
             soft_all.append(rewards.softmax)
+        if r.reward_table == "before_refresh":
+            self._refresh(examples, items)
         t = timer.add("forward", t)
         self._optimise(total, log)
         timer.add("backward+step", t)
@@ -225,18 +258,22 @@ class LLMTrainer:
         log = StepLog(step)
         model.train()
         items = self._targets(examples)
+        if self.cfg.recpo.reward_table == "after_refresh":
+            self._refresh(examples, items)
         own = self.replicas.shard(list(enumerate(examples)))
         users = model.encode([self.bank.builder.with_marker(self.bank.user_ids(ex)) for _, ex in own])
-        columns = torch.as_tensor([column for column, _ in own], dtype=torch.long)
-        masked = history_mask([ex.seen for _, ex in own], self.n_columns)
+        columns = torch.as_tensor([column for column, _ in own], dtype=torch.long, device=self.device)
+        masked = history_mask([ex.seen for _, ex in own], self.n_columns, device=self.device)
         # the mean over the whole batch, as a sum of this replica's rows / B (replicas' gradients add up)
         loss = contrastive_loss(self._target_logprobs(users, items, examples, columns, masked)) * (
             len(own) / len(examples)
         )
         with torch.no_grad():
             scores = model.score_all(users)
-            targets = torch.as_tensor([ex.target for _, ex in own])
+            targets = torch.as_tensor([ex.target for _, ex in own], device=self.device)
             rewards = fused_reward(scores, targets, masked, 0.0, self.cutoff)
+        if self.cfg.recpo.reward_table == "before_refresh":
+            self._refresh(examples, items)
         t = timer.add("forward", t)
         self._optimise(loss, log)
         timer.add("backward+step", t)
@@ -270,19 +307,23 @@ class LLMTrainer:
 
     @torch.no_grad()
     def evaluate(self, examples: list[Example], progress: bool = False, rebuild: bool = True) -> dict[str, Any]:
-        """HR/NDCG@ks on the full catalogue (pad item and, if configured, history masked)."""
+        """HR/NDCG@ks on the full catalogue (pad item and, if configured, history masked), per-sample ranks,
+        and the inference cost (``cost``: seconds per user for reasoning and for scoring, generated tokens
+        per second, peak memory)."""
         model = self.model
         model.eval()
         progress = progress and self.replicas.is_main
         t0 = time.perf_counter()
-        if rebuild or model.item_table is None:
-            model.build_item_table(self.bank.item_ids, self.cfg.eval.item_batch_size, progress)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.ensure_item_table(rebuild, progress)
         t_items = time.perf_counter() - t0
         reasoning = self.cfg.recpo.variant == "recpo"
         examples = self.replicas.shard(examples)
         ranks: list[np.ndarray] = []
         lengths: list[int] = []
         texts: list[str] = []
+        t_reason, t_score = 0.0, 0.0
         bs = self.cfg.eval.batch_size
         starts: Iterable[int] = range(0, len(examples), bs)
         if progress:
@@ -291,19 +332,28 @@ class LLMTrainer:
             starts = tqdm(starts, desc="evaluate", unit="batch", leave=False)
         for start in starts:
             part = examples[start : start + bs]
+            t = time.perf_counter()
             users, part_texts = self.user_vectors(part, reasoning)
+            self._sync()
+            t_reason += time.perf_counter() - t
+            t = time.perf_counter()
             texts.extend(part_texts)
             lengths.extend(len(self.model.tokenizer.encode(x, add_special_tokens=False)) for x in part_texts)
             scores = model.score_all(users)
             seen = [ex.seen if self.cfg.eval.mask_history else [] for ex in part]
-            scores = mask_scores(scores, history_mask(seen, self.n_columns))
-            ranks.append(target_ranks(scores, torch.as_tensor([ex.target for ex in part])).numpy())
+            scores = mask_scores(scores, history_mask(seen, self.n_columns, device=scores.device))
+            targets = torch.as_tensor([ex.target for ex in part], device=scores.device)
+            ranks.append(target_ranks(scores, targets).cpu().numpy())
+            t_score += time.perf_counter() - t
         own_ranks = np.concatenate(ranks).tolist() if ranks else []
-        every = self.replicas.gather((own_ranks, texts, lengths))
+        every = self.replicas.gather((own_ranks, texts, lengths, t_reason, t_score))
         all_ranks = np.asarray(self.replicas.unshard([part[0] for part in every]), dtype=np.int64)
         texts = self.replicas.unshard([part[1] for part in every])
         lengths = self.replicas.unshard([part[2] for part in every])
         model.train()
+        n = max(1, len(all_ranks))
+        reason_s, score_s = sum(part[3] for part in every), sum(part[4] for part in every)
+        tokens = int(sum(lengths))
         return {
             "metrics": {k: v for k, v in metrics_from_ranks(all_ranks, self.cfg.eval.ks).items() if "MRR" not in k},
             "n_samples": len(all_ranks),
@@ -311,4 +361,37 @@ class LLMTrainer:
             "reasoning_len": float(np.mean(lengths)) if reasoning and lengths else 0.0,
             "examples": texts[:5],
             "seconds": {"item_table": t_items, "total": time.perf_counter() - t0},
+            "cost": {
+                "device": str(self.device),
+                "processes": self.replicas.world,
+                "batch_size": bs,
+                "seconds_per_user": (reason_s + score_s) / n,
+                "reasoning_seconds_per_user": reason_s / n,
+                "scoring_seconds_per_user": score_s / n,
+                "generated_tokens": tokens,
+                "tokens_per_second": tokens / reason_s if reasoning and reason_s > 0 else 0.0,
+                **peak_memory(self.device),
+                "note": (
+                    "reasoning = greedy generation (recpo) plus the user-vector forward (the prompt forward"
+                    " alone for no_reasoning); scoring = full-catalogue cosines, masking and ranks; seconds"
+                    " summed over processes; the item table build is excluded (seconds.item_table)"
+                ),
+            },
         }
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """Peak memory of this process: the GPU's allocated peak since the evaluation began on CUDA, else the
+    process's peak resident set (ru_maxrss, since the process started: an upper bound for the evaluation)."""
+    if device.type == "cuda":
+        return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_memory_kind": "cuda allocated"}
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    mb = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    return {"peak_memory_mb": mb, "peak_memory_kind": "process max RSS (since start)"}

@@ -1,0 +1,54 @@
+"""Paired bootstrap and McNemar (thinkrec.eval.significance) against hand computations, and the LLM run
+comparison built on them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from thinkrec.eval.significance import mcnemar, paired_bootstrap
+
+
+def test_mcnemar_exact_binomial_by_hand() -> None:
+    # 2 samples only a hits, 8 only b hits, 5 both, 5 neither: n = 10 discordant, k = 2
+    a = [1] * 2 + [0] * 8 + [1] * 5 + [0] * 5
+    b = [0] * 2 + [1] * 8 + [1] * 5 + [0] * 5
+    r = mcnemar(a, b)
+    assert (r.n, r.only_a, r.only_b, r.method) == (20, 2, 8, "exact binomial")
+    assert r.p_value == pytest.approx(2 * (1 + 10 + 45) / 1024)  # 0.109375
+
+
+def test_mcnemar_chi_square_by_hand_and_symmetry() -> None:
+    a = [1] * 10 + [0] * 30 + [1] * 60
+    b = [0] * 10 + [1] * 30 + [1] * 60
+    r = mcnemar(a, b)
+    assert r.method.startswith("chi-square") and r.statistic == pytest.approx((20 - 1) ** 2 / 40)
+    assert r.p_value == pytest.approx(math.erfc(math.sqrt(9.025 / 2)))  # 0.002663...
+    assert r.p_value == pytest.approx(0.0026636, abs=1e-6)
+    assert mcnemar(b, a).p_value == pytest.approx(r.p_value)
+    assert mcnemar([1, 0], [1, 0]).p_value == 1.0
+
+
+def test_paired_bootstrap_constant_and_null_differences() -> None:
+    a = np.array([0.1, 0.2, 0.3, 0.4])
+    r = paired_bootstrap(a, a + 0.5, resamples=200)
+    assert r.mean_diff == pytest.approx(0.5) and r.ci_low == pytest.approx(0.5) and r.ci_high == pytest.approx(0.5)
+    assert r.p_value == 0.0
+    same = paired_bootstrap(a, a, resamples=200)
+    assert same.mean_diff == 0.0 and same.p_value == 1.0
+
+
+def test_paired_bootstrap_matches_a_hand_resampling() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.random(50), rng.random(50) + 0.05
+    r = paired_bootstrap(a, b, resamples=500, seed=7)
+    draws = np.random.default_rng(7).integers(0, 50, size=(500, 50))
+    means = (b - a)[draws].mean(axis=1)
+    assert r.ci_low == pytest.approx(np.quantile(means, 0.025)) and r.ci_high == pytest.approx(
+        np.quantile(means, 0.975)
+    )
+    assert r.p_value == pytest.approx(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean())))
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0], [1.0, 2.0])
