@@ -149,12 +149,14 @@ class LLMRecommender:
             users, texts = trainer.user_vectors(examples, reasons)
             scores = self.trainer.model.score_all(users)[:, 1:]  # column 0 is the pad item
         if exclude_seen:
-            seen = history_mask([[i - 1 for i in ex.seen] for ex in examples], self.n_items, mask_pad=False)
+            seen = history_mask(
+                [[i - 1 for i in ex.seen] for ex in examples], self.n_items, mask_pad=False, device=scores.device
+            )
             scores = mask_scores(scores, seen)
         # a stable sort: equal scores keep the lower item id first (cosine scores of an LLM tie more often)
         values, order = torch.sort(scores, dim=1, descending=True, stable=True)
         k = min(k, self.n_items)
-        return TopK(order[:, :k] + 1, values[:, :k], texts=list(texts) if reasons else None)
+        return TopK((order[:, :k] + 1).cpu(), values[:, :k].cpu(), texts=list(texts) if reasons else None)
 
     def search(self, query: str, limit: int = 20) -> list[int]:
         return self.vocabulary.search(query, limit)
