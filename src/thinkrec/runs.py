@@ -36,6 +36,7 @@ from thinkrec.models.registry import build_model
 from thinkrec.models.text_items import attach_item_text, mark_known_items
 from thinkrec.objectives import Objective, ObjectiveContext
 from thinkrec.objectives import build_objective as build_named_objective
+from thinkrec.objectives.sampled import training_item_counts
 from thinkrec.progress import show_bars
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.seed import Seeds
@@ -60,9 +61,15 @@ def build(cfg: RunConfig, n_items: int) -> SeqRecModel:
     return model
 
 
-def build_objective(cfg: RunConfig) -> Objective:
-    """The training objective ``cfg`` names (:attr:`RunConfig.objective`), from the objective registry."""
-    ctx = ObjectiveContext(cfg.model, cfg.reasoning, cfg.train.seed, cfg.train.n_negatives)
+def build_objective(cfg: RunConfig, split: Split | None = None) -> Objective:
+    """The training objective ``cfg`` names (:attr:`RunConfig.objective`), from the objective registry.
+
+    Its context's options carry the sampled softmax's settings and, given the ``split``, every item's count
+    in training (what popularity negatives and the log-Q correction draw on)."""
+    options: dict[str, Any] = {"negatives": cfg.train.negatives, "logq": cfg.train.logq}
+    if split is not None:
+        options["item_counts"] = training_item_counts(split)
+    ctx = ObjectiveContext(cfg.model, cfg.reasoning, cfg.train.seed, cfg.train.n_negatives, options)
     return build_named_objective(cfg.objective, ctx)
 
 
@@ -207,7 +214,7 @@ def _train(cfg: RunConfig, out: Path) -> TrainedRun:
     info = {"config": json.loads(cfg.model_dump_json()), "dataset": ds.describe()}
     model.to(resolve_device(cfg.device))
     trainer = Trainer(
-        model, build_objective(cfg), split, sampler, cfg.train, cfg.eval, out, info, show_bars(cfg.progress)
+        model, build_objective(cfg, split), split, sampler, cfg.train, cfg.eval, out, info, show_bars(cfg.progress)
     )
     fit = trainer.fit()
     results: dict[str, Any] = {

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm import tqdm
 
 from thinkrec.data.batches import TrainSampler
@@ -27,6 +27,7 @@ from thinkrec.eval.protocol import EvalConfig
 from thinkrec.models.model import SeqRecModel
 from thinkrec.objectives import Objective, loss_names
 from thinkrec.objectives.registry import SELECTED_ELSEWHERE
+from thinkrec.objectives.sampled import NegativeMode
 from thinkrec.precision import warn_slow_bf16
 from thinkrec.seed import Seeds
 from thinkrec.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
@@ -59,6 +60,20 @@ class TrainConfig(BaseModel):
         ),
     )
     n_negatives: int = Field(256, description="sampled softmax: negatives per batch", ge=1)
+    negatives: NegativeMode = Field(
+        "uniform",
+        description=(
+            "sampled softmax: how negatives are drawn: 'uniform' over the catalogue, 'popularity' in proportion to"
+            " the items' training counts, 'in_batch' = the batch's own targets (at most n_negatives of them)"
+        ),
+    )
+    logq: bool = Field(
+        False,
+        description=(
+            "sampled softmax: subtract log(sampling probability) from every candidate's logit (log-Q correction;"
+            " no effect with uniform negatives)"
+        ),
+    )
     valid_metric: str = Field(
         "NDCG@10", description="validation metric for early stopping, NAME@K with K in eval.ks [valid_metric]"
     )
@@ -85,6 +100,14 @@ class TrainConfig(BaseModel):
         if value not in loss_names():
             raise ValueError(f"unknown objective {value!r}; choose one of {', '.join(loss_names())}")
         return value
+
+    @model_validator(mode="after")
+    def _sampled_options(self) -> TrainConfig:
+        if self.loss != "sampled" and (self.negatives != "uniform" or self.logq):
+            raise ValueError(
+                f"train.negatives and train.logq apply to train.loss='sampled' (the loss is {self.loss!r})"
+            )
+        return self
 
     @field_validator("valid_metric")
     @classmethod
