@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from thinkrec import distributed
 from thinkrec.config.schema import RunConfig, operational_keys
 from thinkrec.data.batches import TrainSampler
 from thinkrec.data.dataset import SequenceDataset
@@ -184,13 +185,23 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainedRun:
     """Prepare data, train with early stopping, evaluate the best checkpoint on validation and test."""
     set_threads(cfg.train.threads)
     out = Path(run_dir or cfg.default_run_dir())
-    with exclusive_run_dir(out):
-        return _train(cfg, out)
+    ranks = distributed.join(resolve_device(cfg.device))  # under torchrun: one of several processes
+    try:
+        if not ranks.is_main:  # rank 0 holds the lock and writes; the others train beside it
+            return _train(cfg, out, ranks)
+        with exclusive_run_dir(out):
+            return _train(cfg, out, ranks)
+    finally:
+        if ranks.distributed:
+            distributed.leave()
 
 
-def _train(cfg: RunConfig, out: Path) -> TrainedRun:
-    """:func:`train` while holding the run directory's lock."""
+def _train(cfg: RunConfig, out: Path, ranks: distributed.Ranks = distributed.SINGLE) -> TrainedRun:
+    """:func:`train` while holding the run directory's lock (rank 0 of a distributed run; see
+    :mod:`thinkrec.distributed`: rank 0 prepares the data, evaluates and writes every file)."""
     saved = out / "config.json"
+    if not ranks.is_main:
+        return _train_beside(cfg, out, ranks)
     if saved.exists() and cfg.train.resume:
         # Read the saved config through the current schema, so keys added since (with their defaults)
         # do not block resuming a run written by an older thinkrec.
@@ -206,15 +217,25 @@ def _train(cfg: RunConfig, out: Path) -> TrainedRun:
             )
     atomic_write_json(saved, json.loads(cfg.model_dump_json()))
     ds, split = load_data(cfg)
+    ranks.barrier()  # the dataset is prepared (and cached): the other processes load it now
     save_vocabulary(ds, out / "items.parquet")
     model = build(cfg, ds.n_items)
     attach_item_text(model, ds, progress=show_bars(cfg.progress))  # text backbones: frozen item text embeddings
     mark_known_items(model, split.known_items)  # UniSRec-style, unseen_items = "text_only"
     sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
     info = {"config": json.loads(cfg.model_dump_json()), "dataset": ds.describe()}
-    model.to(resolve_device(cfg.device))
+    model.to(_device(cfg, ranks))
     trainer = Trainer(
-        model, build_objective(cfg, split), split, sampler, cfg.train, cfg.eval, out, info, show_bars(cfg.progress)
+        model,
+        build_objective(cfg, split),
+        split,
+        sampler,
+        cfg.train,
+        cfg.eval,
+        out,
+        info,
+        show_bars(cfg.progress),
+        ranks,
     )
     fit = trainer.fit()
     results: dict[str, Any] = {
@@ -239,7 +260,31 @@ def _train(cfg: RunConfig, out: Path) -> TrainedRun:
                 "ranks_file": RANKS_FILES[f"{which}_unseen"],
             }
     atomic_write_json(out / "results.json", results)
+    ranks.broadcast(results)  # the other processes wait for the results
     return TrainedRun(out, fit, results)
+
+
+def _device(cfg: RunConfig, ranks: distributed.Ranks) -> torch.device:
+    """The run's device; a process of a distributed CUDA run gets the GPU of its local rank."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and ranks.distributed:
+        return torch.device("cuda", ranks.local_rank)
+    return device
+
+
+def _train_beside(cfg: RunConfig, out: Path, ranks: distributed.Ranks) -> TrainedRun:
+    """A process other than rank 0 of a distributed run: train its share of every batch, write nothing, and
+    return rank 0's results."""
+    ranks.barrier()  # rank 0 has checked the run directory and prepared the data
+    ds, split = load_data(cfg)
+    model = build(cfg, ds.n_items)
+    attach_item_text(model, ds, progress=False)
+    mark_known_items(model, split.known_items)
+    sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
+    model.to(_device(cfg, ranks))
+    trainer = Trainer(model, build_objective(cfg, split), split, sampler, cfg.train, cfg.eval, out, {}, False, ranks)
+    fit = trainer.fit()
+    return TrainedRun(out, fit, ranks.broadcast({}))
 
 
 def saved_config(run_dir: str | Path) -> RunConfig:

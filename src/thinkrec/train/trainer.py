@@ -18,8 +18,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm import tqdm
 
-from thinkrec.data.batches import TrainSampler
+from thinkrec.data.batches import TrainBatch, TrainSampler
+from thinkrec.data.dataset import PAD
 from thinkrec.data.split import Split
+from thinkrec.distributed import SINGLE, Ranks
 from thinkrec.errors import ThinkrecError
 from thinkrec.eval.evaluator import evaluate
 from thinkrec.eval.metrics import parse_metric
@@ -143,8 +145,10 @@ class Trainer:
         run_dir: Path,
         run_info: dict[str, Any] | None = None,
         progress: bool = False,
+        ranks: Ranks = SINGLE,
     ) -> None:
         self.model = model
+        self.ranks = ranks  # data-parallel processes (torchrun): see thinkrec.distributed
         self.objective = objective
         self.split = split
         self.sampler = sampler
@@ -160,13 +164,15 @@ class Trainer:
         self.optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.autocast == "bf16":
             warn_slow_bf16("train.autocast")
+        ranks.broadcast_params(list(model.parameters()))
 
     # ------------------------------------------------------------------------------------ one epoch
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
         self.objective.start_epoch(epoch)
         rng = self.seeds.numpy(f"data-order/{epoch}")
-        torch.manual_seed(self.seeds.torch_seed(f"dropout/{epoch}"))
+        rank = f"/rank{self.ranks.rank}" if self.ranks.distributed else ""  # each process its own masks
+        torch.manual_seed(self.seeds.torch_seed(f"dropout/{epoch}{rank}"))
         n_batches = self.sampler.n_batches(self.cfg.batch_size)
         batches = self.sampler.batches(self.cfg.batch_size, rng)
         bar = tqdm(
@@ -180,8 +186,12 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         t0 = time.perf_counter()
-        for batch in bar:
-            batch = batch.to(self.device)
+        for global_batch in bar:
+            batch = shard_batch(global_batch, self.ranks).to(self.device)
+            if self.ranks.distributed and len(batch.inputs) == 0:  # a last global batch smaller than world
+                self._step_without_rows()
+                count += 1
+                continue
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
                 out = self.objective(self.model, batch)
             if not torch.isfinite(out.total):
@@ -192,6 +202,7 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(out.total)
+            self.ranks.average_gradients(list(self.model.parameters()), float(batch.n_targets))
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
@@ -199,10 +210,23 @@ class Trainer:
             for key, value in {"loss": float(out.total.detach()), **out.parts}.items():
                 sums[key] = sums.get(key, 0.0) + value
             bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
+        local_batches = count
+        if self.ranks.distributed:  # the mean over every process's batches
+            sums = self.ranks.sum_floats({**sums, "_count": float(count)}, self.device)
+            count = int(sums.pop("_count"))
         stats = {key: value / max(1, count) for key, value in sums.items()}
         stats["train_seconds"] = time.perf_counter() - t0
-        stats["batches"] = count
+        stats["batches"] = local_batches
         return stats
+
+    def _step_without_rows(self) -> None:
+        """This process's share of a global batch is empty: take part in the gradient average with weight 0,
+        then step like the others."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ranks.average_gradients(list(self.model.parameters()), 0.0)
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(self) -> FitResult:
@@ -219,8 +243,9 @@ class Trainer:
         if self.cfg.resume and checkpoint_exists(self.ckpt_dir, "last"):
             info = load_checkpoint(self.ckpt_dir, "last", self.model, self.optimizer)
             state = info["trainer_state"]
-            tqdm.write(f"resuming {self.run_dir} after epoch {state['epoch'] - 1}")
-        elif log_path.exists():
+            if self.ranks.is_main:
+                tqdm.write(f"resuming {self.run_dir} after epoch {state['epoch'] - 1}")
+        elif log_path.exists() and self.ranks.is_main:
             log_path.unlink()
         stopped = "max_epochs"
         if state.get("stopped") == "early_stop":
@@ -228,6 +253,10 @@ class Trainer:
         epoch = state["epoch"]
         while epoch < self.cfg.epochs and stopped != "early_stop":
             row: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
+            if not self.ranks.is_main:  # rank 0 validates and writes; take its state when it is done
+                state, stopped = self.ranks.broadcast((state, stopped))
+                epoch += 1
+                continue
             selectable = epoch >= self.objective.first_selectable_epoch
             if not selectable:
                 row["warmup"] = True
@@ -263,10 +292,12 @@ class Trainer:
             with log_path.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             self._report(row, state)
+            self.ranks.broadcast((state, stopped))
             epoch += 1
         if checkpoint_exists(self.ckpt_dir, "best"):
             load_checkpoint(self.ckpt_dir, "best", self.model)
-        plot_curves(state["history"], self.run_dir / "curve.png", self.cfg.valid_metric)
+        if self.ranks.is_main:
+            plot_curves(state["history"], self.run_dir / "curve.png", self.cfg.valid_metric)
         return FitResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], stopped)
 
     def _report(self, row: dict[str, Any], state: dict[str, Any]) -> None:
@@ -278,6 +309,20 @@ class Trainer:
             tqdm.write(text)
         else:
             log.info(text)
+
+
+def shard_batch(batch: TrainBatch, ranks: Ranks) -> TrainBatch:
+    """This process's rows of a global batch (``rank::world``: the rows are sorted by length, so every share
+    gets long and short ones), trimmed to its longest row (left padding, see :mod:`thinkrec.data.batches`)."""
+    if not ranks.distributed:
+        return batch
+    inputs = batch.inputs[ranks.rank :: ranks.world]
+    targets = batch.targets[ranks.rank :: ranks.world]
+    used = (inputs != PAD).any(dim=0)  # a target's column always has an input
+    first = int(torch.nonzero(used)[0]) if bool(used.any()) else max(0, inputs.shape[1] - 1)
+    if batch.mode == "all":
+        targets = targets[:, first:]
+    return TrainBatch(inputs[:, first:], batch.positions[first:], targets, batch.mode)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, metric: str) -> None:
