@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -113,7 +114,8 @@ def join(device: torch.device) -> Ranks:
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # the other processes wait while rank 0 validates a big catalogue: allow hours, not the default 30 min
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=6))
     return Ranks(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
