@@ -152,6 +152,9 @@ def test_the_objective_on_a_model_batch() -> None:
     split = leave_one_out(ds)
     counts = training_item_counts(split)
     assert counts.shape == (20,) and counts.sum() == split.n_train_interactions
+    position = np.arange(len(ds.items)) - np.repeat(ds.offsets[:-1], ds.lengths)
+    in_train = position < np.repeat(split.train_lengths, ds.lengths)
+    assert counts.tolist() == np.bincount(ds.items[in_train] - 1, minlength=20).tolist()
     cfg = SASRecConfig(hidden=8, layers=1, heads=1, max_len=6)
     torch.manual_seed(0)
     model = build_model(cfg, ds.n_items)

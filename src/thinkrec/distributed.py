@@ -68,20 +68,23 @@ class Ranks:
                     dist.broadcast(p.data, src=0)
 
     def average_gradients(self, params: Sequence[torch.Tensor], weight: float) -> float:
-        """Replace every gradient by the ``weight``-weighted mean over the processes (one flat all-reduce;
-        a missing gradient counts as zero). Returns the total weight (e.g. the global batch's targets)."""
+        """Replace every gradient by the ``weight``-weighted mean over the processes (one flat all-reduce).
+        A parameter without a gradient counts as zero, and stays without one when no process has one (so
+        the optimiser skips it, as in one process). Returns the total weight (e.g. the global targets)."""
         if not self.distributed:
             return weight
-        first = params[0]
+        device = params[0].device
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) * weight for g in grads] + [torch.tensor([weight], device=first.device)])
+        has = torch.tensor([float(p.grad is not None) for p in params], device=device)
+        flat = torch.cat([*(g.reshape(-1) * weight for g in grads), has, torch.tensor([weight], device=device)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         total = float(flat[-1])
-        flat = flat[:-1] / max(total, 1e-12)
+        present = flat[-1 - len(params) : -1] > 0
+        flat = flat[: -1 - len(params)] / max(total, 1e-12)
         offset = 0
-        for p in params:
+        for p, keep in zip(params, present.tolist(), strict=True):
             n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
+            p.grad = flat[offset : offset + n].view_as(p).clone() if keep else None
             offset += n
         return total
 
@@ -120,6 +123,8 @@ def join(device: torch.device) -> Ranks:
 
 
 def leave() -> None:
-    """Leave the process group (at the end of a distributed run)."""
+    """Leave the process group at the end of a distributed run (every process must call it: it waits for
+    all of them first)."""
     if dist.is_initialized():
+        dist.barrier()  # no process tears its connections down while another still uses them
         dist.destroy_process_group()

@@ -186,14 +186,14 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainedRun:
     set_threads(cfg.train.threads)
     out = Path(run_dir or cfg.default_run_dir())
     ranks = distributed.join(resolve_device(cfg.device))  # under torchrun: one of several processes
-    try:
-        if not ranks.is_main:  # rank 0 holds the lock and writes; the others train beside it
-            return _train(cfg, out, ranks)
+    if not ranks.is_main:  # rank 0 holds the lock and writes; the others train beside it
+        run = _train(cfg, out, ranks)
+    else:
         with exclusive_run_dir(out):
-            return _train(cfg, out, ranks)
-    finally:
-        if ranks.distributed:
-            distributed.leave()
+            run = _train(cfg, out, ranks)
+    # only after success: a process that failed exits at once, and torchrun stops the others
+    distributed.leave()
+    return run
 
 
 def _train(cfg: RunConfig, out: Path, ranks: distributed.Ranks = distributed.SINGLE) -> TrainedRun:

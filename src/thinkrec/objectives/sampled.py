@@ -77,8 +77,12 @@ def corrected_sampled_loss(
 def training_item_counts(split: Split) -> np.ndarray:
     """How often every item (0-based column, ``[n_items]``) occurs in the users' training prefixes."""
     ds = split.dataset
-    position = np.arange(len(ds.items)) - np.repeat(ds.offsets[:-1], ds.lengths)
-    in_train = position < np.repeat(split.train_lengths, ds.lengths)
+    # +1 where a user's training prefix starts, -1 where it ends: the running sum marks training rows (one
+    # byte a row, for logs of tens of millions of rows)
+    edges = np.zeros(len(ds.items) + 1, dtype=np.int8)
+    np.add.at(edges, ds.offsets[:-1], 1)
+    np.add.at(edges, ds.offsets[:-1] + split.train_lengths, -1)
+    in_train = np.cumsum(edges[:-1], dtype=np.int8).astype(bool)
     return np.bincount(ds.items[in_train] - 1, minlength=ds.n_items).astype(np.int64)
 
 
