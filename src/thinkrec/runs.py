@@ -187,7 +187,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainedRun:
     out = Path(run_dir or cfg.default_run_dir())
     ranks = distributed.join(resolve_device(cfg.device))  # under torchrun: one of several processes
     if not ranks.is_main:  # rank 0 holds the lock and writes; the others train beside it
-        run = _train(cfg, out, ranks)
+        run = _train_beside(cfg, out, ranks)
     else:
         with exclusive_run_dir(out):
             run = _train(cfg, out, ranks)
@@ -200,8 +200,6 @@ def _train(cfg: RunConfig, out: Path, ranks: distributed.Ranks = distributed.SIN
     """:func:`train` while holding the run directory's lock (rank 0 of a distributed run; see
     :mod:`thinkrec.distributed`: rank 0 prepares the data, evaluates and writes every file)."""
     saved = out / "config.json"
-    if not ranks.is_main:
-        return _train_beside(cfg, out, ranks)
     if saved.exists() and cfg.train.resume:
         # Read the saved config through the current schema, so keys added since (with their defaults)
         # do not block resuming a run written by an older thinkrec.

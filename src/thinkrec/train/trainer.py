@@ -43,7 +43,14 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(200, description="maximum number of epochs [epochs]", ge=1)
-    batch_size: int = Field(256, description="training samples per batch [train_batch_size]", ge=1)
+    batch_size: int = Field(
+        256,
+        description=(
+            "training samples per batch [train_batch_size]; under torchrun the global batch: each of N processes"
+            " trains batch_size / N of its rows"
+        ),
+        ge=1,
+    )
     optimizer: Literal["adam", "adamw"] = Field("adam", description="optimiser")
     lr: float = Field(1e-3, description="learning rate [learning_rate]", gt=0)
     weight_decay: float = Field(0.0, description="weight decay (L2 for adam, decoupled for adamw)", ge=0)
