@@ -83,7 +83,7 @@ def _k_core(user: Codes, item: Codes, rows: IntArray, user_min: int, item_min: i
     while True:
         iterations += 1
         u, i = user[rows], item[rows]
-        ok = (np.bincount(u)[u] >= user_min) & (np.bincount(i)[i] >= item_min)
+        ok = (np.bincount(u) >= user_min)[u] & (np.bincount(i) >= item_min)[i]  # bool gathers: 1 byte a row
         if ok.all() or not ok.any():
             return (rows if ok.all() else rows[:0]), iterations
         rows = rows[ok]
