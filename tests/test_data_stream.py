@@ -120,3 +120,12 @@ def test_generator_arguments_are_checked() -> None:
     args = argparse.Namespace(**{**vars(synthetic_log.parser().parse_args(["--rows", "10", "--out", "x"]))})
     with pytest.raises(SystemExit):
         synthetic_log.user_lengths(10, 5, args.user_alpha, args.min_user, np.random.default_rng(0))
+
+
+def test_the_scaling_benchmark_measures_a_preparation(log: Path) -> None:
+    from benchmarks.scale import scaling
+
+    assert scaling.sizes("1M,10k,50") == [1_000_000, 10_000, 50]
+    job = {"path": str(log), "prepare": {"user_min": 5}, "mode": "stream"}
+    result = scaling.child_prepare(job)
+    assert result["interactions"] > 0 and result["peak_rss_mib"] > 0 and result["seconds"] >= 0
