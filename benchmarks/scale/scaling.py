@@ -7,9 +7,9 @@ Two sweeps, each measurement in a fresh process so its peak memory (``VmHWM``) i
   (``--prepare-modes``; the whole-table path at 50M needs far more memory: leave it out on small machines);
 - **train**: SASRec on synthetic logs of ``--train-rows`` interactions (default 1M, 10M) and ``--items``
   catalogue sizes (default 10k, 100k, 1M), per ``--losses`` (default sampled softmax with 256 uniform
-  negatives, and full CE): the time of ``--batches`` training batches after ``--warmup`` untimed ones (the
-  epoch time is that per-batch time times the epoch's batches), one validation pass over ``--eval-users``
-  users (full ranking), and the peak memory (and the GPU's, on CUDA).
+  negatives, and full CE up to ``--ce-max-items``): the time of ``--batches`` training batches after
+  ``--warmup`` untimed ones (the epoch time is that per-batch time times the epoch's batches), one
+  validation pass over ``--eval-users`` users (full ranking), and the peak memory (and the GPU's, on CUDA).
 
 Logs are generated once into ``--data-dir`` (``benchmarks/scale/synthetic_log.py``; 50M rows are ~0.5 GB of
 Parquet) and reused. Records go to the JSONL file of :mod:`benchmarks.harness`; ``<out>/scaling.png`` plots
@@ -239,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-rows", default="1M,10M")
     p.add_argument("--items", default="10k,100k,1M", help="catalogue sizes of the training sweep")
     p.add_argument("--losses", default="sampled,ce", help=f"of: {', '.join(LOSSES)}")
+    p.add_argument(
+        "--ce-max-items",
+        type=int,
+        default=100_000,
+        help="skip full CE above this catalogue (a 1M-item softmax over every position takes minutes a batch on a CPU);"
+        " 0 = never skip",
+    )
     p.add_argument("--batches", type=int, default=20, help="timed training batches")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches before them")
     p.add_argument("--eval-users", type=int, default=5000, help="validation samples of the timed pass")
@@ -273,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             for items in sizes(args.items):
                 path = log_path(args.data_dir, rows, items)
                 for loss in args.losses.split(","):
+                    if loss == "ce" and args.ce_max_items and items > args.ce_max_items:
+                        continue
                     job = {
                         "path": str(path),
                         "prepare": train_prepare,
