@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import ValidationError
 
+from thinkrec import distributed
 from thinkrec.config.schema import RunConfig, operational_keys
 from thinkrec.data.batches import TrainSampler
 from thinkrec.data.dataset import SequenceDataset
@@ -38,6 +39,7 @@ from thinkrec.models.registry import build_model
 from thinkrec.models.text_items import attach_item_text, mark_known_items
 from thinkrec.objectives import Objective, ObjectiveContext
 from thinkrec.objectives import build_objective as build_named_objective
+from thinkrec.objectives.sampled import training_item_counts
 from thinkrec.progress import show_bars
 from thinkrec.reasoning.config import LatentReasoningConfig
 from thinkrec.reasoning.reasoner import LatentReasoner
@@ -65,9 +67,15 @@ def build(cfg: RunConfig, n_items: int) -> SeqRecModel:
     return model
 
 
-def build_objective(cfg: RunConfig) -> Objective:
-    """The training objective ``cfg`` names (:attr:`RunConfig.objective`), from the objective registry."""
-    ctx = ObjectiveContext(cfg.model, cfg.reasoning, cfg.train.seed, cfg.train.n_negatives)
+def build_objective(cfg: RunConfig, split: Split | None = None) -> Objective:
+    """The training objective ``cfg`` names (:attr:`RunConfig.objective`), from the objective registry.
+
+    Its context's options carry the sampled softmax's settings and, given the ``split``, every item's count
+    in training (what popularity negatives and the log-Q correction draw on)."""
+    options: dict[str, Any] = {"negatives": cfg.train.negatives, "logq": cfg.train.logq}
+    if split is not None:
+        options["item_counts"] = training_item_counts(split)
+    ctx = ObjectiveContext(cfg.model, cfg.reasoning, cfg.train.seed, cfg.train.n_negatives, options)
     return build_named_objective(cfg.objective, ctx)
 
 
@@ -186,16 +194,23 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainedRun:
     """
     set_threads(cfg.train.threads)
     out = Path(run_dir or cfg.default_run_dir())
-    with ExitStack() as stack:
-        locked = out.is_dir()
-        if locked:  # an existing run directory: refuse at once when another process trains there
-            stack.enter_context(exclusive_run_dir(out))
-        resume = resumes(cfg, out)
-        ds, split = load_data(cfg)
-        if not locked:  # a new run directory: created only now that the data are known to be good
-            stack.enter_context(exclusive_run_dir(out))
-            resume = resumes(cfg, out)  # another process may have trained there while the data loaded
-        return _train(cfg, out, ds, split, resume)
+    ranks = distributed.join(resolve_device(cfg.device))  # under torchrun: one of several processes
+    if not ranks.is_main:  # rank 0 holds the lock, prepares the data and writes; the others train beside it
+        run = _train_beside(cfg, out, ranks)
+    else:
+        with ExitStack() as stack:
+            locked = out.is_dir()
+            if locked:  # an existing run directory: refuse at once when another process trains there
+                stack.enter_context(exclusive_run_dir(out))
+            resume = resumes(cfg, out)
+            ds, split = load_data(cfg)
+            if not locked:  # a new run directory: created only now that the data are known to be good
+                stack.enter_context(exclusive_run_dir(out))
+                resume = resumes(cfg, out)  # another process may have trained there while the data loaded
+            run = _train(cfg, out, ds, split, resume, ranks)
+    # only after success: a process that failed exits at once, and torchrun stops the others
+    distributed.leave()
+    return run
 
 
 # The files a run writes (beside config.json and items.parquet, which every start rewrites); a run that starts
@@ -253,8 +268,17 @@ def resumes(cfg: RunConfig, out: Path) -> bool:
     return True
 
 
-def _train(cfg: RunConfig, out: Path, ds: SequenceDataset, split: Split, resume: bool) -> TrainedRun:
-    """:func:`train` while holding the run directory's lock, with the data read."""
+def _train(
+    cfg: RunConfig,
+    out: Path,
+    ds: SequenceDataset,
+    split: Split,
+    resume: bool,
+    ranks: distributed.Ranks = distributed.SINGLE,
+) -> TrainedRun:
+    """:func:`train` while holding the run directory's lock, with the data read (rank 0 of a distributed run;
+    see :mod:`thinkrec.distributed`: rank 0 prepares the data, evaluates and writes every file)."""
+    ranks.barrier()  # the dataset is prepared (and cached): the other processes load it now
     for folder in (out, out / "checkpoints"):
         remove_temporaries(folder)  # of writers killed mid-write; no live writer exists while we hold the lock
     model = build(cfg, ds.n_items)
@@ -262,9 +286,18 @@ def _train(cfg: RunConfig, out: Path, ds: SequenceDataset, split: Split, resume:
     mark_known_items(model, split.known_items)  # UniSRec-style, unseen_items = "text_only"
     sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
     info = {"config": json.loads(cfg.model_dump_json()), "dataset": ds.describe()}
-    model.to(resolve_device(cfg.device))
+    model.to(_device(cfg, ranks))
     trainer = Trainer(
-        model, build_objective(cfg), split, sampler, cfg.train, cfg.eval, out, info, show_bars(cfg.progress)
+        model,
+        build_objective(cfg, split),
+        split,
+        sampler,
+        cfg.train,
+        cfg.eval,
+        out,
+        info,
+        show_bars(cfg.progress),
+        ranks,
     )
     if not resume:
         for name in (*RUN_OUTPUTS, *RANKS_FILES.values()):
@@ -294,6 +327,7 @@ def _train(cfg: RunConfig, out: Path, ds: SequenceDataset, split: Split, resume:
                 "ranks_file": RANKS_FILES[f"{which}_unseen"],
             }
     atomic_write_json(out / "results.json", results)
+    ranks.broadcast(results)  # the other processes wait for the results
     return TrainedRun(out, fit, results)
 
 
@@ -305,6 +339,29 @@ def _reason(exc: Exception) -> str:
         return f"{where}: {first['msg']}" if where else str(first["msg"])
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def _device(cfg: RunConfig, ranks: distributed.Ranks) -> torch.device:
+    """The run's device; a process of a distributed CUDA run gets the GPU of its local rank."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and ranks.distributed:
+        return torch.device("cuda", ranks.local_rank)
+    return device
+
+
+def _train_beside(cfg: RunConfig, out: Path, ranks: distributed.Ranks) -> TrainedRun:
+    """A process other than rank 0 of a distributed run: train its share of every batch, write nothing, and
+    return rank 0's results."""
+    ranks.barrier()  # rank 0 has checked the run directory and prepared the data
+    ds, split = load_data(cfg)
+    model = build(cfg, ds.n_items)
+    attach_item_text(model, ds, progress=False)
+    mark_known_items(model, split.known_items)
+    sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
+    model.to(_device(cfg, ranks))
+    trainer = Trainer(model, build_objective(cfg, split), split, sampler, cfg.train, cfg.eval, out, {}, False, ranks)
+    fit = trainer.fit()
+    return TrainedRun(out, fit, ranks.broadcast({}))
 
 
 def saved_config(run_dir: str | Path) -> RunConfig:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -206,8 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse(parser, argv)
     tune_allocator()  # freed tensor memory stays in the process: no page fault per new tensor
+    quiet: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    if os.environ.get("RANK", "0") != "0" and args.func.__name__ == "cmd_train":
+        # torchrun's other processes: rank 0 prints the run's report, once
+        quiet = contextlib.redirect_stdout(open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
     try:
-        code: int = args.func(args)
+        with quiet:
+            code: int = args.func(args)
     except ThinkrecError as exc:
         print(f"thinkrec: error: {exc}", file=sys.stderr)
         return 2

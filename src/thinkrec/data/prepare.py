@@ -26,6 +26,7 @@ from thinkrec import paths
 from thinkrec.data.config import PrepareConfig, SourceConfig, check_dataset_name
 from thinkrec.data.dataset import FORMAT_VERSION, SequenceDataset
 from thinkrec.data.readers import RawLog, read_source, source_files
+from thinkrec.data.stream import CodedLog, read_coded
 from thinkrec.errors import ConfigError, DataError
 
 PIPELINE_VERSION = 1
@@ -33,6 +34,7 @@ PIPELINE_VERSION = 1
 
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
+Codes = npt.NDArray[np.integer[Any]]  # id codes: int64 from a whole table, int32 streamed
 
 
 def _factorize(values: pa.ChunkedArray) -> tuple[pa.Array, IntArray]:
@@ -44,7 +46,7 @@ def _factorize(values: pa.ChunkedArray) -> tuple[pa.Array, IntArray]:
     return distinct, np.asarray(codes, dtype=np.int64)
 
 
-def _counts(step: str, user: IntArray, item: IntArray, rows: IntArray, **params: Any) -> dict[str, Any]:
+def _counts(step: str, user: Codes, item: Codes, rows: IntArray, **params: Any) -> dict[str, Any]:
     return {
         "step": step,
         **params,
@@ -54,42 +56,53 @@ def _counts(step: str, user: IntArray, item: IntArray, rows: IntArray, **params:
     }
 
 
-def _dedup(user: IntArray, item: IntArray, time: IntArray, rows: IntArray, mode: str) -> IntArray:
+def _dedup(user: Codes, item: Codes, time: IntArray, rows: IntArray, mode: str) -> IntArray:
     """Rows kept by ``exact`` (first of identical user/item/time) or ``first`` (earliest per user/item)."""
     # one key per (user, item) makes a 2-key sort (faster than 3 keys); codes are < the row count, so the
     # product cannot overflow int64 for any table that fits in memory
-    pair = user[rows] * (int(item.max()) + 1) + item[rows]
+    pair = user[rows].astype(np.int64) * (int(item.max()) + 1) + item[rows]
     order = np.lexsort((time[rows], pair))  # stable: equal keys keep file order
-    pair, t = pair[order], time[rows][order]
+    pair = pair[order]
     repeat = np.zeros(len(rows), dtype=bool)
     repeat[1:] = pair[1:] == pair[:-1]
+    del pair  # the big temporaries go as soon as they are used (streamed logs of tens of millions of rows)
     if mode == "exact":
+        t = time[rows][order]
         repeat[1:] &= t[1:] == t[:-1]
+        del t
     drop = np.zeros(len(rows), dtype=bool)
     drop[order] = repeat
     return rows[~drop]
 
 
-def _k_core(user: IntArray, item: IntArray, rows: IntArray, user_min: int, item_min: int) -> tuple[IntArray, int]:
+def _k_core(user: Codes, item: Codes, rows: IntArray, user_min: int, item_min: int) -> tuple[IntArray, int]:
     """Drop users/items below their minimum count, repeatedly, until nothing changes."""
     iterations = 0
     while True:
         iterations += 1
         u, i = user[rows], item[rows]
-        ok = (np.bincount(u)[u] >= user_min) & (np.bincount(i)[i] >= item_min)
+        ok = (np.bincount(u) >= user_min)[u] & (np.bincount(i) >= item_min)[i]  # bool gathers: 1 byte a row
         if ok.all() or not ok.any():
             return (rows if ok.all() else rows[:0]), iterations
         rows = rows[ok]
 
 
-def _require_rows(rows: IntArray, raw: RawLog, message: str, field: str, hint: str) -> None:
+def _require_rows(rows: IntArray, source: dict[str, Any], message: str, field: str, hint: str) -> None:
     if len(rows) == 0:
-        raise DataError(message, path=_source_path(raw), field=field, hint=hint)
+        raise DataError(message, path=_source_path(source), field=field, hint=hint)
 
 
-def _source_path(raw: RawLog) -> str | None:
-    files = raw.source.get("files") or [None]
+def _source_path(source: dict[str, Any]) -> str | None:
+    files = source.get("files") or [None]
     return None if files[0] is None else str(files[0])
+
+
+def _dense(codes: npt.NDArray[np.integer[Any]], size: int) -> tuple[IntArray, npt.NDArray[np.int32]]:
+    """``(the codes present, in ascending order; every code's index among them)``: ``np.unique`` with
+    ``return_inverse`` without its sort (the codes are below ``size``)."""
+    present = np.bincount(codes, minlength=size) > 0
+    remap = (np.cumsum(present) - 1).astype(np.int32)
+    return np.flatnonzero(present).astype(np.int64), remap[codes]
 
 
 def _to_numpy(ids: pa.Array) -> np.ndarray:
@@ -135,22 +148,29 @@ def prepare(raw: RawLog, cfg: PrepareConfig, name: str) -> SequenceDataset:
     user_values, user = _factorize(table.column("user"))
     item_values, item = _factorize(table.column("item"))
     time = np.asarray(table.column("timestamp").to_numpy(), dtype=np.int64)
-    rows = np.arange(table.num_rows, dtype=np.int64)
+    rating = np.asarray(table.column("rating").to_numpy(), dtype=np.float64) if raw.has_rating else None
+    log = CodedLog(user_values, user, item_values, item, time, rating, raw.items, raw.source)
+    return prepare_coded(log, cfg, name)
+
+
+def prepare_coded(log: CodedLog, cfg: PrepareConfig, name: str) -> SequenceDataset:
+    """:func:`prepare` from id codes (what a streamed read produces: :mod:`thinkrec.data.stream`)."""
+    user, item, time, source = log.user, log.item, log.time, log.source
+    rows = np.arange(len(user), dtype=np.int64)
     steps = [_counts("read", user, item, rows)]
-    _require_rows(rows, raw, "the source has no interactions", "path", "check the source path")
+    _require_rows(rows, source, "the source has no interactions", "path", "check the source path")
 
     if cfg.min_rating is not None:
-        if not raw.has_rating:
+        if log.rating is None:
             raise DataError(
-                f"min_rating={cfg.min_rating} is set but the {raw.source.get('format', '')} source has no ratings",
-                path=_source_path(raw),
+                f"min_rating={cfg.min_rating} is set but the {source.get('format', '')} source has no ratings",
+                path=_source_path(source),
                 field="min_rating",
                 hint="remove min_rating, or (format 'table') set rating_col to the rating column",
             )
-        rating = np.asarray(table.column("rating").to_numpy(), dtype=np.float64)
-        rows = rows[rating[rows] >= cfg.min_rating]
+        rows = rows[log.rating[rows] >= cfg.min_rating]
         steps.append(_counts("min_rating", user, item, rows, min_rating=cfg.min_rating))
-        _require_rows(rows, raw, f"no interaction has rating >= {cfg.min_rating}", "min_rating", "lower min_rating")
+        _require_rows(rows, source, f"no interaction has rating >= {cfg.min_rating}", "min_rating", "lower min_rating")
 
     if cfg.dedup != "none":
         rows = _dedup(user, item, time, rows, cfg.dedup)
@@ -171,7 +191,7 @@ def prepare(raw: RawLog, cfg: PrepareConfig, name: str) -> SequenceDataset:
         )
         _require_rows(
             rows,
-            raw,
+            source,
             f"every user was filtered away by the k-core filter (user_min={cfg.user_min}, "
             f"item_min={cfg.item_min}, {iterations} iterations)",
             "user_min",
@@ -186,17 +206,19 @@ def prepare(raw: RawLog, cfg: PrepareConfig, name: str) -> SequenceDataset:
         steps.append(_counts("max_users", user, item, rows, max_users=cfg.max_users, seed=cfg.seed))
 
     # internal ids in ascending order of external id (codes already follow that order)
-    kept_users, user_new = np.unique(user[rows], return_inverse=True)
-    kept_items, item_new = np.unique(item[rows], return_inverse=True)
+    kept_users, user_new = _dense(user[rows], len(log.user_values))
+    kept_items, item_new = _dense(item[rows], len(log.item_values))
     time_kept = time[rows]
+    del rows
     order = np.lexsort((time_kept, user_new))  # stable: ties keep file order
     offsets = np.zeros(len(kept_users) + 1, dtype=np.int64)
     np.cumsum(np.bincount(user_new, minlength=len(kept_users)), out=offsets[1:])
-    item_ids = item_values.take(pa.array(kept_items, type=pa.int64()))
-    item_text, text_stats = _item_text(raw.items, item_ids)
+    del user_new
+    item_ids = log.item_values.take(pa.array(kept_items, type=pa.int64()))
+    item_text, text_stats = _item_text(log.items, item_ids)
 
     meta: dict[str, Any] = {
-        "source": raw.source,
+        "source": source,
         "prepare": cfg.model_dump(mode="json"),
         "pipeline_version": PIPELINE_VERSION,
         "steps": steps,
@@ -205,13 +227,22 @@ def prepare(raw: RawLog, cfg: PrepareConfig, name: str) -> SequenceDataset:
     return SequenceDataset(
         name=name,
         offsets=offsets,
-        items=(item_new[order] + 1).astype(np.int64),
+        items=item_new[order].astype(np.int64) + 1,
         timestamps=time_kept[order],
-        user_ids=_to_numpy(user_values.take(pa.array(kept_users, type=pa.int64()))),
+        user_ids=_to_numpy(log.user_values.take(pa.array(kept_users, type=pa.int64()))),
         item_ids=_to_numpy(item_ids),
         item_text=item_text,
         meta=meta,
     )
+
+
+def prepare_source(source: SourceConfig, prep: PrepareConfig, name: str, stream: bool = True) -> SequenceDataset:
+    """Read ``source`` and prepare it: a big table is streamed in batches (:mod:`thinkrec.data.stream`, the
+    same dataset in bounded memory), any other source read whole (also ``stream=False``)."""
+    coded = read_coded(source) if stream else None
+    if coded is not None:
+        return prepare_coded(coded, prep, name)
+    return prepare(read_source(source), prep, name)
 
 
 # -------------------------------------------------------------------------------------------- cache
@@ -250,7 +281,7 @@ def load_or_prepare(
             return SequenceDataset.load(target)
         except (DataError, OSError, ValueError, KeyError, pa.ArrowException):
             pass  # damaged or from another version: prepare again below
-    dataset = prepare(read_source(source), prep, name)
+    dataset = prepare_source(source, prep, name)
     dataset.meta["cache_key"] = key
     dataset.save(target)
     return dataset

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm import tqdm
 
-from thinkrec.data.batches import TrainSampler
+from thinkrec.data.batches import TrainBatch, TrainSampler
+from thinkrec.data.dataset import PAD
 from thinkrec.data.split import Split
+from thinkrec.distributed import SINGLE, Ranks
 from thinkrec.errors import ThinkrecError
 from thinkrec.eval.evaluator import evaluate
 from thinkrec.eval.metrics import parse_metric
@@ -28,6 +30,7 @@ from thinkrec.eval.steps import step_metrics
 from thinkrec.models.model import SeqRecModel
 from thinkrec.objectives import Objective, loss_names
 from thinkrec.objectives.registry import SELECTED_ELSEWHERE
+from thinkrec.objectives.sampled import NegativeMode
 from thinkrec.precision import warn_slow_bf16
 from thinkrec.seed import Seeds
 from thinkrec.storage import atomic_write_text
@@ -42,7 +45,14 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(200, description="maximum number of epochs [epochs]", ge=1)
-    batch_size: int = Field(256, description="training samples per batch [train_batch_size]", ge=1)
+    batch_size: int = Field(
+        256,
+        description=(
+            "training samples per batch [train_batch_size]; under torchrun the global batch: each of N processes"
+            " trains batch_size / N of its rows"
+        ),
+        ge=1,
+    )
     optimizer: Literal["adam", "adamw"] = Field("adam", description="optimiser")
     lr: float = Field(1e-3, description="learning rate [learning_rate]", gt=0)
     weight_decay: float = Field(0.0, description="weight decay (L2 for adam, decoupled for adamw)", ge=0)
@@ -61,6 +71,20 @@ class TrainConfig(BaseModel):
         ),
     )
     n_negatives: int = Field(256, description="sampled softmax: negatives per batch", ge=1)
+    negatives: NegativeMode = Field(
+        "uniform",
+        description=(
+            "sampled softmax: how negatives are drawn: 'uniform' over the catalogue, 'popularity' in proportion to"
+            " the items' training counts, 'in_batch' = the batch's own targets (at most n_negatives of them)"
+        ),
+    )
+    logq: bool = Field(
+        False,
+        description=(
+            "sampled softmax: subtract log(sampling probability) from every candidate's logit (log-Q correction;"
+            " no effect with uniform negatives)"
+        ),
+    )
     valid_metric: str = Field(
         "NDCG@10", description="validation metric for early stopping, NAME@K with K in eval.ks [valid_metric]"
     )
@@ -87,6 +111,14 @@ class TrainConfig(BaseModel):
         if value not in loss_names():
             raise ValueError(f"unknown objective {value!r}; choose one of {', '.join(loss_names())}")
         return value
+
+    @model_validator(mode="after")
+    def _sampled_options(self) -> TrainConfig:
+        if self.loss != "sampled" and (self.negatives != "uniform" or self.logq):
+            raise ValueError(
+                f"train.negatives and train.logq apply to train.loss='sampled' (the loss is {self.loss!r})"
+            )
+        return self
 
     @field_validator("valid_metric")
     @classmethod
@@ -122,8 +154,10 @@ class Trainer:
         run_dir: Path,
         run_info: dict[str, Any] | None = None,
         progress: bool = False,
+        ranks: Ranks = SINGLE,
     ) -> None:
         self.model = model
+        self.ranks = ranks  # data-parallel processes (torchrun): see thinkrec.distributed
         self.objective = objective
         self.split = split
         self.sampler = sampler
@@ -139,13 +173,15 @@ class Trainer:
         self.optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.autocast == "bf16":
             warn_slow_bf16("train.autocast")
+        ranks.broadcast_params(list(model.parameters()))
 
     # ------------------------------------------------------------------------------------ one epoch
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
         self.objective.start_epoch(epoch)
         rng = self.seeds.numpy(f"data-order/{epoch}")
-        torch.manual_seed(self.seeds.torch_seed(f"dropout/{epoch}"))
+        rank = f"/rank{self.ranks.rank}" if self.ranks.distributed else ""  # each process its own masks
+        torch.manual_seed(self.seeds.torch_seed(f"dropout/{epoch}{rank}"))
         n_batches = self.sampler.n_batches(self.cfg.batch_size)
         batches = self.sampler.batches(self.cfg.batch_size, rng)
         bar = tqdm(
@@ -159,8 +195,12 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         t0 = time.perf_counter()
-        for batch in bar:
-            batch = batch.to(self.device)
+        for global_batch in bar:
+            batch = shard_batch(global_batch, self.ranks).to(self.device)
+            if self.ranks.distributed and len(batch.inputs) == 0:  # a last global batch smaller than world
+                self._step_without_rows()
+                count += 1
+                continue
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
                 out = self.objective(self.model, batch)
             if not torch.isfinite(out.total):
@@ -171,6 +211,7 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(out.total)
+            self.ranks.average_gradients(list(self.model.parameters()), float(batch.n_targets))
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
@@ -178,10 +219,23 @@ class Trainer:
             for key, value in {"loss": float(out.total.detach()), **out.parts}.items():
                 sums[key] = sums.get(key, 0.0) + value
             bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
+        local_batches = count
+        if self.ranks.distributed:  # the mean over every process's batches
+            sums = self.ranks.sum_floats({**sums, "_count": float(count)}, self.device)
+            count = int(sums.pop("_count"))
         stats = {key: value / max(1, count) for key, value in sums.items()}
         stats["train_seconds"] = time.perf_counter() - t0
-        stats["batches"] = count
+        stats["batches"] = local_batches
         return stats
+
+    def _step_without_rows(self) -> None:
+        """This process's share of a global batch is empty: take part in the gradient average with weight 0,
+        then step like the others."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ranks.average_gradients(list(self.model.parameters()), 0.0)
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(self) -> FitResult:
@@ -198,11 +252,12 @@ class Trainer:
         if self.cfg.resume and checkpoint_exists(self.ckpt_dir, "last"):
             info = load_checkpoint(self.ckpt_dir, "last", self.model, self.optimizer)
             state = info["trainer_state"]
-            tqdm.write(f"resuming {self.run_dir} after epoch {state['epoch'] - 1}")
-            # A run killed between its checkpoint and its log line (or in the middle of that line) left a log
-            # that disagrees with the checkpoint: rewrite it from the checkpoint's history of the epochs done.
-            atomic_write_text(log_path, "".join(json.dumps(row) + "\n" for row in state["history"]))
-        elif log_path.exists():
+            if self.ranks.is_main:
+                tqdm.write(f"resuming {self.run_dir} after epoch {state['epoch'] - 1}")
+                # A run killed between its checkpoint and its log line (or in the middle of that line) left a
+                # log that disagrees with the checkpoint: rewrite it from the checkpoint's history of the epochs.
+                atomic_write_text(log_path, "".join(json.dumps(row) + "\n" for row in state["history"]))
+        elif log_path.exists() and self.ranks.is_main:
             log_path.unlink()
         stopped = "max_epochs"
         if state.get("stopped") == "early_stop":
@@ -217,6 +272,10 @@ class Trainer:
         epoch = state["epoch"]
         while epoch < self.cfg.epochs and stopped != "early_stop":
             row: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
+            if not self.ranks.is_main:  # rank 0 validates and writes; take its state when it is done
+                state, stopped = self.ranks.broadcast((state, stopped))
+                epoch += 1
+                continue
             selectable = epoch >= self.objective.first_selectable_epoch
             if not selectable:
                 row["warmup"] = True
@@ -256,10 +315,12 @@ class Trainer:
             with log_path.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             self._report(row, state)
+            self.ranks.broadcast((state, stopped))
             epoch += 1
         if checkpoint_exists(self.ckpt_dir, "best"):
             load_checkpoint(self.ckpt_dir, "best", self.model)
-        plot_curves(state["history"], self.run_dir / "curve.png", self.cfg.valid_metric, state["best_epoch"])
+        if self.ranks.is_main:
+            plot_curves(state["history"], self.run_dir / "curve.png", self.cfg.valid_metric, state["best_epoch"])
         return FitResult(state["best_epoch"], state["best_valid"], state["epoch"], state["history"], stopped)
 
     def _report(self, row: dict[str, Any], state: dict[str, Any]) -> None:
@@ -271,6 +332,20 @@ class Trainer:
             tqdm.write(text)
         else:
             log.info(text)
+
+
+def shard_batch(batch: TrainBatch, ranks: Ranks) -> TrainBatch:
+    """This process's rows of a global batch (``rank::world``: the rows are sorted by length, so every share
+    gets long and short ones), trimmed to its longest row (left padding, see :mod:`thinkrec.data.batches`)."""
+    if not ranks.distributed:
+        return batch
+    inputs = batch.inputs[ranks.rank :: ranks.world]
+    targets = batch.targets[ranks.rank :: ranks.world]
+    used = (inputs != PAD).any(dim=0)  # a target's column always has an input
+    first = int(torch.nonzero(used)[0]) if bool(used.any()) else max(0, inputs.shape[1] - 1)
+    if batch.mode == "all":
+        targets = targets[:, first:]
+    return TrainBatch(inputs[:, first:], batch.positions[first:], targets, batch.mode)
 
 
 # Keys of a log row that are not parts of the training loss.

@@ -1,0 +1,305 @@
+"""How preparation, training and evaluation scale with the log and the catalogue (synthetic logs).
+
+Two sweeps, each measurement in a fresh process so its peak memory (``VmHWM``) is its own:
+
+- **prepare**: ``thinkrec data prepare``'s work (read + filter + sequences, no cache) on synthetic logs of
+  ``--prepare-rows`` interactions (default 1M, 10M, 50M), streamed and, for comparison, whole-table
+  (``--prepare-modes``; the whole-table path at 50M needs far more memory: leave it out on small machines);
+- **train**: SASRec on synthetic logs of ``--train-rows`` interactions (default 1M, 10M) and ``--items``
+  catalogue sizes (default 10k, 100k, 1M), per ``--losses`` (default sampled softmax with 256 uniform
+  negatives, and full CE up to ``--ce-max-items``): the time of ``--batches`` training batches after
+  ``--warmup`` untimed ones (the epoch time is that per-batch time times the epoch's batches), one
+  validation pass over ``--eval-users`` users (full ranking), and the peak memory (and the GPU's, on CUDA).
+
+Logs are generated once into ``--data-dir`` (``benchmarks/scale/synthetic_log.py``; 50M rows are ~0.5 GB of
+Parquet) and reused. Records go to the JSONL file of :mod:`benchmarks.harness`; ``<out>/scaling.png`` plots
+them. The full measurement (hours on a CPU; the 50M whole-table preparation alone needs ~8 GB):
+
+    python -m benchmarks.scale.scaling --threads 8
+    python -m benchmarks.scale.scaling --device cuda --sweeps train          # the training sweep on a GPU
+
+and a check that it runs (seconds):
+
+    python -m benchmarks.scale.scaling --prepare-rows 20000,50000 --train-rows 20000 --items 500,2000 \\
+        --batches 2 --warmup 1 --eval-users 50 --data-dir /tmp/scale-data --out /tmp/scale-out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import harness
+from benchmarks.scale import synthetic_log
+
+
+def sizes(text: str) -> list[int]:
+    """``1M,10M,50M`` / ``10k`` / plain numbers."""
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        scale = {"k": 1_000, "m": 1_000_000}.get(part[-1:], 1)
+        out.append(int(float(part.rstrip("km")) * scale))
+    return out
+
+
+def log_path(data_dir: Path, rows: int, items: int | None) -> Path:
+    """The synthetic log of that size, generated on first use."""
+    path = data_dir / f"log-{rows}{'' if items is None else f'-i{items}'}.parquet"
+    if not path.exists():
+        argv = ["--rows", str(rows), "--out", str(path)]
+        if items is not None:
+            argv += ["--items", str(items)]
+        synthetic_log.generate(synthetic_log.parser().parse_args(argv))
+    return path
+
+
+def source(path: Path) -> dict[str, Any]:
+    return {
+        "format": "table",
+        "path": str(path),
+        "user_col": "user_id",
+        "item_col": "item_id",
+        "time_col": "timestamp",
+        "rating_col": "rating",
+    }
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory: ``VmHWM`` (``ru_maxrss`` of a child started by a big parent
+    counts the parent's memory at the fork, on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------------------------ child processes
+def child_prepare(job: dict[str, Any]) -> dict[str, Any]:
+    from thinkrec.data.config import PrepareConfig, SourceConfig
+    from thinkrec.data.prepare import prepare_source
+
+    t0 = time.perf_counter()
+    ds = prepare_source(
+        SourceConfig(**source(Path(job["path"]))), PrepareConfig(**job["prepare"]), "scale", job["mode"] == "stream"
+    )
+    return {
+        "seconds": time.perf_counter() - t0,
+        "peak_rss_mib": peak_rss_mib(),
+        "users": ds.n_users,
+        "items": ds.n_items,
+        "interactions": ds.n_interactions,
+    }
+
+
+def child_train(job: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from thinkrec.config.loader import load_config
+    from thinkrec.data.batches import TrainSampler
+    from thinkrec.eval.evaluator import evaluate
+    from thinkrec.runs import build, build_objective, load_data
+
+    torch.set_num_threads(job["threads"])
+    overrides = [
+        f"data.source={json.dumps(source(Path(job['path'])))}",
+        "data.name=scale",
+        f"data.prepare={json.dumps(job['prepare'])}",
+        f"device={job['device']}",
+        *job["overrides"],
+    ]
+    cfg = load_config(None, overrides)
+    t0 = time.perf_counter()
+    ds, split = load_data(cfg)
+    prepare_seconds = time.perf_counter() - t0
+    device = torch.device(job["device"] if job["device"] != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    model = build(cfg, ds.n_items).to(device)
+    objective = build_objective(cfg, split)
+    sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    model.train()
+    batches = sampler.batches(cfg.train.batch_size, np.random.default_rng(0))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for i, batch in enumerate(batches):
+        if i >= job["warmup"] + job["batches"]:
+            break
+        sync()
+        start = time.perf_counter()
+        out = objective(model, batch.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        optimizer.step()
+        sync()
+        if i >= job["warmup"]:
+            times.append(time.perf_counter() - start)
+    per_batch = float(np.median(times)) if times else float("nan")
+    n_batches = sampler.n_batches(cfg.train.batch_size)
+    model.eval()
+    samples = split.valid.subset(slice(0, job["eval_users"]))
+    sync()
+    start = time.perf_counter()
+    result = evaluate(model, split, samples, cfg.eval)
+    sync()
+    eval_seconds = time.perf_counter() - start
+    record = {
+        "users": ds.n_users,
+        "catalogue": ds.n_items,  # the items that occur (a Zipf tail of the generated ones never does)
+        "interactions": ds.n_interactions,
+        "prepare_or_load_seconds": prepare_seconds,
+        "batches_per_epoch": n_batches,
+        "seconds_per_batch": per_batch,
+        "epoch_seconds_estimate": per_batch * n_batches,
+        "eval_samples": len(samples),
+        "eval_seconds": eval_seconds,
+        "eval_seconds_per_1k_samples": eval_seconds / max(1, len(samples)) * 1000,
+        "valid_metrics": result.metrics(cfg.eval.ks),
+        "peak_rss_mib": peak_rss_mib(),
+    }
+    if device.type == "cuda":
+        record["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return record
+
+
+def run_child(kind: str, job: dict[str, Any], threads: int) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "benchmarks.scale.scaling", "--child", kind, json.dumps(job)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        return {"error": done.stderr[-2000:]}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- plot
+def plot(records: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_prep, ax_mem, ax_train) = plt.subplots(1, 3, figsize=(15, 4))
+    for mode in sorted({r["mode"] for r in records if r["sweep"] == "prepare"}):
+        ok = [r for r in records if r["sweep"] == "prepare" and r["mode"] == mode and "error" not in r]
+        rows = sorted(ok, key=lambda r: r["rows"])
+        if rows:
+            x = [r["rows"] for r in rows]
+            ax_prep.plot(x, [r["seconds"] for r in rows], marker="o", label=mode)
+            ax_mem.plot(x, [r["peak_rss_mib"] / 1024 for r in rows], marker="s", label=mode)
+    for ax, what in ((ax_prep, "seconds"), (ax_mem, "peak memory (GiB)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("interactions in the raw log")
+        ax.set_ylabel(what)
+        ax.set_title(f"data prepare: {what}")
+        ax.legend(fontsize=8)
+    for key in sorted({(r["rows"], r["loss"]) for r in records if r["sweep"] == "train"}):
+        ok = [r for r in records if r["sweep"] == "train" and (r["rows"], r["loss"]) == key and "error" not in r]
+        rows = sorted(ok, key=lambda r: r["catalogue"])
+        if rows:
+            x, y = [r["catalogue"] for r in rows], [r["seconds_per_batch"] for r in rows]
+            ax_train.plot(x, y, marker="o", label=f"{key[0]:,} rows, {key[1]}")
+    ax_train.set_xscale("log")
+    ax_train.set_yscale("log")
+    ax_train.set_xlabel("catalogue (items in the prepared log)")
+    ax_train.set_ylabel("seconds per training batch")
+    ax_train.set_title("training")
+    ax_train.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+LOSSES = {
+    "sampled": ["train.loss=sampled", "train.n_negatives=256"],
+    "ce": ["train.loss=ce"],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
+        job = json.loads(sys.argv[3])
+        print(json.dumps(child_prepare(job) if sys.argv[2] == "prepare" else child_train(job)))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sweeps", default="prepare,train", help="prepare, train or both")
+    p.add_argument("--prepare-rows", default="1M,10M,50M")
+    p.add_argument("--prepare-modes", default="stream,whole", help="stream and/or whole")
+    p.add_argument("--train-rows", default="1M,10M")
+    p.add_argument("--items", default="10k,100k,1M", help="catalogue sizes of the training sweep")
+    p.add_argument("--losses", default="sampled,ce", help=f"of: {', '.join(LOSSES)}")
+    p.add_argument(
+        "--ce-max-items",
+        type=int,
+        default=100_000,
+        help="skip full CE above this catalogue (a 1M-item softmax over every position takes minutes a batch on a CPU);"
+        " 0 = never skip",
+    )
+    p.add_argument("--batches", type=int, default=20, help="timed training batches")
+    p.add_argument("--warmup", type=int, default=3, help="untimed batches before them")
+    p.add_argument("--eval-users", type=int, default=5000, help="validation samples of the timed pass")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--data-dir", type=Path, default=harness.out_dir("scale", "data"))
+    p.add_argument("--out", type=Path, default=harness.out_dir("scale"))
+    harness.add_records_argument(p)
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the training runs (default SASRec, d=64)")
+    args = p.parse_args(argv)
+    records = harness.Records("scale", "scaling", args.records)
+    done: list[dict[str, Any]] = []
+    prepare = {"user_min": 5, "item_min": 5, "dedup": "exact"}
+    sweeps = args.sweeps.split(",")
+    if "prepare" in sweeps:
+        for rows in sizes(args.prepare_rows):
+            path = log_path(args.data_dir, rows, None)
+            for mode in args.prepare_modes.split(","):
+                job = {"path": str(path), "prepare": prepare, "mode": mode}
+                result = run_child("prepare", job, args.threads)
+                done.append(records.write({"sweep": "prepare", "rows": rows, "mode": mode, **job, **result}))
+    if "train" in sweeps:
+        train_prepare = {"user_min": 2, "item_min": 0, "dedup": "exact"}  # keep the whole catalogue
+        base = [
+            "model.hidden=64",
+            "model.max_len=50",
+            "train.batch_size=256",
+            "eval.ks=[10]",
+            "train.valid_metric=NDCG@10",
+        ]
+        for rows in sizes(args.train_rows):
+            for items in sizes(args.items):
+                path = log_path(args.data_dir, rows, items)
+                for loss in args.losses.split(","):
+                    if loss == "ce" and args.ce_max_items and items > args.ce_max_items:
+                        continue
+                    job = {
+                        "path": str(path),
+                        "prepare": train_prepare,
+                        "device": args.device,
+                        "threads": args.threads,
+                        "batches": args.batches,
+                        "warmup": args.warmup,
+                        "eval_users": args.eval_users,
+                        "overrides": [*base, *LOSSES[loss], *args.overrides],
+                    }
+                    result = run_child("train", job, args.threads)
+                    done.append(
+                        records.write({"sweep": "train", "rows": rows, "items": items, "loss": loss, **job, **result})
+                    )
+    plot(done, args.out / "scaling.png")
+    print(f"plot: {args.out / 'scaling.png'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
