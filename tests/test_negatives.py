@@ -21,7 +21,7 @@ from thinkrec.models.base import Scorer
 from thinkrec.models.model import SeqRecModel
 from thinkrec.objectives import ObjectiveContext, build_objective
 from thinkrec.objectives.sampled import SampledSoftmax, corrected_sampled_loss, training_item_counts
-from thinkrec.reasoning.config import ReasoningConfig
+from thinkrec.reasoning.config import NoReasoningConfig
 
 from helpers import random_dataset
 
@@ -163,7 +163,7 @@ def test_the_objective_on_a_model_batch() -> None:
     for mode in ("uniform", "popularity", "in_batch"):
         for logq in (False, True):
             ctx = ObjectiveContext(
-                cfg, ReasoningConfig(), 7, 5, {"negatives": mode, "logq": logq, "item_counts": counts}
+                cfg, NoReasoningConfig(), 7, 5, {"negatives": mode, "logq": logq, "item_counts": counts}
             )
             out = build_objective("sampled", ctx)(model, batch)
             assert torch.isfinite(out.total)
@@ -185,6 +185,6 @@ def test_popularity_needs_counts() -> None:
     with pytest.raises(ConfigError, match="counts"):
         SampledSoftmax(4, None, "popularity", False, None)
     kwargs: dict[str, Any] = {"negatives": "popularity", "logq": True}
-    ctx = ObjectiveContext(None, ReasoningConfig(), 1, 4, kwargs)  # type: ignore[arg-type]
+    ctx = ObjectiveContext(None, NoReasoningConfig(), 1, 4, kwargs)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         build_objective("sampled", ctx)
