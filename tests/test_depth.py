@@ -1,0 +1,247 @@
+"""Adaptive reasoning depth: signals against direct computations, halting rules on hand-made cases, the
+router's cross-fitting and that no selector reads labels at inference."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, cast
+
+import numpy as np
+import pytest
+import torch
+
+from thinkrec.eval import depth
+from thinkrec.eval.metrics import per_sample
+
+
+def _signals(n: int = 6, k1: int = 3, n_items: int = 15, d: int = 4, seed: int = 0) -> tuple[Any, ...]:
+    g = torch.Generator().manual_seed(seed)
+    states = torch.randn(n, k1, d, generator=g)
+    items = torch.randn(n_items, d, generator=g)
+    scores = torch.einsum("bkd,nd->bkn", states, items) / 0.5
+    return states, scores
+
+
+def test_step_signals_match_a_direct_computation() -> None:
+    states, scores = _signals()
+    scores[0, :, 3] = float("-inf")  # a masked history item
+    history = np.arange(6) + 1
+    data = depth.step_data(scores, states, history, groups=[7, 7, 8, 8, 9, 9], top_k=4)
+    n, k1, n_items = scores.shape
+    for i in range(n):
+        dists = []
+        for k in range(k1):
+            row = [float(x) for x in scores[i, k]]
+            finite = [x for x in row if x != -math.inf]
+            z = sum(math.exp(x) for x in finite)
+            p = [math.exp(x) / z if x != -math.inf else 0.0 for x in row]
+            dists.append(p)
+            assert data.entropy[i, k] == pytest.approx(-sum(q * math.log(q) for q in p if q > 0), rel=1e-9)
+            top = sorted(finite, reverse=True)
+            assert data.margin[i, k] == pytest.approx(top[0] - top[1], rel=1e-6)
+            assert data.norm[i, k] == pytest.approx(math.sqrt(sum(float(x) ** 2 for x in states[i, k])), rel=1e-6)
+        for k in range(1, k1):
+            a, b = states[i, k].tolist(), states[i, k - 1].tolist()
+            cos = sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(
+                sum(x * x for x in a) * sum(y * y for y in b)
+            )
+            assert data.cosine[i, k - 1] == pytest.approx(cos, rel=1e-6)
+            top_now = set(sorted(range(n_items), key=lambda j: -float(scores[i, k, j]))[:4])
+            top_before = set(sorted(range(n_items), key=lambda j: -float(scores[i, k - 1, j]))[:4])
+            assert data.overlap[i, k - 1] == len(top_now & top_before) / 4
+            p, q = dists[k], dists[k - 1]
+            kl = sum(x * math.log(x / y) for x, y in zip(p, q, strict=True) if x > 0)
+            assert data.kl[i, k - 1] == pytest.approx(kl, rel=1e-6, abs=1e-12)
+    assert data.history.tolist() == history.tolist()
+    assert data.groups.tolist() == [7, 7, 8, 8, 9, 9]
+    assert data.gains is None
+    both = depth.StepData.concat([data.subset(np.arange(3)), data.subset(np.arange(3, 6))])
+    assert np.array_equal(both.entropy, data.entropy) and np.array_equal(both.groups, data.groups)
+
+
+def _made(
+    overlap: list[list[float]] | None = None,
+    kl: list[list[float]] | None = None,
+    entropy: list[list[float]] | None = None,
+    history: list[int] | None = None,
+    gains: Any = None,
+) -> depth.StepData:
+    """StepData with the given signals (K = number of transition columns) and neutral values elsewhere."""
+    given = next(x for x in (overlap, kl, entropy) if x is not None)
+    n = len(given)
+    k = len(given[0]) - (1 if given is entropy else 0)
+    ones = np.ones((n, k + 1))
+    return depth.StepData(
+        entropy=np.asarray(entropy, dtype=np.float64) if entropy is not None else ones.copy(),
+        margin=ones.copy(),
+        norm=ones.copy(),
+        cosine=np.ones((n, k)),
+        overlap=np.asarray(overlap, dtype=np.float64) if overlap is not None else np.zeros((n, k)),
+        kl=np.asarray(kl, dtype=np.float64) if kl is not None else np.full((n, k), 9.0),
+        history=np.asarray(history if history is not None else [5] * n, dtype=np.int64),
+        groups=np.arange(n, dtype=np.int64),
+        gains=gains,
+    )
+
+
+def test_agreement_halting_on_hand_made_cases() -> None:
+    # K = 3; column j compares step j+1 with step j
+    data = _made(overlap=[[0.9, 0.1, 0.1], [0.2, 0.8, 0.1], [0.1, 0.2, 0.3], [0.2, 0.2, 0.95]])
+    current = depth.Agree(0.75).choose(data)
+    assert current.step.tolist() == [1, 2, 3, 3]
+    assert current.steps_used.tolist() == [1, 2, 3, 3]
+    previous = depth.Agree(0.75, use="previous").choose(data)
+    assert previous.step.tolist() == [0, 1, 3, 2]  # no agreement: step K
+    assert previous.steps_used.tolist() == [1, 2, 3, 3]
+    by_kl = depth.Agree(0.05, "kl").choose(_made(kl=[[0.01, 1.0, 1.0], [1.0, 1.0, 1.0]]))
+    assert by_kl.step.tolist() == [1, 3] and by_kl.steps_used.tolist() == [1, 3]
+
+
+def test_entropy_halting_on_hand_made_cases() -> None:
+    data = _made(entropy=[[5.0, 4.0, 4.5], [5.0, 4.0, 3.0], [5.0, 5.5, 3.0], [5.0, 4.95, 4.0]])
+    choice = depth.EntropyStop().choose(data)
+    assert choice.step.tolist() == [1, 2, 0, 2]
+    assert choice.steps_used.tolist() == [2, 2, 1, 2]
+    # a tolerance: a fall of less than 0.1 nats counts as stopping
+    assert depth.EntropyStop(0.1).choose(data).step.tolist() == [1, 2, 0, 0]
+
+
+def test_fixed_mean_and_weighted_user_vectors() -> None:
+    states, _ = _signals(n=4)
+    data = _made(overlap=[[0.0, 0.0]] * 4)
+    fixed = depth.Fixed(1).choose(data)
+    assert fixed.hard and fixed.step.tolist() == [1] * 4 and fixed.steps_used.tolist() == [1] * 4
+    assert torch.equal(fixed.user_vectors(states), states[:, 1])
+    mean = depth.mean_of_steps(3).choose(data)
+    assert not mean.hard and mean.steps_used.tolist() == [2] * 4
+    assert torch.allclose(mean.user_vectors(states), states.mean(1))
+    with pytest.raises(ValueError):
+        _ = mean.step
+    with pytest.raises(ValueError):
+        depth.Fixed(3).choose(data)
+
+
+def test_choice_gains_are_the_chosen_steps_metric() -> None:
+    ranks = np.array([[0, 30, 4], [2, 1, 50]])  # [n, K+1]
+    gains = np.stack([per_sample(ranks[:, k], "NDCG@20") for k in range(3)], axis=1)
+    data = _made(overlap=[[0.0, 0.0]] * 2, gains=gains)
+    got = depth.Choice.of_steps([2, 1], 3).gains(data)
+    assert got.tolist() == pytest.approx([1 / math.log2(4 + 2), 1 / math.log2(1 + 2)])
+    assert depth.oracle_gap_closed(0.12, 0.10, 0.20) == pytest.approx(0.2)
+    assert math.isnan(depth.oracle_gap_closed(0.1, 0.1, 0.1))
+    assert depth.steps_histogram(depth.Choice.of_steps([0, 2, 2, 1], 3), 3) == [0.25, 0.25, 0.5]
+
+
+class _Blind:
+    """A selector that fails if it is shown labels."""
+
+    name = "blind"
+
+    def choose(self, data: depth.StepData) -> depth.Choice:
+        assert data.gains is None
+        return depth.Choice.of_steps(np.zeros(len(data), dtype=np.int64), data.n_steps)
+
+
+def test_tune_picks_the_best_gain_then_the_cheapest_and_hides_labels() -> None:
+    gains = np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    data = _made(overlap=[[0.0, 0.0]] * 3, gains=gains)
+    best, table = depth.tune([depth.Fixed(0), depth.Fixed(2), depth.Fixed(1), _Blind()], data)
+    assert best == depth.Fixed(1)  # r_1 and r_2 tie on gain; r_1 runs fewer steps
+    assert [row[1] for row in table] == pytest.approx([1 / 3, 2 / 3, 2 / 3, 1 / 3])
+    assert depth.best_fixed_step(data) == 1
+
+
+def _synthetic(n_users: int, per_user: int, seed: int) -> depth.StepData:
+    """Samples whose best step is decided by the history length: short histories gain from step 0, long
+    ones from step 2; the other signals are noise."""
+    rng = np.random.default_rng(seed)
+    n = n_users * per_user
+    history = rng.integers(1, 200, n)
+    long = history > 100
+    gains = rng.random((n, 3)) * 0.2
+    gains[~long, 0] += 0.5
+    gains[long, 2] += 0.6
+    k1 = 3
+    return depth.StepData(
+        entropy=rng.normal(size=(n, k1)),
+        margin=rng.random((n, k1)),
+        norm=rng.random((n, k1)) + 1,
+        cosine=rng.random((n, k1 - 1)),
+        overlap=rng.random((n, k1 - 1)),
+        kl=rng.random((n, k1 - 1)),
+        history=history.astype(np.int64),
+        groups=np.repeat(np.arange(n_users) + seed * 10_000, per_user).astype(np.int64),
+        gains=gains,
+    )
+
+
+@pytest.mark.parametrize("which", ["all", "prefix"])
+def test_router_learns_a_predictable_depth_with_cross_fitting(which: depth.Features) -> None:
+    valid, test = _synthetic(80, 10, 1), _synthetic(80, 10, 2)
+    fit = depth.fit_router(valid, which)
+    assert len(fit.router.models) == 2
+    assert test.gains is not None and valid.gains is not None
+    best_fixed = test.gains[:, depth.best_fixed_step(valid)].mean()
+    chosen = fit.router.choose(test.with_gains(None))
+    assert chosen.gains(test).mean() > best_fixed + 0.2
+    assert fit.held_out.gains(valid).mean() > valid.gains[:, depth.best_fixed_step(valid)].mean() + 0.2
+    long = test.history > 100
+    assert np.mean(chosen.step[long] == 2) > 0.9 and np.mean(chosen.step[~long] == 0) > 0.9
+    cost = chosen.steps_used
+    assert (cost == chosen.step).all() if which == "prefix" else (cost == 2).all()
+    # the cross-fitting halves split users, never one user's samples
+    half = depth.user_halves(valid.groups)
+    assert not set(valid.groups[half]) & set(valid.groups[~half])
+
+
+class _Sealed:
+    """Stands for test labels: any use of it raises."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"a test label was read ({name})")
+
+    def __getitem__(self, key: Any) -> Any:
+        raise AssertionError("a test label was read")
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a test label was read")
+
+    def __len__(self) -> int:
+        raise AssertionError("a test label was read")
+
+
+def test_no_selector_reads_test_labels() -> None:
+    valid, test = _synthetic(60, 8, 3), _synthetic(60, 8, 4)
+    garbage = test.with_gains(np.random.default_rng(0).random(cast(np.ndarray, test.gains).shape))
+    sealed = test.with_gains(cast(np.ndarray, _Sealed()))
+    selectors: list[Any] = [depth.fit_router(valid, "all").router, depth.fit_router(valid, "prefix").router]
+    for candidates in depth.halting_candidates(valid.with_gains(None)).values():
+        selectors.append(depth.tune(candidates, valid)[0])
+    selectors += [depth.Fixed(1), depth.mean_of_steps(3)]
+    for selector in selectors:
+        reference = selector.choose(test)
+        for other in (garbage, sealed):
+            got = selector.choose(other)
+            assert np.array_equal(got.weights, reference.weights) and np.array_equal(
+                got.steps_used, reference.steps_used
+            )
+    # fitting reads validation labels only: the same router whatever the test samples hold
+    again = depth.fit_router(valid, "all")
+    assert np.array_equal(again.router.choose(sealed).weights, selectors[0].choose(test).weights)
+    with pytest.raises(ValueError, match="labelled"):
+        depth.fit_router(test.with_gains(None))
+
+
+def test_learned_step_weights_favour_the_informative_step() -> None:
+    g = torch.Generator().manual_seed(0)
+    n, n_items, d = 400, 30, 8
+    items = torch.randn(n_items, d, generator=g)
+    targets = torch.randint(0, n_items, (n,), generator=g)
+    informative = items[targets] * 2
+    noise = torch.randn(n, d, generator=g) * 2
+    states = torch.stack([noise, informative, noise.flip(0)], dim=1)
+    weights = depth.fit_step_weights(states, targets, lambda u: u @ items.T)
+    assert sum(weights) == pytest.approx(1.0)
+    assert weights[1] > 0.6
+    chosen = depth.Fixed(weights=weights).choose(_made(overlap=[[0.0, 0.0]] * n))
+    assert torch.allclose(chosen.user_vectors(states), (torch.tensor(weights)[None, :, None] * states).sum(1))
