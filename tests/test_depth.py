@@ -93,6 +93,8 @@ def test_agreement_halting_on_hand_made_cases() -> None:
     previous = depth.Agree(0.75, use="previous").choose(data)
     assert previous.step.tolist() == [0, 1, 3, 2]  # no agreement: step K
     assert previous.steps_used.tolist() == [1, 2, 3, 3]
+    fallback = depth.Agree(0.75, use="previous", fallback=0).choose(data)
+    assert fallback.step.tolist() == [0, 1, 0, 2] and fallback.steps_used.tolist() == [1, 2, 3, 3]
     by_kl = depth.Agree(0.05, "kl").choose(_made(kl=[[0.01, 1.0, 1.0], [1.0, 1.0, 1.0]]))
     assert by_kl.step.tolist() == [1, 3] and by_kl.steps_used.tolist() == [1, 3]
 
@@ -119,6 +121,13 @@ def test_fixed_mean_and_weighted_user_vectors() -> None:
         _ = mean.step
     with pytest.raises(ValueError):
         depth.Fixed(3).choose(data)
+
+
+def test_simplex_grid() -> None:
+    grid = depth.simplex_grid(3, 4)
+    assert len(grid) == 15  # C(4 + 2, 2)
+    assert all(sum(w) == pytest.approx(1.0) and min(w) >= 0 for w in grid)
+    assert (0.25, 0.25, 0.5) in grid and len(set(grid)) == len(grid)
 
 
 def test_choice_gains_are_the_chosen_steps_metric() -> None:
@@ -149,6 +158,21 @@ def test_tune_picks_the_best_gain_then_the_cheapest_and_hides_labels() -> None:
     assert best == depth.Fixed(1)  # r_1 and r_2 tie on gain; r_1 runs fewer steps
     assert [row[1] for row in table] == pytest.approx([1 / 3, 2 / 3, 2 / 3, 1 / 3])
     assert depth.best_fixed_step(data) == 1
+
+
+def test_cross_tune_chooses_each_half_with_the_other_half() -> None:
+    # users 0..3 (two samples each): the first half of the users gains from step 0, the second from step 2
+    groups = np.repeat(np.arange(4), 2)
+    data = _made(overlap=[[0.0, 0.0]] * 8)
+    data = depth.StepData(**{**data.__dict__, "groups": groups})
+    half = depth.user_halves(groups)
+    gains = np.zeros((8, 3))
+    gains[half, 0] = 1.0
+    gains[~half, 2] = 1.0
+    held = depth.cross_tune([depth.Fixed(0), depth.Fixed(2)], data.with_gains(gains))
+    # each half gets the step the *other* half prefers: nothing is tuned on the samples it is scored on
+    assert held.step[half].tolist() == [2] * int(half.sum())
+    assert held.step[~half].tolist() == [0] * int((~half).sum())
 
 
 def _synthetic(n_users: int, per_user: int, seed: int) -> depth.StepData:

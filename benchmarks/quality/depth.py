@@ -37,6 +37,7 @@ from benchmarks import harness
 from thinkrec.data.batches import eval_histories
 from thinkrec.data.split import EvalSamples, Split
 from thinkrec.eval import depth
+from thinkrec.eval.evaluator import EvalResult
 from thinkrec.eval.metrics import metrics_from_ranks, per_sample, target_ranks
 from thinkrec.eval.significance import paired_t_test
 from thinkrec.models.model import SeqRecModel
@@ -119,7 +120,7 @@ def train_counts(split: Split) -> np.ndarray:
     return np.bincount(ds.items[in_train], minlength=ds.n_items + 1)
 
 
-def analyse(run_dir: Path, metric: str, out: Path) -> dict[str, Any]:
+def analyse(run_dir: Path, metric: str, out: Path, control: list[Path] | None = None) -> dict[str, Any]:
     torch.manual_seed(0)
     cfg, model = load_run(run_dir, device="cpu")
     _, split = load_data(cfg)
@@ -162,13 +163,21 @@ def analyse(run_dir: Path, metric: str, out: Path) -> dict[str, Any]:
     items = model.item_vectors().detach()
     weights = depth.fit_step_weights(valid.states, valid.targets, lambda u: model.scorer(u, items))
     learned = depth.Fixed(weights=weights, label="learned step weights " + ",".join(f"{w:.2f}" for w in weights))
-    add(learned.name, "weights", learned.choose(plain(valid.data)), learned.choose(plain(test.data)), "fit on valid")
+    add(learned.name, "weights", learned.choose(plain(valid.data)), learned.choose(plain(test.data)), "CE on valid")
+    if k1 <= 4:  # the grid grows as resolution^K
+        grid = [depth.Fixed(weights=w) for w in depth.simplex_grid(k1, 10)]
+        scores = [metrics_from_ranks(weighted_ranks(model, valid, g.choose(plain(valid.data)), mask), ks) for g in grid]
+        best_w = grid[int(np.argmax([m[metric] for m in scores]))]
+        label = "step weights by valid metric " + ",".join(f"{w:.1f}" for w in best_w.weights or ())
+        on_valid, on_test = best_w.choose(plain(valid.data)), best_w.choose(plain(test.data))
+        add(label, "weights", on_valid, on_test, f"grid 0.1 on valid {metric}")
 
     tuned: dict[str, Any] = {}
     for family, candidates in depth.halting_candidates(plain(valid.data)).items():
         best, table = depth.tune(candidates, valid.data)
         tuned[family] = table
-        add(family, "halting", best.choose(plain(valid.data)), best.choose(plain(test.data)), best.name)
+        held_out = depth.cross_tune(candidates, valid.data)
+        add(family, "halting", held_out, best.choose(plain(test.data)), f"{best.name}; valid out-of-fold")
     for which in ("all", "prefix"):
         fit = depth.fit_router(valid.data, which)
         name = f"router ({which} signals)"
@@ -188,6 +197,23 @@ def analyse(run_dir: Path, metric: str, out: Path) -> dict[str, Any]:
         )
         r["vs_best_fixed"] = paired_t_test(best_fixed["test_values"], r["test_values"]).__dict__
     sig = paired_t_test(best_fixed["test_values"], best_sel["test_values"])
+    # how often the steps disagree on the metric at all: the oracle gains only there
+    differ = {
+        w: float(np.mean(np.ptp(window.data.gains, axis=1) > 0))  # type: ignore[arg-type]
+        for w, window in (("valid", valid), ("test", test))
+    }
+    controls: dict[str, Any] = {}
+    best_fixed_ranks = ranks_of(model, test, choices[best_fixed["name"]][1], mask)
+    for other in control or []:
+        # the same 'oracle' between this run's best fixed choice and an independently trained model: how much
+        # headroom mere disagreement between two rankers gives
+        other_ranks = EvalResult.load(other / "test_ranks.npz").ranks
+        if len(other_ranks) != len(best_fixed_ranks):
+            raise SystemExit(f"{other}: {len(other_ranks)} test samples, this run {len(best_fixed_ranks)}")
+        controls[str(other)] = {
+            "other": metrics_from_ranks(other_ranks, ks),
+            "oracle_with_best_fixed": metrics_from_ranks(np.minimum(best_fixed_ranks, other_ranks), ks),
+        }
 
     name = run_dir.name
     plot_depths(
@@ -195,7 +221,10 @@ def analyse(run_dir: Path, metric: str, out: Path) -> dict[str, Any]:
         name,
         test,
         split,
-        {best_sel["name"]: choices[best_sel["name"]][1], "router (all signals)": choices["router (all signals)"][1]},
+        {
+            n: choices[n][1]
+            for n in dict.fromkeys([best_sel["name"], "router (all signals)", "router (prefix signals)"])
+        },
     )
     record = {
         "run_dir": str(run_dir),
@@ -208,6 +237,8 @@ def analyse(run_dir: Path, metric: str, out: Path) -> dict[str, Any]:
         "best_selector": best_sel["name"],
         "best_selector_vs_best_fixed": sig.__dict__,
         "oracle": oracle,
+        "share_steps_differ": differ,
+        "controls": controls,
         "rows": [{k: v for k, v in r.items() if k != "test_values"} for r in rows],
         "halting_grids": tuned,
         "plot": str(out / f"depth-{name}.png"),
@@ -271,7 +302,8 @@ def table(record: dict[str, Any]) -> str:
         "",
         f"best fixed (valid): {record['best_fixed']}; best selector (valid): {record['best_selector']}; "
         f"test {m} difference {record['best_selector_vs_best_fixed']['mean_diff']:+.4f}, "
-        f"paired t p = {record['best_selector_vs_best_fixed']['p_value']:.3g}",
+        f"paired t p = {record['best_selector_vs_best_fixed']['p_value']:.3g}; test samples whose steps differ on "
+        f"{m}: {record['share_steps_differ']['test']:.1%}",
         "",
         f"| choice | valid {m} | test {m} | test HR@20 | oracle gap closed (test) | steps used (test) "
         "| share 0..K steps | p vs best fixed | chosen on valid |",
@@ -288,6 +320,12 @@ def table(record: dict[str, Any]) -> str:
         f"| oracle (analysis, not a method) | {o['valid'][m]:.4f} | {o['test'][m]:.4f} "
         f"| {o['test'].get('HR@20', float('nan')):.4f} | +1.00 | | | | |"
     )
+    for other, c in record["controls"].items():
+        lines.append(
+            f"| control (analysis): oracle of best fixed and {Path(other).name} (alone: test {c['other'][m]:.4f}) "
+            f"| | {c['oracle_with_best_fixed'][m]:.4f} | {c['oracle_with_best_fixed'].get('HR@20', float('nan')):.4f} "
+            "| | | | | |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -297,6 +335,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metric", default="NDCG@20", help="what thresholds, routers and choices optimise")
     parser.add_argument("--out", type=Path, default=harness.out_dir("quality", "depth"), help="tables and plots")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--control",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="runs of the same split (e.g. plain SASRec) whose saved test ranks give the oracle of two rankers",
+    )
     harness.add_records_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -305,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     when = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     text = []
     for run in args.runs:
-        record = analyse(run, args.metric, args.out)
+        record = analyse(run, args.metric, args.out, args.control)
         records.write(record)
         text.append(table(record))
         atomic_write_text(args.out / f"depth-{when}.md", "\n".join(text))

@@ -236,24 +236,27 @@ class Agree:
     """Halting by agreement: run steps 1, 2, ... and stop at the first step k whose top-k list overlaps step
     k-1's by at least ``threshold`` (``signal='overlap'``) or whose distribution is within ``threshold`` KL of
     step k-1's (``signal='kl'``); score with step k (``use='current'``) or with step k-1 (``'previous'``:
-    the two agree, so the earlier, cheaper-to-trust step). Without agreement: step K."""
+    the two agree, so the earlier, cheaper-to-trust step). Without agreement every step has run and
+    ``fallback`` scores (default: step K)."""
 
     threshold: float
     signal: Literal["overlap", "kl"] = "overlap"
     use: Literal["current", "previous"] = "current"
+    fallback: int | None = None
 
     @property
     def name(self) -> str:
         op = ">=" if self.signal == "overlap" else "<="
-        return f"agree {self.signal} {op} {self.threshold:.3g} ({self.use})"
+        tail = "" if self.fallback is None else f", else r_{self.fallback}"
+        return f"agree {self.signal} {op} {self.threshold:.3g} ({self.use}{tail})"
 
     def choose(self, data: StepData) -> Choice:
         k1 = data.n_steps
         stop = data.overlap >= self.threshold if self.signal == "overlap" else data.kl <= self.threshold
-        at = _first(stop, k1 - 1) + 1  # column j compares step j+1 with step j
-        at = np.minimum(at, k1 - 1)
         stopped = stop.any(axis=1)
-        chosen = np.where(stopped & (self.use == "previous"), at - 1, at)
+        at = np.minimum(_first(stop, k1 - 1) + 1, k1 - 1)  # column j compares step j+1 with step j
+        fallback = k1 - 1 if self.fallback is None else self.fallback
+        chosen = np.where(stopped, at - 1 if self.use == "previous" else at, fallback)
         return Choice.of_steps(chosen, k1, steps_used=at)
 
 
@@ -261,7 +264,8 @@ class Agree:
 class EntropyStop:
     """Halting by entropy: run steps while the score distribution's entropy keeps falling by more than
     ``tolerance`` nats; at the first step where it does not, stop and score with the step before it (the
-    sharpest so far). Without such a step: step K."""
+    sharpest so far). Without such a step: step K. A negative tolerance lets a rise smaller than
+    ``-tolerance`` count as falling."""
 
     tolerance: float = 0.0
 
@@ -398,17 +402,45 @@ def tune(
     return candidates[-max(keys)[2]], table
 
 
+def cross_tune(candidates: Sequence[Selector], data: StepData, seed: int = 0) -> Choice:
+    """Out-of-fold choices of :func:`tune` on labelled ``data``: each half of the users is chosen for by the
+    candidate tuned on the other half (an honest validation estimate of a tuned selector)."""
+    first = user_halves(data.groups, seed)
+    weights = np.zeros((len(data), data.n_steps))
+    used = np.zeros(len(data), dtype=np.int64)
+    for tune_mask in (first, ~first):
+        chosen, _ = tune(candidates, data.subset(tune_mask))
+        choice = chosen.choose(data.subset(~tune_mask).with_gains(None))
+        weights[~tune_mask], used[~tune_mask] = choice.weights, choice.steps_used
+    return Choice(weights, used)
+
+
 def halting_candidates(data: StepData) -> dict[str, list[Selector]]:
-    """Threshold grids of the training-free selectors (read from the signals' ranges, not the labels)."""
+    """Threshold grids of the training-free selectors, with every fallback step (read from the signals'
+    ranges, not the labels)."""
+    k1 = data.n_steps
     kl = np.quantile(data.kl, np.linspace(0.05, 0.95, 19)) if data.kl.size else np.zeros(0)
     drops = data.entropy[:, :-1] - data.entropy[:, 1:]
     tol = np.quantile(drops, np.linspace(0.05, 0.95, 19)) if drops.size else np.zeros(0)
+    uses: tuple[Literal["current", "previous"], ...] = ("current", "previous")
     overlap: list[Selector] = [
-        Agree(float(t), "overlap", use) for t in np.linspace(0.05, 1.0, 20) for use in ("current", "previous")
+        Agree(float(t), "overlap", use, f) for t in np.linspace(0.05, 1.0, 20) for use in uses for f in range(k1)
     ]
-    kls: list[Selector] = [Agree(float(t), "kl", use) for t in kl for use in ("current", "previous")]
-    entropy: list[Selector] = [EntropyStop(float(t)) for t in tol]
+    kls: list[Selector] = [Agree(float(t), "kl", use, f) for t in kl for use in uses for f in range(k1)]
+    entropy: list[Selector] = [EntropyStop(float(t)) for t in sorted({0.0, *tol.tolist()})]
     return {"agree (top-k overlap)": overlap, "agree (KL)": kls, "entropy": entropy}
+
+
+def simplex_grid(n_steps: int, resolution: int = 10) -> list[tuple[float, ...]]:
+    """Every step-weight vector whose weights are multiples of ``1 / resolution`` (candidates for choosing
+    mean-style weights on a validation metric directly)."""
+
+    def parts(total: int, slots: int) -> list[tuple[int, ...]]:
+        if slots == 1:
+            return [(total,)]
+        return [(first, *rest) for first in range(total + 1) for rest in parts(total - first, slots - 1)]
+
+    return [tuple(c / resolution for c in combo) for combo in parts(resolution, n_steps)]
 
 
 ROUTER_MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.01)  # 1.01: never leave the default
