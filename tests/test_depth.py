@@ -269,3 +269,36 @@ def test_learned_step_weights_favour_the_informative_step() -> None:
     assert weights[1] > 0.6
     chosen = depth.Fixed(weights=weights).choose(_made(overlap=[[0.0, 0.0]] * n))
     assert torch.allclose(chosen.user_vectors(states), (torch.tensor(weights)[None, :, None] * states).sum(1))
+
+
+def test_prefix_router_needs_step_zero_only_and_selectors_round_trip_through_json() -> None:
+    import json
+
+    valid, test = _synthetic(60, 8, 5), _synthetic(60, 8, 6)
+    prefix = depth.fit_router(valid, "prefix").router
+    full = prefix.choose(test.with_gains(None))
+    only_zero = prefix.choose(test.first_steps(1).with_gains(None))
+    assert np.array_equal(full.weights, only_zero.weights) and np.array_equal(full.steps_used, only_zero.steps_used)
+    everything = depth.fit_router(valid, "all").router
+    with pytest.raises(ValueError, match="reads all"):
+        everything.choose(test.first_steps(1))
+    selectors: list[Any] = [
+        prefix,
+        everything,
+        depth.Agree(0.5, "kl", "previous", 0),
+        depth.EntropyStop(-0.2),
+        depth.Fixed(2),
+        depth.mean_of_steps(3),
+    ]
+    for selector in selectors:
+        back = depth.selector_from_json(json.loads(json.dumps(depth.selector_to_json(selector))))
+        assert back.name == selector.name
+        assert np.array_equal(back.choose(test).weights, selector.choose(test).weights)
+
+
+def test_choose_steps_is_step_data_then_choose() -> None:
+    states, scores = _signals(n=5)
+    choice = depth.choose_steps(depth.Agree(0.25, use="previous"), scores, states, [3] * 5, top_k=4)
+    direct = depth.Agree(0.25, use="previous").choose(depth.step_data(scores, states, [3] * 5, top_k=4))
+    assert np.array_equal(choice.weights, direct.weights)
+    assert choice.user_vectors(states).shape == (5, 4)

@@ -17,8 +17,9 @@ test, mean steps used and their distribution, and a paired t-test over test samp
 against the best fixed choice. A PNG per run shows which samples get more steps (history length, target
 popularity in training, head vs long tail).
 
-Usage: ``python -m benchmarks.quality.depth RUN_DIR [...] [--metric NDCG@20] [--out DIR]``; tables and
-plots go to ``benchmarks/out/quality/depth/`` and the records to a JSONL file there.
+Usage: ``python -m benchmarks.quality.depth RUN_DIR [...] [--control PLAIN_RUN_DIR ...] [--metric NDCG@20]
+[--out DIR]``; tables, plots, the fitted selectors (``depth-<run>-selectors.json``) and the JSONL records go
+to ``benchmarks/out/quality/depth/``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,14 +175,17 @@ def analyse(run_dir: Path, metric: str, out: Path, control: list[Path] | None = 
         add(label, "weights", on_valid, on_test, f"grid 0.1 on valid {metric}")
 
     tuned: dict[str, Any] = {}
+    fitted: dict[str, depth.Selector] = {}
     for family, candidates in depth.halting_candidates(plain(valid.data)).items():
         best, table = depth.tune(candidates, valid.data)
         tuned[family] = table
         held_out = depth.cross_tune(candidates, valid.data)
+        fitted[family] = best
         add(family, "halting", held_out, best.choose(plain(test.data)), f"{best.name}; valid out-of-fold")
     for which in ("all", "prefix"):
         fit = depth.fit_router(valid.data, which)
         name = f"router ({which} signals)"
+        fitted[name] = fit.router
         note = f"{fit.router.name}; fold margins {fit.margins[0]:.2g}, {fit.margins[1]:.2g}; valid out-of-fold"
         add(name, "router", fit.held_out, fit.router.choose(plain(test.data)), note)
 
@@ -216,6 +221,9 @@ def analyse(run_dir: Path, metric: str, out: Path, control: list[Path] | None = 
         }
 
     name = run_dir.name
+    # the selectors chosen on validation, for inference to load (depth.selector_from_json)
+    saved = {key: depth.selector_to_json(sel) for key, sel in fitted.items()}
+    atomic_write_text(out / f"depth-{name}-selectors.json", json.dumps(saved, indent=1))
     plot_depths(
         out / f"depth-{name}.png",
         name,

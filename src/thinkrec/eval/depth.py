@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -74,6 +74,20 @@ class StepData:
             self.history[index],
             self.groups[index],
             gains,
+        )
+
+    def first_steps(self, m: int) -> StepData:
+        """The signals of steps 0..m-1 only (what exists after running m-1 reasoning steps)."""
+        return StepData(
+            self.entropy[:, :m],
+            self.margin[:, :m],
+            self.norm[:, :m],
+            self.cosine[:, : m - 1],
+            self.overlap[:, : m - 1],
+            self.kl[:, : m - 1],
+            self.history,
+            self.groups,
+            None if self.gains is None else self.gains[:, :m],
         )
 
     def with_gains(self, gains: Floats | None) -> StepData:
@@ -356,13 +370,21 @@ class Router:
         x = features(data, self.which)
         return np.asarray(np.mean([m.probabilities(x) for m in self.models], axis=0), dtype=np.float64)
 
+    @property
+    def n_steps(self) -> int:
+        """K + 1 of the steps it chooses among (a prefix router reads step 0 only, so its input may hold no
+        other step)."""
+        return int(self.models[0].weight.shape[1])
+
     def choose(self, data: StepData) -> Choice:
+        if self.which == "all" and data.n_steps != self.n_steps:
+            raise ValueError(f"this router reads all {self.n_steps} steps; the samples have {data.n_steps}")
         p = self.probabilities(data)
         best = p.argmax(axis=1)
         lead = p[np.arange(len(p)), best] - p[:, self.default]
         chosen = np.where(lead >= self.threshold, best, self.default)
-        used = chosen if self.which == "prefix" else np.full(len(p), data.n_steps - 1)
-        return Choice.of_steps(chosen, data.n_steps, steps_used=used)
+        used = chosen if self.which == "prefix" else np.full(len(p), self.n_steps - 1)
+        return Choice.of_steps(chosen, self.n_steps, steps_used=used)
 
 
 def _labelled(data: StepData) -> Floats:
@@ -519,3 +541,60 @@ def steps_histogram(choice: Choice, n_steps: int) -> list[float]:
     """Share of samples that ran 0..K reasoning steps."""
     counts = np.bincount(choice.steps_used, minlength=n_steps)[:n_steps]
     return [float(c) / max(1, len(choice.steps_used)) for c in counts]
+
+
+def choose_steps(
+    selector: Selector, scores: torch.Tensor, states: torch.Tensor, history: npt.ArrayLike, top_k: int = 20
+) -> Choice:
+    """What inference calls: the selector's choice for a block of users from their per-step ``scores
+    [B, K+1, N]``, ``states [B, K+1, d]`` and history lengths ``[B]`` (a prefix router needs step 0 only:
+    ``[B, 1, N]`` and ``[B, 1, d]``). ``choice.user_vectors(states)`` then gives the vectors to rank with
+    once the chosen steps have run."""
+    return selector.choose(step_data(scores, states, history, top_k=top_k))
+
+
+def selector_to_json(selector: Selector) -> dict[str, object]:
+    """A fitted selector as plain JSON-able data (:func:`selector_from_json` reads it back)."""
+    if isinstance(selector, Fixed):
+        return {"kind": "fixed", "step": selector.step, "weights": selector.weights, "label": selector.label}
+    if isinstance(selector, Agree):
+        return {
+            "kind": "agree",
+            "threshold": selector.threshold,
+            "signal": selector.signal,
+            "use": selector.use,
+            "fallback": selector.fallback,
+        }
+    if isinstance(selector, EntropyStop):
+        return {"kind": "entropy", "tolerance": selector.tolerance}
+    if isinstance(selector, Router):
+        models = [
+            {"mean": m.mean.tolist(), "scale": m.scale.tolist(), "weight": m.weight.tolist(), "bias": m.bias.tolist()}
+            for m in selector.models
+        ]
+        return {
+            "kind": "router",
+            "models": models,
+            "default": selector.default,
+            "threshold": selector.threshold,
+            "which": selector.which,
+        }
+    raise TypeError(f"cannot serialise {type(selector).__name__}")
+
+
+def selector_from_json(data: dict[str, Any]) -> Selector:
+    kind = data["kind"]
+    if kind == "fixed":
+        weights = data["weights"]
+        return Fixed(data["step"], None if weights is None else tuple(weights), data.get("label", ""))
+    if kind == "agree":
+        return Agree(float(data["threshold"]), data["signal"], data["use"], data["fallback"])
+    if kind == "entropy":
+        return EntropyStop(float(data["tolerance"]))
+    if kind == "router":
+        models = tuple(
+            _Logistic(*(np.asarray(m[key], dtype=np.float64) for key in ("mean", "scale", "weight", "bias")))
+            for m in data["models"]
+        )
+        return Router(models, int(data["default"]), float(data["threshold"]), data["which"])
+    raise ValueError(f"unknown selector kind {kind!r}")
