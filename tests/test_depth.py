@@ -4,6 +4,7 @@ router's cross-fitting and that no selector reads labels at inference."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from thinkrec.eval import depth
-from thinkrec.eval.metrics import per_sample
+from thinkrec.eval.metrics import metrics_from_ranks, per_sample
 
 
 def _signals(n: int = 6, k1: int = 3, n_items: int = 15, d: int = 4, seed: int = 0) -> tuple[Any, ...]:
@@ -302,3 +303,83 @@ def test_choose_steps_is_step_data_then_choose() -> None:
     direct = depth.Agree(0.25, use="previous").choose(depth.step_data(scores, states, [3] * 5, top_k=4))
     assert np.array_equal(choice.weights, direct.weights)
     assert choice.user_vectors(states).shape == (5, 4)
+
+
+@pytest.fixture()
+def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny PRL run (K = 2) trained on a small CSV log where users walk the catalogue."""
+    from thinkrec.cli.main import main
+
+    from helpers import write_walk_csv
+
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    write_walk_csv(tmp_path, n_users=80, n_items=20, length=10)
+    (tmp_path / "shop.toml").write_text(
+        f"""
+[data]
+name = "shop"
+source = {{ format = "table", path = "{tmp_path / "events.csv"}", time_col = "ts" }}
+
+[model]
+hidden = 16
+layers = 1
+max_len = 8
+temperature = 0.2
+
+[train]
+epochs = 2
+batch_size = 32
+lr = 0.01
+progress = false
+valid_metric = "NDCG@5"
+
+[eval]
+ks = [5, 20]
+"""
+    )
+    assert main(["train", "shop.toml", "reasoning.kind=prl", "reasoning.warmup_epochs=1", "--run-dir", "run"]) == 0
+    return tmp_path
+
+
+def test_benchmark_end_to_end_fits_on_validation_only(shop: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+    import json
+
+    from benchmarks.quality import depth as bench
+    from thinkrec.eval.evaluator import EvalResult
+
+    run = shop / "run"
+    bench.main([str(run), "--metric", "NDCG@5", "--out", str(shop / "a"), "--control", str(run)])
+    record = json.loads((shop / "a" / "depth.jsonl").read_text().splitlines()[-1])
+    names = [row["name"] for row in record["rows"]]
+    assert {"fixed r_0", "fixed r_2", "mean of steps", "entropy", "router (all signals)"} <= set(names)
+    saved = EvalResult.load(run / "test_ranks.npz")
+    fixed = {row["name"]: row for row in record["rows"]}
+    for k in range(3):  # the benchmark's step ranks are the ones training saved
+        assert fixed[f"fixed r_{k}"]["test"]["NDCG@5"] == pytest.approx(
+            metrics_from_ranks(saved.step_ranks[k], [5])["NDCG@5"]
+        )
+    assert record["oracle"]["test"]["NDCG@5"] == pytest.approx(
+        metrics_from_ranks(saved.step_ranks.min(0), [5])["NDCG@5"]
+    )
+    assert (shop / "a" / "depth-run.png").stat().st_size > 1000
+
+    # the same analysis with the test targets scrambled: every selector chosen and every test choice's cost
+    # is unchanged (only validation labels are fitted on); only the test scores move
+    real_load = bench.load_data
+
+    def scrambled(cfg: Any) -> Any:
+        ds, split = real_load(cfg)
+        targets = np.random.default_rng(0).permutation(split.test.targets)
+        return ds, dataclasses.replace(split, test=dataclasses.replace(split.test, targets=targets))
+
+    monkeypatch.setattr(bench, "load_data", scrambled)
+    bench.main([str(run), "--metric", "NDCG@5", "--out", str(shop / "b")])
+    other = json.loads((shop / "b" / "depth.jsonl").read_text().splitlines()[-1])
+    assert (shop / "a" / "depth-run-selectors.json").read_text() == (
+        shop / "b" / "depth-run-selectors.json"
+    ).read_text()
+    for a, b in zip(record["rows"], other["rows"], strict=True):
+        assert a["name"] == b["name"] and a["valid"] == b["valid"]
+        assert a["steps_test"] == b["steps_test"] and a["steps_hist_test"] == b["steps_hist_test"]

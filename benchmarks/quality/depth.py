@@ -273,6 +273,8 @@ def plot_depths(path: Path, title: str, window: Scored, split: Split, selected: 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, values, label in ((axes[0], history, "history length"), (axes[1], popularity, "target training count")):
         edges = np.unique(np.quantile(values, np.linspace(0, 1, 7)))
+        if len(edges) < 2:  # one value only: one bin
+            edges = np.array([values.min(), values.max() + 1])
         bins = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
         centres = [f"{edges[i]:.0f}-{edges[i + 1]:.0f}" for i in range(len(edges) - 1)]
         for i, (name, steps) in enumerate(series.items()):
