@@ -367,7 +367,7 @@ def test_benchmark_end_to_end_fits_on_validation_only(shop: Path, monkeypatch: p
 
     # the same analysis with the test targets scrambled: every selector chosen and every test choice's cost
     # is unchanged (only validation labels are fitted on); only the test scores move
-    real_load = bench.load_data
+    from thinkrec.runs import load_data as real_load
 
     def scrambled(cfg: Any) -> Any:
         ds, split = real_load(cfg)
