@@ -383,3 +383,19 @@ def test_benchmark_end_to_end_fits_on_validation_only(shop: Path, monkeypatch: p
     for a, b in zip(record["rows"], other["rows"], strict=True):
         assert a["name"] == b["name"] and a["valid"] == b["valid"]
         assert a["steps_test"] == b["steps_test"] and a["steps_hist_test"] == b["steps_hist_test"]
+
+
+def test_recency_is_a_router_signal_when_given() -> None:
+    valid = _synthetic(40, 8, 7)
+    with_recency = valid.with_gains(valid.gains)
+    with_recency = depth.StepData(
+        **{**with_recency.__dict__, "recency": np.random.default_rng(0).exponential(3600.0, len(valid))}
+    )
+    assert depth.features(with_recency).shape[1] == depth.features(valid).shape[1] + 1
+    router = depth.fit_router(with_recency, "prefix").router
+    assert len(router.choose(with_recency.with_gains(None)).step) == len(valid)
+    with pytest.raises(ValueError, match="features"):
+        router.choose(valid)
+    both = depth.StepData.concat([with_recency.subset(np.arange(5)), with_recency.subset(np.arange(5, 9))])
+    assert both.recency is not None and np.array_equal(both.recency, cast(np.ndarray, with_recency.recency)[:9])
+    assert depth.StepData.concat([valid.subset(np.arange(3)), with_recency.subset(np.arange(3))]).recency is None

@@ -61,6 +61,14 @@ class Scored:
     samples: EvalSamples
 
 
+def recency(split: Split, samples: EvalSamples) -> np.ndarray:
+    """Seconds between the last two history items of each sample (0 with fewer than two)."""
+    ds = split.dataset
+    last = ds.offsets[samples.users] + samples.positions - 1
+    before = np.maximum(last - 1, ds.offsets[samples.users])
+    return np.asarray(ds.timestamps[last] - ds.timestamps[before], dtype=np.float64)
+
+
 def _mask(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
     index = torch.arange(len(history))[:, None].expand_as(history)
     real = history > 0
@@ -85,7 +93,7 @@ def score_window(model: SeqRecModel, split: Split, samples: EvalSamples, mask: b
                 _mask(scores[:, k], history)
         targets = torch.from_numpy(part.targets - 1)
         ranks.append(np.stack([target_ranks(scores[:, k].clone(), targets).numpy() for k in range(scores.shape[1])]))
-        parts.append(depth.step_data(scores, states, part.positions, part.users))
+        parts.append(depth.step_data(scores, states, part.positions, part.users, recency=recency(split, part)))
         all_states.append(states)
         histories.append(history)
     step_ranks = np.concatenate(ranks, axis=1)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -51,6 +51,8 @@ class StepData:
     kl: Floats  # [n, K] KL(p_k || p_{k-1}) of the softmaxed scores
     history: Ints  # [n] history length (items before the target, before truncation to the model's window)
     groups: Ints  # [n] the user of each sample (cross-fitting splits users, not samples)
+    # [n] seconds between the last two history items (how recently the user was active), when known
+    recency: Floats | None = None
     # labels, for fitting on validation and for evaluation; selectors' ``choose`` never reads them
     gains: Floats | None = field(default=None, repr=False)  # [n, K+1] per-sample metric of each step
 
@@ -63,59 +65,37 @@ class StepData:
         return int(self.entropy.shape[0])
 
     def subset(self, index: Ints | npt.NDArray[np.bool_]) -> StepData:
-        gains = None if self.gains is None else self.gains[index]
-        return StepData(
-            self.entropy[index],
-            self.margin[index],
-            self.norm[index],
-            self.cosine[index],
-            self.overlap[index],
-            self.kl[index],
-            self.history[index],
-            self.groups[index],
-            gains,
-        )
+        """The samples at ``index`` (every per-sample array, labels included)."""
+        rows: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            rows[f.name] = None if value is None else value[index]
+        return StepData(**rows)
 
     def first_steps(self, m: int) -> StepData:
         """The signals of steps 0..m-1 only (what exists after running m-1 reasoning steps)."""
-        return StepData(
-            self.entropy[:, :m],
-            self.margin[:, :m],
-            self.norm[:, :m],
-            self.cosine[:, : m - 1],
-            self.overlap[:, : m - 1],
-            self.kl[:, : m - 1],
-            self.history,
-            self.groups,
-            None if self.gains is None else self.gains[:, :m],
+        steps, moves = slice(0, m), slice(0, max(0, m - 1))
+        return replace(
+            self,
+            entropy=self.entropy[:, steps],
+            margin=self.margin[:, steps],
+            norm=self.norm[:, steps],
+            cosine=self.cosine[:, moves],
+            overlap=self.overlap[:, moves],
+            kl=self.kl[:, moves],
+            gains=None if self.gains is None else self.gains[:, steps],
         )
 
     def with_gains(self, gains: Floats | None) -> StepData:
-        return StepData(
-            self.entropy, self.margin, self.norm, self.cosine, self.overlap, self.kl, self.history, self.groups, gains
-        )
+        return replace(self, gains=gains)
 
     @staticmethod
     def concat(parts: Sequence[StepData]) -> StepData:
-        def cat(name: str) -> Floats:
-            return np.concatenate([np.asarray(getattr(p, name), dtype=np.float64) for p in parts])
+        def cat(name: str) -> Any:
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else np.concatenate(values)
 
-        def ints(name: str) -> Ints:
-            return np.concatenate([np.asarray(getattr(p, name), dtype=np.int64) for p in parts])
-
-        labelled = [p.gains for p in parts if p.gains is not None]
-        gains = np.concatenate(labelled) if len(labelled) == len(parts) else None
-        return StepData(
-            cat("entropy"),
-            cat("margin"),
-            cat("norm"),
-            cat("cosine"),
-            cat("overlap"),
-            cat("kl"),
-            ints("history"),
-            ints("groups"),
-            gains,
-        )
+        return StepData(**{f.name: cat(f.name) for f in fields(StepData)})
 
 
 @torch.no_grad()
@@ -125,10 +105,12 @@ def step_data(
     history: npt.ArrayLike,
     groups: npt.ArrayLike | None = None,
     top_k: int = 20,
+    recency: npt.ArrayLike | None = None,
 ) -> StepData:
     """The signals of one block of samples: ``scores [B, K+1, N]`` (each step's logits over the catalogue,
     as the model scores them: temperature applied, masked items ``-inf``), ``states [B, K+1, d]``, history
-    lengths ``[B]`` and the samples' users (default: every sample its own user)."""
+    lengths ``[B]``, the samples' users (default: every sample its own user) and, when known, the seconds
+    between each history's last two items ``[B]``."""
     b, k1, n_items = scores.shape
     s = scores.double()
     logp = torch.log_softmax(s, dim=-1)
@@ -157,6 +139,7 @@ def step_data(
         kl.clamp_min(0).numpy(),
         hist,
         users,
+        None if recency is None else np.asarray(recency, dtype=np.float64),
     )
 
 
@@ -302,9 +285,11 @@ Features = Literal["all", "prefix"]
 
 def features(data: StepData, which: Features = "all") -> Floats:
     """Router inputs ``[n, F]``: every step's entropy, top-1 margin and log state norm, every transition's
-    cosine, top-k overlap and log KL, and the log history length. ``'prefix'``: step 0 and history only
-    (a router that decides before any reasoning step runs)."""
+    cosine, top-k overlap and log KL, the log history length and, when known, the log recency.
+    ``'prefix'``: step 0 and the history only (a router that decides before any reasoning step runs)."""
     cols: list[Floats] = [np.log1p(data.history.astype(np.float64))[:, None]]
+    if data.recency is not None:
+        cols.append(np.log1p(np.maximum(data.recency, 0.0))[:, None])
     last = 1 if which == "prefix" else data.n_steps
     cols += [data.entropy[:, :last], data.margin[:, :last], np.log(data.norm[:, :last] + 1e-12)]
     if which == "all":
@@ -322,6 +307,8 @@ class _Logistic:
     bias: Floats  # [K+1]
 
     def probabilities(self, x: Floats) -> Floats:
+        if x.shape[1] != len(self.mean):
+            raise ValueError(f"{x.shape[1]} features, fitted on {len(self.mean)} (recency given to one, not both?)")
         z = ((x - self.mean) / self.scale) @ self.weight + self.bias
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
