@@ -3,10 +3,10 @@
 A reasoning model gives every user states r_0..r_K; scoring with the best step per sample (the oracle of
 :mod:`thinkrec.eval.steps`) sits far above any fixed step, but the oracle reads the target. The selectors
 here read only what exists at inference: the step states, the score distributions they induce over the
-catalogue, and the history length. They map this per-step information (:class:`StepData`) to a
-:class:`Choice`: step weights per user (one-hot for a chosen step, uniform for the mean of steps) and the
-reasoning steps that had to run to make the choice (a halting selector that stops at step k needs no
-step after k).
+catalogue, and the history (its length, and how recently it grew). They map this per-step information
+(:class:`StepData`) to a :class:`Choice`: step weights per user (one-hot for a chosen step, uniform for the
+mean of steps) and the reasoning steps that had to run to make the choice (a halting selector that stops
+at step k needs no step after k).
 
 - :class:`Fixed`: one step for everyone, or fixed weights (the mean of steps; :func:`fit_step_weights`
   learns weights for mean-style scoring).
@@ -18,6 +18,8 @@ step after k).
 
 Thresholds and router weights are chosen on validation samples only (:func:`tune`, :func:`fit_router`);
 :meth:`Selector.choose` never reads :attr:`StepData.gains`, the labels a caller may attach for evaluation.
+At inference :func:`choose_steps` maps a block's per-step scores, states and history lengths to a
+:class:`Choice`; fitted selectors are stored as JSON (:func:`selector_to_json`).
 """
 
 from __future__ import annotations
