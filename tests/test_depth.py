@@ -399,3 +399,12 @@ def test_recency_is_a_router_signal_when_given() -> None:
     both = depth.StepData.concat([with_recency.subset(np.arange(5)), with_recency.subset(np.arange(5, 9))])
     assert both.recency is not None and np.array_equal(both.recency, cast(np.ndarray, with_recency.recency)[:9])
     assert depth.StepData.concat([valid.subset(np.arange(3)), with_recency.subset(np.arange(3))]).recency is None
+
+
+def test_user_means_against_a_loop() -> None:
+    from benchmarks.quality.depth import user_means
+
+    users = np.array([5, 2, 5, 9, 2, 5])
+    values = np.array([1.0, 0.0, 0.5, 0.25, 1.0, 0.0])
+    expected = [np.mean([v for v, u in zip(values, users, strict=True) if u == user]) for user in (2, 5, 9)]
+    assert user_means(values, users).tolist() == pytest.approx(expected)

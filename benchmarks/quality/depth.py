@@ -123,6 +123,12 @@ def ranks_of(model: SeqRecModel, window: Scored, choice: depth.Choice, mask: boo
     return weighted_ranks(model, window, choice, mask)
 
 
+def user_means(values: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` per user (users with samples only, in user order)."""
+    _, inverse = np.unique(users, return_inverse=True)
+    return np.asarray(np.bincount(inverse, weights=values) / np.bincount(inverse), dtype=np.float64)
+
+
 def train_counts(split: Split) -> np.ndarray:
     ds = split.dataset
     pos_in_user = np.arange(ds.n_interactions) - np.repeat(ds.offsets[:-1], ds.lengths)
@@ -210,6 +216,11 @@ def analyse(run_dir: Path, metric: str, out: Path, control: list[Path] | None = 
         )
         r["vs_best_fixed"] = paired_t_test(best_fixed["test_values"], r["test_values"]).__dict__
     sig = paired_t_test(best_fixed["test_values"], best_sel["test_values"])
+    # the same test on per-user means: a user's samples share a history and are not independent
+    per_user = paired_t_test(
+        user_means(best_fixed["test_values"], test.samples.users),
+        user_means(best_sel["test_values"], test.samples.users),
+    )
     # how often the steps disagree on the metric at all: the oracle gains only there
     differ = {
         w: float(np.mean(np.ptp(window.data.gains, axis=1) > 0))  # type: ignore[arg-type]
@@ -252,6 +263,7 @@ def analyse(run_dir: Path, metric: str, out: Path, control: list[Path] | None = 
         "best_fixed": best_fixed["name"],
         "best_selector": best_sel["name"],
         "best_selector_vs_best_fixed": sig.__dict__,
+        "best_selector_vs_best_fixed_per_user": per_user.__dict__,
         "oracle": oracle,
         "share_steps_differ": differ,
         "controls": controls,
@@ -320,7 +332,9 @@ def table(record: dict[str, Any]) -> str:
         "",
         f"best fixed (valid): {record['best_fixed']}; best selector (valid): {record['best_selector']}; "
         f"test {m} difference {record['best_selector_vs_best_fixed']['mean_diff']:+.4f}, "
-        f"paired t p = {record['best_selector_vs_best_fixed']['p_value']:.3g}; test samples whose steps differ on "
+        f"paired t p = {record['best_selector_vs_best_fixed']['p_value']:.3g} over samples, "
+        f"{record['best_selector_vs_best_fixed_per_user']['p_value']:.3g} over per-user means; "
+        "test samples whose steps differ on "
         f"{m}: {record['share_steps_differ']['test']:.1%}",
         "",
         f"| choice | valid {m} | test {m} | test HR@20 | oracle gap closed (test) | steps used (test) "
