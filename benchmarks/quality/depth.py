@@ -215,12 +215,25 @@ def analyse(run_dir: Path, metric: str, out: Path, control: list[Path] | None = 
             r["test"][metric], best_fixed["test"][metric], oracle["test"][metric]
         )
         r["vs_best_fixed"] = paired_t_test(best_fixed["test_values"], r["test_values"]).__dict__
+        r["vs_best_fixed_per_user"] = paired_t_test(
+            user_means(best_fixed["test_values"], test.samples.users), user_means(r["test_values"], test.samples.users)
+        ).__dict__
     sig = paired_t_test(best_fixed["test_values"], best_sel["test_values"])
     # the same test on per-user means: a user's samples share a history and are not independent
     per_user = paired_t_test(
         user_means(best_fixed["test_values"], test.samples.users),
         user_means(best_sel["test_values"], test.samples.users),
     )
+    # learned weights against the plain mean they replace (ERL scores with the mean)
+    mean_row = next(r for r in rows if r["name"] == mean.name)
+    learned_row = next(r for r in rows if r["name"] == learned.name)
+    users = test.samples.users
+    weights_vs_mean = {
+        "samples": paired_t_test(mean_row["test_values"], learned_row["test_values"]).__dict__,
+        "user_means": paired_t_test(
+            user_means(mean_row["test_values"], users), user_means(learned_row["test_values"], users)
+        ).__dict__,
+    }
     # how often the steps disagree on the metric at all: the oracle gains only there
     differ = {
         w: float(np.mean(np.ptp(window.data.gains, axis=1) > 0))  # type: ignore[arg-type]
@@ -260,12 +273,14 @@ def analyse(run_dir: Path, metric: str, out: Path, control: list[Path] | None = 
         "steps": k1 - 1,
         "n_valid": len(valid.samples),
         "n_test": len(test.samples),
+        "users": {"valid": len(np.unique(valid.samples.users)), "test": len(np.unique(test.samples.users))},
         "best_fixed": best_fixed["name"],
         "best_selector": best_sel["name"],
         "best_selector_vs_best_fixed": sig.__dict__,
         "best_selector_vs_best_fixed_per_user": per_user.__dict__,
         "oracle": oracle,
         "share_steps_differ": differ,
+        "learned_weights_vs_mean": weights_vs_mean,
         "controls": controls,
         "rows": [{k: v for k, v in r.items() if k != "test_values"} for r in rows],
         "halting_grids": tuned,
@@ -328,24 +343,29 @@ def table(record: dict[str, Any]) -> str:
     o = record["oracle"]
     lines = [
         f"### {Path(record['run_dir']).name} ({record['reasoning']}, K={record['steps']}; "
-        f"{record['n_valid']} valid / {record['n_test']} test samples)",
+        f"{record['n_valid']} valid / {record['n_test']} test samples of {record['users']['valid']} / "
+        f"{record['users']['test']} users)",
         "",
         f"best fixed (valid): {record['best_fixed']}; best selector (valid): {record['best_selector']}; "
         f"test {m} difference {record['best_selector_vs_best_fixed']['mean_diff']:+.4f}, "
         f"paired t p = {record['best_selector_vs_best_fixed']['p_value']:.3g} over samples, "
         f"{record['best_selector_vs_best_fixed_per_user']['p_value']:.3g} over per-user means; "
+        f"learned step weights vs the mean: {record['learned_weights_vs_mean']['samples']['mean_diff']:+.4f}, "
+        f"p = {record['learned_weights_vs_mean']['samples']['p_value']:.3g} / "
+        f"{record['learned_weights_vs_mean']['user_means']['p_value']:.3g}; "
         "test samples whose steps differ on "
         f"{m}: {record['share_steps_differ']['test']:.1%}",
         "",
         f"| choice | valid {m} | test {m} | test HR@20 | oracle gap closed (test) | steps used (test) "
-        "| share 0..K steps | p vs best fixed | chosen on valid |",
+        "| share 0..K steps | p vs best fixed (samples / user means) | chosen on valid |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
         hist = "/".join(f"{s:.2f}" for s in r["steps_hist_test"])
         lines.append(
             f"| {r['name']} | {r['valid'][m]:.4f} | {r['test'][m]:.4f} | {r['test'].get('HR@20', float('nan')):.4f} "
-            f"| {r['gap_closed_test']:+.2f} | {r['steps_test']:.2f} | {hist} | {r['vs_best_fixed']['p_value']:.3g} "
+            f"| {r['gap_closed_test']:+.2f} | {r['steps_test']:.2f} | {hist} | {r['vs_best_fixed']['p_value']:.3g} / "
+            f"{r['vs_best_fixed_per_user']['p_value']:.3g} "
             f"| {r['note']} |"
         )
     lines.append(
