@@ -1,0 +1,589 @@
+"""Adaptive reasoning depth: choose, per user and at inference, which reasoning step's user vector scores.
+
+A reasoning model gives every user states r_0..r_K; scoring with the best step per sample (the oracle of
+:mod:`thinkrec.eval.steps`) sits far above any fixed step, but the oracle reads the target. The selectors
+here read only what exists at inference: the step states, the score distributions they induce over the
+catalogue, and the history (its length, and how recently it grew). They map this per-step information
+(:class:`StepData`) to a :class:`Choice`: step weights per user (one-hot for a chosen step, uniform for the
+mean of steps) and the reasoning steps that had to run to make the choice (a halting selector that stops
+at step k needs no step after k).
+
+- :class:`Fixed`: one step for everyone, or fixed weights (the mean of steps; :func:`fit_step_weights`
+  learns weights for mean-style scoring).
+- :class:`Agree`: stop at the first step whose top-k agrees with the previous step's (overlap at least a
+  threshold, or KL between the consecutive distributions at most one).
+- :class:`EntropyStop`: stop when the score distribution's entropy stops falling.
+- :class:`Router`: multinomial logistic regression on cheap signals, fit to the expected gain of each step
+  on held-out labelled samples (:func:`fit_router`, cross-fitted over users).
+
+Thresholds and router weights are chosen on validation samples only (:func:`tune`, :func:`fit_router`);
+:meth:`Selector.choose` never reads :attr:`StepData.gains`, the labels a caller may attach for evaluation.
+At inference :func:`choose_steps` maps a block's per-step scores, states and history lengths to a
+:class:`Choice`; fitted selectors are stored as JSON (:func:`selector_to_json`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class StepData:
+    """Label-free per-step information of ``n`` samples with steps 0..K, and optionally their labels.
+
+    Step quantities are ``[n, K+1]``; transition quantities ``[n, K]`` (column ``k - 1`` compares step ``k``
+    with step ``k - 1``), so a signal of step ``k`` depends on steps ``<= k`` only.
+    """
+
+    entropy: Floats  # [n, K+1] entropy (nats) of the softmax of step k's scores over the catalogue
+    margin: Floats  # [n, K+1] top-1 minus top-2 score of step k
+    norm: Floats  # [n, K+1] Euclidean norm of the state r_k
+    cosine: Floats  # [n, K] cosine between r_k and r_{k-1}
+    overlap: Floats  # [n, K] |top-k(step k) & top-k(step k-1)| / k
+    kl: Floats  # [n, K] KL(p_k || p_{k-1}) of the softmaxed scores
+    history: Ints  # [n] history length (items before the target, before truncation to the model's window)
+    groups: Ints  # [n] the user of each sample (cross-fitting splits users, not samples)
+    # [n] seconds between the last two history items (how recently the user was active), when known
+    recency: Floats | None = None
+    # labels, for fitting on validation and for evaluation; selectors' ``choose`` never reads them
+    gains: Floats | None = field(default=None, repr=False)  # [n, K+1] per-sample metric of each step
+
+    @property
+    def n_steps(self) -> int:
+        """K + 1."""
+        return int(self.entropy.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.entropy.shape[0])
+
+    def subset(self, index: Ints | npt.NDArray[np.bool_]) -> StepData:
+        """The samples at ``index`` (every per-sample array, labels included)."""
+        rows: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            rows[f.name] = None if value is None else value[index]
+        return StepData(**rows)
+
+    def first_steps(self, m: int) -> StepData:
+        """The signals of steps 0..m-1 only (what exists after running m-1 reasoning steps)."""
+        steps, moves = slice(0, m), slice(0, max(0, m - 1))
+        return replace(
+            self,
+            entropy=self.entropy[:, steps],
+            margin=self.margin[:, steps],
+            norm=self.norm[:, steps],
+            cosine=self.cosine[:, moves],
+            overlap=self.overlap[:, moves],
+            kl=self.kl[:, moves],
+            gains=None if self.gains is None else self.gains[:, steps],
+        )
+
+    def with_gains(self, gains: Floats | None) -> StepData:
+        return replace(self, gains=gains)
+
+    @staticmethod
+    def concat(parts: Sequence[StepData]) -> StepData:
+        def cat(name: str) -> Any:
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else np.concatenate(values)
+
+        return StepData(**{f.name: cat(f.name) for f in fields(StepData)})
+
+
+@torch.no_grad()
+def step_data(
+    scores: torch.Tensor,
+    states: torch.Tensor,
+    history: npt.ArrayLike,
+    groups: npt.ArrayLike | None = None,
+    top_k: int = 20,
+    recency: npt.ArrayLike | None = None,
+) -> StepData:
+    """The signals of one block of samples: ``scores [B, K+1, N]`` (each step's logits over the catalogue,
+    as the model scores them: temperature applied, masked items ``-inf``), ``states [B, K+1, d]``, history
+    lengths ``[B]``, the samples' users (default: every sample its own user) and, when known, the seconds
+    between each history's last two items ``[B]``."""
+    b, k1, n_items = scores.shape
+    s = scores.double()
+    logp = torch.log_softmax(s, dim=-1)
+    p = logp.exp()
+    # 0 * -inf is nan: masked items contribute nothing to the entropy or the KL
+    entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+    top2 = s.topk(min(2, n_items), dim=-1).values
+    margin = top2[..., 0] - top2[..., -1]
+    st = states.double()
+    norm = st.norm(dim=-1)
+    cosine = torch.nn.functional.cosine_similarity(st[:, 1:], st[:, :-1], dim=-1)
+    k = min(top_k, n_items)
+    top = s.topk(k, dim=-1).indices  # [B, K+1, k]
+    hits = torch.zeros(b, k1, n_items, dtype=torch.bool)
+    hits.scatter_(2, top, True)
+    overlap = (hits[:, 1:] & hits[:, :-1]).sum(-1).double() / k
+    kl = torch.where(p[:, 1:] > 0, p[:, 1:] * (logp[:, 1:] - logp[:, :-1]), torch.zeros_like(p[:, 1:])).sum(-1)
+    hist = np.asarray(history, dtype=np.int64)
+    users = np.arange(b, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    return StepData(
+        entropy.numpy(),
+        margin.numpy(),
+        norm.numpy(),
+        cosine.numpy(),
+        overlap.numpy(),
+        kl.clamp_min(0).numpy(),
+        hist,
+        users,
+        None if recency is None else np.asarray(recency, dtype=np.float64),
+    )
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a selector chose for each of ``n`` samples."""
+
+    weights: Floats  # [n, K+1] step weights of the user vector sum_k w_k r_k (one-hot: a chosen step)
+    steps_used: Ints  # [n] reasoning steps that had to run (0..K): what the choice cost
+
+    @property
+    def hard(self) -> bool:
+        """Whether every sample uses exactly one step."""
+        return bool(np.all((self.weights == 0) | (self.weights == 1)) and np.all(self.weights.sum(1) == 1))
+
+    @property
+    def step(self) -> Ints:
+        """The chosen step of each sample (hard choices only)."""
+        if not self.hard:
+            raise ValueError("a weighted choice has no single step per sample")
+        return np.asarray(self.weights.argmax(1), dtype=np.int64)
+
+    @staticmethod
+    def of_steps(step: npt.ArrayLike, n_steps: int, steps_used: npt.ArrayLike | None = None) -> Choice:
+        chosen = np.asarray(step, dtype=np.int64)
+        weights = np.zeros((len(chosen), n_steps))
+        weights[np.arange(len(chosen)), chosen] = 1.0
+        used = chosen if steps_used is None else np.asarray(steps_used, dtype=np.int64)
+        return Choice(weights, used.copy())
+
+    def gains(self, data: StepData) -> Floats:
+        """Per-sample metric of a hard choice, from the labelled ``data``'s per-step gains (evaluation)."""
+        if data.gains is None:
+            raise ValueError("these samples carry no gains (labels)")
+        return np.asarray(data.gains[np.arange(len(data)), self.step], dtype=np.float64)
+
+    def user_vectors(self, states: torch.Tensor) -> torch.Tensor:
+        """The chosen user vectors ``[B, d]`` of states ``[B, K+1, d]``."""
+        w = torch.from_numpy(self.weights).to(states.dtype)
+        return (w[:, :, None] * states).sum(1)
+
+
+class Selector(Protocol):
+    """Chooses steps from label-free signals; never reads ``data.gains``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def choose(self, data: StepData) -> Choice: ...
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """The same step for everyone (``step``), or the same weights (``weights``; uniform = the mean of steps)."""
+
+    step: int | None = None
+    weights: tuple[float, ...] | None = None
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        return (
+            f"fixed r_{self.step}" if self.weights is None else "weights " + ",".join(f"{w:.2f}" for w in self.weights)
+        )
+
+    def choose(self, data: StepData) -> Choice:
+        n, k1 = len(data), data.n_steps
+        if self.weights is None:
+            if self.step is None or not 0 <= self.step < k1:
+                raise ValueError(f"step must be in 0..{k1 - 1}")
+            return Choice.of_steps(np.full(n, self.step), k1)
+        if len(self.weights) != k1:
+            raise ValueError(f"{len(self.weights)} weights for {k1} steps")
+        return Choice(np.tile(np.asarray(self.weights, dtype=np.float64), (n, 1)), np.full(n, k1 - 1, dtype=np.int64))
+
+
+def mean_of_steps(n_steps: int) -> Fixed:
+    return Fixed(weights=(1.0 / n_steps,) * n_steps, label="mean of steps")
+
+
+def _first(stop: npt.NDArray[np.bool_], default: int) -> Ints:
+    """Per row, the first column where ``stop`` holds, else ``default``."""
+    any_stop = stop.any(axis=1)
+    return np.where(any_stop, stop.argmax(axis=1), default).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Agree:
+    """Halting by agreement: run steps 1, 2, ... and stop at the first step k whose top-k list overlaps step
+    k-1's by at least ``threshold`` (``signal='overlap'``) or whose distribution is within ``threshold`` KL of
+    step k-1's (``signal='kl'``); score with step k (``use='current'``) or with step k-1 (``'previous'``:
+    the two agree, so the earlier, cheaper-to-trust step). Without agreement every step has run and
+    ``fallback`` scores (default: step K)."""
+
+    threshold: float
+    signal: Literal["overlap", "kl"] = "overlap"
+    use: Literal["current", "previous"] = "current"
+    fallback: int | None = None
+
+    @property
+    def name(self) -> str:
+        op = ">=" if self.signal == "overlap" else "<="
+        tail = "" if self.fallback is None else f", else r_{self.fallback}"
+        return f"agree {self.signal} {op} {self.threshold:.3g} ({self.use}{tail})"
+
+    def choose(self, data: StepData) -> Choice:
+        k1 = data.n_steps
+        stop = data.overlap >= self.threshold if self.signal == "overlap" else data.kl <= self.threshold
+        stopped = stop.any(axis=1)
+        at = np.minimum(_first(stop, k1 - 1) + 1, k1 - 1)  # column j compares step j+1 with step j
+        fallback = k1 - 1 if self.fallback is None else self.fallback
+        chosen = np.where(stopped, at - 1 if self.use == "previous" else at, fallback)
+        return Choice.of_steps(chosen, k1, steps_used=at)
+
+
+@dataclass(frozen=True)
+class EntropyStop:
+    """Halting by entropy: run steps while the score distribution's entropy keeps falling by more than
+    ``tolerance`` nats; at the first step where it does not, stop and score with the step before it (the
+    sharpest so far). Without such a step: step K. A negative tolerance lets a rise smaller than
+    ``-tolerance`` count as falling."""
+
+    tolerance: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"entropy stops falling (tol {self.tolerance:.3g})"
+
+    def choose(self, data: StepData) -> Choice:
+        k1 = data.n_steps
+        falling = data.entropy[:, 1:] < data.entropy[:, :-1] - self.tolerance  # [n, K]
+        first_not = _first(~falling, k1 - 1)  # column j: step j+1 did not fall below step j
+        stopped = (~falling).any(axis=1)
+        chosen = np.where(stopped, first_not, k1 - 1)
+        used = np.where(stopped, first_not + 1, k1 - 1)
+        return Choice.of_steps(chosen, k1, steps_used=used)
+
+
+Features = Literal["all", "prefix"]
+
+
+def features(data: StepData, which: Features = "all") -> Floats:
+    """Router inputs ``[n, F]``: every step's entropy, top-1 margin and log state norm, every transition's
+    cosine, top-k overlap and log KL, the log history length and, when known, the log recency.
+    ``'prefix'``: step 0 and the history only (a router that decides before any reasoning step runs)."""
+    cols: list[Floats] = [np.log1p(data.history.astype(np.float64))[:, None]]
+    if data.recency is not None:
+        cols.append(np.log1p(np.maximum(data.recency, 0.0))[:, None])
+    last = 1 if which == "prefix" else data.n_steps
+    cols += [data.entropy[:, :last], data.margin[:, :last], np.log(data.norm[:, :last] + 1e-12)]
+    if which == "all":
+        cols += [data.cosine, data.overlap, np.log(data.kl + 1e-9)]
+    return np.concatenate(cols, axis=1)
+
+
+@dataclass(frozen=True)
+class _Logistic:
+    """Multinomial logistic regression on standardised features."""
+
+    mean: Floats
+    scale: Floats
+    weight: Floats  # [F, K+1]
+    bias: Floats  # [K+1]
+
+    def probabilities(self, x: Floats) -> Floats:
+        if x.shape[1] != len(self.mean):
+            raise ValueError(f"{x.shape[1]} features, fitted on {len(self.mean)} (recency given to one, not both?)")
+        z = ((x - self.mean) / self.scale) @ self.weight + self.bias
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
+def _fit_logistic(x: Floats, gains: Floats, l2: float, iterations: int) -> _Logistic:
+    """Weights maximising the expected per-sample gain ``sum_k p_k(x) g_k`` minus ``l2 * |W|^2``."""
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0) + 1e-9
+    xs = torch.from_numpy((x - mean) / scale)
+    g = torch.from_numpy(gains - gains.mean(axis=1, keepdims=True))  # a shift per sample changes no choice
+    g = g / (g.abs().mean() + 1e-12)  # the l2 strength then means the same on any metric's scale
+    w = torch.zeros(x.shape[1], gains.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(gains.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        p = torch.softmax(xs @ w + b, dim=1)
+        loss = -(p * g).sum(1).mean() + l2 * (w * w).sum()
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    opt.step(closure)  # type: ignore[no-untyped-call]
+    return _Logistic(mean, scale, w.detach().numpy().copy(), b.detach().numpy().copy())
+
+
+@dataclass(frozen=True)
+class Router:
+    """A learned router: multinomial logistic regression over steps (one or more fitted models, whose
+    probabilities are averaged). It leaves ``default`` only for a step whose probability exceeds the
+    default's by at least ``threshold``. Cost: with ``'all'`` features every step runs (K); with
+    ``'prefix'`` features the choice is made before reasoning, so the chosen step is the cost."""
+
+    models: tuple[_Logistic, ...]
+    default: int
+    threshold: float
+    which: Features = "all"
+
+    @property
+    def name(self) -> str:
+        return f"router ({self.which} signals, margin {self.threshold:.3g}, default r_{self.default})"
+
+    def probabilities(self, data: StepData) -> Floats:
+        x = features(data, self.which)
+        return np.asarray(np.mean([m.probabilities(x) for m in self.models], axis=0), dtype=np.float64)
+
+    @property
+    def n_steps(self) -> int:
+        """K + 1 of the steps it chooses among (a prefix router reads step 0 only, so its input may hold no
+        other step)."""
+        return int(self.models[0].weight.shape[1])
+
+    def choose(self, data: StepData) -> Choice:
+        if self.which == "all" and data.n_steps != self.n_steps:
+            raise ValueError(f"this router reads all {self.n_steps} steps; the samples have {data.n_steps}")
+        p = self.probabilities(data)
+        best = p.argmax(axis=1)
+        lead = p[np.arange(len(p)), best] - p[:, self.default]
+        chosen = np.where(lead >= self.threshold, best, self.default)
+        used = chosen if self.which == "prefix" else np.full(len(p), self.n_steps - 1)
+        return Choice.of_steps(chosen, self.n_steps, steps_used=used)
+
+
+def _labelled(data: StepData) -> Floats:
+    if data.gains is None:
+        raise ValueError("fitting needs labelled samples (StepData.gains): validation, never test")
+    return data.gains
+
+
+def best_fixed_step(data: StepData) -> int:
+    """The step with the highest mean gain on labelled ``data`` (ties: the earliest, the cheapest)."""
+    return int(np.argmax(_labelled(data).mean(axis=0)))
+
+
+def user_halves(groups: Ints, seed: int = 0) -> npt.NDArray[np.bool_]:
+    """A mask of the samples whose user falls in a random half of the users (cross-fitting folds)."""
+    users = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    first = rng.permutation(users)[: len(users) // 2]
+    return np.asarray(np.isin(groups, first))
+
+
+def tune(
+    candidates: Sequence[Selector], data: StepData, cost_weight: float = 0.0
+) -> tuple[Selector, list[tuple[str, float, float]]]:
+    """The candidate with the highest mean gain on labelled ``data`` (minus ``cost_weight`` per mean step
+    used; ties: fewer steps, then the earlier candidate), and every candidate's ``(name, gain, mean steps)``."""
+    table: list[tuple[str, float, float]] = []
+    keys: list[tuple[float, float, int]] = []
+    for i, selector in enumerate(candidates):
+        choice = selector.choose(data.with_gains(None))  # a selector gets no labels, even while tuning
+        gain = float(choice.gains(data).mean())
+        steps = float(choice.steps_used.mean())
+        table.append((selector.name, gain, steps))
+        keys.append((gain - cost_weight * steps, -steps, -i))
+    if not keys:
+        raise ValueError("no candidates to tune")
+    return candidates[-max(keys)[2]], table
+
+
+def cross_tune(candidates: Sequence[Selector], data: StepData, seed: int = 0) -> Choice:
+    """Out-of-fold choices of :func:`tune` on labelled ``data``: each half of the users is chosen for by the
+    candidate tuned on the other half (an honest validation estimate of a tuned selector)."""
+    first = user_halves(data.groups, seed)
+    weights = np.zeros((len(data), data.n_steps))
+    used = np.zeros(len(data), dtype=np.int64)
+    for tune_mask in (first, ~first):
+        chosen, _ = tune(candidates, data.subset(tune_mask))
+        choice = chosen.choose(data.subset(~tune_mask).with_gains(None))
+        weights[~tune_mask], used[~tune_mask] = choice.weights, choice.steps_used
+    return Choice(weights, used)
+
+
+def halting_candidates(data: StepData) -> dict[str, list[Selector]]:
+    """Threshold grids of the training-free selectors, with every fallback step (read from the signals'
+    ranges, not the labels)."""
+    k1 = data.n_steps
+    kl = np.quantile(data.kl, np.linspace(0.05, 0.95, 19)) if data.kl.size else np.zeros(0)
+    drops = data.entropy[:, :-1] - data.entropy[:, 1:]
+    tol = np.quantile(drops, np.linspace(0.05, 0.95, 19)) if drops.size else np.zeros(0)
+    uses: tuple[Literal["current", "previous"], ...] = ("current", "previous")
+    overlap: list[Selector] = [
+        Agree(float(t), "overlap", use, f) for t in np.linspace(0.05, 1.0, 20) for use in uses for f in range(k1)
+    ]
+    kls: list[Selector] = [Agree(float(t), "kl", use, f) for t in kl for use in uses for f in range(k1)]
+    entropy: list[Selector] = [EntropyStop(float(t)) for t in sorted({0.0, *tol.tolist()})]
+    return {"agree (top-k overlap)": overlap, "agree (KL)": kls, "entropy": entropy}
+
+
+def simplex_grid(n_steps: int, resolution: int = 10) -> list[tuple[float, ...]]:
+    """Every step-weight vector whose weights are multiples of ``1 / resolution`` (candidates for choosing
+    mean-style weights on a validation metric directly)."""
+
+    def parts(total: int, slots: int) -> list[tuple[int, ...]]:
+        if slots == 1:
+            return [(total,)]
+        return [(first, *rest) for first in range(total + 1) for rest in parts(total - first, slots - 1)]
+
+    return [tuple(c / resolution for c in combo) for combo in parts(resolution, n_steps)]
+
+
+ROUTER_MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.01)  # 1.01: never leave the default
+
+
+@dataclass(frozen=True)
+class RouterFit:
+    """A cross-fitted router: the selector for new samples, and its out-of-fold choices on validation."""
+
+    router: Router
+    held_out: Choice  # validation samples, each chosen by the fold model not fit on its user
+    margins: tuple[float, float]
+
+
+def fit_router(
+    valid: StepData,
+    which: Features = "all",
+    l2: float = 1e-3,
+    iterations: int = 100,
+    seed: int = 0,
+) -> RouterFit:
+    """Fit a router on labelled validation samples with cross-fitting over users: the model of one half of
+    the users is fit there and its margin chosen on the other half, and vice versa; the final router
+    averages both models' probabilities, with the mean margin and the validation's best fixed step as the
+    default."""
+    gains = _labelled(valid)
+    first = user_halves(valid.groups, seed)
+    models: list[_Logistic] = []
+    margins: list[float] = []
+    held = np.zeros(len(valid), dtype=np.int64)
+    for fit_mask in (first, ~first):
+        fit_part, other = valid.subset(fit_mask), valid.subset(~fit_mask)
+        model = _fit_logistic(features(fit_part, which), gains[fit_mask], l2, iterations)
+        default = best_fixed_step(fit_part)
+        chosen, _ = tune([Router((model,), default, m, which) for m in ROUTER_MARGINS], other)
+        assert isinstance(chosen, Router)
+        models.append(model)
+        margins.append(chosen.threshold)
+        held[~fit_mask] = chosen.choose(other.with_gains(None)).step
+    router = Router(tuple(models), best_fixed_step(valid), float(np.mean(margins)), which)
+    used = held if which == "prefix" else np.full(len(valid), valid.n_steps - 1)
+    return RouterFit(router, Choice.of_steps(held, valid.n_steps, used), (margins[0], margins[1]))
+
+
+def fit_step_weights(
+    states: torch.Tensor,
+    targets: torch.Tensor,
+    score: Callable[[torch.Tensor], torch.Tensor],
+    iterations: int = 50,
+) -> tuple[float, ...]:
+    """Step weights ``softmax(a)`` for mean-style scoring (user vector ``sum_k w_k r_k``), fit by the
+    cross-entropy of labelled (validation) samples' targets: ``states [n, K+1, d]``, 0-based ``targets [n]``,
+    ``score`` mapping user vectors ``[B, d]`` to logits ``[B, N]``. Starts at the plain mean."""
+    a = torch.zeros(states.shape[1], dtype=torch.float64, requires_grad=True)
+    st = states.detach()
+    opt = torch.optim.LBFGS([a], max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        users = (torch.softmax(a, 0).to(st.dtype)[None, :, None] * st).sum(1)
+        loss = torch.nn.functional.cross_entropy(score(users).double(), targets)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    opt.step(closure)  # type: ignore[no-untyped-call]
+    return tuple(float(w) for w in torch.softmax(a.detach(), 0))
+
+
+def oracle_gap_closed(selector: float, best_fixed: float, oracle: float) -> float:
+    """Share of the gap between the best fixed choice and the oracle that a selector closes."""
+    gap = oracle - best_fixed
+    return (selector - best_fixed) / gap if gap > 0 else math.nan
+
+
+def steps_histogram(choice: Choice, n_steps: int) -> list[float]:
+    """Share of samples that ran 0..K reasoning steps."""
+    counts = np.bincount(choice.steps_used, minlength=n_steps)[:n_steps]
+    return [float(c) / max(1, len(choice.steps_used)) for c in counts]
+
+
+def choose_steps(
+    selector: Selector, scores: torch.Tensor, states: torch.Tensor, history: npt.ArrayLike, top_k: int = 20
+) -> Choice:
+    """What inference calls: the selector's choice for a block of users from their per-step ``scores
+    [B, K+1, N]``, ``states [B, K+1, d]`` and history lengths ``[B]`` (a prefix router needs step 0 only:
+    ``[B, 1, N]`` and ``[B, 1, d]``). ``choice.user_vectors(states)`` then gives the vectors to rank with
+    once the chosen steps have run."""
+    return selector.choose(step_data(scores, states, history, top_k=top_k))
+
+
+def selector_to_json(selector: Selector) -> dict[str, object]:
+    """A fitted selector as plain JSON-able data (:func:`selector_from_json` reads it back)."""
+    if isinstance(selector, Fixed):
+        return {"kind": "fixed", "step": selector.step, "weights": selector.weights, "label": selector.label}
+    if isinstance(selector, Agree):
+        return {
+            "kind": "agree",
+            "threshold": selector.threshold,
+            "signal": selector.signal,
+            "use": selector.use,
+            "fallback": selector.fallback,
+        }
+    if isinstance(selector, EntropyStop):
+        return {"kind": "entropy", "tolerance": selector.tolerance}
+    if isinstance(selector, Router):
+        models = [
+            {"mean": m.mean.tolist(), "scale": m.scale.tolist(), "weight": m.weight.tolist(), "bias": m.bias.tolist()}
+            for m in selector.models
+        ]
+        return {
+            "kind": "router",
+            "models": models,
+            "default": selector.default,
+            "threshold": selector.threshold,
+            "which": selector.which,
+        }
+    raise TypeError(f"cannot serialise {type(selector).__name__}")
+
+
+def selector_from_json(data: dict[str, Any]) -> Selector:
+    kind = data["kind"]
+    if kind == "fixed":
+        weights = data["weights"]
+        return Fixed(data["step"], None if weights is None else tuple(weights), data.get("label", ""))
+    if kind == "agree":
+        return Agree(float(data["threshold"]), data["signal"], data["use"], data["fallback"])
+    if kind == "entropy":
+        return EntropyStop(float(data["tolerance"]))
+    if kind == "router":
+        models = tuple(
+            _Logistic(*(np.asarray(m[key], dtype=np.float64) for key in ("mean", "scale", "weight", "bias")))
+            for m in data["models"]
+        )
+        return Router(models, int(data["default"]), float(data["threshold"]), data["which"])
+    raise ValueError(f"unknown selector kind {kind!r}")
