@@ -10,6 +10,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The README runs the tests with THINKREC_DATA_DIR=../shared/data, relative to the repository root; tests that
+# change the working folder must still find the data.
+if os.environ.get("THINKREC_DATA_DIR"):
+    os.environ["THINKREC_DATA_DIR"] = str(Path(os.environ["THINKREC_DATA_DIR"]).expanduser().resolve())
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
