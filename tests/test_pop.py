@@ -5,6 +5,9 @@ table, and the demo on a tiny setting."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +149,18 @@ def test_demo_on_a_tiny_setting(shop: Path, capsys: pytest.CaptureFixture[str]) 
     for label in ("most popular", "SASRec", "SASRec + PRL (K=2)", "r_0", "r_2", "oracle", "protocol:", "plot:"):
         assert label in out, label
     assert (shop / "demo" / "sasrec-prl" / "steps-test.png").exists()
+
+
+def test_pop_under_torchrun_fits_once_on_rank_0(shop: Path) -> None:
+    """Two processes: rank 0 fits and writes the run, the other trains nothing and waits for its results."""
+    env = {**os.environ, "THINKREC_CACHE_DIR": str(shop / "cache"), "OMP_NUM_THREADS": "1"}
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cli = ["-m", "thinkrec.cli.main", "train", "ml100k-time-pop", *shop_source(shop), "progress=never"]
+    cmd = [sys.executable, *launcher, *cli, "device=cpu", "--run-dir", str(shop / "two")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run: ") == 1
+    results = json.loads((shop / "two" / "results.json").read_text())
+    assert (
+        results["stopped"] == "closed_form" and results["popularity"]["test"]["metrics"] == results["test"]["metrics"]
+    )

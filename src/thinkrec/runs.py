@@ -388,6 +388,8 @@ def _train_beside(cfg: RunConfig, out: Path, ranks: distributed.Ranks) -> Traine
     model = build(cfg, ds.n_items)
     attach_item_text(model, ds, progress=False)
     mark_known_items(model, split.known_items)
+    if isinstance(model.backbone, ClosedForm):  # nothing to train beside rank 0, which fits and writes
+        return TrainedRun(out, FitResult(0, {}, 0, [], "closed_form"), ranks.broadcast({}))
     sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
     model.to(_device(cfg, ranks))
     trainer = Trainer(model, build_objective(cfg, split), split, sampler, cfg.train, cfg.eval, out, {}, False, ranks)
