@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from thinkrec.cli.main import main
 from thinkrec.data.split import SplitConfig, make_split
@@ -164,3 +165,21 @@ def test_pop_under_torchrun_fits_once_on_rank_0(shop: Path) -> None:
     assert (
         results["stopped"] == "closed_form" and results["popularity"]["test"]["metrics"] == results["test"]["metrics"]
     )
+
+
+def test_pop_run_is_served_over_http(shop: Path) -> None:
+    pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'thinkrec[serve]')")
+    pytest.importorskip("httpx", reason="httpx (FastAPI's TestClient) is not installed")
+    from fastapi.testclient import TestClient
+
+    from thinkrec.serve.app import create_app
+
+    assert main(["train", "ml100k-time-pop", *shop_source(shop), "progress=never", "--run-dir", "pop"]) == 0
+    client = TestClient(create_app(shop / "pop"), base_url="http://localhost")
+    body = client.post("/recommend", json={"history": [1, 2], "k": 4}).json()
+    rec = load_recommender(str(shop / "pop"))
+    counts = load_run(shop / "pop")[1].backbone.counts
+    assert isinstance(counts, torch.Tensor)
+    order = expected_order(counts.tolist())
+    assert [str(item["item"]) for item in body["items"]] == [str(rec.vocabulary.external_id(i + 1)) for i in order[:4]]
+    assert body["model"]["kind"] == "pop" and body["reasoning_steps"] == 0
