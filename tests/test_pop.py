@@ -147,7 +147,17 @@ def test_demo_on_a_tiny_setting(shop: Path, capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     for name in ("pop", "sasrec", "sasrec-prl"):
         assert (shop / "demo" / name / "results.json").exists(), name
-    for label in ("most popular", "SASRec", "SASRec + PRL (K=2)", "r_0", "r_2", "oracle", "protocol:", "plot:"):
+    for label in (
+        "most popular",
+        "SASRec",
+        "SASRec + PRL (K=2)",
+        "fit in closed form",
+        "r_0",
+        "r_2",
+        "oracle",
+        "protocol:",
+        "plot:",
+    ):
         assert label in out, label
     assert (shop / "demo" / "sasrec-prl" / "steps-test.png").exists()
 

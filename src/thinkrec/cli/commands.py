@@ -81,13 +81,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# The demo's three runs: popularity (the floor), the backbone alone, and the backbone thinking before it
-# recommends (PRL: K = 2 latent steps, the last at inference), all under the ml100k-time protocol.
-DEMO_RUNS = {
-    "pop": ("most popular", "ml100k-time-pop"),
-    "sasrec": ("SASRec", "ml100k-time-sasrec"),
-    "sasrec-prl": ("SASRec + PRL (K=2)", "ml100k-time-sasrec-prl"),
-}
+# The demo's three runs, each a run directory of the demo folder: popularity (the floor), the backbone alone,
+# and the backbone thinking before it recommends (PRL: K = 2 latent steps, the last at inference), all under
+# the ml100k-time protocol.
+DEMO_RUNS = {"pop": "ml100k-time-pop", "sasrec": "ml100k-time-sasrec", "sasrec-prl": "ml100k-time-sasrec-prl"}
 
 
 def demo_overrides(name: str, overrides: list[str]) -> list[str]:
@@ -108,7 +105,9 @@ def demo_overrides(name: str, overrides: list[str]) -> list[str]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Most popular vs SASRec vs SASRec + PRL on MovieLens-100K (global time split), in one demo folder:
-    one results table, the reasoning run's per-step table and its plots."""
+    one table per window, the reasoning run's per-step table, where the plots are and the protocol."""
+    import time
+
     from thinkrec.runs import train
 
     if args.epochs < 1:
@@ -116,35 +115,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     folder = Path(args.run_dir or "runs/demo")
     configs = {
         name: load_config(preset, [f"train.epochs={args.epochs}", *demo_overrides(name, args.overrides)])
-        for name, (_, preset) in DEMO_RUNS.items()
+        for name, preset in DEMO_RUNS.items()
     }
     check_output(folder / "pop" / "config.json", "--run-dir", create=False)
-    prl = configs["sasrec-prl"]
+    thinking = configs["sasrec-prl"]
+    r = thinking.reasoning
+    steps = f"K={r.steps if r.enabled else 0}"
+    labels = {"pop": "most popular", "sasrec": "SASRec", "sasrec-prl": f"SASRec + {r.kind.upper()} ({steps})"}
     print(
-        f"demo: does thinking before recommending help? {prl.data.name}, {len(DEMO_RUNS)} models, the same protocol:"
-        f"\n  most popular (closed form, no training), SASRec and SASRec + PRL ({prl.reasoning.kind}, K="
-        f"{prl.reasoning.steps if prl.reasoning.enabled else 0}), at most {args.epochs} epochs each (early stop on "
-        f"valid {prl.train.valid_metric}, seed {prl.train.seed}); runs in {folder}/"
+        f"demo: does thinking before recommending help? {thinking.data.name}: {labels['pop']} (closed form, no "
+        f"training), {labels['sasrec']}, and {labels['sasrec-prl']} that reasons {steps} latent steps before it "
+        f"scores (user vector: {thinking.inference()[0]} step).\n  At most {args.epochs} epochs each, early stop on "
+        f"valid {thinking.train.valid_metric}, seed {thinking.train.seed}: a demo budget, not converged models. "
+        f"Runs in {folder}/"
     )
     runs = {}
     for name, cfg in configs.items():
-        print(f"\n== {DEMO_RUNS[name][0]}: {folder / name}")
-        runs[name] = train(cfg, folder / name)
-    ks = prl.eval.ks
+        print(f"\n== {labels[name]}: {folder / name}")
+        t0 = time.perf_counter()
+        run = runs[name] = train(cfg, folder / name)
+        trained = "fit in closed form" if run.fit.stopped == "closed_form" else f"{run.fit.epochs_run} epochs"
+        print(f"   {trained}, best epoch {run.fit.best_epoch}, {time.perf_counter() - t0:.0f}s")
+    ks = thinking.eval.ks
     columns = [f"{metric}@{k}" for k in ks for metric in ("NDCG", "HR")]
     for which in ("valid", "test"):
-        report = runs["pop"].results[which]
-        print(f"\n{which} ({report['n_samples']} samples):")
-        rows = {DEMO_RUNS[name][0]: run.results[which]["metrics"] for name, run in runs.items()}
-        print(models_table(rows, columns))
-    epochs = ", ".join(
-        f"{DEMO_RUNS[name][0]} {run.fit.best_epoch} of {run.fit.epochs_run}"
-        for name, run in runs.items()
-        if name != "pop"
-    )
-    print(f"best epochs: {epochs}")
+        print(f"\n{which} ({runs['pop'].results[which]['n_samples']} samples):")
+        print(models_table({labels[name]: run.results[which]["metrics"] for name, run in runs.items()}, columns))
     reasoning = runs["sasrec-prl"]
     if "reasoning" in reasoning.results["test"]:
+        print(f"\n{labels['sasrec-prl']}, test, scored with each step's user vector alone:", end="")
         print_reasoning_steps(reasoning.results["test"], ks, reasoning.run_dir, "test", None)
     print(f"training curves: {', '.join(str(runs[n].run_dir / 'curve.png') for n in ('sasrec', 'sasrec-prl'))}")
     print("\nprotocol:")
