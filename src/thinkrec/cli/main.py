@@ -13,7 +13,7 @@ from thinkrec.allocator import tune_allocator
 from thinkrec.errors import ThinkrecError
 
 CONFIG_HELP = "a config file (.toml/.yaml) or the name of a bundled preset (list them with: thinkrec config show)"
-# The demo's cap on training epochs per model: about two minutes for its three models on a 2-core CPU
+# The demo's cap on training epochs per model: two to three minutes for its three models on a 2-core CPU
 DEMO_EPOCHS = 8
 OVERRIDE_HELP = "dotted overrides applied after the config, e.g. train.lr=0.002 model.hidden=128 eval.ks=[10,20]"
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sequential recommendation whose models think before they recommend.",
         epilog=(
             "examples:\n"
-            "  thinkrec demo                                   # popularity vs SASRec vs SASRec + PRL, ~2 minutes\n"
+            "  thinkrec demo                                   # popularity vs SASRec vs SASRec + PRL, ~3 minutes\n"
             "  thinkrec train ml100k-sasrec train.epochs=50    # a preset with an override\n"
             "  thinkrec evaluate runs/ml100k-sasrec-s2020 --mask-history\n"
             "  thinkrec recommend runs/ml100k-sasrec-s2020 --history 50,172,133 -k 10\n"
