@@ -32,8 +32,10 @@ from thinkrec.data.split import EvalSamples, Split, Window, make_split
 from thinkrec.device import resolve_device
 from thinkrec.errors import ThinkrecError
 from thinkrec.eval.evaluator import EvalResult, evaluate
+from thinkrec.eval.popularity import popularity_report
 from thinkrec.eval.protocol import EvalConfig, describe_protocol
 from thinkrec.eval.steps import step_report
+from thinkrec.models.base import ClosedForm
 from thinkrec.models.model import SeqRecModel
 from thinkrec.models.registry import build_model
 from thinkrec.models.text_items import attach_item_text, mark_known_items
@@ -44,8 +46,14 @@ from thinkrec.progress import show_bars
 from thinkrec.reasoning.config import LatentReasoningConfig
 from thinkrec.reasoning.reasoner import LatentReasoner
 from thinkrec.seed import Seeds
-from thinkrec.storage import atomic_path, atomic_write_json, exclusive_run_dir, remove_temporaries
-from thinkrec.train.checkpoint import CheckpointError, checkpoint_exists, checkpoint_info, load_checkpoint
+from thinkrec.storage import atomic_path, atomic_write_json, atomic_write_text, exclusive_run_dir, remove_temporaries
+from thinkrec.train.checkpoint import (
+    CheckpointError,
+    checkpoint_exists,
+    checkpoint_info,
+    load_checkpoint,
+    save_checkpoint,
+)
 from thinkrec.train.trainer import FitResult, Trainer
 
 
@@ -62,7 +70,7 @@ def build(cfg: RunConfig, n_items: int) -> SeqRecModel:
     r = cfg.reasoning
     if isinstance(r, LatentReasoningConfig):
         model.reasoner = LatentReasoner(
-            cfg.model.hidden, r.steps, r.table_size, r.normalise_feedback, r.feedback_dropout
+            model.backbone.hidden_size, r.steps, r.table_size, r.normalise_feedback, r.feedback_dropout
         )
     return model
 
@@ -287,24 +295,26 @@ def _train(
     sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
     info = {"config": json.loads(cfg.model_dump_json()), "dataset": ds.describe()}
     model.to(_device(cfg, ranks))
-    trainer = Trainer(
-        model,
-        build_objective(cfg, split),
-        split,
-        sampler,
-        cfg.train,
-        cfg.eval,
-        out,
-        info,
-        show_bars(cfg.progress),
-        ranks,
-    )
+    trainer = None
+    if not isinstance(model.backbone, ClosedForm):
+        trainer = Trainer(
+            model,
+            build_objective(cfg, split),
+            split,
+            sampler,
+            cfg.train,
+            cfg.eval,
+            out,
+            info,
+            show_bars(cfg.progress),
+            ranks,
+        )
     if not resume:
         for name in (*RUN_OUTPUTS, *RANKS_FILES.values()):
             (out / name).unlink(missing_ok=True)
     atomic_write_json(out / "config.json", json.loads(cfg.model_dump_json()))
     save_vocabulary(ds, out / "items.parquet")
-    fit = trainer.fit()
+    fit = trainer.fit() if trainer is not None else _fit_closed_form(model, split, cfg, out, info)
     results: dict[str, Any] = {
         "best_epoch": fit.best_epoch,
         "epochs_run": fit.epochs_run,
@@ -326,9 +336,30 @@ def _train(
                 "note": UNSEEN_NOTE,
                 "ranks_file": RANKS_FILES[f"{which}_unseen"],
             }
+    results["popularity"] = {
+        which: popularity_report(split, split.samples(which), cfg.eval, cfg.model.max_len)
+        for which in ("valid", "test")
+    }
     atomic_write_json(out / "results.json", results)
     ranks.broadcast(results)  # the other processes wait for the results
     return TrainedRun(out, fit, results)
+
+
+def _fit_closed_form(model: SeqRecModel, split: Split, cfg: RunConfig, out: Path, info: dict[str, Any]) -> FitResult:
+    """Fit a :class:`ClosedForm` backbone from the split (no epochs, no optimiser) and save it as the run's
+    ``best`` and ``last`` checkpoints, with one log line: a run directory like a trained model's. Fitting
+    again (a re-run on the same directory) gives the same model."""
+    assert isinstance(model.backbone, ClosedForm)
+    model.backbone.fit_from_split(split)
+    valid = evaluate(model, split, split.valid, cfg.eval).metrics(cfg.eval.ks)
+    row = {"epoch": 0, "loss": 0.0, "valid": valid, "fit": "closed form (no training epochs)"}
+    state: dict[str, Any] = {"epoch": 1, "best_value": valid[cfg.train.valid_metric], "best_epoch": 0, "bad": 0}
+    state.update(best_valid=valid, history=[row], stopped="closed_form")
+    ckpt_dir = out / "checkpoints"
+    save_checkpoint(ckpt_dir, "best", model, {**info, "epoch": 0, "valid": valid})
+    save_checkpoint(ckpt_dir, "last", model, {**info, "trainer_state": state})
+    atomic_write_text(out / "log.jsonl", json.dumps(row) + "\n")  # one line: the closed-form fit
+    return FitResult(0, valid, 0, [row], "closed_form")
 
 
 def _reason(exc: Exception) -> str:
@@ -357,6 +388,8 @@ def _train_beside(cfg: RunConfig, out: Path, ranks: distributed.Ranks) -> Traine
     model = build(cfg, ds.n_items)
     attach_item_text(model, ds, progress=False)
     mark_known_items(model, split.known_items)
+    if isinstance(model.backbone, ClosedForm):  # nothing to train beside rank 0, which fits and writes
+        return TrainedRun(out, FitResult(0, {}, 0, [], "closed_form"), ranks.broadcast({}))
     sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
     model.to(_device(cfg, ranks))
     trainer = Trainer(model, build_objective(cfg, split), split, sampler, cfg.train, cfg.eval, out, {}, False, ranks)

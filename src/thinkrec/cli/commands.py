@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thinkrec.cli.format import metrics_table, protocol_lines, table
+from thinkrec.cli.format import metrics_table, models_table, protocol_lines, table
 from thinkrec.config.loader import config_table, load_config, preset_names
 from thinkrec.errors import ThinkrecError
 from thinkrec.serve.service import check_k, check_output, check_port, check_steps, parse_ks
@@ -56,11 +56,18 @@ def print_results(results: dict[str, object], ks: list[int]) -> None:
         if not isinstance(report, dict):
             continue
         print(f"\n{which} ({report['n_samples']} samples):")
-        print(metrics_table(report["metrics"], ks))
+        print(metrics_table(report["metrics"], ks, popular_metrics(results, which)))
     test = results.get("test")
     if isinstance(test, dict):
         print("\nprotocol:")
         print(protocol_lines(test["protocol"]))
+
+
+def popular_metrics(results: dict[str, object], which: str) -> dict[str, float] | None:
+    """The most-popular list's metrics of ``which`` in a run's results (None for runs written before them)."""
+    popularity = results.get("popularity")
+    report = popularity.get(which) if isinstance(popularity, dict) else None
+    return report["metrics"] if isinstance(report, dict) else None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -74,20 +81,78 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# The demo's three runs, each a run directory of the demo folder: popularity (the floor), the backbone alone,
+# and the backbone thinking before it recommends (PRL: K = 2 latent steps, the last at inference), all under
+# the ml100k-time protocol.
+DEMO_RUNS = {"pop": "ml100k-time-pop", "sasrec": "ml100k-time-sasrec", "sasrec-prl": "ml100k-time-sasrec-prl"}
+
+
+def demo_overrides(name: str, overrides: list[str]) -> list[str]:
+    """The overrides of the demo run ``name``: ``model.*`` ones go to the SASRec runs (and ``model.max_len``, the
+    history window, to popularity too), ``reasoning.*`` ones to the reasoning run, the rest (data, training,
+    evaluation: the protocol) to all three."""
+    keep = []
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        section = key.split(".", 1)[0]
+        if section == "model" and name == "pop" and key != "model.max_len":
+            continue
+        if section == "reasoning" and name != "sasrec-prl":
+            continue
+        keep.append(item)
+    return keep
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Most popular vs SASRec vs SASRec + PRL on MovieLens-100K (global time split), in one demo folder:
+    one table per window, the reasoning run's per-step table, where the plots are and the protocol."""
+    import time
+
     from thinkrec.runs import train
 
-    overrides = [f"train.epochs={args.epochs}", *args.overrides]
-    cfg = load_config("ml100k-sasrec", overrides)
-    check_output(Path(args.run_dir or "runs/demo") / "config.json", "--run-dir", create=False)
-    print(f"demo: SASRec on MovieLens-100K, leave-one-out, full ranking, {args.epochs} epochs (seed {cfg.train.seed})")
-    run = train(cfg, args.run_dir or "runs/demo")
-    print(f"\nrun: {run.run_dir}  (best epoch {run.fit.best_epoch}; curve: {run.run_dir / 'curve.png'})")
-    print_results(run.results, cfg.eval.ks)
+    if args.epochs < 1:
+        raise ThinkrecError(f"--epochs must be at least 1, got {args.epochs}")
+    folder = Path(args.run_dir or "runs/demo")
+    configs = {
+        name: load_config(preset, [f"train.epochs={args.epochs}", *demo_overrides(name, args.overrides)])
+        for name, preset in DEMO_RUNS.items()
+    }
+    check_output(folder / "pop" / "config.json", "--run-dir", create=False)
+    thinking = configs["sasrec-prl"]
+    r = thinking.reasoning
+    steps = f"K={r.steps if r.enabled else 0}"
+    labels = {"pop": "most popular", "sasrec": "SASRec", "sasrec-prl": f"SASRec + {r.kind.upper()} ({steps})"}
+    print(
+        f"demo: does thinking before recommending help? {thinking.data.name}: {labels['pop']} (closed form, no "
+        f"training), {labels['sasrec']}, and {labels['sasrec-prl']} that reasons {steps} latent steps before it "
+        f"scores (user vector: {thinking.inference()[0]} step).\n  At most {args.epochs} epochs each, early stop on "
+        f"valid {thinking.train.valid_metric}, seed {thinking.train.seed}: a demo budget, not converged models. "
+        f"Runs in {folder}/"
+    )
+    runs = {}
+    for name, cfg in configs.items():
+        print(f"\n== {labels[name]}: {folder / name}")
+        t0 = time.perf_counter()
+        run = runs[name] = train(cfg, folder / name)
+        trained = "fit in closed form" if run.fit.stopped == "closed_form" else f"{run.fit.epochs_run} epochs"
+        print(f"   {trained}, best epoch {run.fit.best_epoch}, {time.perf_counter() - t0:.0f}s")
+    ks = thinking.eval.ks
+    columns = [f"{metric}@{k}" for k in ks for metric in ("NDCG", "HR")]
+    for which in ("valid", "test"):
+        print(f"\n{which} ({runs['pop'].results[which]['n_samples']} samples):")
+        print(models_table({labels[name]: run.results[which]["metrics"] for name, run in runs.items()}, columns))
+    reasoning = runs["sasrec-prl"]
+    if "reasoning" in reasoning.results["test"]:
+        print(f"\n{labels['sasrec-prl']}, test, scored with each step's user vector alone:", end="")
+        print_reasoning_steps(reasoning.results["test"], ks, reasoning.run_dir, "test", None)
+    print(f"training curves: {', '.join(str(runs[n].run_dir / 'curve.png') for n in ('sasrec', 'sasrec-prl'))}")
+    print("\nprotocol:")
+    print(protocol_lines(reasoning.results["test"]["protocol"]))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from thinkrec.eval.popularity import popularity_report
     from thinkrec.runs import evaluation_report, load_data, load_run
 
     ks = parse_ks(args.ks) if args.ks else None
@@ -105,8 +170,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     eval_cfg = cfg.eval.model_copy(update=updates)
     _, split = load_data(cfg)
     report, _ = evaluation_report(model, split, cfg, args.split, eval_cfg, steps=args.steps)
+    # the floor beside it: the most-popular list on the same samples, under the same protocol
+    report["popularity"] = popularity_report(split, split.samples(args.split), eval_cfg, cfg.model.max_len)
     print(f"{args.split} ({report['n_samples']} samples, {report['eval_seconds']:.2f}s):")
-    print(metrics_table(report["metrics"], eval_cfg.ks))
+    print(metrics_table(report["metrics"], eval_cfg.ks, report["popularity"]["metrics"]))
     if "reasoning" in report:
         print_reasoning_steps(report, eval_cfg.ks, Path(args.run_dir), args.split, args.steps)
     print("\nprotocol:")

@@ -20,11 +20,23 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line, sep, *body])
 
 
-def metrics_table(metrics: dict[str, float], ks: Sequence[int]) -> str:
+def metrics_table(metrics: dict[str, float], ks: Sequence[int], popular: dict[str, float] | None = None) -> str:
+    """One row per metric, one column per K; with ``popular`` (the most-popular list's metrics on the same
+    samples) its values in columns beside the model's."""
     present = {key.split("@")[0] for key in metrics}
     names = [name for name in metric_names() if name in present]
     rows = [[name, *(metrics.get(f"{name}@{k}", float("nan")) for k in ks)] for name in names]
-    return table(["metric", *(f"@{k}" for k in ks)], rows)
+    headers = ["metric", *(f"@{k}" for k in ks)]
+    if popular is not None:
+        headers += [f"popular @{k}" for k in ks]
+        rows = [[*row, *(popular.get(f"{row[0]}@{k}", float("nan")) for k in ks)] for row in rows]
+    return table(headers, rows)
+
+
+def models_table(reports: dict[str, dict[str, float]], columns: Sequence[str]) -> str:
+    """One row per model (``reports``: its name -> metrics), one column per metric key (``NDCG@10``)."""
+    rows = [[name, *(metrics.get(key, float("nan")) for key in columns)] for name, metrics in reports.items()]
+    return table(["model", *columns], rows)
 
 
 def protocol_lines(protocol: dict[str, Any]) -> str:

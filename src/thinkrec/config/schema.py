@@ -97,6 +97,12 @@ class RunConfig(BaseModel):
                 f"train.valid_metric {self.train.valid_metric!r} needs K = {k} in eval.ks (now {self.eval.ks});"
                 f" add it, or choose one of {metric}@{', '.join(map(str, self.eval.ks))}"
             )
+        no_reasoning = getattr(self.model, "no_reasoning", None)  # a model that cannot reason says why
+        if self.reasoning.enabled and no_reasoning:
+            raise ValueError(
+                f"model.kind={self.model.kind!r} cannot take reasoning.kind={self.reasoning.kind!r} ({no_reasoning});"
+                " use reasoning.kind=none"
+            )
         if isinstance(self.model, BERT4RecConfig):
             check_bidirectional_training(self.model, self.train.sample_mode, self.reasoning.enabled)
         if self.reasoning.enabled and self.train.loss != "ce":

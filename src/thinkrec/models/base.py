@@ -16,10 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from thinkrec.data.split import Split
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [B, heads, T, head_dim]
 
@@ -96,6 +99,14 @@ class ChainBackbone(CachedBackbone, Protocol):
         encoded columns; ``own`` the chains' earlier keys/values per layer ``[B, h, T, j, hd]`` (None = no
         earlier token). Returns their hidden states ``[B, T, d]`` and the grown ``own``."""
         ...
+
+
+@runtime_checkable
+class ClosedForm(Protocol):
+    """A backbone fit in closed form from the training split (e.g. item counts) instead of by gradient
+    steps: a run calls :meth:`fit_from_split` once and runs no training epochs."""
+
+    def fit_from_split(self, split: Split) -> None: ...
 
 
 @runtime_checkable

@@ -11,6 +11,7 @@ from thinkrec.models.base import Backbone, Scorer
 from thinkrec.models.bert4rec import BERT4Rec, BERT4RecConfig
 from thinkrec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from thinkrec.models.model import Reasoner, SeqRecModel
+from thinkrec.models.pop import PopConfig, Popularity
 from thinkrec.models.sasrec import SASRec, SASRecConfig
 from thinkrec.models.text_items import MoRecConfig, TextSASRec, UniSRecConfig
 
@@ -22,11 +23,12 @@ BACKBONES: dict[str, BackboneBuilder] = {
     "gru4rec": GRU4Rec,
     "unisrec": TextSASRec,
     "morec": TextSASRec,
+    "pop": Popularity,
 }
 
 # Discriminated on ``kind``; extend the union when a backbone is added.
 ModelConfig = Annotated[
-    SASRecConfig | BERT4RecConfig | GRU4RecConfig | UniSRecConfig | MoRecConfig, Field(discriminator="kind")
+    SASRecConfig | BERT4RecConfig | GRU4RecConfig | UniSRecConfig | MoRecConfig | PopConfig, Field(discriminator="kind")
 ]
 
 
