@@ -113,8 +113,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.epochs < 1:
         raise ThinkrecError(f"--epochs must be at least 1, got {args.epochs}")
     folder = Path(args.run_dir or "runs/demo")
+    # a reasoning run's best epoch comes after its warm-up: a short demo shortens the warm-up (the PRL preset's
+    # is 2 epochs) so that at least one epoch trains the reasoning; an explicit override still wins
+    warmup = [f"reasoning.warmup_epochs={min(2, args.epochs - 1)}"]
     configs = {
-        name: load_config(preset, [f"train.epochs={args.epochs}", *demo_overrides(name, args.overrides)])
+        name: load_config(
+            preset,
+            [
+                f"train.epochs={args.epochs}",
+                *(warmup if name == "sasrec-prl" else []),
+                *demo_overrides(name, args.overrides),
+            ],
+        )
         for name, preset in DEMO_RUNS.items()
     }
     check_output(folder / "pop" / "config.json", "--run-dir", create=False)
