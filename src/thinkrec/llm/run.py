@@ -188,7 +188,7 @@ def train_llm(
 
     Under ``accelerate launch`` / ``torchrun`` the processes train one model data-parallel
     (:mod:`thinkrec.llm.distributed`); only the main process writes the run directory, and holds its lock
-    (:func:`~thinkrec.train.checkpoint.exclusive_run_dir`) meanwhile.
+    (:func:`~thinkrec.storage.exclusive_run_dir`) meanwhile.
     """
     out = Path(run_dir or cfg.default_run_dir())
     with exclusive_run_dir(out) if replicas_for(cfg).is_main else nullcontext():
