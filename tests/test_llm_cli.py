@@ -71,6 +71,11 @@ def test_llm_cli_errors_are_messages(tiny_dir: Path, capsys: pytest.CaptureFixtu
     assert "did you mean 'recpo.group_size'" in capsys.readouterr().err
     assert main(["llm", "evaluate", str(tiny_dir / "nowhere")]) == 2
     assert "not an LLM run directory" in capsys.readouterr().err
+    broken = tiny_dir / "broken-run"
+    broken.mkdir(exist_ok=True)
+    (broken / "config.json").write_text('{"model": 3}')
+    assert main(["llm", "evaluate", str(broken)]) == 2
+    assert "not a readable R²ec run config" in capsys.readouterr().err
 
 
 def test_llm_compare_of_unreadable_reports_is_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
