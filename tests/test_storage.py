@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from thinkrec.storage import atomic_save_tensors, atomic_write_json, remove_temporaries
+from thinkrec.errors import ThinkrecError
+from thinkrec.storage import atomic_save_tensors, atomic_write_json, exclusive_run_dir, remove_temporaries
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
@@ -51,3 +52,12 @@ def test_remove_temporaries_only_removes_temporaries(tmp_path: Path) -> None:
         ".lock",
         "best.json",
     ]
+
+
+def test_a_run_directory_that_cannot_be_made_is_a_thinkrec_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with (
+        pytest.raises(ThinkrecError, match="cannot use it as a run directory"),
+        exclusive_run_dir(tmp_path / "file" / "run"),
+    ):
+        pass

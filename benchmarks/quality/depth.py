@@ -42,6 +42,7 @@ from thinkrec.eval import depth
 from thinkrec.eval.evaluator import EvalResult
 from thinkrec.eval.metrics import metrics_from_ranks, per_sample, target_ranks
 from thinkrec.eval.significance import paired_t_test
+from thinkrec.inference.runner import runner_for
 from thinkrec.models.model import SeqRecModel
 from thinkrec.runs import load_data, load_run
 from thinkrec.storage import atomic_write_bytes, atomic_write_text
@@ -83,10 +84,11 @@ def score_window(model: SeqRecModel, split: Split, samples: EvalSamples, mask: b
     all_states: list[torch.Tensor] = []
     ranks: list[np.ndarray] = []
     histories: list[torch.Tensor] = []
+    runner = runner_for(model)
     for start in range(0, len(samples), BLOCK):
         part = samples.subset(slice(start, start + BLOCK))
         history = torch.from_numpy(eval_histories(split, part, max_len))
-        states = model.encode_passes(history, 64).float()
+        states = runner.encode_passes(history, 64).float()
         scores = torch.stack([model.score(states[:, k]) for k in range(states.shape[1])], dim=1)
         if mask:
             for k in range(scores.shape[1]):

@@ -45,9 +45,12 @@ def exclusive_run_dir(directory: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LOCK_NAME
-    with open(path, "a+") as handle:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        opened = open(directory / LOCK_NAME, "a+")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise ThinkrecError(f"{directory}: cannot use it as a run directory ({exc.strerror or exc})") from None
+    with opened as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -246,7 +246,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- serving (issue 6): batch recommendation and the HTTP server -------------------------------------------
+# --- serving: batch recommendation and the HTTP server -----------------------------------------------------
 
 
 def cmd_recommend_batch(args: argparse.Namespace) -> int:
@@ -302,7 +302,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- reasoning (issue 3): per-step metrics and per-step recommendations ------------------------------------
+# --- reasoning: per-step metrics and per-step recommendations ----------------------------------------------
 
 
 def print_reasoning_steps(

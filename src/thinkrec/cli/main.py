@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- serving (issue 6) ---------------------------------------------------------------------------------------
+# --- serving -------------------------------------------------------------------------------------------------
 
 
 def _add_recommend_batch_args(rec: argparse.ArgumentParser) -> None:
@@ -187,7 +187,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.set_defaults(func=c.cmd_serve)
 
 
-# --- LLM recommender, R²ec (issue 5) -------------------------------------------------------------------------
+# --- LLM recommender, R²ec -----------------------------------------------------------------------------------
 
 
 def _add_llm_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

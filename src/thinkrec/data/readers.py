@@ -533,8 +533,9 @@ def _table_files(cfg: SourceConfig) -> list[Path]:
     return files if items is None else [*files, items]
 
 
-def _read_table(cfg: SourceConfig, files: list[Path]) -> RawLog:
-    src = _table_file(files[0], cfg.sep)
+def _table_columns(cfg: SourceConfig, path: Path) -> tuple[dict[str, Kind], dict[str, str]]:
+    """A ``table`` source's columns: each mapped column's kind, and its name in a :class:`RawLog` (``user``,
+    ``item``, ``timestamp``, ``rating``). Raises DataError when one column is mapped twice."""
     kinds: dict[str, Kind] = {cfg.user_col: "id", cfg.item_col: "id"}
     rename = {cfg.user_col: "user", cfg.item_col: "item"}
     if cfg.time_col is not None:
@@ -546,18 +547,29 @@ def _read_table(cfg: SourceConfig, files: list[Path]) -> RawLog:
     if twice:
         raise DataError(
             "the same column is mapped twice",
-            path=src.path,
+            path=path,
             field=twice[0],
             hint="user_col, item_col, time_col and rating_col must name different columns",
         )
+    return kinds, rename
+
+
+def _read_item_table(cfg: SourceConfig, files: list[Path]) -> pa.Table | None:
+    """A ``table`` source's item table (id and text columns), or ``None`` when it has none."""
+    if len(files) < 2:
+        return None
+    item_kinds: dict[str, Kind] = {cfg.items_id_col: "id"}
+    item_kinds.update({column: "str" for column in cfg.text_cols if column != cfg.items_id_col})
+    return _read_columns(_table_file(files[1], None), item_kinds, {cfg.items_id_col: "item"})
+
+
+def _read_table(cfg: SourceConfig, files: list[Path]) -> RawLog:
+    src = _table_file(files[0], cfg.sep)
+    kinds, rename = _table_columns(cfg, src.path)
     table = _read_columns(src, kinds, rename)
     if cfg.time_col is None:
         table = table.append_column("timestamp", pa.array(_position_within_user(table.column("user"))))
-    items = None
-    if len(files) > 1:
-        item_kinds: dict[str, Kind] = {cfg.items_id_col: "id"}
-        item_kinds.update({column: "str" for column in cfg.text_cols if column != cfg.items_id_col})
-        items = _read_columns(_table_file(files[1], None), item_kinds, {cfg.items_id_col: "item"})
+    items = _read_item_table(cfg, files)
     return RawLog(table.select(["user", "item", "timestamp", *(["rating"] if cfg.rating_col else [])]), items)
 
 

@@ -35,7 +35,8 @@ from thinkrec.data.readers import (
     _convert,
     _File,
     _position_within_user,
-    _read_columns,
+    _read_item_table,
+    _table_columns,
     _table_file,
     source_files,
 )
@@ -143,14 +144,7 @@ def read_coded(cfg: SourceConfig, batch_rows: int = BATCH_ROWS) -> CodedLog | No
 
 
 def _read_coded(cfg: SourceConfig, files: list[Path], src: _File, batch_rows: int) -> CodedLog | None:
-    kinds: dict[str, Kind] = {cfg.user_col: "id", cfg.item_col: "id"}
-    rename = {cfg.user_col: "user", cfg.item_col: "item"}
-    if cfg.time_col is not None:
-        kinds[cfg.time_col], rename[cfg.time_col] = "int", "timestamp"
-    if cfg.rating_col is not None:
-        kinds[cfg.rating_col], rename[cfg.rating_col] = "float", "rating"
-    if len(kinds) < len([c for c in (cfg.user_col, cfg.item_col, cfg.time_col, cfg.rating_col) if c]):
-        return None  # a column mapped twice: the whole-table reader explains
+    kinds, rename = _table_columns(cfg, src.path)  # a column mapped twice: DataError, the whole-table reader explains
     users, items = _Distinct(), _Distinct()
     n = 0
     for table in _scan(src, kinds, batch_rows):  # pass 1: the distinct ids
@@ -182,10 +176,6 @@ def _read_coded(cfg: SourceConfig, files: list[Path], src: _File, batch_rows: in
         raise _CannotStream("the file changed while it was read")
     if cfg.time_col is None:
         time = _position_within_user(pa.chunked_array([user]))
-    item_table = None
-    if len(files) > 1:
-        item_kinds: dict[str, Kind] = {cfg.items_id_col: "id"}
-        item_kinds.update({column: "str" for column in cfg.text_cols if column != cfg.items_id_col})
-        item_table = _read_columns(_table_file(files[1], None), item_kinds, {cfg.items_id_col: "item"})
+    item_table = _read_item_table(cfg, files)
     source = {"format": cfg.format, "path": cfg.path, "files": [str(path) for path in files]}
     return CodedLog(user_values, user, item_values, item, time, rating, item_table, source)

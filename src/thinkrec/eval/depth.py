@@ -112,7 +112,8 @@ def step_data(
     """The signals of one block of samples: ``scores [B, K+1, N]`` (each step's logits over the catalogue,
     as the model scores them: temperature applied, masked items ``-inf``), ``states [B, K+1, d]``, history
     lengths ``[B]``, the samples' users (default: every sample its own user) and, when known, the seconds
-    between each history's last two items ``[B]``."""
+    between each history's last two items ``[B]``. The tensors may be on any device; the signals come back on
+    the CPU."""
     b, k1, n_items = scores.shape
     s = scores.double()
     logp = torch.log_softmax(s, dim=-1)
@@ -126,19 +127,19 @@ def step_data(
     cosine = torch.nn.functional.cosine_similarity(st[:, 1:], st[:, :-1], dim=-1)
     k = min(top_k, n_items)
     top = s.topk(k, dim=-1).indices  # [B, K+1, k]
-    hits = torch.zeros(b, k1, n_items, dtype=torch.bool)
+    hits = torch.zeros(b, k1, n_items, dtype=torch.bool, device=s.device)
     hits.scatter_(2, top, True)
     overlap = (hits[:, 1:] & hits[:, :-1]).sum(-1).double() / k
     kl = torch.where(p[:, 1:] > 0, p[:, 1:] * (logp[:, 1:] - logp[:, :-1]), torch.zeros_like(p[:, 1:])).sum(-1)
     hist = np.asarray(history, dtype=np.int64)
     users = np.arange(b, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
     return StepData(
-        entropy.numpy(),
-        margin.numpy(),
-        norm.numpy(),
-        cosine.numpy(),
-        overlap.numpy(),
-        kl.clamp_min(0).numpy(),
+        entropy.cpu().numpy(),
+        margin.cpu().numpy(),
+        norm.cpu().numpy(),
+        cosine.cpu().numpy(),
+        overlap.cpu().numpy(),
+        kl.clamp_min(0).cpu().numpy(),
         hist,
         users,
         None if recency is None else np.asarray(recency, dtype=np.float64),
@@ -180,7 +181,7 @@ class Choice:
 
     def user_vectors(self, states: torch.Tensor) -> torch.Tensor:
         """The chosen user vectors ``[B, d]`` of states ``[B, K+1, d]``."""
-        w = torch.from_numpy(self.weights).to(states.dtype)
+        w = torch.from_numpy(self.weights).to(device=states.device, dtype=states.dtype)
         return (w[:, :, None] * states).sum(1)
 
 

@@ -126,8 +126,18 @@ def cmd_llm_compare(args: argparse.Namespace) -> int:
 
     reports = []
     for path in (args.a, args.b):
-        data = json.loads(Path(path).read_text())
-        reports.append(data.get("test", data))  # a run's results.json or an evaluate --output report
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ThinkrecError(f"{path}: cannot read the report ({exc.strerror or exc})") from None
+        except ValueError as exc:
+            raise ThinkrecError(f"{path}: not a JSON report ({exc})") from None
+        report = data.get("test", data) if isinstance(data, dict) else None  # results.json or evaluate --output
+        if not isinstance(report, dict) or "ranks" not in report:
+            raise ThinkrecError(
+                f"{path}: no per-sample ranks; give a run's results.json or a thinkrec llm evaluate --output report"
+            )
+        reports.append(report)
     try:
         out = compare_reports(reports[0], reports[1], k=args.k, resamples=args.resamples)
     except ValueError as exc:

@@ -23,7 +23,6 @@ from thinkrec.llm.prompts import (
     format_time_ago,
     history_line,
     item_instruction,
-    item_prompt_text,
     item_text,
     user_prompt_text,
 )
@@ -241,9 +240,6 @@ class PromptBank:
             lines = lines[min(len(lines) - 1, max(1, over // per_line)) :]
             ids = self.builder.chat_ids(self.user_text(ex, lines))
         return self.builder.user_ids(self.user_text(ex, lines))
-
-    def item_prompt(self, item: int) -> str:
-        return item_prompt_text(self.item_texts[item], self.cfg.prompt.noun_singular, self.cfg.prompt.answer_marker)
 
     @property
     def item_ids(self) -> list[list[int]]:

@@ -12,63 +12,43 @@ when it runs on CUDA (``model.device``). This module only decides who does what:
 - only the main process writes files; at the end the replicas' weights are compared, and a divergence is
   an error rather than a silently wrong checkpoint.
 
-With one process (no launcher) every method is a no-op, so the CPU path is unchanged.
+With one process (no launcher) every method is a no-op, so the CPU path is unchanged. The rank bookkeeping
+(``is_main``, ``distributed``, ``barrier``, ``broadcast_params``) is the engine's
+(:class:`thinkrec.distributed.Ranks`); only the launch (accelerate) and the R²ec collectives live here.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 
+from thinkrec.distributed import Ranks, launched
 from thinkrec.errors import ThinkrecError
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Replicas:
+class Replicas(Ranks):
     """This process's place among ``world`` data-parallel replicas."""
-
-    rank: int = 0
-    world: int = 1
 
     @classmethod
     def detect(cls, cpu: bool = True) -> Replicas:
         """One replica unless a launcher set ``WORLD_SIZE`` > 1; then join its process group via accelerate
         (``cpu``: the gloo backend for a model on the CPU; else NCCL, each process on its local GPU)."""
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        if not launched():
             return cls()
         from accelerate import PartialState
 
         state = PartialState(cpu=cpu)
         return cls(rank=int(state.process_index), world=int(state.num_processes))
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
     def shard(self, items: Sequence[T]) -> list[T]:
         """This replica's share: every ``world``-th element starting at ``rank``."""
         return list(items[self.rank :: self.world])
-
-    def barrier(self) -> None:
-        if self.distributed:
-            torch.distributed.barrier()
-
-    def broadcast_params(self, params: Sequence[torch.Tensor]) -> None:
-        """Copy the main replica's values into every replica (start from identical weights)."""
-        if self.distributed:
-            with torch.no_grad():
-                for p in params:
-                    torch.distributed.broadcast(p.data, src=0)
 
     def sum_grads(self, params: Sequence[torch.Tensor]) -> None:
         """Sum every parameter's gradient over the replicas (one flat all-reduce; missing grads count 0)."""

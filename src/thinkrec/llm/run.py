@@ -188,7 +188,7 @@ def train_llm(
 
     Under ``accelerate launch`` / ``torchrun`` the processes train one model data-parallel
     (:mod:`thinkrec.llm.distributed`); only the main process writes the run directory, and holds its lock
-    (:func:`~thinkrec.train.checkpoint.exclusive_run_dir`) meanwhile.
+    (:func:`~thinkrec.storage.exclusive_run_dir`) meanwhile.
     """
     out = Path(run_dir or cfg.default_run_dir())
     with exclusive_run_dir(out) if replicas_for(cfg).is_main else nullcontext():
@@ -295,6 +295,16 @@ def _train_llm(
     return results
 
 
+def saved_llm_config(run_dir: Path) -> LLMRunConfig:
+    """The config an R²ec run directory was trained with (a :class:`ThinkrecError` when it cannot be read)."""
+    file = run_dir / "config.json"
+    try:
+        return LLMRunConfig.model_validate_json(file.read_bytes())
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
+        raise ThinkrecError(f"{file}: not a readable R²ec run config ({reason}); train the run again") from None
+
+
 def initialise_from(model: DualHeadLM, cfg: LLMRunConfig) -> dict[str, Any]:
     """Load the trained weights of run ``cfg.init_from`` (its best checkpoint, else its last); its model
     section must be the one of ``cfg`` (the same base model, fine-tuning and adapters)."""
@@ -302,7 +312,7 @@ def initialise_from(model: DualHeadLM, cfg: LLMRunConfig) -> dict[str, Any]:
     source = Path(cfg.init_from)
     if not (source / "config.json").exists():
         raise ThinkrecError(f"init_from={source}: not an LLM run directory (no config.json)")
-    other = LLMRunConfig.model_validate_json((source / "config.json").read_text())
+    other = saved_llm_config(source)
     keys = ("path", "finetune", "lora_r", "lora_alpha", "lora_targets")
     differ = [k for k in keys if getattr(other.model, k) != getattr(cfg.model, k)]
     if differ:
@@ -421,7 +431,7 @@ def load_llm_run(run_dir: str | Path) -> tuple[LLMRunConfig, DualHeadLM]:
     path = Path(run_dir)
     if not (path / "config.json").exists():
         raise ThinkrecError(f"{path}: not an LLM run directory (no config.json); run thinkrec llm train first")
-    cfg = LLMRunConfig.model_validate_json((path / "config.json").read_text())
+    cfg = saved_llm_config(path)
     model = build_model(cfg)
     info = load_llm_checkpoint(path / "checkpoints", model)
     if not info.get("item_table_fresh", False) and cfg.recpo.item_side == "trained":

@@ -38,10 +38,10 @@ def formed_attention(
     product adds the scaled scores to an additive 0 / -inf mask (formed once and shared by the heads),
     a softmax, and a product with the values. Each head's ``[B, T, hd]`` query/key/value is a strided view
     of the projection, which the batched product reads in place; a product over the ``[B, heads]`` batch
-    would first copy all three into a head-major layout, and its output back (in-process A/B, a 128 x 50
-    pass of a 2-head, 64-wide block, 2 threads: 1.34 vs 1.55 ms). Returns ``[B, heads, T, hd]``, a view of
-    a ``[B, T, heads, hd]`` tensor, so merging the heads afterwards is free. The softmax is taken in
-    float32: for bf16 inputs more precise and, on this CPU, twice as fast as in bf16."""
+    would first copy all three into a head-major layout, and its output back (measured in
+    ``docs/benchmarks/speed.md``). Returns ``[B, heads, T, hd]``, a view of a ``[B, T, heads, hd]`` tensor,
+    so merging the heads afterwards is free. The softmax is taken in float32: for bf16 inputs more precise,
+    and on the CPU faster than in bf16."""
     b, heads, t, hd = q.shape
     blocked = torch.full((), float("-inf"), dtype=q.dtype, device=q.device)
     bias = torch.where(mask[:, 0], torch.zeros((), dtype=q.dtype, device=q.device), blocked)  # [B|1, T, S]

@@ -35,22 +35,6 @@ NegativeMode = Literal["uniform", "popularity", "in_batch"]
 NEGATIVE_MODES: tuple[str, ...] = get_args(NegativeMode)
 
 
-def sampled_softmax_loss(
-    users: torch.Tensor,
-    targets: torch.Tensor,
-    model: SeqRecModel,
-    n_negatives: int,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Cross-entropy over the target and ``n_negatives`` uniformly sampled items shared by the batch.
-
-    ``targets`` are 0-based item columns. A sampled negative equal to a row's target is masked out.
-    """
-    items = model.item_vectors()
-    negatives = torch.randint(0, items.shape[0], (n_negatives,), generator=generator).to(items.device)
-    return corrected_sampled_loss(users, targets, model, negatives)
-
-
 def corrected_sampled_loss(
     users: torch.Tensor,
     targets: torch.Tensor,
