@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,16 @@ import pytest
 import torch
 
 from thinkrec.data.batches import IGNORE, TrainBatch
+from thinkrec.data.split import leave_one_out
 from thinkrec.distributed import SINGLE, Ranks
-from thinkrec.train.trainer import shard_batch
+from thinkrec.eval.protocol import EvalConfig
+from thinkrec.models.registry import build_model
+from thinkrec.models.sasrec import SASRecConfig
+from thinkrec.objectives.cross_entropy import CrossEntropy
+from thinkrec.objectives.sampled import SampledSoftmax
+from thinkrec.train.trainer import TrainConfig, Trainer, shard_batch
+
+from helpers import random_dataset
 
 
 def test_a_batch_is_shared_out_by_rows() -> None:
@@ -42,6 +51,108 @@ def test_one_process_is_a_no_op() -> None:
     assert SINGLE.average_gradients([p], 5.0) == 5.0 and p.grad.tolist() == [2.0, 2.0, 2.0]
     assert SINGLE.broadcast({"a": 1}) == {"a": 1} and not SINGLE.distributed and SINGLE.is_main
     assert SINGLE.sum_floats({"x": 1.5}, torch.device("cpu")) == {"x": 1.5}
+
+
+class _RecordingRanks(Ranks):
+    """Rank 1 of 2 without a process group: records the collectives the trainer asks for instead."""
+
+    def __init__(self) -> None:
+        super().__init__(1, 2)
+        object.__setattr__(self, "calls", [])
+
+    def broadcast_params(self, params: Sequence[torch.Tensor]) -> None:
+        self.calls.append(("broadcast_params", None))
+
+    def average_gradients(self, params: Sequence[torch.Tensor], weight: float) -> float:
+        self.calls.append(("average_gradients", weight))
+        return weight
+
+    def sum_floats(self, values: dict[str, float], device: torch.device) -> dict[str, float]:
+        self.calls.append(("sum_floats", sorted(values)))
+        return values
+
+
+class _Batches:
+    """A sampler of fixed global batches."""
+
+    def __init__(self, batches: list[TrainBatch]) -> None:
+        self.fixed = batches
+
+    def n_batches(self, batch_size: int) -> int:
+        return len(self.fixed)
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[TrainBatch]:
+        return iter(self.fixed)
+
+
+@pytest.mark.parametrize(
+    "objective", [CrossEntropy(), SampledSoftmax(16, negatives="in_batch")], ids=["ce", "in-batch"]
+)
+def test_a_share_without_rows_or_targets_still_joins_the_gradient_all_reduce(tmp_path: Path, objective: Any) -> None:
+    """Every global batch is one gradient all-reduce in every process, whatever its share holds: a process
+    that skipped one (or failed alone, on the NaN loss of a share without targets: in-batch negatives of no
+    targets) would leave its peer's collective open."""
+    ds = random_dataset(n_users=20, n_items=15, seed=3)
+    inputs = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    positions = torch.arange(7, 10)
+    trained = TrainBatch(inputs, positions, torch.tensor([[IGNORE, 2, 3], [4, 5, 6]]), "all")
+    no_rows = TrainBatch(inputs[:1], positions, torch.tensor([[IGNORE, 2, 3]]), "all")  # rank 1 gets no row
+    no_targets = TrainBatch(inputs, positions, torch.tensor([[IGNORE, 2, 3], [IGNORE] * 3]), "all")
+    ranks = _RecordingRanks()
+    model = build_model(SASRecConfig(hidden=16, layers=1, heads=2, max_len=10), ds.n_items)
+    sampler: Any = _Batches([trained, no_rows, no_targets])
+    trainer = Trainer(
+        model,
+        objective,
+        leave_one_out(ds),
+        sampler,
+        TrainConfig(epochs=1),
+        EvalConfig(ks=[10]),
+        tmp_path,
+        ranks=ranks,
+    )
+    stats = trainer.train_epoch(0)
+    calls: list[tuple[str, Any]] = ranks.calls  # type: ignore[attr-defined]
+    parts = sorted(["_count", "loss", *objective(model, shard_batch(trained, ranks)).parts])
+    assert calls == [
+        ("broadcast_params", None),
+        ("average_gradients", 3.0),  # row 1's three targets
+        ("average_gradients", 0.0),
+        ("average_gradients", 0.0),
+        ("sum_floats", parts),
+    ]
+    assert stats["batches"] == 3 and math.isfinite(stats["loss"])
+
+
+# Two processes that join, make an optimiser (which imports torch._dynamo, and torch.distributed.nn with it,
+# the first time), sum floats of different keys and leave: no gloo thread may outlive leave().
+LEAVE_SCRIPT = """
+import os, torch
+from thinkrec import distributed
+ranks = distributed.join(torch.device("cpu"))
+torch.optim.Adam([torch.nn.Parameter(torch.ones(2))])
+import torch.distributed.nn.functional
+own = {"loss": 1.0, "_count": 2.0} if ranks.is_main else {"_count": 1.0}
+assert ranks.sum_floats(own, torch.device("cpu")) == {"_count": 3.0, "loss": 1.0}
+distributed.leave()
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+assert not [t for t in threads if "gloo" in t], threads
+print("left", ranks.rank)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
+def test_leaving_frees_the_group_and_its_threads(tmp_path: Path) -> None:
+    """A group kept alive past destroy_process_group (torch.distributed.nn.functional imported after join binds
+    it into its default arguments) keeps gloo's threads running until interpreter exit, where tearing them
+    down aborted a process now and then ("terminate called without an active exception", exit code -6)."""
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(line for line in done.stdout.splitlines() if line.startswith("left")) == ["left 0", "left 1"]
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ is a no-op, so single-process training is unchanged.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,13 +90,16 @@ class Ranks:
         return total
 
     def sum_floats(self, values: dict[str, float], device: torch.device) -> dict[str, float]:
-        """Every key's sum over the processes (every process passes the same keys)."""
+        """Every key's sum over the processes; a key some process lacks counts as 0 there (a process whose
+        shares were all empty trained no batch, so it has no loss parts). One gather of the dicts: an
+        all-reduce of each process's own keys would mismatch in size when the key sets differ. (``device`` is
+        unused: the gather places its buffers on the group's device itself.)"""
         if not self.distributed:
             return values
-        keys = sorted(values)
-        tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return dict(zip(keys, tensor.tolist(), strict=True))
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, values)
+        keys = sorted({key for part in gathered for key in part})
+        return {key: sum(float(part.get(key, 0.0)) for part in gathered) for key in keys}
 
 
 SINGLE = Ranks()
@@ -117,6 +121,12 @@ def join(device: torch.device) -> Ranks:
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
+        # torch.distributed.nn.functional binds the default group into its functions' default arguments when
+        # it is first imported, and torch imports it lazily (torch._dynamo does, on the first optimiser). Were
+        # it imported after the group exists, it would keep the group alive past destroy_process_group (see
+        # leave), and gloo's threads would be torn down at interpreter exit: "terminate called without an
+        # active exception" (SIGABRT) now and then. Imported before, its defaults stay None.
+        importlib.import_module("torch.distributed.nn.functional")
         # the other processes wait while rank 0 validates a big catalogue: allow hours, not the default 30 min
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=6))
     return Ranks(dist.get_rank(), dist.get_world_size(), local_rank)

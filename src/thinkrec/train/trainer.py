@@ -197,7 +197,10 @@ class Trainer:
         t0 = time.perf_counter()
         for global_batch in bar:
             batch = shard_batch(global_batch, self.ranks).to(self.device)
-            if self.ranks.distributed and len(batch.inputs) == 0:  # a last global batch smaller than world
+            # a last global batch smaller than world leaves a share without rows; a share without targets has
+            # nothing to train either (its loss would be NaN on this process alone): both still join the
+            # gradient all-reduce, with weight 0, so every process runs the same collectives
+            if self.ranks.distributed and (len(batch.inputs) == 0 or batch.n_targets == 0):
                 self._step_without_rows()
                 count += 1
                 continue
@@ -229,8 +232,8 @@ class Trainer:
         return stats
 
     def _step_without_rows(self) -> None:
-        """This process's share of a global batch is empty: take part in the gradient average with weight 0,
-        then step like the others."""
+        """This process's share of a global batch has no rows or no targets: take part in the gradient
+        average with weight 0 (the same all-reduce as the others), then step like the others."""
         self.optimizer.zero_grad(set_to_none=True)
         self.ranks.average_gradients(list(self.model.parameters()), 0.0)
         if self.cfg.grad_clip:
