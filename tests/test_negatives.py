@@ -20,7 +20,7 @@ from thinkrec.errors import ConfigError
 from thinkrec.models.base import Scorer
 from thinkrec.models.model import SeqRecModel
 from thinkrec.objectives import ObjectiveContext, build_objective
-from thinkrec.objectives.sampled import SampledSoftmax, corrected_sampled_loss, training_item_counts
+from thinkrec.objectives.sampled import SampledSoftmax, corrected_sampled_loss
 from thinkrec.reasoning.config import NoReasoningConfig
 
 from helpers import random_dataset
@@ -150,7 +150,7 @@ def test_the_objective_on_a_model_batch() -> None:
 
     ds = random_dataset(n_users=30, n_items=20, seed=2)
     split = leave_one_out(ds)
-    counts = training_item_counts(split)
+    counts = split.item_counts()
     assert counts.shape == (20,) and counts.sum() == split.n_train_interactions
     position = np.arange(len(ds.items)) - np.repeat(ds.offsets[:-1], ds.lengths)
     in_train = position < np.repeat(split.train_lengths, ds.lengths)

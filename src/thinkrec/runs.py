@@ -41,7 +41,6 @@ from thinkrec.models.registry import build_model
 from thinkrec.models.text_items import attach_item_text, mark_known_items
 from thinkrec.objectives import Objective, ObjectiveContext
 from thinkrec.objectives import build_objective as build_named_objective
-from thinkrec.objectives.sampled import training_item_counts
 from thinkrec.progress import show_bars
 from thinkrec.reasoning.config import LatentReasoningConfig
 from thinkrec.reasoning.reasoner import LatentReasoner
@@ -82,7 +81,7 @@ def build_objective(cfg: RunConfig, split: Split | None = None) -> Objective:
     in training (what popularity negatives and the log-Q correction draw on)."""
     options: dict[str, Any] = {"negatives": cfg.train.negatives, "logq": cfg.train.logq}
     if split is not None:
-        options["item_counts"] = training_item_counts(split)
+        options["item_counts"] = split.item_counts()
     ctx = ObjectiveContext(cfg.model, cfg.reasoning, cfg.train.seed, cfg.train.n_negatives, options)
     return build_named_objective(cfg.objective, ctx)
 

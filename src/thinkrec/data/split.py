@@ -102,13 +102,27 @@ class Split:
     def samples(self, which: Window) -> EvalSamples:
         return self.valid if which == "valid" else self.test
 
+    def item_counts(self) -> IntArray:
+        """How often every item (0-based column, ``[n_items]``) occurs in the users' training prefixes: what
+        popularity baselines, popularity negatives and their log-Q corrections read."""
+        return train_item_counts(self.dataset, self.train_lengths)
+
+
+def train_item_counts(ds: SequenceDataset, train_lengths: IntArray) -> IntArray:
+    """Interactions per item (0-based column, ``[n_items]``) in the users' first ``train_lengths`` items."""
+    # +1 where a user's training prefix starts, -1 where it ends: the running sum marks training rows (one
+    # byte a row, for logs of tens of millions of rows)
+    edges = np.zeros(len(ds.items) + 1, dtype=np.int8)
+    np.add.at(edges, ds.offsets[:-1], 1)
+    np.add.at(edges, ds.offsets[:-1] + train_lengths, -1)
+    in_train = np.cumsum(edges[:-1], dtype=np.int8).astype(bool)
+    return np.bincount(ds.items[in_train] - 1, minlength=ds.n_items).astype(np.int64)
+
 
 def _known_items(ds: SequenceDataset, train_lengths: IntArray) -> np.ndarray:
-    """Items that occur in some user's training prefix."""
-    pos_in_user = np.arange(ds.n_interactions) - np.repeat(ds.offsets[:-1], ds.lengths)
-    in_train = pos_in_user < np.repeat(train_lengths, ds.lengths)
+    """Items that occur in some user's training prefix (``[n_items + 1]``, index 0 = padding)."""
     known = np.zeros(ds.n_items + 1, dtype=bool)
-    known[ds.items[in_train]] = True
+    known[1:] = train_item_counts(ds, train_lengths) > 0
     return known
 
 

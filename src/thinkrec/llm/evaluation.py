@@ -25,10 +25,7 @@ from thinkrec.llm.recpo import history_mask, mask_scores
 
 def training_counts(split: Split) -> np.ndarray:
     """Interactions per item id in the split's training prefixes (``[n_items + 1]``, index 0 = pad = 0)."""
-    ds = split.dataset
-    position = np.arange(len(ds.items)) - np.repeat(ds.offsets[:-1], ds.lengths)
-    in_train = position < np.repeat(split.train_lengths, ds.lengths)
-    return np.bincount(ds.items[in_train], minlength=ds.n_items + 1).astype(np.float64)
+    return np.concatenate([[0], split.item_counts()]).astype(np.float64)
 
 
 def popularity_ranks(counts: np.ndarray, examples: list[Example], mask_history: bool) -> np.ndarray:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -38,14 +37,6 @@ class PopConfig(BaseModel):
     max_len: int = Field(50, description="history window (what eval.mask_history masks)", ge=1)
     scorer: Literal["dot"] = Field("dot", description="fixed: the score is the item's place in the popularity order")
     temperature: float = Field(1.0, description="unused (kept for the shared scorer)", gt=0)
-
-
-def training_counts(split: Split) -> np.ndarray:
-    """How often every item (0-based column, ``[n_items]``) occurs in the users' training prefixes."""
-    ds = split.dataset
-    position = np.arange(ds.n_interactions) - np.repeat(ds.offsets[:-1], ds.lengths)
-    in_train = position < np.repeat(split.train_lengths, ds.lengths)
-    return np.bincount(ds.items[in_train] - 1, minlength=ds.n_items).astype(np.int64)
 
 
 def popularity_order(counts: torch.Tensor) -> torch.Tensor:
@@ -78,7 +69,7 @@ class Popularity(nn.Module):
 
     def fit_from_split(self, split: Split) -> None:
         """Count every item's training interactions and order the items by them (closed form)."""
-        counts = torch.from_numpy(training_counts(split)).to(self.item_embedding.weight.device)
+        counts = torch.from_numpy(split.item_counts()).to(self.item_embedding.weight.device)
         n_items = self.item_embedding.num_embeddings - 1
         if counts.numel() != n_items:
             raise ValueError(f"the split has {counts.numel()} items, the model {n_items}")

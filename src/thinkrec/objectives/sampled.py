@@ -25,7 +25,6 @@ import torch
 from torch.nn import functional as F
 
 from thinkrec.data.batches import TrainBatch
-from thinkrec.data.split import Split
 from thinkrec.errors import ConfigError
 from thinkrec.models.model import SeqRecModel
 from thinkrec.objectives.base import LossOutput, Objective, ObjectiveContext
@@ -56,18 +55,6 @@ def corrected_sampled_loss(
     neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
     logits = torch.cat([pos, neg], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=logits.device))
-
-
-def training_item_counts(split: Split) -> np.ndarray:
-    """How often every item (0-based column, ``[n_items]``) occurs in the users' training prefixes."""
-    ds = split.dataset
-    # +1 where a user's training prefix starts, -1 where it ends: the running sum marks training rows (one
-    # byte a row, for logs of tens of millions of rows)
-    edges = np.zeros(len(ds.items) + 1, dtype=np.int8)
-    np.add.at(edges, ds.offsets[:-1], 1)
-    np.add.at(edges, ds.offsets[:-1] + split.train_lengths, -1)
-    in_train = np.cumsum(edges[:-1], dtype=np.int8).astype(bool)
-    return np.bincount(ds.items[in_train] - 1, minlength=ds.n_items).astype(np.int64)
 
 
 class SampledSoftmax(Objective):
