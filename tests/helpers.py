@@ -124,3 +124,19 @@ def build_reasoning_objective(cfg: Any, tau: float, seed: int) -> Any:
     assert isinstance(cfg, ERLConfig | PRLConfig)
     model = SASRecConfig(temperature=tau)
     return build_objective(cfg.kind, ObjectiveContext(model, cfg.model_copy(update={"tau": tau}), seed))
+
+
+def write_walk_shop(
+    folder: Path, n_users: int, n_items: int, length: int, model: str = "", train: str = "", eval: str = ""
+) -> Path:
+    """``events.csv`` (:func:`write_walk_csv`) and ``shop.toml``: a small config reading it, with extra lines
+    for its ``[model]``, ``[train]`` and ``[eval]`` tables."""
+    write_walk_csv(folder, n_users=n_users, n_items=n_items, length=length)
+    path = folder / "shop.toml"
+    path.write_text(
+        f'[data]\nname = "shop"\nsource = {{ format = "table", path = "{folder / "events.csv"}", time_col = "ts" }}\n'
+        f"\n[model]\nhidden = 16\nlayers = 1\nmax_len = 8\n{model}"
+        f"\n[train]\nbatch_size = 32\nlr = 0.01\nprogress = false\n{train}"
+        f"\n[eval]\n{eval}"
+    )
+    return path

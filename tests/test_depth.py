@@ -310,33 +310,18 @@ def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A tiny PRL run (K = 2) trained on a small CSV log where users walk the catalogue."""
     from thinkrec.cli.main import main
 
-    from helpers import write_walk_csv
+    from helpers import write_walk_shop
 
     monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    write_walk_csv(tmp_path, n_users=80, n_items=20, length=10)
-    (tmp_path / "shop.toml").write_text(
-        f"""
-[data]
-name = "shop"
-source = {{ format = "table", path = "{tmp_path / "events.csv"}", time_col = "ts" }}
-
-[model]
-hidden = 16
-layers = 1
-max_len = 8
-temperature = 0.2
-
-[train]
-epochs = 2
-batch_size = 32
-lr = 0.01
-progress = false
-valid_metric = "NDCG@5"
-
-[eval]
-ks = [5, 20]
-"""
+    write_walk_shop(
+        tmp_path,
+        n_users=80,
+        n_items=20,
+        length=10,
+        model="temperature = 0.2\n",
+        train='epochs = 2\nvalid_metric = "NDCG@5"\n',
+        eval="ks = [5, 20]\n",
     )
     assert main(["train", "shop.toml", "reasoning.kind=prl", "reasoning.warmup_epochs=1", "--run-dir", "run"]) == 0
     return tmp_path

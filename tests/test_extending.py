@@ -18,7 +18,7 @@ from thinkrec.models.model import SeqRecModel
 from thinkrec.objectives import LossOutput, Objective, ObjectiveContext, register_objective, unregister_objective
 from thinkrec.objectives.cross_entropy import next_item_states
 
-from helpers import write_walk_csv
+from helpers import write_walk_shop
 
 
 class LabelSmoothedCE(Objective):
@@ -47,28 +47,13 @@ def precision(ranks: np.ndarray, k: int) -> np.ndarray:
 def extended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    write_walk_csv(tmp_path, n_users=60, n_items=20, length=10)
-    (tmp_path / "shop.toml").write_text(
-        f"""
-[data]
-name = "shop"
-source = {{ format = "table", path = "{tmp_path / "events.csv"}", time_col = "ts" }}
-
-[model]
-hidden = 16
-layers = 1
-max_len = 8
-
-[train]
-epochs = 2
-batch_size = 32
-lr = 0.01
-progress = false
-valid_metric = "Precision@5"
-
-[eval]
-ks = [1, 5]
-"""
+    write_walk_shop(
+        tmp_path,
+        n_users=60,
+        n_items=20,
+        length=10,
+        train='epochs = 2\nvalid_metric = "Precision@5"\n',
+        eval="ks = [1, 5]\n",
     )
     register_objective("smoothed", lambda ctx: LabelSmoothedCE(float(ctx.options.get("smoothing", 0.1))))
     metrics.register_metric("Precision", precision)
