@@ -55,6 +55,7 @@ def machine() -> dict[str, Any]:
         capability = torch.backends.cpu.get_cpu_capability()
     except (ImportError, AttributeError):
         capability = None
+    affinity: int | None
     try:
         affinity = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -11,6 +11,12 @@
    temporary Parquet file and scored with :func:`thinkrec.serve.batch.recommend_file`; reports users/s and
    this process's peak RSS (``resource.getrusage``; includes the model and the dataset).
 
+Soak mode (``--soak 10000,50000``, one concurrency level): sends requests up to each count in turn and reads
+the server's resident memory (``VmRSS`` of ``/proc/PID/status``) at each, so growth between the counts shows a
+leak; latency percentiles over all requests and per segment. The bar of the library issue:
+
+    python -m benchmarks.speed.serve_latency runs/ml100k-serve --soak 10000,50000 --concurrency 16 --batch-source none
+
 Writes one record (to stdout and ``benchmarks/out/speed/``). Meant for a quiet machine; numbers from a busy
 one are noise.
 """
@@ -69,8 +75,54 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def load(url: str, bodies: list[dict[str, Any]], concurrency: int, timeout: float) -> dict[str, Any]:
-    """Send every body once from ``concurrency`` threads; latency stats in milliseconds."""
+def server_rss_mb(pid: int) -> float | None:
+    """The resident memory of process ``pid`` in MiB (Linux; ``None`` elsewhere)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def stats(latencies: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": percentile(latencies, 0.50),
+        "p90_ms": percentile(latencies, 0.90),
+        "p99_ms": percentile(latencies, 0.99),
+        "max_ms": max(latencies),
+        "mean_ms": statistics.fmean(latencies),
+    }
+
+
+def soak(
+    url: str, bodies: list[dict[str, Any]], counts: list[int], concurrency: int, timeout: float, pid: int
+) -> dict[str, Any]:
+    """Requests up to each of ``counts`` in turn, the server's RSS read after each segment."""
+    segments, start, everything = [], 0, []
+    for count in counts:
+        part = load(url, bodies[start:count], concurrency, timeout, keep=True)
+        everything.extend(part.pop("latencies"))
+        segments.append({"after_requests": count, "server_rss_mb": server_rss_mb(pid), **part})
+        start = count
+    rss = [s["server_rss_mb"] for s in segments]
+    return {
+        "concurrency": concurrency,
+        "requests": len(everything),
+        "errors": sum(s["errors"] for s in segments),
+        **stats(everything),
+        "p99_over_p50": percentile(everything, 0.99) / percentile(everything, 0.50),
+        "rss_last_over_first": rss[-1] / rss[0] if None not in rss and len(rss) > 1 else None,
+        "segments": segments,
+    }
+
+
+def load(
+    url: str, bodies: list[dict[str, Any]], concurrency: int, timeout: float, keep: bool = False
+) -> dict[str, Any]:
+    """Send every body once from ``concurrency`` threads; latency stats in milliseconds (and every latency
+    under ``"latencies"`` with ``keep``)."""
 
     def worker(part: list[dict[str, Any]]) -> tuple[list[float], int]:
         latencies, errors = [], 0
@@ -91,17 +143,14 @@ def load(url: str, bodies: list[dict[str, Any]], concurrency: int, timeout: floa
         results = list(pool.map(worker, parts))
     wall = time.perf_counter() - t0
     latencies = [x for lat, _ in results for x in lat]
-    return {
+    out = {
         "concurrency": concurrency,
         "requests": len(latencies),
         "errors": sum(e for _, e in results),
-        "p50_ms": percentile(latencies, 0.50),
-        "p90_ms": percentile(latencies, 0.90),
-        "p99_ms": percentile(latencies, 0.99),
-        "max_ms": max(latencies),
-        "mean_ms": statistics.fmean(latencies),
+        **stats(latencies),
         "requests_per_s": len(latencies) / wall,
     }
+    return {**out, "latencies": latencies} if keep else out
 
 
 def random_histories(rec: Recommender, n: int, rng: random.Random) -> list[list[int]]:
@@ -154,6 +203,11 @@ def main() -> None:
     parser.add_argument("--batch-users", type=int, default=10_000, help="with --batch-source random")
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--soak",
+        help="comma-separated increasing request counts (e.g. 10000,50000): one soak at the first --concurrency "
+        "level instead of the latency levels, the server's RSS read at each count",
+    )
     parser.add_argument("--threads", type=int, help="torch threads of this process (batch mode)")
     harness.add_records_argument(parser)
     args = parser.parse_args()
@@ -166,11 +220,14 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    counts = [int(c) for c in args.soak.split(",")] if args.soak else []
+    if counts and (counts != sorted(set(counts)) or counts[0] < 1):
+        parser.error("--soak takes increasing positive request counts, e.g. 10000,50000")
     rng = random.Random(args.seed)
     rec = Recommender.from_run(args.run_dir)
     bodies = [
         {"history": [rec.vocabulary.external_id(i) for i in h], "k": args.k}
-        for h in random_histories(rec, args.requests, rng)
+        for h in random_histories(rec, counts[-1] if counts else args.requests, rng)
     ]
     out: dict[str, Any] = {"run_dir": args.run_dir, "model": rec.describe(), "cpus": os.cpu_count(), "latency": []}
     port = free_port()
@@ -178,8 +235,12 @@ def main() -> None:
     try:
         url = f"http://127.0.0.1:{port}/recommend"
         load(url, bodies[: min(20, len(bodies))], 1, args.timeout)  # warm-up
-        for level in (int(c) for c in args.concurrency.split(",")):
-            out["latency"].append(load(url, bodies, level, args.timeout))
+        levels = [int(c) for c in args.concurrency.split(",")]
+        if counts:
+            out["soak"] = soak(url, bodies, counts, levels[0], args.timeout, server.pid)
+        else:
+            for level in levels:
+                out["latency"].append(load(url, bodies, level, args.timeout))
     finally:
         server.terminate()
         try:
