@@ -31,6 +31,29 @@ def test_fused_linear_equals_linear_then_gelu(gelu: str | None, onednn: bool, mo
     torch.testing.assert_close(last, expected[:, -1:], rtol=1e-5, atol=1e-5)
 
 
+def test_bucket_rows_bounds_the_shapes_and_the_padding() -> None:
+    """oneDNN keeps one primitive per shape: a server's arbitrary row counts must map to few sizes."""
+    sizes = [fused.bucket_rows(rows) for rows in range(1, 1 << 16)]
+    assert all(size >= rows for rows, size in enumerate(sizes, start=1))
+    assert all(size <= max(rows * 1.0625, rows + 7) for rows, size in enumerate(sizes, start=1))
+    assert sizes == sorted(sizes)
+    # 8 sizes up to 64, then 16 per power of two: 8 + 16 * 10 for 65 .. 2**16
+    assert len(set(sizes)) == 8 + 16 * 10
+    assert fused.bucket_rows(12_800) == 12_800  # an evaluation pass: no padding
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, 9, 65, 100, 1000])
+def test_padded_onednn_rows_give_the_unpadded_product(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused, "ONEDNN", True)
+    torch.manual_seed(rows)
+    x, weight, bias = torch.randn(rows, 64), torch.randn(256, 64), torch.randn(256)
+    with torch.no_grad():
+        out = linear(x, weight, bias, "none")
+    assert out.shape == (rows, 256)
+    torch.testing.assert_close(out, F.gelu(F.linear(x, weight, bias)), rtol=1e-5, atol=1e-5)
+
+
 def test_the_onednn_kernel_is_chosen_by_cpu_capability(monkeypatch: pytest.MonkeyPatch) -> None:
     for capability, expected in [("AVX512", True), ("AVX2", False), ("DEFAULT", False)]:
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)

@@ -19,6 +19,8 @@ Mechanisms (``--mechanisms``, all by default):
 - ``fused``: inference linear layers through :func:`thinkrec.models.fused.linear`'s fast path (oneDNN or MKL
   with an in-place GELU, as chosen for this CPU) against the plain ``F.linear`` + ``F.gelu``; path: the test
   evaluation.
+- ``onednn``: of the two fast paths of ``fused``, oneDNN's (bias and GELU in the product's epilogue) against
+  MKL's product with an in-place GELU; path: the test evaluation.
 - ``folded``: the folded inference runner (:mod:`thinkrec.inference.folded`: last column only, key/value
   projections folded into the query) against the plain runner; path: the test evaluation.
 
@@ -59,7 +61,7 @@ from thinkrec.models.model import SeqRecModel
 from thinkrec.runs import load_data
 
 T = TypeVar("T")
-MECHANISMS = ("dropout", "allocator", "workers", "fused", "folded")
+MECHANISMS = ("dropout", "allocator", "workers", "fused", "onednn", "folded")
 
 
 @contextlib.contextmanager
@@ -86,6 +88,16 @@ def plain_linear() -> Iterator[None]:
         yield
     finally:
         fused.fused_ok = original
+
+
+@contextlib.contextmanager
+def mkl_linear() -> Iterator[None]:
+    original = fused.ONEDNN
+    fused.ONEDNN = False
+    try:
+        yield
+    finally:
+        fused.ONEDNN = original
 
 
 @contextlib.contextmanager
@@ -223,7 +235,7 @@ def main() -> int:
             records,
             **common,
         )
-    for name, switch in (("fused", plain_linear), ("folded", plain_runner)):
+    for name, switch in (("fused", plain_linear), ("onednn", mkl_linear), ("folded", plain_runner)):
         if name in chosen:
 
             def off(switch: Callable[[], contextlib.AbstractContextManager[None]] = switch) -> float:

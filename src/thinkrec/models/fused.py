@@ -9,6 +9,13 @@ AVX2-only ones (where oneDNN's exact GELU epilogue costs more). So oneDNN is use
 (``torch.backends.cpu.get_cpu_capability()``), MKL plus an in-place GELU elsewhere -- fixed per machine,
 so a machine always computes the same numbers.
 
+oneDNN builds (and caches, 1,024 by default) one primitive per product shape, about a megabyte each. The
+number of rows of a product varies with the batch and the history length, so a server answering arbitrary
+requests would build new primitives for ever, and the process grew by hundreds of megabytes per 10,000
+requests. So the oneDNN path pads the rows up to one of at most 16 sizes per power of two
+(:func:`bucket_rows`, at most 6.25% more rows; the extra rows are dropped from the output): a long-running
+process sees a bounded set of shapes.
+
 Either fast path is used only when nothing needs gradients and the inputs are float32 outside autocast;
 everything else (training, bf16 autocast) takes the plain ops, so results are the same up to
 floating-point summation order.
@@ -52,13 +59,33 @@ def fused_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
+def bucket_rows(rows: int) -> int:
+    """The row count a oneDNN product of ``rows`` rows runs with: a multiple of 8 up to 64, above that a
+    multiple of 1/16 of the power of two below ``rows`` (so at most 16 sizes per power of two)."""
+    if rows <= 64:
+        return -(-rows // 8) * 8
+    step = 1 << (rows.bit_length() - 5)
+    return -(-rows // step) * step
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: str | None) -> torch.Tensor:
+    assert _POINTWISE is not None
+    width = x.shape[-1]
+    flat = x.reshape(-1, width)
+    rows = flat.shape[0]
+    padded = bucket_rows(rows)
+    if padded != rows:
+        flat = torch.cat([flat, flat.new_zeros(padded - rows, width)])
+    out: torch.Tensor = _POINTWISE(flat, weight, bias, "none" if gelu is None else "gelu", [], gelu or "")
+    return out[:rows].view(*x.shape[:-1], out.shape[-1])
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: str | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, followed by ``F.gelu(., approximate=gelu)`` when ``gelu`` is given
     (``'none'`` = exact, ``'tanh'``)."""
     if fused_ok(x, weight):
         if ONEDNN and _POINTWISE is not None:
-            out: torch.Tensor = _POINTWISE(x, weight, bias, "none" if gelu is None else "gelu", [], gelu or "")
-            return out
+            return _onednn(x, weight, bias, gelu)
         y = F.linear(x, weight, bias)
         # nothing records the product for a backward pass, so GELU may overwrite it
         return y if gelu is None else torch.ops.aten.gelu_.default(y, approximate=gelu)
