@@ -12,6 +12,7 @@ there, so the same run cannot be trained twice at once).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ from thinkrec.train.checkpoint import (
     save_checkpoint,
 )
 from thinkrec.train.trainer import FitResult, Trainer
+
+log = logging.getLogger(__name__)
 
 
 def load_data(cfg: RunConfig) -> tuple[SequenceDataset, Split]:
@@ -314,6 +317,7 @@ def _train(
     atomic_write_json(out / "config.json", json.loads(cfg.model_dump_json()))
     save_vocabulary(ds, out / "items.parquet")
     fit = trainer.fit() if trainer is not None else _fit_closed_form(model, split, cfg, out, info)
+    log.info("evaluating %s: the best checkpoint (epoch %d) on valid and test", out, fit.best_epoch)
     results: dict[str, Any] = {
         "best_epoch": fit.best_epoch,
         "epochs_run": fit.epochs_run,

@@ -256,7 +256,7 @@ class Trainer:
             info = load_checkpoint(self.ckpt_dir, "last", self.model, self.optimizer)
             state = info["trainer_state"]
             if self.ranks.is_main:
-                tqdm.write(f"resuming {self.run_dir} after epoch {state['epoch'] - 1}")
+                self._say(f"resuming {self.run_dir} after epoch {state['epoch'] - 1}")
                 # A run killed between its checkpoint and its log line (or in the middle of that line) left a
                 # log that disagrees with the checkpoint: rewrite it from the checkpoint's history of the epochs.
                 atomic_write_text(log_path, "".join(json.dumps(row) + "\n" for row in state["history"]))
@@ -268,7 +268,7 @@ class Trainer:
             # train.epochs would have stopped at the same epoch too.
             stopped = "early_stop"
             if state["epoch"] < self.cfg.epochs:
-                tqdm.write(
+                self._say(
                     f"{self.run_dir} stopped early after epoch {state['epoch'] - 1} ({self.cfg.patience} evaluations "
                     "without improvement); more epochs would not train it further"
                 )
@@ -331,6 +331,11 @@ class Trainer:
         if "valid" in row:
             text += f"  valid {self.cfg.valid_metric} {row['valid'][self.cfg.valid_metric]:.4f}"
             text += "  *" if state["best_epoch"] == row["epoch"] else ""
+        self._say(text)
+
+    def _say(self, text: str) -> None:
+        """A line for the user: between the progress bars when they are drawn, else to this module's logger
+        (which the CLI shows on standard error)."""
         if self.progress:
             tqdm.write(text)
         else:
