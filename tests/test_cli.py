@@ -155,3 +155,15 @@ def test_overrides_may_follow_options_and_stray_words_are_still_rejected() -> No
         parse(build_parser(), ["train", "ml100k-sasrec", "--run-dir", "x", "oops"])
     with pytest.raises(SystemExit):  # a command without overrides takes none
         parse(build_parser(), ["config", "show", "--bogus", "a=1"])
+
+
+def test_without_bars_the_cli_logs_every_epoch_to_stderr(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The trainer's epoch lines go to its logger when no bars are drawn; the CLI shows them on stderr."""
+    assert main(["train", "shop.toml", "train.epochs=2", "--run-dir", "run"]) == 0
+    captured = capsys.readouterr()
+    epochs = [line for line in captured.err.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and "valid NDCG@10" in epochs[0]
+    assert "evaluating run: the best checkpoint" in captured.err
+    assert not [line for line in captured.out.splitlines() if line.startswith("epoch ")]  # stdout: the report
+    assert main(["train", "shop.toml", "train.epochs=3", "--run-dir", "run"]) == 0
+    assert "resuming run after epoch 1" in capsys.readouterr().err

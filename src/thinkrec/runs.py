@@ -6,12 +6,15 @@ a saved model can recommend without the raw data), ``results.json`` (metrics wit
 ``{valid,test}_ranks.npz`` (every sample's rank, per reasoning step: for significance tests and subgroup
 analyses without the model; time splits add ``{valid,test}_unseen_ranks.npz`` for the samples whose target
 never occurs in training, kept out of the headline metrics) and ``.lock`` (held while a process trains
-there, so the same run cannot be trained twice at once).
+there, so the same run cannot be trained twice at once). Experiment trackers (``train.trackers``, see
+:mod:`thinkrec.train.trackers`) add their own: ``tensorboard/``, ``mlflow.json``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -53,7 +56,10 @@ from thinkrec.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from thinkrec.train.trainer import FitResult, Trainer
+from thinkrec.train.trackers import NO_TRACKERS, TrackedRun, Trackers, start_trackers, tracker_outputs
+from thinkrec.train.trainer import SAVED_RUN, FitResult, Trainer, epoch_metrics
+
+log = logging.getLogger(__name__)
 
 
 def load_data(cfg: RunConfig) -> tuple[SequenceDataset, Split]:
@@ -311,9 +317,62 @@ def _train(
     if not resume:
         for name in (*RUN_OUTPUTS, *RANKS_FILES.values()):
             (out / name).unlink(missing_ok=True)
+        for name in tracker_outputs():  # of every tracker, also those this run does not use: none continues
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     atomic_write_json(out / "config.json", json.loads(cfg.model_dump_json()))
     save_vocabulary(ds, out / "items.parquet")
-    fit = trainer.fit() if trainer is not None else _fit_closed_form(model, split, cfg, out, info)
+    done = _finished_epochs(out) if resume else []
+    params = {**flat_config(cfg), "run_dir": str(out)}  # where the run is, also when --run-dir named it
+    tracked = TrackedRun(out, params, resumed=resume, first_step=done[-1]["epoch"] if done else 0)
+    # every tracker is closed however this ends: finished, failed, or interrupted (Ctrl-C)
+    with start_trackers(cfg.train.trackers, tracked) as trackers:
+        if trainer is not None:
+            trainer.trackers = trackers  # started only now that every part of the run is built
+            if done:  # the last finished epoch again: a run killed before its trackers heard of it lost it
+                trackers.log_metrics(epoch_metrics(done[-1]), done[-1]["epoch"])
+        fit = trainer.fit() if trainer is not None else _fit_closed_form(model, split, cfg, out, info, trackers)
+        results = _final_results(model, split, cfg, out, fit, sampler, ds)
+        trackers.log_metrics(final_metrics(results), fit.epochs_run)
+    ranks.broadcast(results)  # the other processes wait for the results
+    return TrainedRun(out, fit, results)
+
+
+def _finished_epochs(out: Path) -> list[dict[str, Any]]:
+    """The log rows of the epochs the ``last`` checkpoint holds (what a resumed run continues after)."""
+    state = checkpoint_info(out / "checkpoints", "last").get("trainer_state", {})
+    history = state.get("history", []) if isinstance(state, dict) else []
+    return [row for row in history if isinstance(row, dict) and isinstance(row.get("epoch"), int)]
+
+
+def final_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """The test metrics of a run's results, as experiment trackers get them: ``test/<metric>``, and for a
+    reasoning run ``test/r_<k>/<metric>`` of every step and ``test/mean/<metric>``; ``time/test_seconds``."""
+    test = results["test"]
+    out = {f"test/{name}": float(value) for name, value in test["metrics"].items()}
+    reasoning = test.get("reasoning", {})
+    for k, metrics in enumerate(reasoning.get("steps", [])):
+        out.update({f"test/r_{k}/{name}": float(value) for name, value in metrics.items()})
+    out.update({f"test/mean/{name}": float(value) for name, value in reasoning.get("mean", {}).items()})
+    out["time/test_seconds"] = float(test["eval_seconds"])
+    return out
+
+
+def _final_results(
+    model: SeqRecModel,
+    split: Split,
+    cfg: RunConfig,
+    out: Path,
+    fit: FitResult,
+    sampler: TrainSampler,
+    ds: SequenceDataset,
+) -> dict[str, Any]:
+    """Evaluate the best checkpoint (loaded by the fit) on validation and test, save the ranks and write
+    ``results.json``; its contents."""
+    log.info("evaluating %s: the best checkpoint (epoch %d) on valid and test", out, fit.best_epoch)
     results: dict[str, Any] = {
         "best_epoch": fit.best_epoch,
         "epochs_run": fit.epochs_run,
@@ -340,11 +399,17 @@ def _train(
         for which in ("valid", "test")
     }
     atomic_write_json(out / "results.json", results)
-    ranks.broadcast(results)  # the other processes wait for the results
-    return TrainedRun(out, fit, results)
+    return results
 
 
-def _fit_closed_form(model: SeqRecModel, split: Split, cfg: RunConfig, out: Path, info: dict[str, Any]) -> FitResult:
+def _fit_closed_form(
+    model: SeqRecModel,
+    split: Split,
+    cfg: RunConfig,
+    out: Path,
+    info: dict[str, Any],
+    trackers: Trackers = NO_TRACKERS,
+) -> FitResult:
     """Fit a :class:`ClosedForm` backbone from the split (no epochs, no optimiser) and save it as the run's
     ``best`` and ``last`` checkpoints, with one log line: a run directory like a trained model's. Fitting
     again (a re-run on the same directory) gives the same model."""
@@ -358,6 +423,7 @@ def _fit_closed_form(model: SeqRecModel, split: Split, cfg: RunConfig, out: Path
     save_checkpoint(ckpt_dir, "best", model, {**info, "epoch": 0, "valid": valid})
     save_checkpoint(ckpt_dir, "last", model, {**info, "trainer_state": state})
     atomic_write_text(out / "log.jsonl", json.dumps(row) + "\n")  # one line: the closed-form fit
+    trackers.log_metrics(epoch_metrics(row), 0)
     return FitResult(0, valid, 0, [row], "closed_form")
 
 
@@ -403,7 +469,8 @@ def saved_config(run_dir: str | Path) -> RunConfig:
     if not file.exists():
         raise ThinkrecError(f"{path}: not a thinkrec run directory (no config.json); train one with thinkrec train")
     try:
-        return RunConfig.model_validate_json(file.read_bytes())
+        # a saved run's config: what only training needs (its trackers' packages) is not checked here
+        return RunConfig.model_validate_json(file.read_bytes(), context=SAVED_RUN)
     except (OSError, ValueError) as exc:
         raise ThinkrecError(
             f"{file}: not a readable thinkrec config ({_reason(exc)}); restore it (the run's checkpoints record "

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from thinkrec import __version__
 from thinkrec.allocator import tune_allocator
 from thinkrec.errors import ThinkrecError
+from thinkrec.progress import log_to_stderr
 
 CONFIG_HELP = "a config file (.toml/.yaml) or the name of a bundled preset (list them with: thinkrec config show)"
 # The demo's cap on training epochs per model: two to three minutes for its three models on a 2-core CPU
@@ -213,6 +214,7 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse(parser, argv)
+    log_to_stderr()  # the trainer's epoch lines (when no bars are drawn), trackers, evaluation: on stderr
     tune_allocator()  # freed tensor memory stays in the process: no page fault per new tensor
     quiet: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if os.environ.get("RANK", "0") != "0" and args.func.__name__ == "cmd_train":

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from tqdm import tqdm
 
 from thinkrec.data.batches import TrainBatch, TrainSampler
@@ -35,8 +35,14 @@ from thinkrec.precision import warn_slow_bf16
 from thinkrec.seed import Seeds
 from thinkrec.storage import atomic_write_text
 from thinkrec.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from thinkrec.train.trackers import NO_TRACKERS, Trackers, check_trackers
 
 log = logging.getLogger(__name__)
+
+# Validation context of a config read back from a run directory (runs.saved_config): what only training needs
+# is not checked there, so evaluating or serving a run does not need its trackers' packages, for one.
+SAVED_RUN_KEY = "saved_run"
+SAVED_RUN: dict[str, bool] = {SAVED_RUN_KEY: True}
 
 
 class TrainConfig(BaseModel):
@@ -97,6 +103,16 @@ class TrainConfig(BaseModel):
         None, description="torch CPU threads (default: torch's choice)", ge=1, json_schema_extra={"operational": True}
     )
     seed: int = Field(2020, description="root seed: data order, initialisation, dropout and noise")
+    trackers: list[str] = Field(
+        default_factory=list,
+        description=(
+            "experiment trackers that receive the run's settings and every epoch's metrics: 'tensorboard'"
+            " (<run_dir>/tensorboard/; pip install 'thinkrec[tensorboard]'), 'mlflow' (MLflow's tracking URI and"
+            " experiment from its environment variables; pip install 'thinkrec[mlflow]'), or any registered with"
+            " thinkrec.train.trackers.register_tracker"
+        ),
+        json_schema_extra={"operational": True},
+    )
     resume: bool = Field(
         True,
         description="continue from the run directory's last checkpoint if present",
@@ -119,6 +135,19 @@ class TrainConfig(BaseModel):
                 f"train.negatives and train.logq apply to train.loss='sampled' (the loss is {self.loss!r})"
             )
         return self
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _one_tracker(cls, value: object) -> object:
+        """``train.trackers=tensorboard`` (one name, as an override writes it) is a list of one."""
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("trackers")
+    @classmethod
+    def _known_trackers(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not (isinstance(info.context, dict) and info.context.get(SAVED_RUN_KEY)):
+            check_trackers(value)  # registered, and their packages installed: before anything is written
+        return value
 
     @field_validator("valid_metric")
     @classmethod
@@ -155,8 +184,10 @@ class Trainer:
         run_info: dict[str, Any] | None = None,
         progress: bool = False,
         ranks: Ranks = SINGLE,
+        trackers: Trackers = NO_TRACKERS,
     ) -> None:
         self.model = model
+        self.trackers = trackers  # experiment trackers, started by the caller: told every epoch's metrics
         self.ranks = ranks  # data-parallel processes (torchrun): see thinkrec.distributed
         self.objective = objective
         self.split = split
@@ -256,7 +287,7 @@ class Trainer:
             info = load_checkpoint(self.ckpt_dir, "last", self.model, self.optimizer)
             state = info["trainer_state"]
             if self.ranks.is_main:
-                tqdm.write(f"resuming {self.run_dir} after epoch {state['epoch'] - 1}")
+                self._say(f"resuming {self.run_dir} after epoch {state['epoch'] - 1}")
                 # A run killed between its checkpoint and its log line (or in the middle of that line) left a
                 # log that disagrees with the checkpoint: rewrite it from the checkpoint's history of the epochs.
                 atomic_write_text(log_path, "".join(json.dumps(row) + "\n" for row in state["history"]))
@@ -268,7 +299,7 @@ class Trainer:
             # train.epochs would have stopped at the same epoch too.
             stopped = "early_stop"
             if state["epoch"] < self.cfg.epochs:
-                tqdm.write(
+                self._say(
                     f"{self.run_dir} stopped early after epoch {state['epoch'] - 1} ({self.cfg.patience} evaluations "
                     "without improvement); more epochs would not train it further"
                 )
@@ -317,6 +348,8 @@ class Trainer:
             )
             with log_path.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
+            # after the checkpoint, like the log line: a resumed run logs its last epoch again (see trackers)
+            self.trackers.log_metrics(epoch_metrics(row), epoch)
             self._report(row, state)
             self.ranks.broadcast((state, stopped))
             epoch += 1
@@ -331,6 +364,11 @@ class Trainer:
         if "valid" in row:
             text += f"  valid {self.cfg.valid_metric} {row['valid'][self.cfg.valid_metric]:.4f}"
             text += "  *" if state["best_epoch"] == row["epoch"] else ""
+        self._say(text)
+
+    def _say(self, text: str) -> None:
+        """A line for the user: between the progress bars when they are drawn, else to this module's logger
+        (which the CLI shows on standard error)."""
         if self.progress:
             tqdm.write(text)
         else:
@@ -353,6 +391,28 @@ def shard_batch(batch: TrainBatch, ranks: Ranks) -> TrainBatch:
 
 # Keys of a log row that are not parts of the training loss.
 ROW_KEYS = frozenset({"epoch", "loss", "train_seconds", "batches", "warmup", "valid", "valid_steps", "eval_seconds"})
+
+
+def epoch_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """The scalars of a ``log.jsonl`` row, as experiment trackers get them: ``train/loss`` and each named part
+    of the loss (``train/<part>``), ``valid/<metric>`` (the inference mode in use), ``valid/<step>/<metric>``
+    for every reasoning step ``r_0 .. r_K`` and their ``mean``, and ``time/{train,eval,epoch}_seconds``."""
+    out: dict[str, float] = {}
+    for key, value in row.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and (key == "loss" or key not in ROW_KEYS):
+            out[f"train/{key}"] = float(value)
+    for name, value in row.get("valid", {}).items():
+        out[f"valid/{name}"] = float(value)
+    for step, metrics in row.get("valid_steps", {}).items():
+        for name, value in metrics.items():
+            out[f"valid/{step}/{name}"] = float(value)
+    seconds = {key: float(row[f"{key}_seconds"]) for key in ("train", "eval") if f"{key}_seconds" in row}
+    for key, value in seconds.items():
+        out[f"time/{key}_seconds"] = value
+    if seconds:
+        out["time/epoch_seconds"] = sum(seconds.values())
+    return out
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, metric: str, best_epoch: int | None = None) -> None:
