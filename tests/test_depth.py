@@ -4,6 +4,7 @@ router's cross-fitting and that no selector reads labels at inference."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, cast
 
@@ -393,3 +394,101 @@ def test_user_means_against_a_loop() -> None:
     values = np.array([1.0, 0.0, 0.5, 0.25, 1.0, 0.0])
     expected = [np.mean([v for v, u in zip(values, users, strict=True) if u == user]) for user in (2, 5, 9)]
     assert user_means(values, users).tolist() == pytest.approx(expected)
+
+
+def test_float32_signals_with_a_temperature_match_the_float64_reference() -> None:
+    states, scaled = _signals(n=7, n_items=40)
+    raw = scaled * 0.5  # _signals divides by a temperature of 0.5
+    raw[2, :, 5] = float("-inf")  # masked history items, in every step
+    raw[4, :, [0, 9]] = float("-inf")
+    reference = depth.step_data(raw / 0.5, states, [4] * 7, top_k=6)
+    steps = [raw[:, k].float() for k in range(3)]
+    fast = depth.block_signals(steps, states.float(), top_k=6, temperature=0.5, masked=True)
+    for name in depth.SIGNALS:
+        assert fast[name].dtype == torch.float32
+        assert np.allclose(fast[name].double().numpy(), getattr(reference, name), rtol=1e-5, atol=1e-5), name
+    # only what is asked for is computed; the rest is NaN
+    needs = depth.Needs(frozenset({"entropy", "norm"}), first=1)
+    some = depth.block_signals(steps, states.float(), needs, top_k=6, temperature=0.5, masked=True)
+    assert set(some) == {"entropy", "norm"}
+    assert np.allclose(some["entropy"][:, 0].double().numpy(), reference.entropy[:, 0], rtol=1e-5)
+    assert torch.isnan(some["entropy"][:, 1:]).all() and torch.isnan(some["norm"][:, 1:]).all()
+    data = depth.signal_data({k: v.numpy() for k, v in some.items()}, 3, [4] * 7)
+    assert np.isnan(data.kl).all() and data.entropy.shape == (7, 3) and data.kl.shape == (7, 2)
+
+
+def _fit_input(valid: depth.StepData) -> depth.FitData:
+    n = len(valid)
+    return depth.FitData(valid, torch.zeros(n, valid.n_steps, 0), torch.zeros(n, dtype=torch.long), lambda u: u)
+
+
+def test_every_fitted_selector_reads_only_the_signals_it_declares() -> None:
+    """A selector given only what its ``needs`` name (the rest NaN) chooses exactly as with every signal: what
+    evaluation and serving rely on when they compute only those."""
+    valid, test = _synthetic(60, 8, 11), _synthetic(60, 8, 12)
+    full = test.with_gains(None)
+    for kind in depth.SELECTORS.values():
+        if kind.fit is None:
+            selector = depth.build_selector(kind.name, 3)
+        elif kind.fit_states:
+            continue  # step weights: fit on states (tested below), read no signal
+        else:
+            fit_needs = kind.fit_needs
+            seen = _only(valid, fit_needs).with_gains(valid.gains)
+            selector = kind.fit(_fit_input(seen))
+            again = kind.fit(_fit_input(valid))  # the fit reads only its own signals too
+            assert depth.selector_to_json(selector) == depth.selector_to_json(again), kind.name
+        needs = depth.needs_of(selector)
+        got, want = selector.choose(_only(full, needs)), selector.choose(full)
+        assert np.array_equal(got.weights, want.weights) and np.array_equal(got.steps_used, want.steps_used), kind.name
+    assert depth.needs_of(_Blind()) == depth.ALL_SIGNALS  # a selector that does not say gets everything
+
+
+def _only(data: depth.StepData, needs: depth.Needs) -> depth.StepData:
+    """``data`` with every signal ``needs`` does not name (or of a step after ``needs.first``) set to NaN."""
+    kept: dict[str, Any] = {}
+    for name in depth.SIGNALS:
+        values = getattr(data, name).copy()
+        last = needs.steps(data.n_steps) - (0 if name in depth.STEP_SIGNALS else 1)
+        values[:, max(0, last) :] = np.nan
+        kept[name] = values if name in needs.signals else np.full_like(values, np.nan)
+    return depth.StepData(**{**data.__dict__, **kept})
+
+
+def test_selector_names_parse_build_and_fail_with_the_valid_names() -> None:
+    assert depth.selector_names() == [
+        "fixed[:k]",
+        "mean",
+        "weights",
+        "agree",
+        "agree-kl",
+        "entropy",
+        "router",
+        "router-prefix",
+    ]
+    assert depth.build_selector("fixed", 3) == depth.Fixed(2)
+    assert depth.build_selector("fixed:0", 3) == depth.Fixed(0)
+    assert depth.build_selector("mean", 4) == depth.mean_of_steps(4)
+    kind, argument = depth.parse_selector(" router ")
+    assert kind.name == "router" and argument is None and kind.fitted
+    for bad, says in [
+        ("bogus", "unknown depth selector 'bogus'; choose one of: fixed[:k], mean, weights"),
+        ("mean:1", "takes no argument"),
+        ("fixed:x", "whole number"),
+        ("fixed:-1", "whole number"),
+        ("", "unknown depth selector"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(says)):
+            depth.parse_selector(bad)
+    with pytest.raises(ValueError, match=r"0\.\.2"):
+        depth.build_selector("fixed:3", 3)
+    with pytest.raises(ValueError, match="fit on validation"):
+        depth.build_selector("router", 3)
+    with pytest.raises(ValueError, match="registered already"):
+        depth.register_selector(depth.SELECTORS["mean"])
+    with pytest.raises(ValueError, match="plain word"):
+        depth.register_selector(depth.SelectorKind("a:b", "x", build=lambda n, _: depth.Fixed(0)))
+    assert (depth.Needs(frozenset({"kl"})) | depth.Needs(frozenset({"norm"}), 1)) == depth.Needs(
+        frozenset({"kl", "norm"})
+    )
+    assert depth.NO_SIGNALS | depth.Needs(frozenset({"norm"}), 1) == depth.Needs(frozenset({"norm"}), 1)

@@ -16,7 +16,16 @@ from thinkrec.runs import changed_keys
 
 def test_operational_keys_are_read_from_the_schema() -> None:
     keys = operational_keys()
-    for key in ("run_dir", "device", "progress", "train.threads", "train.resume", "eval.workers", "eval.encode_tokens"):
+    for key in (
+        "run_dir",
+        "device",
+        "progress",
+        "train.threads",
+        "train.resume",
+        "eval.workers",
+        "eval.encode_tokens",
+        "eval.depth",
+    ):
         assert key in keys
     for key in ("train.lr", "eval.ks", "eval.mask_history", "eval.autocast", "model.hidden"):
         assert key not in keys  # these change what a run computes

@@ -5,8 +5,9 @@ A run directory holds ``config.json`` (the resolved config), ``checkpoints/{best
 a saved model can recommend without the raw data), ``results.json`` (metrics with their protocol),
 ``{valid,test}_ranks.npz`` (every sample's rank, per reasoning step: for significance tests and subgroup
 analyses without the model; time splits add ``{valid,test}_unseen_ranks.npz`` for the samples whose target
-never occurs in training, kept out of the headline metrics) and ``.lock`` (held while a process trains
-there, so the same run cannot be trained twice at once). Experiment trackers (``train.trackers``, see
+never occurs in training, kept out of the headline metrics), ``depth/`` (adaptive-depth selectors fit on the
+run's validation samples, one JSON file each: :func:`run_selector`) and ``.lock`` (held while a process
+trains there, so the same run cannot be trained twice at once). Experiment trackers (``train.trackers``, see
 :mod:`thinkrec.train.trackers`) add their own: ``tensorboard/``, ``mlflow.json``.
 """
 
@@ -16,6 +17,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,9 @@ from thinkrec.data.prepare import load_or_prepare
 from thinkrec.data.split import EvalSamples, Split, Window, make_split
 from thinkrec.device import resolve_device
 from thinkrec.errors import ThinkrecError
-from thinkrec.eval.evaluator import EvalResult, evaluate
+from thinkrec.eval import depth as depth_selectors
+from thinkrec.eval.adaptive import FittedSelector, depth_report, fit_selector, protocol_line
+from thinkrec.eval.evaluator import DepthPlan, EvalResult, evaluate
 from thinkrec.eval.popularity import popularity_report
 from thinkrec.eval.protocol import EvalConfig, describe_protocol
 from thinkrec.eval.steps import step_report
@@ -51,6 +55,7 @@ from thinkrec.seed import Seeds
 from thinkrec.storage import atomic_path, atomic_write_json, atomic_write_text, exclusive_run_dir, remove_temporaries
 from thinkrec.train.checkpoint import (
     CheckpointError,
+    checkpoint_digest,
     checkpoint_exists,
     checkpoint_info,
     load_checkpoint,
@@ -123,13 +128,16 @@ def evaluation_report(
     eval_cfg: EvalConfig,
     steps: int | None = None,
     samples: EvalSamples | None = None,
+    depth: FittedSelector | None = None,
 ) -> tuple[dict[str, Any], EvalResult]:
     """Metrics of ``which`` (or of other ``samples`` of that window) with their protocol; reasoning models
     (``steps`` overrides K) also get the metrics of every step, of the mean of steps and of the oracle under
-    ``"reasoning"``."""
+    ``"reasoning"``, and with a ``depth`` selector (:func:`run_selector`) its metrics next to fixed K, the
+    steps it used and its protocol under ``"depth"``."""
     t0 = time.perf_counter()
     samples = split.samples(which) if samples is None else samples
-    result = evaluate(model, split, samples, eval_cfg, steps=steps, progress=show_bars(cfg.progress))
+    plan = DepthPlan(selector=depth.selector) if depth is not None else None
+    result = evaluate(model, split, samples, eval_cfg, steps=steps, progress=show_bars(cfg.progress), depth=plan)
     seconds = time.perf_counter() - t0
     report: dict[str, Any] = {
         "split": which,
@@ -143,7 +151,96 @@ def evaluation_report(
         report["protocol"]["reasoning"] = f"{cfg.reasoning.kind}, K={k} steps, user vector: {result.mode}"
         if k > 0:
             report["reasoning"] = step_report(result, eval_cfg.ks)
+    if depth is not None:
+        report["depth"] = depth_report(result, eval_cfg.ks, depth)
+        report["protocol"]["depth"] = protocol_line(depth)
     return report, result
+
+
+DEPTH_DIR = "depth"
+
+
+def selector_path(run_dir: str | Path, kind: str, steps: int, checkpoint: str, mask_history: bool) -> Path:
+    """Where a fitted selector of a run is saved: one file per selector, K, checkpoint and history masking."""
+    return Path(run_dir) / DEPTH_DIR / f"{kind}-K{steps}-{checkpoint}{'-masked' if mask_history else ''}.json"
+
+
+def run_selector(
+    run_dir: str | Path,
+    name: str,
+    model: SeqRecModel,
+    cfg: RunConfig,
+    eval_cfg: EvalConfig | None = None,
+    checkpoint: str = "best",
+    steps: int | None = None,
+    data: Callable[[], Split] | None = None,
+    fit: bool = True,
+) -> FittedSelector:
+    """The depth selector ``name`` for a run's ``model`` (its ``checkpoint``; ``steps`` overrides K):
+    built at once when it needs no fit (``fixed[:k]``, ``mean``); else read from the run directory's
+    ``depth/`` folder when it was fit there for these weights, K, history masking (``eval_cfg``, default the
+    run's) and the run's validation metric, or else (with ``fit``) fit on the validation samples of the split
+    ``data`` gives and saved there (atomically), so later evaluations and servers reuse it. Raises
+    :class:`ThinkrecError` for an unknown name, a model without reasoning steps, or (without ``fit``) a
+    selector not fit yet."""
+    eval_cfg = cfg.eval if eval_cfg is None else eval_cfg
+    try:
+        kind, argument = depth_selectors.parse_selector(name)
+    except ValueError as exc:
+        raise ThinkrecError(str(exc)) from None
+    k = model.reasoning_steps if steps is None else steps
+    if model.reasoner is None or k < 1:
+        raise ThinkrecError(
+            f"depth selector {name!r} chooses among reasoning steps; this model has none (K = {k}); "
+            "use a reasoning run (reasoning.kind = erl | prl) with K >= 1"
+        )
+    if kind.build is not None:
+        try:
+            return FittedSelector(name, kind.build(k + 1, argument), k + 1)
+        except ValueError as exc:
+            raise ThinkrecError(str(exc)) from None
+    path = selector_path(run_dir, kind.name, k, checkpoint, eval_cfg.mask_history)
+    key = {
+        "selector": kind.name,
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": checkpoint_digest(Path(run_dir) / "checkpoints", checkpoint),
+        "steps": k,
+        "mask_history": eval_cfg.mask_history,
+        "metric": cfg.train.valid_metric,
+        "top_k": depth_selectors.TOP_K,
+    }
+    saved = _saved_selector(path, key)
+    if saved is not None:
+        selector, info = saved
+        return FittedSelector(name, selector, k + 1, {**info, "loaded_from": str(path)})
+    if not fit or data is None:
+        raise ThinkrecError(
+            f"depth selector {name!r} is not fit for this run ({run_dir}, K={k}, checkpoint {checkpoint}): fit it "
+            f"once on the validation samples with: thinkrec evaluate {run_dir} --depth {name}"
+            + (f" --steps {k}" if steps is not None else "")
+        )
+    fitted = fit_selector(name, model, data(), eval_cfg, cfg.train.valid_metric, steps, seed=cfg.train.seed)
+    record = {
+        "key": key,
+        "selector": depth_selectors.selector_to_json(fitted.selector),
+        "description": fitted.description,
+        "fit": fitted.fit,
+    }
+    atomic_write_json(path, record)
+    return FittedSelector(name, fitted.selector, k + 1, {**fitted.fit, "saved_to": str(path)})
+
+
+def _saved_selector(path: Path, key: dict[str, Any]) -> tuple[depth_selectors.Selector, dict[str, Any]] | None:
+    """The selector saved at ``path`` if it was fit under ``key`` (None if absent, unreadable or stale)."""
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if record.get("key") != key:
+            return None
+        return depth_selectors.selector_from_json(record["selector"]), dict(record.get("fit") or {})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # damaged: fit again
 
 
 # Per-sample ranks of the best checkpoint (every reasoning step), written beside results.json
@@ -380,8 +477,11 @@ def _final_results(
         "train_targets_per_epoch": sampler.n_targets,
         "dataset": ds.describe(),
     }
+    selector = None
+    if cfg.eval.depth is not None:  # fit on validation once (saved in depth/), reported next to fixed K
+        selector = run_selector(out, cfg.eval.depth, model, cfg, data=lambda: split)
     for which in ("valid", "test"):
-        report, result = evaluation_report(model, split, cfg, which, cfg.eval)
+        report, result = evaluation_report(model, split, cfg, which, cfg.eval, depth=selector)
         result.save(out / RANKS_FILES[which])
         results[which] = {**report, "ranks_file": RANKS_FILES[which]}
     for which, samples in split.unseen_targets.items():  # time splits: cold-start targets, reported apart

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from thinkrec.cli.format import metrics_table, models_table, protocol_lines, table
 from thinkrec.config.loader import config_table, load_config, preset_names
 from thinkrec.errors import ThinkrecError
-from thinkrec.serve.service import check_k, check_output, check_port, check_steps, parse_ks
+from thinkrec.serve.service import check_depth, check_k, check_output, check_port, check_steps, parse_ks
 
 if TYPE_CHECKING:
     from thinkrec.serve.recommender import Recommends, TopK
@@ -163,10 +163,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from thinkrec.eval.popularity import popularity_report
-    from thinkrec.runs import evaluation_report, load_data, load_run
+    from thinkrec.runs import evaluation_report, load_data, load_run, run_selector
 
     ks = parse_ks(args.ks) if args.ks else None
     check_steps(args.steps)
+    check_depth(args.depth)
     if args.output:
         check_output(args.output)
     cfg, model = load_run(args.run_dir, args.checkpoint)
@@ -178,14 +179,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.autocast:
         updates["autocast"] = args.autocast
     eval_cfg = cfg.eval.model_copy(update=updates)
+    depth = cfg.eval.depth if args.depth is None else args.depth
     _, split = load_data(cfg)
-    report, _ = evaluation_report(model, split, cfg, args.split, eval_cfg, steps=args.steps)
+    selector = None
+    if depth is not None and depth != "none":  # loaded, or fit on the validation samples once and saved
+        selector = run_selector(args.run_dir, depth, model, cfg, eval_cfg, args.checkpoint, args.steps, lambda: split)
+    report, _ = evaluation_report(model, split, cfg, args.split, eval_cfg, steps=args.steps, depth=selector)
     # the floor beside it: the most-popular list on the same samples, under the same protocol
     report["popularity"] = popularity_report(split, split.samples(args.split), eval_cfg, cfg.model.max_len)
     print(f"{args.split} ({report['n_samples']} samples, {report['eval_seconds']:.2f}s):")
     print(metrics_table(report["metrics"], eval_cfg.ks, report["popularity"]["metrics"]))
     if "reasoning" in report:
         print_reasoning_steps(report, eval_cfg.ks, Path(args.run_dir), args.split, args.steps)
+    if "depth" in report:
+        print_depth(report, eval_cfg.ks)
     print("\nprotocol:")
     print(protocol_lines(report["protocol"]))
     if args.output:
@@ -201,9 +208,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from thinkrec.serve.service import load_recommender, parse_history, recommend, top_rows, user_history
 
     check_k(args.k)
+    check_depth(args.depth)
     if (args.user is None) == (args.history is None):
         raise ThinkrecError("give exactly one of --user ID (a user of the dataset) or --history ID,ID,...")
-    rec = load_recommender(args.run_dir, args.checkpoint)
+    rec = load_recommender(args.run_dir, args.checkpoint, depth=args.depth)
     times = None
     if args.history is not None:
         history = parse_history(args.history, rec.vocabulary)
@@ -222,6 +230,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     print(f"\ntop-{args.k}:")
     ranked = zip(rows["rank"], rows["item"], rows["score"], rows["title"], strict=True)
     print(table(["rank", "item", "score", "title"], [[r, i, f"{sc:.3f}", t] for r, i, sc, t in ranked]))
+    if top.depth is not None and top.step_weights is not None and top.steps_used is not None:
+        weights = [float(w) for w in top.step_weights[0]]
+        scored = (
+            f"r_{weights.index(1.0)}"
+            if sorted(weights)[-1] == 1.0
+            else "weights " + ",".join(f"{w:.2f}" for w in weights)
+        )
+        print(f"\ndepth {top.depth}: scored with {scored}; reasoning steps needed: {int(top.steps_used[0])}")
     if args.show_steps:
         print_step_recommendations(rec, top, args.k)
     return 0
@@ -259,10 +275,11 @@ def cmd_recommend_batch(args: argparse.Namespace) -> int:
     if args.history is not None or args.user is not None:
         raise ThinkrecError("--batch cannot be combined with --history or --user")
     check_k(args.k)
+    check_depth(args.depth)
     if args.chunk_size < 1:
         raise ThinkrecError(f"--chunk-size must be at least 1, got {args.chunk_size}")
     check_output(args.output, inputs=[args.batch])
-    rec = load_recommender(args.run_dir, args.checkpoint)
+    rec = load_recommender(args.run_dir, args.checkpoint, depth=args.depth)
     summary = recommend_file(
         rec,
         args.batch,
@@ -294,11 +311,12 @@ def cmd_recommend_or_batch(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """``thinkrec serve RUN_DIR``: the HTTP API and web page (needs the ``serve`` extra)."""
     check_port(args.port)
+    check_depth(args.depth)
     try:
         from thinkrec.serve.app import serve
     except ImportError as exc:
         raise ThinkrecError(f"thinkrec serve needs the serve extra: pip install 'thinkrec[serve]' ({exc})") from exc
-    serve(args.run_dir, args.host, args.port, ann=args.ann, extra_hosts=args.allowed_host or ())
+    serve(args.run_dir, args.host, args.port, ann=args.ann, extra_hosts=args.allowed_host or (), depth=args.depth)
     return 0
 
 
@@ -321,6 +339,34 @@ def print_reasoning_steps(
     path = run_dir / f"steps-{split}{suffix}.png"
     plot_steps(steps, path, [f"NDCG@{ks[-1]}", f"HR@{ks[-1]}"])
     print(f"plot: {path}")
+
+
+def print_depth(report: dict[str, Any], ks: list[int]) -> None:
+    """The depth selector's metrics next to fixed K and the mean of steps on the same samples, the steps
+    it used, how it was fit, and what it cost."""
+    depth = report["depth"]
+    k = depth["fixed_k"]["step"]
+    metrics = [f"{name}@{cut}" for name in ("NDCG", "HR") for cut in ks]
+    rows = [[f"fixed r_{k} (K={k})", *(depth["fixed_k"]["metrics"][m] for m in metrics), f"{k:.2f}"]]
+    if "mean_of_steps" in depth:
+        rows.append(["mean of r_0..r_K", *(depth["mean_of_steps"]["metrics"][m] for m in metrics), f"{k:.2f}"])
+    used = depth["steps_used"]
+    rows.append([f"depth: {depth['selector']}", *(depth["metrics"][m] for m in metrics), f"{used['mean']:.2f}"])
+    print(f"\nadaptive depth ({depth['description']}), same samples:")
+    print(table(["user vector", *metrics, "steps used"], rows))
+    shares = "/".join(f"{x:.2f}" for x in used["histogram"])
+    print(f"steps used per sample: mean {used['mean']:.2f} (fixed K: {k}); share of samples with 0..{k}: {shares}")
+    if "scored_with_step" in depth:
+        print("scored with r_0..r_K: " + "/".join(f"{x:.2f}" for x in depth["scored_with_step"]))
+    fit = depth["fit"]
+    if isinstance(fit, dict):
+        where = fit.get("loaded_from") or fit.get("saved_to")
+        done = "loaded" if "loaded_from" in fit else f"fit in {fit.get('seconds', 0.0):.1f}s, saved"
+        print(f"fit on {fit['split']} only ({fit['n_samples']} samples, gain {fit['metric']}); {done}: {where}")
+    print(
+        f"time: evaluation {report['eval_seconds']:.2f}s, of it signals and choices"
+        f" {depth['selector_seconds']:.2f}s (summed over worker threads)"
+    )
 
 
 def print_step_recommendations(rec: Recommends, top: TopK, k: int) -> None:

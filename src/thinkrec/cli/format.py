@@ -53,5 +53,6 @@ def protocol_lines(protocol: dict[str, Any]) -> str:
         "test_cut",
         "cut_unit",
         "reasoning",
+        "depth",
     )
     return "\n".join(f"  {k}: {protocol[k]}" for k in keep if k in protocol)

@@ -17,6 +17,11 @@ CONFIG_HELP = "a config file (.toml/.yaml) or the name of a bundled preset (list
 # The demo's cap on training epochs per model: two to three minutes for its three models on a 2-core CPU
 DEMO_EPOCHS = 8
 OVERRIDE_HELP = "dotted overrides applied after the config, e.g. train.lr=0.002 model.hidden=128 eval.ks=[10,20]"
+DEPTH_HELP = (
+    "reasoning models: choose each user's reasoning step with this depth selector: fixed[:k], mean, weights, agree,"
+    " agree-kl, entropy, router, router-prefix, or none (default: the run's eval.depth). Selectors with thresholds"
+    " or weights are fit once on the run's validation samples (never test) and saved in the run directory"
+)
 
 
 def _add_config_args(parser: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -108,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
             " elsewhere (thinkrec warns); scores stay float32"
         ),
     )
+    ev.add_argument(
+        "--depth",
+        metavar="NAME",
+        help=DEPTH_HELP + "; its metrics are shown next to fixed K, with the steps it used",
+    )
     ev.set_defaults(func=c.cmd_evaluate)
 
     rec = sub.add_parser("recommend", help="top-K items with titles for a history or a dataset user")
@@ -120,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--show-steps", action="store_true", help="reasoning models: the top-K of every step r_0..r_K side by side"
     )
+    rec.add_argument("--depth", metavar="NAME", help=DEPTH_HELP)
     rec.set_defaults(func=c.cmd_recommend)
     _add_recommend_batch_args(rec)
     _add_serve_parser(sub)
@@ -184,6 +195,11 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--ann",
         action="store_true",
         help="approximate top-K through a FAISS HNSW index, for very large catalogues (pip install 'thinkrec[ann]')",
+    )
+    serve.add_argument(
+        "--depth",
+        metavar="NAME",
+        help=DEPTH_HELP + " before the server starts; a request's depth field chooses another",
     )
     serve.set_defaults(func=c.cmd_serve)
 

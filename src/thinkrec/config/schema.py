@@ -115,6 +115,11 @@ class RunConfig(BaseModel):
                 f"train.epochs ({self.train.epochs}) must exceed reasoning.warmup_epochs"
                 f" ({self.reasoning.warmup_epochs}): a reasoning run's checkpoint is chosen after its warm-up"
             )
+        if self.eval.depth is not None and not self.reasoning.enabled:
+            raise ValueError(
+                f"eval.depth={self.eval.depth!r} chooses among reasoning steps; it needs reasoning.kind = erl | prl"
+                " (or eval.depth = none)"
+            )
         if self.eval.inference == "auto":
             self.eval = self.eval.model_copy(update={"inference": self.inference()[0]})
         if self.eval.inference == "step":

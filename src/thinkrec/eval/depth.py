@@ -20,12 +20,19 @@ Thresholds and router weights are chosen on validation samples only (:func:`tune
 :meth:`Selector.choose` never reads :attr:`StepData.gains`, the labels a caller may attach for evaluation.
 At inference :func:`choose_steps` maps a block's per-step scores, states and history lengths to a
 :class:`Choice`; fitted selectors are stored as JSON (:func:`selector_to_json`).
+
+Each selector says which signals it reads (:class:`Needs`), so evaluation and serving compute only those
+(:func:`block_signals`, one implementation for the float32 inference path and the float64 analysis path).
+Selectors have names in a registry (:data:`SELECTORS`: ``fixed``, ``fixed:<k>``, ``mean``, ``weights``,
+``agree``, ``agree-kl``, ``entropy``, ``router``, ``router-prefix``); :func:`parse_selector` reads a name,
+:func:`register_selector` adds one. What needs fitting is fit by its registered ``fit`` on labelled
+validation samples (:class:`FitData`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Protocol
 
@@ -100,50 +107,159 @@ class StepData:
         return StepData(**{f.name: cat(f.name) for f in fields(StepData)})
 
 
+STEP_SIGNALS = ("entropy", "margin", "norm")  # one value per step: [n, K+1]
+MOVE_SIGNALS = ("cosine", "overlap", "kl")  # one value per transition k-1 -> k: [n, K]
+SIGNALS = frozenset(STEP_SIGNALS + MOVE_SIGNALS)
+TOP_K = 20  # the top-k lists whose overlap :class:`Agree` and the routers read
+MASKED = -1e30  # a masked item's scaled score in the signal arithmetic: finite, so 0 * it is 0, not nan
+
+
+@dataclass(frozen=True)
+class Needs:
+    """The signals a selector reads: their names (:data:`SIGNALS`) and, with ``first``, only those of steps
+    ``0..first-1`` (and of the transitions between them); the others are left NaN."""
+
+    signals: frozenset[str] = frozenset()
+    first: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = self.signals - SIGNALS
+        if unknown:
+            raise ValueError(f"unknown signals {sorted(unknown)}; signals are {sorted(SIGNALS)}")
+
+    def __or__(self, other: Needs) -> Needs:
+        if not self.signals or not other.signals:
+            return other if not self.signals else self
+        first = None if self.first is None or other.first is None else max(self.first, other.first)
+        return Needs(self.signals | other.signals, first)
+
+    def steps(self, n_steps: int) -> int:
+        """How many leading steps' signals are computed, of ``n_steps``."""
+        return n_steps if self.first is None else min(n_steps, self.first)
+
+
+ALL_SIGNALS = Needs(SIGNALS)
+NO_SIGNALS = Needs()
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row dot products of ``[B, N]`` matrices, without a ``[B, N]`` temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+@torch.no_grad()
+def block_signals(
+    scores: Sequence[torch.Tensor],
+    states: torch.Tensor,
+    needs: Needs = ALL_SIGNALS,
+    top_k: int = TOP_K,
+    temperature: float = 1.0,
+    masked: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The signals ``needs`` names of one block of ``B`` samples: ``scores`` holds each step's logits ``[B, N]``
+    (step 0 first) before division by ``temperature``, ``states`` the states ``[B, K+1, d]``. With ``masked``
+    the scores may hold ``-inf`` (masked items: they get no probability). Per-step signals come back
+    ``[B, K+1]``, transition signals ``[B, K]`` (column ``k - 1``: step ``k`` against step ``k - 1``), in the
+    scores' dtype and on their device; what ``needs`` leaves out is NaN.
+
+    One pass per step: the softmax's normaliser and ``E_p[z]`` give the entropy ``log S - E_p[z]`` and, with
+    the previous step's scaled scores, ``KL(p_k || p_{k-1})``; one ``topk`` gives the margin and the top-k
+    list."""
+    n_steps = len(scores)
+    b, n_items = scores[0].shape
+    dtype, device = scores[0].dtype, scores[0].device
+    want = needs.signals
+    last = needs.steps(n_steps)
+    out: dict[str, torch.Tensor] = {}
+    for name in want:
+        width = n_steps if name in STEP_SIGNALS else n_steps - 1
+        out[name] = torch.full((b, width), math.nan, dtype=dtype, device=device)
+    inv_t = 1.0 / temperature
+    spread = "entropy" in want or "kl" in want
+    k = min(top_k, n_items)
+    n_top = max(k if "overlap" in want else 0, min(2, n_items) if "margin" in want else 0)
+    before: tuple[torch.Tensor, torch.Tensor] | None = None  # the previous step's scaled scores, log normaliser
+    before_top: torch.Tensor | None = None
+    for step in range(last):
+        s = scores[step]
+        if spread:
+            top1 = s.amax(dim=1, keepdim=True)
+            z = torch.add(top1 * -inv_t, s, alpha=inv_t)  # (s - max) / T: the largest is 0, exp cannot overflow
+            if masked:
+                z.clamp_(min=MASKED)
+            e = z.exp()
+            total = e.sum(dim=1)
+            log_total = total.log()
+            mean_z = _row_dot(e, z) / total  # E_p[z]
+            if "entropy" in want:
+                out["entropy"][:, step] = log_total - mean_z
+            if "kl" in want and before is not None:
+                z_before, log_before = before
+                kl = mean_z - _row_dot(e, z_before) / total - log_total + log_before
+                out["kl"][:, step - 1] = kl.clamp_min(0)
+            before = (z, log_total)
+        if n_top:
+            top = s.topk(n_top, dim=1)  # sorted, best first
+            if "margin" in want:
+                out["margin"][:, step] = (top.values[:, 0] - top.values[:, min(1, n_top - 1)]) * inv_t
+            if "overlap" in want:
+                now = top.indices[:, :k]
+                if before_top is not None:
+                    shared = (now[:, :, None] == before_top[:, None, :]).any(dim=2).sum(dim=1)
+                    out["overlap"][:, step - 1] = shared.to(dtype) / k
+                before_top = now
+    st = states[:, :last].to(dtype)
+    if "norm" in want:
+        out["norm"][:, :last] = st.norm(dim=-1)
+    if "cosine" in want and last > 1:
+        out["cosine"][:, : last - 1] = torch.nn.functional.cosine_similarity(st[:, 1:], st[:, :-1], dim=-1)
+    return out
+
+
+def signal_data(
+    signals: Mapping[str, npt.ArrayLike],
+    n_steps: int,
+    history: npt.ArrayLike,
+    groups: npt.ArrayLike | None = None,
+    recency: npt.ArrayLike | None = None,
+) -> StepData:
+    """:class:`StepData` of ``n`` samples from the signals :func:`block_signals` gave (as arrays), ``K + 1 =
+    n_steps``; signals not given are NaN (a selector that does not read them never sees them)."""
+    hist = np.asarray(history, dtype=np.int64)
+    n = len(hist)
+    values: dict[str, Floats] = {}
+    for name in SIGNALS:
+        width = n_steps if name in STEP_SIGNALS else n_steps - 1
+        given = signals.get(name)
+        values[name] = np.full((n, width), np.nan) if given is None else np.asarray(given, dtype=np.float64)
+    users = np.arange(n, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    return StepData(
+        **values,
+        history=hist,
+        groups=users,
+        recency=None if recency is None else np.asarray(recency, dtype=np.float64),
+    )
+
+
 @torch.no_grad()
 def step_data(
     scores: torch.Tensor,
     states: torch.Tensor,
     history: npt.ArrayLike,
     groups: npt.ArrayLike | None = None,
-    top_k: int = 20,
+    top_k: int = TOP_K,
     recency: npt.ArrayLike | None = None,
+    needs: Needs = ALL_SIGNALS,
 ) -> StepData:
-    """The signals of one block of samples: ``scores [B, K+1, N]`` (each step's logits over the catalogue,
-    as the model scores them: temperature applied, masked items ``-inf``), ``states [B, K+1, d]``, history
-    lengths ``[B]``, the samples' users (default: every sample its own user) and, when known, the seconds
-    between each history's last two items ``[B]``. The tensors may be on any device; the signals come back on
-    the CPU."""
-    b, k1, n_items = scores.shape
+    """The signals of one block of samples in float64: ``scores [B, K+1, N]`` (each step's logits over the
+    catalogue, as the model scores them: temperature applied, masked items ``-inf``), ``states [B, K+1, d]``,
+    history lengths ``[B]``, the samples' users (default: every sample its own user) and, when known, the
+    seconds between each history's last two items ``[B]``. The tensors may be on any device; the signals come
+    back on the CPU."""
     s = scores.double()
-    logp = torch.log_softmax(s, dim=-1)
-    p = logp.exp()
-    # 0 * -inf is nan: masked items contribute nothing to the entropy or the KL
-    entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
-    top2 = s.topk(min(2, n_items), dim=-1).values
-    margin = top2[..., 0] - top2[..., -1]
-    st = states.double()
-    norm = st.norm(dim=-1)
-    cosine = torch.nn.functional.cosine_similarity(st[:, 1:], st[:, :-1], dim=-1)
-    k = min(top_k, n_items)
-    top = s.topk(k, dim=-1).indices  # [B, K+1, k]
-    hits = torch.zeros(b, k1, n_items, dtype=torch.bool, device=s.device)
-    hits.scatter_(2, top, True)
-    overlap = (hits[:, 1:] & hits[:, :-1]).sum(-1).double() / k
-    kl = torch.where(p[:, 1:] > 0, p[:, 1:] * (logp[:, 1:] - logp[:, :-1]), torch.zeros_like(p[:, 1:])).sum(-1)
-    hist = np.asarray(history, dtype=np.int64)
-    users = np.arange(b, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
-    return StepData(
-        entropy.cpu().numpy(),
-        margin.cpu().numpy(),
-        norm.cpu().numpy(),
-        cosine.cpu().numpy(),
-        overlap.cpu().numpy(),
-        kl.clamp_min(0).cpu().numpy(),
-        hist,
-        users,
-        None if recency is None else np.asarray(recency, dtype=np.float64),
-    )
+    found = block_signals([s[:, k] for k in range(s.shape[1])], states.double(), needs, top_k, masked=True)
+    arrays = {name: value.cpu().numpy() for name, value in found.items()}
+    return signal_data(arrays, s.shape[1], history, groups, recency)
 
 
 @dataclass(frozen=True)
@@ -186,12 +302,20 @@ class Choice:
 
 
 class Selector(Protocol):
-    """Chooses steps from label-free signals; never reads ``data.gains``."""
+    """Chooses steps from label-free signals; never reads ``data.gains``. A selector may also say which
+    signals it reads (a ``needs`` attribute, :class:`Needs`); without one it is given every signal
+    (:func:`needs_of`)."""
 
     @property
     def name(self) -> str: ...
 
     def choose(self, data: StepData) -> Choice: ...
+
+
+def needs_of(selector: Selector) -> Needs:
+    """The signals ``selector`` reads: its ``needs``, else all of them."""
+    needs = getattr(selector, "needs", None)
+    return needs if isinstance(needs, Needs) else ALL_SIGNALS
 
 
 @dataclass(frozen=True)
@@ -209,6 +333,10 @@ class Fixed:
         return (
             f"fixed r_{self.step}" if self.weights is None else "weights " + ",".join(f"{w:.2f}" for w in self.weights)
         )
+
+    @property
+    def needs(self) -> Needs:
+        return NO_SIGNALS
 
     def choose(self, data: StepData) -> Choice:
         n, k1 = len(data), data.n_steps
@@ -250,6 +378,10 @@ class Agree:
         tail = "" if self.fallback is None else f", else r_{self.fallback}"
         return f"agree {self.signal} {op} {self.threshold:.3g} ({self.use}{tail})"
 
+    @property
+    def needs(self) -> Needs:
+        return Needs(frozenset({self.signal}))
+
     def choose(self, data: StepData) -> Choice:
         k1 = data.n_steps
         stop = data.overlap >= self.threshold if self.signal == "overlap" else data.kl <= self.threshold
@@ -272,6 +404,10 @@ class EntropyStop:
     @property
     def name(self) -> str:
         return f"entropy stops falling (tol {self.tolerance:.3g})"
+
+    @property
+    def needs(self) -> Needs:
+        return Needs(frozenset({"entropy"}))
 
     def choose(self, data: StepData) -> Choice:
         k1 = data.n_steps
@@ -356,6 +492,11 @@ class Router:
     def name(self) -> str:
         return f"router ({self.which} signals, margin {self.threshold:.3g}, default r_{self.default})"
 
+    @property
+    def needs(self) -> Needs:
+        """What :func:`features` reads (the history length comes with every sample)."""
+        return ALL_SIGNALS if self.which == "all" else Needs(frozenset(STEP_SIGNALS), first=1)
+
     def probabilities(self, data: StepData) -> Floats:
         x = features(data, self.which)
         return np.asarray(np.mean([m.probabilities(x) for m in self.models], axis=0), dtype=np.float64)
@@ -427,20 +568,36 @@ def cross_tune(candidates: Sequence[Selector], data: StepData, seed: int = 0) ->
     return Choice(weights, used)
 
 
+def overlap_candidates(n_steps: int) -> list[Selector]:
+    """Top-k agreement rules: thresholds 0.05..1.0, scoring with the current or previous step, every fallback."""
+    uses: tuple[Literal["current", "previous"], ...] = ("current", "previous")
+    return [
+        Agree(float(t), "overlap", use, f) for t in np.linspace(0.05, 1.0, 20) for use in uses for f in range(n_steps)
+    ]
+
+
+def kl_candidates(data: StepData) -> list[Selector]:
+    """KL agreement rules: thresholds at the 5%..95% quantiles of the samples' KL values (signals, not labels)."""
+    kl = np.quantile(data.kl, np.linspace(0.05, 0.95, 19)) if data.kl.size else np.zeros(0)
+    uses: tuple[Literal["current", "previous"], ...] = ("current", "previous")
+    return [Agree(float(t), "kl", use, f) for t in kl for use in uses for f in range(data.n_steps)]
+
+
+def entropy_candidates(data: StepData) -> list[Selector]:
+    """Entropy halting rules: tolerance 0 and the 5%..95% quantiles of the samples' entropy drops."""
+    drops = data.entropy[:, :-1] - data.entropy[:, 1:]
+    tol = np.quantile(drops, np.linspace(0.05, 0.95, 19)) if drops.size else np.zeros(0)
+    return [EntropyStop(float(t)) for t in sorted({0.0, *tol.tolist()})]
+
+
 def halting_candidates(data: StepData) -> dict[str, list[Selector]]:
     """Threshold grids of the training-free selectors, with every fallback step (read from the signals'
     ranges, not the labels)."""
-    k1 = data.n_steps
-    kl = np.quantile(data.kl, np.linspace(0.05, 0.95, 19)) if data.kl.size else np.zeros(0)
-    drops = data.entropy[:, :-1] - data.entropy[:, 1:]
-    tol = np.quantile(drops, np.linspace(0.05, 0.95, 19)) if drops.size else np.zeros(0)
-    uses: tuple[Literal["current", "previous"], ...] = ("current", "previous")
-    overlap: list[Selector] = [
-        Agree(float(t), "overlap", use, f) for t in np.linspace(0.05, 1.0, 20) for use in uses for f in range(k1)
-    ]
-    kls: list[Selector] = [Agree(float(t), "kl", use, f) for t in kl for use in uses for f in range(k1)]
-    entropy: list[Selector] = [EntropyStop(float(t)) for t in sorted({0.0, *tol.tolist()})]
-    return {"agree (top-k overlap)": overlap, "agree (KL)": kls, "entropy": entropy}
+    return {
+        "agree (top-k overlap)": overlap_candidates(data.n_steps),
+        "agree (KL)": kl_candidates(data),
+        "entropy": entropy_candidates(data),
+    }
 
 
 def simplex_grid(n_steps: int, resolution: int = 10) -> list[tuple[float, ...]]:
@@ -540,7 +697,7 @@ def choose_steps(
     [B, K+1, N]``, ``states [B, K+1, d]`` and history lengths ``[B]`` (a prefix router needs step 0 only:
     ``[B, 1, N]`` and ``[B, 1, d]``). ``choice.user_vectors(states)`` then gives the vectors to rank with
     once the chosen steps have run."""
-    return selector.choose(step_data(scores, states, history, top_k=top_k))
+    return selector.choose(step_data(scores, states, history, top_k=top_k, needs=needs_of(selector)))
 
 
 def selector_to_json(selector: Selector) -> dict[str, object]:
@@ -588,3 +745,146 @@ def selector_from_json(data: dict[str, Any]) -> Selector:
         )
         return Router(models, int(data["default"]), float(data["threshold"]), data["which"])
     raise ValueError(f"unknown selector kind {kind!r}")
+
+
+# --- named selectors: the registry behind eval.depth and --depth ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Labelled validation samples to fit a selector on (never test samples)."""
+
+    data: StepData  # the samples' signals, with gains: the per-sample metric of every step
+    states: torch.Tensor  # [n, K+1, d] (only for fits that read states: ``SelectorKind.fit_states``)
+    targets: torch.Tensor  # [n] 0-based target items (idem)
+    score: Callable[[torch.Tensor], torch.Tensor]  # user vectors [B, d] -> logits [B, N], differentiable
+
+
+@dataclass(frozen=True)
+class SelectorKind:
+    """A named selector: built from K + 1 (and the name's argument) without fitting, or fit on validation."""
+
+    name: str
+    summary: str
+    build: Callable[[int, int | None], Selector] | None = None  # (K + 1, argument) -> selector
+    fit: Callable[[FitData], Selector] | None = None
+    fit_needs: Needs = NO_SIGNALS  # the validation signals the fit reads
+    fit_states: bool = False  # whether the fit reads validation states and targets
+    argument: str | None = None  # the name takes ``:<argument>`` (``fixed:1``)
+
+    @property
+    def fitted(self) -> bool:
+        return self.fit is not None
+
+    def usage(self) -> str:
+        return self.name if self.argument is None else f"{self.name}[:{self.argument}]"
+
+
+def _fixed(n_steps: int, step: int | None) -> Selector:
+    chosen = n_steps - 1 if step is None else step
+    if not 0 <= chosen < n_steps:
+        raise ValueError(f"fixed:{chosen}: the step must be in 0..{n_steps - 1} (K = {n_steps - 1})")
+    return Fixed(chosen)
+
+
+def _tuned(candidates: Callable[[StepData], list[Selector]]) -> Callable[[FitData], Selector]:
+    """A fit that tunes a halting family's threshold, scoring step and fallback on the validation gains."""
+
+    def fit(given: FitData) -> Selector:
+        return tune(candidates(given.data.with_gains(None)), given.data)[0]
+
+    return fit
+
+
+def _fit_weights(given: FitData) -> Selector:
+    weights = fit_step_weights(given.states, given.targets, given.score)
+    return Fixed(weights=weights, label="learned step weights " + ",".join(f"{w:.2f}" for w in weights))
+
+
+def _router(which: Features) -> Callable[[FitData], Selector]:
+    def fit(given: FitData) -> Selector:
+        return fit_router(given.data, which).router
+
+    return fit
+
+
+SELECTORS: dict[str, SelectorKind] = {}
+
+
+def register_selector(kind: SelectorKind, *, replace: bool = False) -> None:
+    """Add a named selector (then valid in ``eval.depth``, ``--depth`` and the HTTP ``depth`` field)."""
+    if not kind.name or any(c in kind.name for c in ":/ ") or kind.name == "none":
+        raise ValueError(f"selector name {kind.name!r}: a plain word (no ':', '/' or spaces; not 'none')")
+    if (kind.build is None) == (kind.fit is None):
+        raise ValueError(f"selector {kind.name!r}: give exactly one of build (no fit) or fit")
+    if kind.name in SELECTORS and not replace:
+        raise ValueError(f"a selector named {kind.name!r} is registered already (pass replace=True to replace it)")
+    SELECTORS[kind.name] = kind
+
+
+for _kind in (
+    SelectorKind("fixed", "one step for every user: r_K, or r_k with fixed:k", build=_fixed, argument="k"),
+    SelectorKind("mean", "the mean of the step states r_0..r_K", build=lambda n, _: mean_of_steps(n)),
+    SelectorKind("weights", "step weights fit by cross-entropy on validation", fit=_fit_weights, fit_states=True),
+    SelectorKind(
+        "agree",
+        "stop when consecutive steps' top-20 lists agree (threshold tuned on validation)",
+        fit=_tuned(lambda data: overlap_candidates(data.n_steps)),
+        fit_needs=Needs(frozenset({"overlap"})),
+    ),
+    SelectorKind(
+        "agree-kl",
+        "stop when consecutive steps' distributions are within a KL threshold (tuned on validation)",
+        fit=_tuned(kl_candidates),
+        fit_needs=Needs(frozenset({"kl"})),
+    ),
+    SelectorKind(
+        "entropy",
+        "stop when the score distribution's entropy stops falling (tolerance tuned on validation)",
+        fit=_tuned(entropy_candidates),
+        fit_needs=Needs(frozenset({"entropy"})),
+    ),
+    SelectorKind(
+        "router",
+        "logistic regression over steps on every step's signals, cross-fitted on validation users",
+        fit=_router("all"),
+        fit_needs=ALL_SIGNALS,
+    ),
+    SelectorKind(
+        "router-prefix",
+        "logistic regression over steps on step 0's signals and the history length: decides before reasoning",
+        fit=_router("prefix"),
+        fit_needs=Needs(frozenset(STEP_SIGNALS), first=1),
+    ),
+):
+    register_selector(_kind)
+
+
+def selector_names() -> list[str]:
+    """The valid depth names, as a user writes them (``fixed[:k]``)."""
+    return [kind.usage() for kind in SELECTORS.values()]
+
+
+def parse_selector(name: str) -> tuple[SelectorKind, int | None]:
+    """The registered kind and argument of a depth name (``router``, ``fixed:1``); a ``ValueError`` naming
+    the valid ones otherwise."""
+    base, colon, argument = name.strip().partition(":")
+    kind = SELECTORS.get(base)
+    valid = ", ".join(selector_names())
+    if kind is None:
+        raise ValueError(f"unknown depth selector {name!r}; choose one of: {valid}")
+    if not colon:
+        return kind, None
+    if kind.argument is None:
+        raise ValueError(f"depth selector {base!r} takes no argument (got {name!r}); choose one of: {valid}")
+    if not argument.isdigit():
+        raise ValueError(f"depth selector {name!r}: {kind.argument} must be a whole number >= 0, e.g. {base}:1")
+    return kind, int(argument)
+
+
+def build_selector(name: str, n_steps: int) -> Selector:
+    """The selector a name that needs no fit stands for, for ``K + 1 = n_steps`` steps."""
+    kind, argument = parse_selector(name)
+    if kind.build is None:
+        raise ValueError(f"depth selector {kind.name!r} is fit on validation samples; it cannot be built alone")
+    return kind.build(n_steps, argument)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -15,6 +16,16 @@ from thinkrec.blocking import rows_per_block
 from thinkrec.data.batches import eval_histories, trim
 from thinkrec.data.split import EvalSamples, Split
 from thinkrec.errors import ThinkrecError
+from thinkrec.eval.depth import (
+    NO_SIGNALS,
+    STEP_SIGNALS,
+    TOP_K,
+    Needs,
+    Selector,
+    block_signals,
+    needs_of,
+    signal_data,
+)
 from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
 from thinkrec.eval.protocol import EvalConfig
 from thinkrec.inference.runner import Runner, model_device, runner_for
@@ -22,6 +33,37 @@ from thinkrec.models.model import SeqRecModel
 from thinkrec.parallel import resolve_workers, row_workers
 from thinkrec.precision import warn_slow_bf16
 from thinkrec.storage import atomic_write_bytes
+
+
+@dataclass(frozen=True)
+class DepthPlan:
+    """Adaptive depth in an evaluation (:mod:`thinkrec.eval.depth`): a ``selector`` choosing each sample's
+    steps from label-free signals of that sample's per-step scores (its choice is ranked too), and/or
+    signals to ``collect`` for every sample (and with ``keep_states`` the states: what fitting a selector on
+    validation samples reads)."""
+
+    selector: Selector | None = None
+    collect: Needs = NO_SIGNALS
+    keep_states: bool = False
+    top_k: int = TOP_K
+
+    @property
+    def needs(self) -> Needs:
+        """The signals computed per piece: the selector's and the collected ones."""
+        return (needs_of(self.selector) if self.selector is not None else NO_SIGNALS) | self.collect
+
+
+@dataclass
+class DepthOutput:
+    """What an evaluation with a :class:`DepthPlan` gives besides every step's ranks."""
+
+    ranks: np.ndarray | None  # int64 [n]: ranks of the selector's choice (with a selector)
+    weights: np.ndarray | None  # float64 [n, K+1]: the chosen step weights (one-hot: a chosen step)
+    steps_used: np.ndarray | None  # int64 [n]: reasoning steps the choice needed
+    signals: dict[str, np.ndarray] = field(default_factory=dict)  # collected: name -> [n, K+1] or [n, K]
+    states: torch.Tensor | None = None  # collected states [n, K+1, d]
+    # per piece: seconds spent on the signals and the choice, on whichever worker thread ran the piece
+    selector_seconds: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -32,6 +74,7 @@ class EvalResult:
     step_ranks: np.ndarray  # int64 [K+1, n]; row k scores with step k alone
     mean_ranks: np.ndarray | None  # int64 [n] when K > 0: scoring with the mean of steps
     mode: str = "last"  # the inference mode of ``ranks``: 'last', 'mean' or 'step <k>'
+    depth: DepthOutput | None = None  # with a DepthPlan: the selector's ranks and choices, collected signals
 
     @classmethod
     def empty(cls, n: int, k_plus_1: int, mode: str, step: int | None) -> EvalResult:
@@ -52,6 +95,9 @@ class EvalResult:
         named = {"ranks": self.ranks, "step_ranks": self.step_ranks}
         if self.mean_ranks is not None:
             named["mean_ranks"] = self.mean_ranks
+        if self.depth is not None and self.depth.ranks is not None and self.depth.steps_used is not None:
+            named["depth_ranks"] = self.depth.ranks  # the adaptive-depth selector's ranks and steps used
+            named["depth_steps_used"] = self.depth.steps_used
         top = max(int(a.max(initial=0)) for a in named.values())
         dtype = np.uint16 if top <= np.iinfo(np.uint16).max else np.int64
         arrays = {name: a.astype(dtype) for name, a in named.items()}
@@ -65,11 +111,16 @@ class EvalResult:
         """The ranks :meth:`save` wrote (as int64)."""
         try:
             with np.load(path) as arrays:
+                depth = None
+                if "depth_ranks" in arrays:
+                    used = arrays["depth_steps_used"].astype(np.int64)
+                    depth = DepthOutput(arrays["depth_ranks"].astype(np.int64), None, used)
                 return cls(
                     ranks=arrays["ranks"].astype(np.int64),
                     step_ranks=arrays["step_ranks"].astype(np.int64),
                     mean_ranks=arrays["mean_ranks"].astype(np.int64) if "mean_ranks" in arrays else None,
                     mode=str(arrays["mode"]),
+                    depth=depth,
                 )
         except (OSError, ValueError, KeyError) as exc:
             raise ThinkrecError(
@@ -98,14 +149,53 @@ def _ranks(
         rows = slice(start, start + block)
         scores = (users[rows] @ items.T).float()
         if history is not None:
-            # History ids are 1-based item ids; padding (0) is skipped.
-            hist = history[rows]
-            index = torch.arange(len(hist), device=hist.device)[:, None].expand_as(hist)
-            real = hist > 0
-            scores[index[real], hist[real] - 1] = float("-inf")
+            mask_items(scores, history[rows])
         ranks[rows] = target_ranks(scores, targets[rows], overwrite=True)
     result: np.ndarray = ranks.cpu().numpy()
     return result
+
+
+def mask_items(scores: torch.Tensor, history: torch.Tensor) -> None:
+    """Set each row's history items to -inf (history ids are 1-based item ids; padding, 0, is skipped)."""
+    index = torch.arange(len(history), device=history.device)[:, None].expand_as(history)
+    real = history > 0
+    scores[index[real], history[real] - 1] = float("-inf")
+
+
+def _step_ranks_and_signals(
+    model: SeqRecModel,
+    states: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    history: torch.Tensor | None,
+    needs: Needs,
+    top_k: int,
+) -> tuple[list[np.ndarray], dict[str, torch.Tensor], float]:
+    """Every step's ranks (as :func:`_ranks` of ``states[:, k]`` computes them, block for block, so the ranks
+    are the same numbers) and the signals ``needs`` names, read from the same score blocks before the rank
+    count overwrites them; and the seconds the signals took."""
+    k1 = states.shape[1]
+    prepared = [model.scorer.prepare(states[:, k], items) for k in range(k1)]
+    ranks = torch.empty(k1, len(states), dtype=torch.long, device=states.device)
+    block = rows_per_block(items.shape[0])
+    parts: list[dict[str, torch.Tensor]] = []
+    seconds = 0.0
+    temperature = float(model.scorer.temperature)
+    for start in range(0, len(states), block):
+        rows = slice(start, start + block)
+        scores = []
+        for users, step_items in prepared:
+            s = (users[rows] @ step_items.T).float()
+            if history is not None:
+                mask_items(s, history[rows])
+            scores.append(s)
+        t0 = time.perf_counter()
+        parts.append(block_signals(scores, states[rows], needs, top_k, temperature, masked=history is not None))
+        seconds += time.perf_counter() - t0
+        for k, s in enumerate(scores):
+            ranks[k, rows] = target_ranks(s, targets[rows], overwrite=True)
+    signals = {name: torch.cat([p[name] for p in parts]) for name in parts[0]} if parts else {}
+    return list(ranks.cpu().numpy()), signals, seconds
 
 
 def encode_in_blocks(
@@ -220,6 +310,7 @@ class PieceRanker:
     mode: str
     step: int | None
     result: EvalResult
+    depth: DepthPlan | None = None
 
     def __call__(self, piece: Piece) -> None:
         sl, part, inputs, history = piece
@@ -230,8 +321,21 @@ class PieceRanker:
         if not self.per_step:
             out.ranks[sl] = _ranks(model, model.user_vector(states, self.mode, self.step), self.items, targets, hist)
             return
-        for k in range(states.shape[1]):
-            out.step_ranks[k, sl] = _ranks(model, states[:, k], self.items, targets, hist)
+        signals: dict[str, torch.Tensor] = {}
+        seconds = 0.0
+        if self.depth is not None:
+            needs = self.depth.needs
+            if needs.signals:
+                ranks, signals, seconds = _step_ranks_and_signals(
+                    model, states, self.items, targets, hist, needs, self.depth.top_k
+                )
+            else:  # fixed steps or weights read no signal: the plain per-step ranks
+                ranks = [_ranks(model, states[:, k], self.items, targets, hist) for k in range(states.shape[1])]
+            for k, step_ranks in enumerate(ranks):
+                out.step_ranks[k, sl] = step_ranks
+        else:
+            for k in range(states.shape[1]):
+                out.step_ranks[k, sl] = _ranks(model, states[:, k], self.items, targets, hist)
         if out.mean_ranks is not None:
             out.mean_ranks[sl] = _ranks(model, states.mean(dim=1), self.items, targets, hist)
         if self.mode == "mean":
@@ -239,6 +343,44 @@ class PieceRanker:
             out.ranks[sl] = out.mean_ranks[sl]
         else:
             out.ranks[sl] = out.step_ranks[-1 if self.mode == "last" else self.step or 0, sl]
+        if self.depth is not None:
+            self._depth(self.depth, sl, part, states, targets, hist, signals, seconds)
+
+    def _depth(
+        self,
+        plan: DepthPlan,
+        sl: np.ndarray,
+        part: EvalSamples,
+        states: torch.Tensor,
+        targets: torch.Tensor,
+        hist: torch.Tensor | None,
+        signals: dict[str, torch.Tensor],
+        seconds: float,
+    ) -> None:
+        """The selector's choice for the piece's samples and its ranks; the collected signals and states."""
+        out = self.result.depth
+        assert out is not None
+        arrays = {name: value.double().cpu().numpy() for name, value in signals.items()}
+        for name in plan.collect.signals:
+            out.signals[name][sl] = arrays[name]
+        if out.states is not None:
+            out.states[torch.from_numpy(sl)] = states.to(out.states.device, out.states.dtype)
+        if plan.selector is None:
+            out.selector_seconds.append(seconds)
+            return
+        assert out.ranks is not None and out.weights is not None and out.steps_used is not None
+        t0 = time.perf_counter()
+        choice = plan.selector.choose(signal_data(arrays, states.shape[1], part.positions, part.users))
+        seconds += time.perf_counter() - t0
+        out.weights[sl], out.steps_used[sl] = choice.weights, choice.steps_used
+        if choice.hard:  # a chosen step's ranks are that step's: nothing more to score
+            out.ranks[sl] = self.result.step_ranks[choice.step, sl]
+        elif self.result.mean_ranks is not None and bool(np.all(choice.weights == 1.0 / states.shape[1])):
+            out.ranks[sl] = self.result.mean_ranks[sl]  # the mean of steps, scored already
+        else:
+            users = choice.user_vectors(states)
+            out.ranks[sl] = _ranks(self.runner.model, users, self.items, targets, hist)
+        out.selector_seconds.append(seconds)
 
 
 @torch.no_grad()
@@ -250,12 +392,16 @@ def evaluate(
     steps: int | None = None,
     progress: bool = False,
     per_step: bool = True,
+    depth: DepthPlan | None = None,
 ) -> EvalResult:
     """Rank every sample's target among all items, in chunks of at most ``cfg.memory_budget_mb``, on the
     model's device (row workers on the CPU only).
 
     With ``per_step`` (default) every reasoning step is also scored on its own (for step curves and the
     oracle analysis); without it only the configured inference mode is scored (what serving costs).
+    With ``depth`` (a reasoning model, ``per_step``) a selector also chooses each sample's steps from the
+    label-free signals of its per-step scores, and its choice is ranked (``result.depth``), and/or signals are
+    collected for fitting a selector.
     """
     model.eval()
     device = model_device(model)
@@ -264,7 +410,13 @@ def evaluate(
     k_plus_1 = (steps if steps is not None else model.reasoning_steps) + 1
     mode, step = inference_mode(cfg, k_plus_1)
     result = EvalResult.empty(len(samples), k_plus_1, mode, step)
-    ranker = PieceRanker(runner_for(model, device), model.item_vectors(), cfg, steps, per_step, mode, step, result)
+    if depth is not None:
+        if k_plus_1 < 2 or not per_step:
+            raise ThinkrecError("adaptive depth needs a reasoning model (K >= 1) and every step's scores")
+        result.depth = _depth_output(depth, len(samples), k_plus_1, model, device)
+    ranker = PieceRanker(
+        runner_for(model, device), model.item_vectors(), cfg, steps, per_step, mode, step, result, depth
+    )
     size = chunk_size(cfg, model.n_items)
     n_chunks = -(-len(samples) // size)
     bar = chunk_bar(progress, n_chunks)
@@ -275,3 +427,21 @@ def evaluate(
         rows.waves(ranker, stream, rows.workers if parts == 1 else parts)
     bar.close()
     return result
+
+
+def _depth_output(plan: DepthPlan, n: int, k_plus_1: int, model: SeqRecModel, device: torch.device) -> DepthOutput:
+    """Empty arrays for what ``plan`` writes per sample (each piece fills its own samples)."""
+    chooses = plan.selector is not None
+    signals = {
+        name: np.full((n, k_plus_1 if name in STEP_SIGNALS else k_plus_1 - 1), np.nan) for name in plan.collect.signals
+    }
+    states = None
+    if plan.keep_states:
+        states = torch.zeros(n, k_plus_1, model.backbone.hidden_size, device=device)
+    return DepthOutput(
+        ranks=np.zeros(n, dtype=np.int64) if chooses else None,
+        weights=np.zeros((n, k_plus_1)) if chooses else None,
+        steps_used=np.zeros(n, dtype=np.int64) if chooses else None,
+        signals=signals,
+        states=states,
+    )

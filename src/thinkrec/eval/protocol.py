@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from thinkrec.eval.depth import parse_selector
 
 
 class EvalConfig(BaseModel):
@@ -60,6 +62,26 @@ class EvalConfig(BaseModel):
             " scores and ranks stay float32"
         ),
     )
+    depth: str | None = Field(
+        None,
+        description=(
+            "reasoning models: choose each user's reasoning step at inference with this named selector, in"
+            " evaluation (reported next to fixed K), recommend, batch and serving: fixed[:k], mean, weights, agree,"
+            " agree-kl, entropy, router, router-prefix (thinkrec.eval.depth). Selectors with thresholds or weights"
+            " are fit once on the run's validation samples (never test) and saved in the run directory;"
+            " none = the inference mode alone"
+        ),
+        json_schema_extra={"operational": True},
+    )
+
+    @field_validator("depth")
+    @classmethod
+    def _known_selector(cls, value: str | None) -> str | None:
+        """A registered selector name (``none`` is no selector)."""
+        if value is None or value.strip() == "none":
+            return None
+        parse_selector(value)  # a ValueError naming the valid ones
+        return value.strip()
 
 
 def describe_protocol(cfg: EvalConfig, split_protocol: dict[str, Any], seed: int, n_items: int) -> dict[str, Any]:

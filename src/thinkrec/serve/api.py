@@ -130,6 +130,7 @@ class Run:
         k: int = 10,
         exclude_seen: bool = False,
         steps: int | None = None,
+        depth: str | None = None,
         output: Output = "auto",
     ) -> Any:
         """Top-``k`` items per user as a table with columns ``user, rank, item, title, score`` (best first).
@@ -138,7 +139,9 @@ class Run:
         history) or ``histories``: a table with columns ``user, item[, time]`` (one row per interaction,
         ordered by ``time`` when present, else as given) or a mapping ``{user: [item, ...]}`` (oldest first).
         Item ids are external. ``exclude_seen``: never recommend an item of the history; ``steps``: latent
-        reasoning steps (reasoning models; default the trained K). Unknown ids raise :class:`ThinkrecError`.
+        reasoning steps (reasoning models; default the trained K); ``depth``: a depth selector that chooses
+        each user's step (default: the one :func:`load` set; it must be fit already). Unknown ids raise
+        :class:`ThinkrecError`.
         """
         check_k(k, "k")
         rec = self.recommender
@@ -166,7 +169,13 @@ class Run:
         for start in range(0, len(paths), EVAL_BATCH):
             part = slice(start, start + EVAL_BATCH)
             top = recommend(
-                rec, paths[part], k, steps=steps, exclude_seen=exclude_seen, times=times[part] if times else None
+                rec,
+                paths[part],
+                k,
+                steps=steps,
+                exclude_seen=exclude_seen,
+                times=times[part] if times else None,
+                depth=depth,
             )
             for name, values in top_rows(rec, top, keys[part]).items():
                 columns[name].extend(values)
@@ -282,10 +291,12 @@ def _rows_table(columns: dict[str, list[Any]]) -> pa.Table:
     )
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", ann: bool = False) -> Run:
+def load(run_dir: str | Path, checkpoint: str = "best", ann: bool = False, depth: str | None = None) -> Run:
     """Load a run directory written by ``thinkrec train``, ``thinkrec llm train`` or :func:`fit`.
-    ``checkpoint``: ``"best"`` or ``"last"``; ``ann``: approximate top-K (FAISS, the ``ann`` extra)."""
-    return Run(run_dir, load_recommender(run_dir, checkpoint, ann))
+    ``checkpoint``: ``"best"`` or ``"last"``; ``ann``: approximate top-K (FAISS, the ``ann`` extra); ``depth``:
+    the default depth selector of a reasoning run (default its ``eval.depth``), fit on the run's validation
+    samples now if it has not been."""
+    return Run(run_dir, load_recommender(run_dir, checkpoint, ann, depth))
 
 
 def fit(

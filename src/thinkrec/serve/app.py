@@ -25,12 +25,23 @@ from typing import Annotated, Any
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from thinkrec import __version__
 from thinkrec.errors import ThinkrecError
+from thinkrec.eval.depth import parse_selector
 from thinkrec.serve.batching import MicroBatcher
 from thinkrec.serve.batching import Query as BatchQuery
 from thinkrec.serve.recommender import MAX_K, MAX_SEARCH, Recommends, UserHistory
@@ -63,6 +74,23 @@ class RecommendRequest(BaseModel):
         None, ge=0, le=64, description="reasoning models: steps K (default: the model's); 0 = backbone only"
     )
     exclude_seen: StrictBool = Field(False, description="never recommend items of the history")
+    depth: StrictStr | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description=(
+            "reasoning models: a depth selector that chooses this history's reasoning step (fixed[:k], mean,"
+            " weights, agree, agree-kl, entropy, router, router-prefix; 'none' = the inference mode; default: the"
+            " server's --depth). Selectors that need fitting must have been fit for the run already"
+        ),
+    )
+
+    @field_validator("depth")
+    @classmethod
+    def _known_depth(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() != "none":
+            parse_selector(value)  # a ValueError naming the valid ones: 422
+        return value
 
     @model_validator(mode="after")
     def _history_or_user(self) -> RecommendRequest:
@@ -93,6 +121,11 @@ class RecommendResponse(BaseModel):
     history: list[SearchItem] | None = Field(None, description="user requests: the user's history, oldest first")
     held_out: SearchItem | None = Field(None, description="user requests: the held-out test item (the true next one)")
     reasoning_steps: int
+    depth: str | None = Field(None, description="the depth selector that chose the step (None: the inference mode)")
+    steps_used: int | None = Field(None, description="with depth: reasoning steps the selector's choice needed")
+    step_weights: list[float] | None = Field(
+        None, description="with depth: the weights of r_0..r_K in the user vector (one 1: the chosen step)"
+    )
     model: dict[str, Any]
 
 
@@ -202,15 +235,18 @@ def create_app(
     *,
     recommender: Recommends | None = None,
     hosts: Iterable[str] | None = None,
+    depth: str | None = None,
 ) -> FastAPI:
     """The API for the run in ``run_dir`` (or an already loaded ``recommender``), model loaded once.
 
     ``hosts``: the ``Host`` names it answers to (default :func:`allowed_hosts`: the loopback names only).
+    ``depth``: the default depth selector of ``run_dir``'s run (default its ``eval.depth``), fit on its
+    validation samples now if it has not been.
     """
     if recommender is None:
         if run_dir is None:
             raise ValueError("give run_dir or recommender")
-        recommender = load_recommender(run_dir)
+        recommender = load_recommender(run_dir, depth=depth)
     rec = recommender
     batcher = MicroBatcher(rec)
     pages = {"index.html": _static("index.html"), **{name: _static(name) for name in STATIC_FILES}}
@@ -269,7 +305,7 @@ def create_app(
             history, times = [v for v in internal if v is not None], None
         if request.reasoning_steps is not None and request.reasoning_steps > rec.max_reasoning_steps:
             raise HTTPException(422, f"reasoning_steps must be in 0..{rec.max_reasoning_steps} for this model")
-        query = BatchQuery(history, request.k, request.reasoning_steps, request.exclude_seen, times)
+        query = BatchQuery(history, request.k, request.reasoning_steps, request.exclude_seen, times, request.depth)
         try:
             answer = batcher.submit(query)
         except ValueError as exc:
@@ -286,6 +322,9 @@ def create_app(
             reasoning_steps=(rec.reasoning_steps if request.reasoning_steps is None else request.reasoning_steps)
             if rec.max_reasoning_steps > 0
             else 0,
+            depth=answer.depth,
+            steps_used=answer.steps_used,
+            step_weights=answer.step_weights,
             model=rec.describe(),
         )
 
@@ -324,11 +363,15 @@ def serve(
     port: int = 8000,
     ann: bool = False,
     extra_hosts: Iterable[str] = (),
+    depth: str | None = None,
 ) -> None:
     """Run the API with uvicorn (blocking); ``ann``: approximate top-K through a FAISS index;
-    ``extra_hosts``: host names to answer to besides the loopback names and ``host``."""
+    ``extra_hosts``: host names to answer to besides the loopback names and ``host``; ``depth``: the default
+    depth selector (default the run's ``eval.depth``), fit on the run's validation samples before the server
+    starts if it has not been."""
     import uvicorn
 
     check_port(port)
-    app = create_app(recommender=load_recommender(run_dir, ann=ann), hosts=allowed_hosts(host, extra_hosts))
+    rec = load_recommender(run_dir, ann=ann, depth=depth)
+    app = create_app(recommender=rec, hosts=allowed_hosts(host, extra_hosts))
     uvicorn.run(app, host=host, port=port, log_level="info")

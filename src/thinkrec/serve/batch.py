@@ -44,9 +44,16 @@ class BatchSummary:
     users_without_known_items: int = 0
     unknown_items: int = 0
     rows_written: int = 0
+    depth: str | None = None  # the depth selector that chose each user's reasoning step, if any
+    steps_used_total: int = 0  # with depth: reasoning steps the choices needed, summed over the users written
 
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, int | str | float | None]:
+        out: dict[str, int | str | float | None] = dict(asdict(self))
+        if self.depth is None:
+            del out["depth"], out["steps_used_total"]
+        else:
+            out["steps_used_mean"] = self.steps_used_total / max(1, self.users_written)
+        return out
 
 
 def _format(path: Path, formats: dict[str, str], what: str) -> str:
@@ -178,10 +185,12 @@ def recommend_file(
     chunk_size: int = 1024,
     exclude_seen: bool = False,
     progress: bool = True,
+    depth: str | None = None,
 ) -> BatchSummary:
     """Write the top-``k`` of every user of ``input_path`` to ``output_path``; returns counts.
 
-    Refuses an output that is the input file (it would be replaced by the answers)."""
+    ``depth``: a depth selector name (default: the recommender's own, e.g. set by ``--depth``). Refuses an
+    output that is the input file (it would be replaced by the answers)."""
     src, dst = Path(input_path), Path(output_path)
     if chunk_size < 1:
         raise ThinkrecError("chunk size must be at least 1")
@@ -211,7 +220,14 @@ def recommend_file(
                 bar.update(len(users))
                 if not histories:
                     continue
-                top = rec.recommend(histories, k, exclude_seen=exclude_seen, per_step=False)
+                options: dict[str, Any] = {} if depth is None else {"depth": depth}
+                try:
+                    top = rec.recommend(histories, k, exclude_seen=exclude_seen, per_step=False, **options)
+                except ValueError as exc:  # the model's refusal (e.g. a depth selector not fit): the user's
+                    raise ThinkrecError(str(exc)) from None
+                if top.steps_used is not None:
+                    summary.depth = top.depth
+                    summary.steps_used_total += int(top.steps_used.sum())
                 columns = top_rows(rec, top, kept_users)
                 writer.write(columns)
                 summary.users_written += len(kept_users)

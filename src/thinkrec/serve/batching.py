@@ -2,11 +2,11 @@
 
 The HTTP endpoints run in the server's thread pool. A request thread calls :meth:`MicroBatcher.submit`; if no
 pass is running it becomes the *leader*: it takes every waiting request (up to ``max_batch``), groups them by
-what must be equal within one pass (reasoning steps, exclude-seen), runs one :meth:`Recommender.recommend`
-per group with the largest ``k`` of the group, and hands each request its rows. Requests that arrive during
-a pass wait for the next one. The leader keeps leading only until its own request is answered; then the
-oldest waiting request takes over, so no thread serves others for long. With a single client there is never
-anything to batch and a request costs what it did without the batcher.
+what must be equal within one pass (reasoning steps, exclude-seen, depth selector), runs one
+:meth:`Recommender.recommend` per group with the largest ``k`` of the group, and hands each request its rows.
+Requests that arrive during a pass wait for the next one. The leader keeps leading only until its own request
+is answered; then the oldest waiting request takes over, so no thread serves others for long. With a single
+client there is never anything to batch and a request costs what it did without the batcher.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from thinkrec.serve.recommender import Recommends, TopK
 
@@ -27,6 +28,7 @@ class Query:
     steps: int | None
     exclude_seen: bool
     times: Sequence[int] | None = None  # item times then "now", for models whose prompts show them
+    depth: str | None = None  # a depth selector name (None: the recommender's default)
 
 
 @dataclass
@@ -36,6 +38,9 @@ class Answer:
     items: list[tuple[int, float]]
     steps: list[list[tuple[int, float]]]
     text: str | None
+    depth: str | None = None  # the depth selector that chose the step
+    steps_used: int | None = None  # reasoning steps its choice needed
+    step_weights: list[float] | None = None  # the chosen step weights (one-hot: one step)
 
 
 @dataclass
@@ -96,11 +101,11 @@ class MicroBatcher:
     def _run_one_pass(self) -> None:
         with self._lock:
             batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
-        groups: dict[tuple[int | None, bool, bool], list[_Slot]] = {}
+        groups: dict[tuple[int | None, bool, bool, str | None], list[_Slot]] = {}
         for slot in batch:
             q = slot.query
-            groups.setdefault((q.steps, q.exclude_seen, q.times is not None), []).append(slot)
-        for (steps, exclude, timed), slots in groups.items():
+            groups.setdefault((q.steps, q.exclude_seen, q.times is not None, q.depth), []).append(slot)
+        for (steps, exclude, timed, depth), slots in groups.items():
             try:
                 top = _recommend(
                     self.recommender,
@@ -109,6 +114,7 @@ class MicroBatcher:
                     steps,
                     exclude,
                     [s.query.times or [] for s in slots] if timed else None,
+                    depth,
                 )
             except Exception as exc:  # a bad request must not fail its neighbours
                 if len(slots) == 1:
@@ -129,7 +135,7 @@ class MicroBatcher:
         q = slot.query
         try:
             times = [q.times] if q.times is not None else None
-            top = _recommend(self.recommender, [q.history], q.k, q.steps, q.exclude_seen, times)
+            top = _recommend(self.recommender, [q.history], q.k, q.steps, q.exclude_seen, times, q.depth)
             slot.answer = _rows(top, 0, q.k)
         except Exception as exc:
             slot.error = exc
@@ -142,11 +148,15 @@ def _recommend(
     steps: int | None,
     exclude_seen: bool,
     times: Sequence[Sequence[int]] | None,
+    depth: str | None = None,
 ) -> TopK:
-    # times only when given: a recommender for histories without times need not take the argument
-    if times is None:
-        return rec.recommend(histories, k, steps, exclude_seen)
-    return rec.recommend(histories, k, steps, exclude_seen, times=times)
+    # times and depth only when given: a recommender that does not use them need not take the arguments
+    options: dict[str, Any] = {}
+    if times is not None:
+        options["times"] = times
+    if depth is not None:
+        options["depth"] = depth
+    return rec.recommend(histories, k, steps, exclude_seen, **options)
 
 
 def _rows(top: TopK, row: int, k: int) -> Answer:
@@ -154,4 +164,7 @@ def _rows(top: TopK, row: int, k: int) -> Answer:
         items=top.row(row)[:k],
         steps=[s[:k] for s in top.step_rows(row)],
         text=top.texts[row] if top.texts else None,
+        depth=top.depth,
+        steps_used=None if top.steps_used is None else int(top.steps_used[row]),
+        step_weights=None if top.step_weights is None else [float(w) for w in top.step_weights[row]],
     )

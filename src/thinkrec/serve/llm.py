@@ -123,6 +123,7 @@ class LLMRecommender:
         exclude_seen: bool = False,
         per_step: bool = True,
         times: Sequence[Sequence[int]] | None = None,
+        depth: str | None = None,
     ) -> TopK:
         """Top-``k`` internal ids and scores per history, with the reasoning text of each in ``TopK.texts``.
 
@@ -135,6 +136,8 @@ class LLMRecommender:
         check_request(histories, k, self.n_items)
         if steps:
             raise ValueError("this model reasons in text; it has no latent reasoning steps (use 0 or none)")
+        if depth is not None and depth.strip() != "none":
+            raise ValueError("this model reasons in text; a depth selector chooses among latent reasoning steps")
         if times is not None and [len(t) for t in times] != [len(h) + 1 for h in histories]:
             raise ValueError("times must hold, per history, one time per item and then the time of 'now'")
         examples = []

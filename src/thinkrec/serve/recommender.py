@@ -9,6 +9,13 @@ Histories of one pass are **left-padded** with 0 to the longest row and use the 
 training (:func:`~thinkrec.data.batches.position_ids`), so a batch gives the same scores as one history at a
 time. Torch inference is serialised by a lock (one forward pass at a time), so one ``Recommender`` may be
 shared by threads (e.g. the HTTP server's thread pool).
+
+Adaptive depth (:mod:`thinkrec.eval.depth`): with a depth selector (the run's ``eval.depth``,
+:meth:`Recommender.set_depth`, or a request's ``depth``) each history's user vector is the step (or step
+weights) the selector chooses from the label-free signals of that history's per-step scores, computed as
+the run's evaluation computes them (history masking as ``eval.mask_history``); the top-K is then that
+step's, from the same scores. Selectors that need fitting are fit on the run's validation samples once and
+saved in its run directory (:func:`thinkrec.runs.run_selector`); a request never starts a fit.
 """
 
 from __future__ import annotations
@@ -19,12 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 
 from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import position_ids
 from thinkrec.errors import ThinkrecError
+from thinkrec.eval.adaptive import FittedSelector
+from thinkrec.eval.depth import TOP_K, Choice, block_signals, needs_of, parse_selector, signal_data
+from thinkrec.eval.evaluator import mask_items
 from thinkrec.inference.runner import model_device, runner_for
 from thinkrec.models.model import SeqRecModel
 from thinkrec.serve.ann import AnnIndex
@@ -176,6 +187,9 @@ class TopK:
     step_ids: torch.Tensor | None = None
     step_scores: torch.Tensor | None = None
     texts: list[str] | None = None  # the reasoning text of each row (R²ec models)
+    depth: str | None = None  # the depth selector that chose each row's step (None: the inference mode)
+    steps_used: torch.Tensor | None = None  # [B] reasoning steps each row's choice needed (with ``depth``)
+    step_weights: torch.Tensor | None = None  # [B, K+1] the chosen step weights (one-hot: a chosen step)
 
     def row(self, b: int) -> list[tuple[int, float]]:
         """``(internal id, score)`` pairs of row ``b``, best first, without excluded items."""
@@ -227,6 +241,7 @@ class Recommends(Protocol):
         exclude_seen: bool = False,
         per_step: bool = True,
         times: Sequence[Sequence[int]] | None = None,
+        depth: str | None = None,
     ) -> TopK: ...
 
     def search(self, query: str, limit: int = 20) -> list[int]: ...
@@ -246,6 +261,8 @@ class Recommender:
         config: RunConfig | None = None,
         memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB,
         ann: AnnIndex | None = None,
+        run_dir: str | Path | None = None,
+        checkpoint: str = "best",
     ) -> None:
         if vocabulary.n_items != model.n_items:
             raise ThinkrecError(f"vocabulary has {vocabulary.n_items} items but the model scores {model.n_items}")
@@ -258,7 +275,12 @@ class Recommender:
         self.memory_budget_mb = memory_budget_mb
         self.max_len = int(model.backbone.max_len)
         self.ann = ann  # approximate top-K instead of exact scoring, when set
+        self.run_dir = None if run_dir is None else Path(run_dir)  # where fitted depth selectors are saved
+        self.checkpoint = checkpoint
+        self.depth: str | None = None  # the default depth selector (set_depth); None: the inference mode
         self._lock = threading.Lock()
+        self._depth_lock = threading.Lock()
+        self._selectors: dict[tuple[str, int], FittedSelector] = {}
         self._users = UserHistories(self._load_data)
 
     def _load_data(self) -> tuple[SequenceDataset, Split]:
@@ -285,7 +307,52 @@ class Recommender:
         cfg, model = load_run(run_dir, checkpoint)
         index = AnnIndex.for_model(model) if ann else None
         vocabulary = Vocabulary.from_parquet(Path(run_dir) / "items.parquet", title_column(cfg))
-        return cls(model, vocabulary, cfg, ann=index)
+        return cls(model, vocabulary, cfg, ann=index, run_dir=run_dir, checkpoint=checkpoint)
+
+    def set_depth(self, name: str | None, steps: int | None = None) -> FittedSelector | None:
+        """Make ``name`` the default depth selector (``None`` or ``"none"``: the inference mode), ready for
+        ``steps`` reasoning steps (default K): loaded from the run directory, or fit on the run's validation
+        samples and saved there when it has not been (this reads the dataset). Raises :class:`ThinkrecError`."""
+        fitted = self.selector(name, steps, fit=True)
+        self.depth = None if fitted is None else fitted.name
+        return fitted
+
+    def selector(self, name: str | None, steps: int | None = None, fit: bool = False) -> FittedSelector | None:
+        """The depth selector ``name`` for ``steps`` reasoning steps (default K), cached: built, read from the
+        run directory or (with ``fit``) fit on the run's validation samples. Raises :class:`ThinkrecError`
+        when it cannot be had (unknown name, no reasoning steps, not fit and ``fit`` off)."""
+        if name is None or name.strip() == "none":
+            return None
+        from thinkrec.runs import run_selector
+
+        use = self.reasoning_steps if steps is None else steps
+        key = (name.strip(), use)
+        with self._depth_lock:
+            found = self._selectors.get(key)
+            if found is not None:
+                return found
+            try:
+                kind, _ = parse_selector(name)
+            except ValueError as exc:
+                raise ThinkrecError(str(exc)) from None
+            if kind.fitted and self.run_dir is None:
+                raise ThinkrecError(
+                    f"depth selector {kind.name!r} is fit on a run's validation samples; load the run from its "
+                    "run directory (Recommender.from_run) to use it"
+                )
+            with self._lock:  # a fit evaluates the model: no recommendation runs beside it
+                found = run_selector(
+                    self.run_dir or Path("."),
+                    name.strip(),
+                    self.model,
+                    self.config,
+                    checkpoint=self.checkpoint,
+                    steps=None if use == self.reasoning_steps else use,
+                    data=lambda: self._load_data()[1],
+                    fit=fit,
+                )
+            self._selectors[key] = found
+            return found
 
     @property
     def n_items(self) -> int:
@@ -318,6 +385,7 @@ class Recommender:
             "reasoning_steps": self.reasoning_steps,
             "max_reasoning_steps": self.max_reasoning_steps,
             "inference": mode if step is None else f"{mode}:{step}",
+            "depth": self.depth,
             "scorer": self.config.model.scorer,
             "top_k": "approximate (FAISS HNSW)" if self.ann is not None else "exact (full catalogue)",
             "dataset": self.config.data.name,
@@ -333,9 +401,9 @@ class Recommender:
             raise ValueError(f"this model scores reasoning step {step}; ask for at least {step} steps")
         return use
 
-    def _rows_per_pass(self) -> int:
-        """Histories per forward pass so that one score matrix stays under the memory budget."""
-        return max(1, self.memory_budget_mb * 2**20 // (4 * max(self.n_items, 1)))
+    def _rows_per_pass(self, matrices: int = 1) -> int:
+        """Histories per forward pass so that ``matrices`` score matrices stay under the memory budget."""
+        return max(1, self.memory_budget_mb * 2**20 // (4 * max(self.n_items, 1) * matrices))
 
     def recommend(
         self,
@@ -345,30 +413,45 @@ class Recommender:
         exclude_seen: bool = False,
         per_step: bool = True,
         times: Sequence[Sequence[int]] | None = None,
+        depth: str | None = None,
     ) -> TopK:
         """Top-``k`` internal ids and scores for each history (internal ids, oldest first).
 
         ``steps``: reasoning steps (default: the model's K; ignored by plain backbones, which only accept 0 or
         ``None``). ``exclude_seen``: never recommend an item of the (whole) history. ``per_step``: also the top-K
         of each reasoning state (reasoning models only; costs one catalogue scoring per state). ``times``: the
-        histories' timestamps, for models that use them (sequence models do not). Raises ``ValueError`` on
-        an empty history, an id outside the catalogue, or ``k``/``steps`` out of range.
+        histories' timestamps, for models that use them (sequence models do not). ``depth``: a depth selector
+        name (default :attr:`depth`; ``"none"``: the inference mode) that chooses each history's step; it must
+        be fit already (:meth:`set_depth`). Raises ``ValueError`` on an empty history, an id outside the
+        catalogue, ``k``/``steps`` out of range, or a depth selector that cannot be used.
         """
         use = self._check(histories, k, steps)
+        try:
+            fitted = self.selector(self.depth if depth is None else depth, use)
+        except ThinkrecError as exc:
+            raise ValueError(str(exc)) from None
         parts: list[TopK] = []
-        size = self._rows_per_pass()
+        size = self._rows_per_pass(1 if fitted is None else use + 2)
         for start in range(0, len(histories), size):
             chunk = histories[start : start + size]
-            parts.append(self._recommend(chunk, min(k, self.n_items), use, exclude_seen, per_step))
+            parts.append(self._recommend(chunk, min(k, self.n_items), use, exclude_seen, per_step, fitted))
         if not parts:
             empty = torch.zeros(0, min(k, self.n_items))
             return TopK(empty.long(), empty)
         has_steps = parts[0].step_ids is not None
+
+        def joined(name: str) -> torch.Tensor | None:
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else torch.cat(values)
+
         return TopK(
             torch.cat([p.ids for p in parts]),
             torch.cat([p.scores for p in parts]),
             torch.cat([p.step_ids for p in parts if p.step_ids is not None]) if has_steps else None,
             torch.cat([p.step_scores for p in parts if p.step_scores is not None]) if has_steps else None,
+            depth=None if fitted is None else fitted.name,
+            steps_used=joined("steps_used"),
+            step_weights=joined("step_weights"),
         )
 
     def encode_batch(self, histories: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -381,17 +464,35 @@ class Recommender:
         return inputs, position_ids(width, self.max_len)
 
     def _recommend(
-        self, histories: Sequence[Sequence[int]], k: int, steps: int, exclude_seen: bool, per_step: bool
+        self,
+        histories: Sequence[Sequence[int]],
+        k: int,
+        steps: int,
+        exclude_seen: bool,
+        per_step: bool,
+        fitted: FittedSelector | None = None,
     ) -> TopK:
         inputs, positions = self.encode_batch(histories)
         mode, step = self.inference
         with self._lock, torch.inference_mode():
             inputs, positions = inputs.to(self.device), positions.to(self.device)
             states = self.runner.encode(inputs, positions, steps if self.model.reasoner is not None else None)
-            user = self.model.user_vector(states, mode, step)
+            choice, step_logits = None, None
+            if fitted is not None:
+                choice, step_logits = self._choose(fitted, states, inputs, histories)
+                user = choice.user_vectors(states)
+            else:
+                user = self.model.user_vector(states, mode, step)
             if self.ann is not None:
-                return self._recommend_ann(histories, states, user, k, exclude_seen, per_step)
-            scores = self.model.score(user)
+                approximate = self._recommend_ann(histories, states, user, k, exclude_seen, per_step)
+                return _with_choice(approximate, fitted, choice)
+            if choice is not None and choice.hard and step_logits is not None:
+                chosen = torch.from_numpy(choice.step).to(user.device)
+                scores = step_logits[0].clone()  # each row: its chosen step's scores, as computed for the signals
+                for s in range(1, len(step_logits)):
+                    scores[chosen == s] = step_logits[s][chosen == s]
+            else:
+                scores = self.model.score(user)
             seen = self._seen_mask(histories, scores.shape[1]).to(scores.device) if exclude_seen else None
             if seen is not None:
                 scores = scores.masked_fill(seen, float("-inf"))
@@ -400,13 +501,37 @@ class Recommender:
             if self.model.reasoner is not None and per_step:
                 tops = []
                 for s in range(states.shape[1]):
-                    logits = self.model.score(states[:, s])
+                    logits = self.model.score(states[:, s]) if step_logits is None else step_logits[s]
                     if seen is not None:
                         logits = logits.masked_fill(seen, float("-inf"))
                     tops.append(torch.topk(logits, k, dim=1))
                 step_ids = torch.stack([t.indices for t in tops], dim=1) + 1
                 step_scores = torch.stack([t.values for t in tops], dim=1)
-        return TopK(top.indices + 1, top.values, step_ids, step_scores)
+        return _with_choice(TopK(top.indices + 1, top.values, step_ids, step_scores), fitted, choice)
+
+    def _choose(
+        self, fitted: FittedSelector, states: torch.Tensor, inputs: torch.Tensor, histories: Sequence[Sequence[int]]
+    ) -> tuple[Choice, list[torch.Tensor] | None]:
+        """The selector's choice for each history, and every step's scores when the signals needed them (so the
+        chosen step's top-K is read from the same numbers). Signals are computed as the run's evaluation
+        computes them: the history window masked when ``eval.mask_history``."""
+        n_steps = states.shape[1]
+        if n_steps != fitted.n_steps:
+            raise ValueError(f"depth selector {fitted.name!r} chooses among {fitted.n_steps} steps, not {n_steps}")
+        needs = needs_of(fitted.selector)
+        lengths = np.asarray([len(h) for h in histories], dtype=np.int64)
+        if not needs.signals:
+            return fitted.selector.choose(signal_data({}, n_steps, lengths)), None
+        logits = [self.model.score(states[:, s]) for s in range(n_steps)]  # temperature applied
+        masked = self.config.eval.mask_history
+        read = logits
+        if masked:  # as evaluation scores them: the history window (the model's input) excluded
+            read = [x.clone() for x in logits]
+            for x in read:
+                mask_items(x, inputs)
+        found = block_signals(read, states, needs, TOP_K, 1.0, masked=masked)
+        arrays = {name: value.double().cpu().numpy() for name, value in found.items()}
+        return fitted.selector.choose(signal_data(arrays, n_steps, lengths)), logits
 
     def _recommend_ann(
         self,
@@ -443,6 +568,16 @@ class Recommender:
     def search(self, query: str, limit: int = 20) -> list[int]:
         """Internal ids whose titles match ``query`` (see :meth:`Vocabulary.search`)."""
         return self.vocabulary.search(query, limit)
+
+
+def _with_choice(top: TopK, fitted: FittedSelector | None, choice: Choice | None) -> TopK:
+    """``top`` with the depth selector's name and each row's steps used and step weights."""
+    if fitted is None or choice is None:
+        return top
+    top.depth = fitted.name
+    top.steps_used = torch.from_numpy(choice.steps_used.copy())
+    top.step_weights = torch.from_numpy(choice.weights.copy())
+    return top
 
 
 def title_column(cfg: Any) -> str | None:

@@ -5,8 +5,10 @@ Python API (:mod:`thinkrec`) all load a run with :func:`load_recommender` (a seq
 run, behind the :class:`~thinkrec.serve.recommender.Recommends` interface), turn external ids into
 internal ones with :func:`internal_ids`, ask ``recommend`` for the top-K, and turn the answer back into rows
 of external ids and titles with :func:`top_rows`. The limits a caller may ask for (``k`` up to
-:data:`~thinkrec.serve.recommender.MAX_K`, reasoning steps, ports) and the checks on output paths live here
-too, so the command line, the server and the library refuse the same things with the same words.
+:data:`~thinkrec.serve.recommender.MAX_K`, reasoning steps, depth selector names, ports) and the checks on
+output paths live here too, so the command line, the server and the library refuse the same things with the
+same words. A depth selector (``--depth``, ``eval.depth``, a request's ``depth``) changes only which reasoning
+step's user vector ranks; the top-K is still the recommender's one ``recommend``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from thinkrec.errors import ThinkrecError
+from thinkrec.eval.depth import parse_selector
 from thinkrec.serve.recommender import MAX_K, ExternalId, Recommender, Recommends, TopK, UserHistory, Vocabulary
 
 ROW_COLUMNS = ("user", "rank", "item", "title", "score")
@@ -34,6 +37,18 @@ def check_steps(steps: int | None, what: str = "--steps") -> int | None:
     if steps is not None and steps < 0:
         raise ThinkrecError(f"{what} must be 0 or more (0 = the backbone without reasoning), got {steps}")
     return steps
+
+
+def check_depth(name: str | None, what: str = "--depth") -> str | None:
+    """A depth selector name as given (``none``: no selector), or a :class:`ThinkrecError` naming the valid
+    ones."""
+    if name is None or name.strip() == "none":
+        return name
+    try:
+        parse_selector(name)
+    except ValueError as exc:
+        raise ThinkrecError(f"{what}: {exc}") from None
+    return name.strip()
 
 
 def parse_ks(text: str, what: str = "--ks") -> list[int]:
@@ -90,11 +105,16 @@ def check_output(
     return out
 
 
-def load_recommender(run_dir: str | Path, checkpoint: str = "best", ann: bool = False) -> Recommends:
+def load_recommender(
+    run_dir: str | Path, checkpoint: str = "best", ann: bool = False, depth: str | None = None
+) -> Recommends:
     """The run in ``run_dir``: an R²ec run (``thinkrec llm train``) or a sequence-model run (``thinkrec
-    train``); ``ann`` builds an approximate top-K index (sequence models only)."""
+    train``); ``ann`` builds an approximate top-K index (sequence models only). ``depth``: the default depth
+    selector (default the run's ``eval.depth``; ``"none"``: none), made ready now: loaded from the run
+    directory, or fit on the run's validation samples and saved there."""
     from thinkrec.serve.llm import LLMRecommender, is_llm_run
 
+    check_depth(depth)
     if not Path(run_dir).is_dir():
         raise ThinkrecError(f"{run_dir}: no such run directory; train one with thinkrec train")
     if is_llm_run(run_dir):
@@ -102,8 +122,12 @@ def load_recommender(run_dir: str | Path, checkpoint: str = "best", ann: bool = 
             raise ThinkrecError(f"{run_dir}: --ann is for sequence-model runs; an R²ec run always scores exactly")
         if checkpoint != "best":
             raise ThinkrecError(f"{run_dir}: an R²ec run has one saved model; leave --checkpoint at best")
+        if depth is not None and depth.strip() != "none":
+            raise ThinkrecError(f"{run_dir}: --depth chooses among latent reasoning steps; an R²ec run reasons in text")
         return LLMRecommender.from_run(run_dir)
-    return Recommender.from_run(run_dir, checkpoint, ann=ann)
+    rec = Recommender.from_run(run_dir, checkpoint, ann=ann)
+    rec.set_depth(rec.config.eval.depth if depth is None else depth)
+    return rec
 
 
 def internal_ids(vocabulary: Vocabulary, ids: Iterable[ExternalId], what: str = "history") -> list[int]:
@@ -145,13 +169,17 @@ def recommend(
     exclude_seen: bool = False,
     per_step: bool = False,
     times: Sequence[Sequence[int]] | None = None,
+    depth: str | None = None,
 ) -> TopK:
-    """``rec.recommend`` with the caller-facing checks: ``k`` in ``1..MAX_K``, steps >= 0, and the model's
-    own refusals (empty history, too many steps) as :class:`ThinkrecError`."""
+    """``rec.recommend`` with the caller-facing checks: ``k`` in ``1..MAX_K``, steps >= 0, a known depth
+    selector (default: the recommender's), and the model's own refusals (empty history, too many steps, a
+    selector not fit) as :class:`ThinkrecError`."""
     check_k(k)
     check_steps(steps)
+    check_depth(depth, "depth")
+    options: dict[str, Any] = {} if depth is None else {"depth": depth}
     try:
-        return rec.recommend(histories, k, steps, exclude_seen, per_step, times=times)
+        return rec.recommend(histories, k, steps, exclude_seen, per_step, times=times, **options)
     except ValueError as exc:
         raise ThinkrecError(str(exc)) from None
 

@@ -166,6 +166,13 @@ def checkpoint_info(directory: Path, name: str) -> dict[str, Any]:
     return _read_header(directory, name)[0]
 
 
+def checkpoint_digest(directory: Path, name: str) -> str | None:
+    """The SHA-256 of checkpoint ``name``'s tensors as saved in its header (what identifies its weights), or
+    ``None`` for a checkpoint of the earlier two-file format."""
+    _, metadata = _read_header(directory, name)
+    return None if metadata is None else metadata.get(_SHA_KEY)
+
+
 def load_checkpoint(
     directory: Path,
     name: str,
