@@ -187,6 +187,13 @@ def test_a_finished_run_says_so_and_another_config_is_refused(
     out = capsys.readouterr().out
     assert "finished (2 of 2 steps trained" in out and "NDCG@10" in out
     assert (run / "results.json").read_text() == results
+    # killed during the test evaluation (all steps saved, no results yet): only the end of the run again
+    (run / "results.json").unlink()
+    assert train(toy, run, "recpo.eval_every=1") == 0
+    assert "resuming" in capsys.readouterr().out and len(rows(run)) == 2
+    again, before = (json.loads(text)["test"] for text in ((run / "results.json").read_text(), results))
+    assert again["ranks"] == before["ranks"] and again["metrics"] == before["metrics"]
+    results = (run / "results.json").read_text()
     # another config: refused, the run directory untouched
     assert train(toy, run, "recpo.eval_every=1", "recpo.lr=0.5") == 2
     err = capsys.readouterr().err
