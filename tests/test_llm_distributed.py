@@ -100,3 +100,28 @@ def test_recpo_runs_data_parallel(toy: Path) -> None:
     assert len(log) == 2 and results["processes"] == 2
     assert all(0.0 <= row["marker_rate"] <= 1.0 for row in log)
     assert (toy / "recpo" / "reward.png").exists()
+
+
+def test_every_process_resumes_its_own_state(toy: Path) -> None:
+    """A 2-process run of 2 steps, trained again with 3 steps, continues on both processes (each from its own
+    rollout sampler) and ends where 3 steps in one go end; one process cannot resume it."""
+    from thinkrec.errors import ThinkrecError
+    from thinkrec.llm.config import load_llm_config
+    from thinkrec.llm.resume import resume_point
+
+    run_cli(toy, toy / "whole", 2, "recpo.steps=3")
+    run_cli(toy, toy / "resumed", 2, "recpo.steps=2")
+    results = run_cli(toy, toy / "resumed", 2, "recpo.steps=3")
+    assert results["resumed_after_step"] == 2 and results["processes"] == 2
+
+    def rows(run: Path) -> list[dict[str, object]]:
+        return [
+            {k: v for k, v in json.loads(x).items() if k != "seconds"}
+            for x in (run / "log.jsonl").read_text().splitlines()
+        ]
+
+    assert rows(toy / "resumed") == rows(toy / "whole") and len(rows(toy / "whole")) == 3
+    a, b = trainable(toy / "resumed"), trainable(toy / "whole")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ThinkrecError, match="trained by 2 process"):
+        resume_point(load_llm_config(str(toy / "llm.toml"), ["recpo.steps=3"]), toy / "resumed", world=1)

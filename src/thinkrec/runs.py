@@ -29,7 +29,7 @@ import torch
 from pydantic import ValidationError
 
 from thinkrec import distributed
-from thinkrec.config.schema import RunConfig, operational_keys
+from thinkrec.config.schema import RunConfig, changed_settings, flat_settings, operational_keys
 from thinkrec.data.batches import TrainSampler
 from thinkrec.data.dataset import SequenceDataset
 from thinkrec.data.prepare import load_or_prepare
@@ -276,23 +276,13 @@ OPERATIONAL_KEYS = operational_keys()
 
 def flat_config(cfg: RunConfig) -> dict[str, Any]:
     """Every setting of a config under its dotted key (``reasoning.erl_lambda``), as the CLI overrides name them."""
-
-    def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(obj, dict):
-            out: dict[str, Any] = {}
-            for key, value in obj.items():
-                out.update(flat(value, f"{prefix}{key}."))
-            return out
-        return {prefix.rstrip("."): obj}
-
-    return flat(cfg.model_dump(mode="json"))
+    return flat_settings(cfg)
 
 
 def changed_keys(old: RunConfig, new: RunConfig) -> list[str]:
     """Dotted keys whose values differ between two configs, apart from the operational ones (threads, progress
     bars, resuming, the run directory), which do not change what a run computes."""
-    a, b = flat_config(old), flat_config(new)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in OPERATIONAL_KEYS)
+    return changed_settings(old, new)
 
 
 def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainedRun:

@@ -178,3 +178,26 @@ def operational_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> fr
             if issubclass(member, BaseModel):
                 keys |= operational_keys(member, f"{prefix}{name}.")
     return frozenset(keys)
+
+
+def flat_settings(cfg: BaseModel) -> dict[str, Any]:
+    """Every setting of a config under its dotted key (``reasoning.erl_lambda``), as the CLI overrides name them."""
+
+    def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(obj, dict):
+            out: dict[str, Any] = {}
+            for key, value in obj.items():
+                out.update(flat(value, f"{prefix}{key}."))
+            return out
+        return {prefix.rstrip("."): obj}
+
+    return flat(cfg.model_dump(mode="json"))
+
+
+def changed_settings(old: BaseModel, new: BaseModel) -> list[str]:
+    """Dotted keys whose values differ between two configs of one schema (the engine's :class:`RunConfig`, the
+    LLM's run config), apart from the schema's operational ones, which do not change what a run computes: the
+    identity check of a run that resumes."""
+    a, b = flat_settings(old), flat_settings(new)
+    skip = operational_keys(type(new))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in skip)

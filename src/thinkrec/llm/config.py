@@ -225,6 +225,25 @@ class RecPOSection(BaseModel):
     )
     select_metric: str = Field("NDCG@20", description="the validation metric of best-checkpoint selection")
     seed: int = Field(42, description="root seed: initialisation, data order and rollout sampling")
+    save_every: int = Field(
+        25,
+        ge=0,
+        description=(
+            "write the resumable training state (checkpoints/resume.safetensors: trainable tensors, optimiser,"
+            " random streams, data position, item table, best-validation tracking) every this many steps and"
+            " after the last, so a killed run continues from there when the same command runs again (0 = never:"
+            " a killed run starts over)"
+        ),
+        json_schema_extra=OPERATIONAL,
+    )
+    resume: bool = Field(
+        True,
+        description=(
+            "continue from the run directory's resumable state if it holds one (false = start over there,"
+            " deleting what the run before wrote)"
+        ),
+        json_schema_extra=OPERATIONAL,
+    )
 
 
 class LLMEvalSection(BaseModel):
@@ -256,7 +275,11 @@ class LLMRunConfig(BaseModel):
     prompt: PromptSection = Field(default_factory=PromptSection)
     recpo: RecPOSection = Field(default_factory=RecPOSection)
     eval: LLMEvalSection = Field(default_factory=LLMEvalSection)
-    run_dir: str | None = Field(None, description="output folder (default runs/llm-<data.name>-<variant>-s<seed>)")
+    run_dir: str | None = Field(
+        None,
+        description="output folder (default runs/llm-<data.name>-<variant>-s<seed>)",
+        json_schema_extra=OPERATIONAL,
+    )
     init_from: str | None = Field(
         None,
         description=(

@@ -5,7 +5,13 @@ softmax term, reasoning length, losses, seconds per phase, and the validation me
 ``reward.png``, ``checkpoints/last.safetensors`` + ``last.json`` (the final *trainable* tensors only -- LoRA
 adapters, or all weights for full fine-tuning -- and the cached item table, via the engine's atomic
 checkpoint files), ``checkpoints/best.*`` (the weights with the best validation ``recpo.select_metric``,
-when ``recpo.eval_every`` > 0; the test evaluation and later loads use them) and ``results.json``.
+when ``recpo.eval_every`` > 0; the test evaluation and later loads use them), ``results.json``,
+``checkpoints/resume.safetensors`` (the resumable training state, every ``recpo.save_every`` steps and after
+the last: :mod:`thinkrec.llm.resume`) and ``.lock`` (held while a process trains there).
+
+Resuming: training the same config into a run directory that holds a resumable state continues after its
+saved step (the log is cut back to that step); a run that has trained all its steps and written its results
+says so and does nothing; another config is refused (``recpo.resume = false`` starts over instead).
 
 Stages: a run may start from another run's trained weights (``init_from``), e.g. a supervised cold start
 (``recpo.variant = "no_reasoning"``, catalogue InfoNCE on thousands of history prefixes) before RecPO.
@@ -33,9 +39,27 @@ from thinkrec.llm.distributed import Replicas
 from thinkrec.llm.evaluation import popularity_report
 from thinkrec.llm.model import DualHeadLM
 from thinkrec.llm.prompts import PromptBuilder
+from thinkrec.llm.resume import (
+    RUN_OUTPUTS,
+    Progress,
+    capture_random,
+    random_tensors,
+    read_state,
+    restore_random,
+    resume_point,
+    save_state,
+    state_does_not_fit,
+)
 from thinkrec.llm.trainer import LLMTrainer, StepLog
 from thinkrec.seed import Seeds
-from thinkrec.storage import atomic_save_tensors, atomic_write_json, exclusive_run_dir
+from thinkrec.storage import (
+    atomic_save_tensors,
+    atomic_write_json,
+    atomic_write_text,
+    exclusive_run_dir,
+    remove_temporaries,
+)
+from thinkrec.train.checkpoint import restore_optimizer
 
 
 def load_split(cfg: LLMRunConfig) -> Split:
@@ -186,9 +210,11 @@ def train_llm(
 ) -> dict[str, Any]:
     """Train for ``cfg.recpo.steps`` steps, then evaluate on the test samples; returns the results.
 
-    Under ``accelerate launch`` / ``torchrun`` the processes train one model data-parallel
-    (:mod:`thinkrec.llm.distributed`); only the main process writes the run directory, and holds its lock
-    (:func:`~thinkrec.storage.exclusive_run_dir`) meanwhile.
+    A run directory with a resumable state of the same config continues after its saved step; one that has
+    finished returns its saved results (:mod:`thinkrec.llm.resume`). Under ``accelerate launch`` /
+    ``torchrun`` the processes train one model data-parallel (:mod:`thinkrec.llm.distributed`); only the main
+    process writes the run directory, and holds its lock (:func:`~thinkrec.storage.exclusive_run_dir`)
+    meanwhile; every process reads a resumable state.
     """
     out = Path(run_dir or cfg.default_run_dir())
     with exclusive_run_dir(out) if replicas_for(cfg).is_main else nullcontext():
@@ -212,13 +238,33 @@ def _train_llm(
             "every process needs at least one user per step"
         )
     main = replicas.is_main
+    # every process reads the saved state's header (the same answer everywhere), before anything is written
+    saved = resume_point(cfg, out, replicas.world)
+    if saved is not None and saved.step >= cfg.recpo.steps:
+        done = finished_results(out, evaluate_test)
+        if done is not None:  # trained and tested: nothing to do (the test evaluation alone takes hours)
+            if main:
+                print(
+                    f"{out}: finished ({saved.step} of {cfg.recpo.steps} steps trained, results in results.json);"
+                    " raise recpo.steps to train it further, or set recpo.resume=false to train it again",
+                    flush=True,
+                )
+            return done
+    # the whole state, its checksum checked, before anything is written (a damaged one changes nothing)
+    loaded = read_state(out) if saved is not None else None
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        for folder in (out, out / "checkpoints"):
+            remove_temporaries(folder)  # of writers killed mid-write; no live writer exists while we hold the lock
+        if saved is None:  # starting over: nothing of a run before stays beside this one's files
+            for name in RUN_OUTPUTS:
+                (out / name).unlink(missing_ok=True)
         atomic_write_json(out / "config.json", json.loads(cfg.model_dump_json()))
     split = split or load_split(cfg)
     own_model = model is None
     model = model or build_model(cfg)
-    init = initialise_from(model, cfg) if cfg.init_from else None
+    # a resumed run's weights come from its state (the run it started from may be gone by now)
+    init = initialise_from(model, cfg) if cfg.init_from and saved is None else None
     bank = PromptBank(split.dataset, cfg, make_builder(model, cfg))
     trainer = LLMTrainer(model, bank, cfg, replicas)
     examples = train_examples(split, cfg)
@@ -227,28 +273,40 @@ def _train_llm(
     order: list[int] = []
     log: list[dict[str, Any]] = []
     log_path = out / "log.jsonl"
-    if main:
-        log_path.write_text("")
-    t0 = time.perf_counter()
-    if init is not None or cfg.recpo.item_side == "fixed":
-        # trained weights (or the fixed side's adapter-free table): not the cached base-model table
-        trainer.ensure_item_table(rebuild=init is not None, progress=progress and main)
-    else:
-        if main:  # the main process fills the shared cache first; the others then read it
-            initial_item_table(model, bank, cfg, cache=own_model, progress=progress)
-        replicas.barrier()
-        if not main:
-            initial_item_table(model, bank, cfg, cache=own_model)
-    table_seconds = time.perf_counter() - t0
     selection = Selection(cfg, trainer, split, valid, out, main, progress)
-    selection.evaluate(0)  # the starting point competes too (a cold start RecPO may only make worse)
-    steps = range(1, cfg.recpo.steps + 1)
+    t0 = time.perf_counter()
+    if loaded is not None:
+        state = restore_training(out, loaded, trainer, selection, replicas)
+        order, log = state.order, state.log
+        rng.bit_generator.state = state.order_rng
+        table_seconds, t0 = state.table_seconds, t0 - state.train_seconds
+        if main:
+            # the log as it was at the saved step: a kill after it (or in the middle of a line) left more
+            atomic_write_text(log_path, "".join(json.dumps(row) + "\n" for row in log))
+            _say(f"resuming {out} after step {state.step} of {cfg.recpo.steps}", progress)
+    else:
+        if main:
+            log_path.write_text("")
+        if init is not None or cfg.recpo.item_side == "fixed":
+            # trained weights (or the fixed side's adapter-free table): not the cached base-model table
+            trainer.ensure_item_table(rebuild=init is not None, progress=progress and main)
+        else:
+            if main:  # the main process fills the shared cache first; the others then read it
+                initial_item_table(model, bank, cfg, cache=own_model, progress=progress)
+            replicas.barrier()
+            if not main:
+                initial_item_table(model, bank, cfg, cache=own_model)
+        table_seconds = time.perf_counter() - t0
+        selection.evaluate(0)  # the starting point competes too (a cold start RecPO may only make worse)
+    first = saved.step + 1 if saved is not None else 1
+    steps = range(first, cfg.recpo.steps + 1)
     bar: Any = steps
     progress = progress and main
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(steps, desc=f"llm {cfg.recpo.variant}", unit="step")
+        bar = tqdm(steps, desc=f"llm {cfg.recpo.variant}", unit="step", initial=first - 1, total=cfg.recpo.steps)
+    save_every = cfg.recpo.save_every
     for step in bar:
         if len(order) < cfg.recpo.users_per_step:
             order.extend(rng.permutation(len(examples)).tolist())
@@ -264,6 +322,23 @@ def _train_llm(
         if main:
             with log_path.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
+        if save_every and (step % save_every == 0 or step == cfg.recpo.steps):
+            state_now = Progress(
+                step=step,
+                steps=cfg.recpo.steps,
+                world=replicas.world,
+                device=trainer.device.type,
+                order=list(order),
+                order_rng=dict(rng.bit_generator.state),
+                scheduler=trainer.scheduler.state_dict(),
+                log=log,
+                best_value=selection.best_value,
+                best_step=selection.best_step,
+                history=selection.history,
+                table_seconds=table_seconds,
+                train_seconds=time.perf_counter() - t0,
+            )
+            save_training(out, cfg, trainer, selection, replicas, state_now)
         if progress:
             bar.set_postfix(reward=f"{record.reward:.3f}", ndcg=f"{record.ndcg:.3f}", len=f"{record.reasoning_len:.0f}")
     replicas.check_in_sync(trainer.params)
@@ -287,12 +362,88 @@ def _train_llm(
         "reward_second_half": float(np.mean([r["reward"] for r in log[len(log) // 2 :]])),
         "selection": selection.summary(),
     }
+    if saved is not None:
+        results["resumed_after_step"] = saved.step
     if evaluate_test:
         results["test"] = evaluation(trainer, split, cfg, "test", progress)
     if main:
         atomic_write_json(out / "results.json", results)
     replicas.barrier()
     return results
+
+
+def _say(line: str, progress: bool) -> None:
+    """A line on the console (through tqdm when bars are drawn, so they are not broken)."""
+    if progress:
+        from tqdm import tqdm
+
+        tqdm.write(line)
+    else:
+        print(line, flush=True)
+
+
+def finished_results(run_dir: Path, evaluate_test: bool) -> dict[str, Any] | None:
+    """The results of a run directory that has trained all its steps, or ``None`` when it has not written
+    them (killed during the test evaluation, say) or has not tested its weights and ``evaluate_test`` asks."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict) or (evaluate_test and "test" not in results):
+        return None
+    return results
+
+
+def save_training(
+    out: Path, cfg: LLMRunConfig, trainer: LLMTrainer, selection: Selection, replicas: Replicas, state: Progress
+) -> None:
+    """Write the resumable state after ``state.step`` (:mod:`thinkrec.llm.resume`): every process hands its
+    random streams to the main process, which writes the one file."""
+    every = replicas.gather(capture_random(trainer.generator))
+    if not replicas.is_main:
+        return
+    random_part, state.random = random_tensors(every)
+    tensors = {**trainable_state(trainer.model), **random_part}
+    if selection.best is not None:
+        tensors.update({f"best.{name}": value for name, value in selection.best.items()})
+    save_state(out, json.loads(cfg.model_dump_json()), state, tensors, trainer.optimizer)
+
+
+def restore_training(
+    out: Path,
+    loaded: tuple[dict[str, torch.Tensor], dict[str, Any], Progress],
+    trainer: LLMTrainer,
+    selection: Selection,
+    replicas: Replicas,
+) -> Progress:
+    """Put the resumable state ``loaded`` (:func:`~thinkrec.llm.resume.read_state`: every process reads the
+    file) into this process's model, optimizer, scheduler, random streams and best-validation tracking;
+    returns its :class:`Progress` (data order, log)."""
+    tensors, info, state = loaded
+    if state.device != trainer.device.type:
+        raise ThinkrecError(
+            f"{out} holds a run trained on {state.device}, this one runs on {trainer.device.type}: a random"
+            f" generator's state fits only its own kind of device; resume it with model.device={state.device},"
+            " or set recpo.resume=false to start over"
+        )
+    model = trainer.model
+    wanted = {name for name, p in model.lm.named_parameters() if p.requires_grad}
+    held = {key.removeprefix("trainable.") for key in tensors if key.startswith("trainable.")}
+    if wanted != held:
+        raise state_does_not_fit(out, f"trainable tensors differ: {sorted(wanted ^ held)[:3]}")
+    try:
+        restore_state(model, {k: v for k, v in tensors.items() if k.startswith("trainable.") or k == "item_table"})
+        if model.item_table is not None:  # training writes into it: never the file's memory
+            model.item_table = model.item_table.clone()
+        restore_optimizer(trainer.optimizer, tensors, info)
+        trainer.scheduler.load_state_dict(dict(state.scheduler))
+        restore_random(state, tensors, replicas.rank, trainer.generator)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise state_does_not_fit(out, reason) from None
+    best = {key.removeprefix("best."): value for key, value in tensors.items() if key.startswith("best.")}
+    selection.resume(state, best or None)
+    return state
 
 
 def saved_llm_config(run_dir: Path) -> LLMRunConfig:
@@ -378,13 +529,25 @@ class Selection:
                 f"step {step}: valid {self.metric} {value:.4f}{side}  (best {self.best_value:.4f} at step"
                 f" {self.best_step}; {report['n_samples']} samples)"
             )
-            if self.progress:
-                from tqdm import tqdm
-
-                tqdm.write(line)
-            else:
-                print(line, flush=True)
+            _say(line, self.progress)
         return metrics
+
+    def resume(self, state: Progress, best: dict[str, torch.Tensor] | None) -> None:
+        """Continue the tracking of a resumed run: its best so far (value, step, weights) and its validations.
+        The main process writes ``checkpoints/best.*`` from those weights again: a run killed after it wrote a
+        new best (or half of one: two files) but before it saved its state left a best the resumed run has not
+        reached yet."""
+        self.best_value, self.best_step, self.history = state.best_value, state.best_step, state.history
+        self.best = best
+        if not self.main:
+            return
+        directory = self.out / "checkpoints"
+        if best is None:
+            for name in ("best.safetensors", "best.json"):
+                (directory / name).unlink(missing_ok=True)
+            return
+        info = {"config": json.loads(self.cfg.model_dump_json()), "step": state.best_step, "item_table_fresh": True}
+        save_llm_checkpoint(directory, self.trainer.model, info, "best", best)
 
     def restore_best(self) -> None:
         """Put the best weights back (the test evaluation then uses them); a no-op without selection."""
