@@ -22,7 +22,7 @@ from thinkrec.eval.depth import (
     TOP_K,
     Needs,
     Selector,
-    block_signals,
+    SignalPass,
     needs_of,
     signal_data,
 )
@@ -173,7 +173,9 @@ def _step_ranks_and_signals(
 ) -> tuple[list[np.ndarray], dict[str, torch.Tensor], float]:
     """Every step's ranks (as :func:`_ranks` of ``states[:, k]`` computes them, block for block, so the ranks
     are the same numbers) and the signals ``needs`` names, read from the same score blocks before the rank
-    count overwrites them; and the seconds the signals took."""
+    count overwrites them: per row block, step by step, so each step's block is scored, read for the signals
+    (:class:`~thinkrec.eval.depth.SignalPass`) and counted while it is in cache, and no second pass over the
+    scores is made; and the seconds the signals took."""
     k1 = states.shape[1]
     prepared = [model.scorer.prepare(states[:, k], items) for k in range(k1)]
     ranks = torch.empty(k1, len(states), dtype=torch.long, device=states.device)
@@ -183,19 +185,27 @@ def _step_ranks_and_signals(
     temperature = float(model.scorer.temperature)
     for start in range(0, len(states), block):
         rows = slice(start, start + block)
-        scores = []
-        for users, step_items in prepared:
+        signals: SignalPass | None = None
+        for k, (users, step_items) in enumerate(prepared):
             s = (users[rows] @ step_items.T).float()
             if history is not None:
                 mask_items(s, history[rows])
-            scores.append(s)
-        t0 = time.perf_counter()
-        parts.append(block_signals(scores, states[rows], needs, top_k, temperature, masked=history is not None))
-        seconds += time.perf_counter() - t0
-        for k, s in enumerate(scores):
+            if signals is None:
+                b, n = s.shape
+                signals = SignalPass(k1, b, n, needs, top_k, temperature, history is not None, s.dtype, s.device)
+            if signals.reads:  # the signals of step k from its block while it is in cache, then the count
+                t0 = time.perf_counter()
+                signals.add(s)
+                seconds += time.perf_counter() - t0
+            else:
+                signals.step += 1
             ranks[k, rows] = target_ranks(s, targets[rows], overwrite=True)
-    signals = {name: torch.cat([p[name] for p in parts]) for name in parts[0]} if parts else {}
-    return list(ranks.cpu().numpy()), signals, seconds
+        assert signals is not None
+        t0 = time.perf_counter()
+        parts.append(signals.result(states[rows]))
+        seconds += time.perf_counter() - t0
+    found = {name: torch.cat([p[name] for p in parts]) for name in parts[0]} if parts else {}
+    return list(ranks.cpu().numpy()), found, seconds
 
 
 def encode_in_blocks(
