@@ -199,7 +199,11 @@ class SignalPass:
     @property
     def reads(self) -> bool:
         """Whether the next step's scores are read (a signal of it is wanted)."""
-        return self.step < self.last and (self.spread or self.n_top > 0)
+        return self.step_reads(self.step)
+
+    def step_reads(self, step: int) -> bool:
+        """Whether step ``step``'s scores are read (a signal of it is wanted)."""
+        return step < self.last and (self.spread or self.n_top > 0)
 
     def add(self, s: torch.Tensor) -> None:
         """Read the next step's logits ``s [B, N]``."""
@@ -374,6 +378,17 @@ def needs_of(selector: Selector) -> Needs:
     """The signals ``selector`` reads: its ``needs``, else all of them."""
     needs = getattr(selector, "needs", None)
     return needs if isinstance(needs, Needs) else ALL_SIGNALS
+
+
+def may_halt(selector: Selector) -> bool:
+    """Whether ``selector`` may choose, for some sample, a step that needs fewer than all K reasoning steps
+    (``steps_used < K``): halting rules, a prefix router, a fixed early step. A router over every step's
+    signals and step weights need all of them. A selector not known here is asked after every step."""
+    if isinstance(selector, Router):
+        return selector.which == "prefix"
+    if isinstance(selector, Fixed):
+        return selector.weights is None
+    return True
 
 
 @dataclass(frozen=True)
