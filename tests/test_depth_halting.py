@@ -341,3 +341,11 @@ def test_serving_halts_and_returns_the_full_computations_top_k(run: Path, name: 
         assert full.steps_used is not None and halted.steps_used is not None
         assert torch.equal(full.steps_used, halted.steps_used)
         assert halted.halted_step_rows == [int((halted.steps_used >= k).sum()) for k in (1, 2)]
+
+
+def test_cli_evaluate_no_steps_halts(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "run"), "--depth", "router-prefix", "--no-steps"]) == 0
+    out = capsys.readouterr().out
+    assert "depth: router-prefix" in out and "halting: reasoning steps computed for r_1:" in out
+    assert "fixed r_2" not in out and "reasoning steps" in out
