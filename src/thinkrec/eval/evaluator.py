@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from thinkrec.blocking import rows_per_block
+from thinkrec.blocking import block_scores, rows_per_block
 from thinkrec.data.batches import eval_histories, trim
 from thinkrec.data.split import EvalSamples, Split
 from thinkrec.errors import ThinkrecError
@@ -152,7 +152,7 @@ def _ranks(
     users, items = model.scorer.prepare(users, items)  # e.g. cosine: normalised once, not per block
     for start in range(0, len(users), block):
         rows = slice(start, start + block)
-        scores = (users[rows] @ items.T).float()
+        scores = block_scores(users[rows], items).float()
         if history is not None:
             mask_items(scores, history[rows])
         ranks[rows] = target_ranks(scores, targets[rows], overwrite=True)
@@ -185,7 +185,7 @@ def _step_ranks_and_signals(
         rows = slice(start, start + block)
         signals: SignalPass | None = None
         for k, (users, step_items) in enumerate(prepared):
-            s = (users[rows] @ step_items.T).float()
+            s = block_scores(users[rows], step_items).float()
             if history is not None:
                 mask_items(s, history[rows])
             if signals is None:

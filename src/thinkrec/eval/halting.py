@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from thinkrec.blocking import rows_per_block
+from thinkrec.blocking import block_scores, rows_per_block
 from thinkrec.eval.depth import STEP_SIGNALS, TOP_K, Selector, SignalPass, may_halt, needs_of, signal_data
 from thinkrec.eval.metrics import target_ranks
 from thinkrec.models.model import SeqRecModel
@@ -80,26 +80,55 @@ class HaltingRows:
         self._before: tuple[torch.Tensor, torch.Tensor] | None = None  # per row: scaled scores, log normaliser
         self._before_top: torch.Tensor | None = None  # per row: the top-k list
         self._last_state: torch.Tensor | None = None  # per row: the previous state (cosine)
+        self._final = False  # whether the choices of the rows still running are made (no signal read later)
 
     @torch.no_grad()
     def __call__(self, step: int, rows: torch.Tensor, states: torch.Tensor) -> torch.Tensor | None:
-        """Score step ``step`` of ``rows`` (indices into the batch, states ``[len(rows), d]``) and return which
-        of them stop there."""
+        """Score step ``step`` of ``rows`` (indices into the batch, states ``[len(rows), d]``) where needed and
+        return which of them stop there.
+
+        While the selector still reads signals (steps before ``needs.steps``), every row that reached the step
+        is scored (its signals, its rank or top-K) and asked about. Once it reads none (a prefix router after
+        step 0, a fixed step or step weights at once), the choice of the rows still running is final: it is
+        made then, and a later step is scored only for the rows that chose it (step weights: none; their
+        weighted vector is scored after the last step)."""
         k1 = self.n_steps
+        index = rows.cpu().numpy()
+        last = step == k1 - 1
+        reads_until = self.needs.steps(k1) if self.needs.signals else 0
+        if step >= reads_until:  # no signal of this step is read: the choice is (or becomes) final
+            if not self._final:
+                self._choose(step, rows, index, final=True)
+                self._final = True
+            hard = np.all((self.weights[index] == 0) | (self.weights[index] == 1), axis=1)
+            here = hard & (self.weights[index, step] == 1)
+            self.scored_rows.append(int(here.sum()))
+            if here.any():
+                at = torch.from_numpy(np.flatnonzero(here)).to(rows.device)
+                self._score(step, rows[at], states[at])
+            stop = np.ones(len(index), dtype=bool) if last else self.steps_used[index] <= step
+            self.decided[index[stop]] = True
+            return torch.from_numpy(stop).to(rows.device)
         self.scored_rows.append(len(rows))
         self._score(step, rows, states)
-        last = step == k1 - 1
         if not last and not self.halts:
             return None
-        index = rows.cpu().numpy()
+        stop = self._choose(step, rows, index, final=last)
+        return torch.from_numpy(stop).to(rows.device)
+
+    def _choose(self, step: int, rows: torch.Tensor, index: np.ndarray, final: bool) -> np.ndarray:
+        """The selector's choice for ``rows`` on the signals so far; records it for the rows that stop at
+        ``step`` (every row with ``final``) and returns which stop."""
         arrays = {name: value[rows].double().cpu().numpy() for name, value in self.signals.items()}
         groups = None if self.groups is None else self.groups[index]
-        choice = self.selector.choose(signal_data(arrays, k1, self.lengths[index], groups))
-        stop = np.ones(len(index), dtype=bool) if last else choice.steps_used <= step
-        done = index[stop]
-        self.weights[done], self.steps_used[done] = choice.weights[stop], choice.steps_used[stop]
-        self.decided[done] = True
-        return torch.from_numpy(stop).to(rows.device)
+        choice = self.selector.choose(signal_data(arrays, self.n_steps, self.lengths[index], groups))
+        stop = choice.steps_used <= step
+        keep = np.ones(len(index), dtype=bool) if final else stop
+        self.weights[index[keep]], self.steps_used[index[keep]] = choice.weights[keep], choice.steps_used[keep]
+        if step == self.n_steps - 1:
+            stop = np.ones(len(index), dtype=bool)
+        self.decided[index[stop]] = True
+        return np.asarray(stop)
 
     def _score(self, step: int, rows: torch.Tensor, states: torch.Tensor) -> None:
         """The signals of step ``step`` and its ranks / top-K for ``rows``, block by block."""
@@ -121,7 +150,7 @@ class HaltingRows:
         block = rows_per_block(items.shape[0])
         for start in range(0, len(rows), block):
             at = rows[start : start + block]
-            s = (users[start : start + block] @ items.T).float()
+            s = block_scores(users[start : start + block], items).float()
             if self.keep and temperature != 1.0:  # serving reads logits, as the model scores them
                 s = s / temperature
             read = s.clone() if self.keep and masked else s  # serving: the kept top-K is not history-masked

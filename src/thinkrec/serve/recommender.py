@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from thinkrec.blocking import block_scores
 from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import position_ids
 from thinkrec.errors import ThinkrecError
@@ -499,7 +500,7 @@ class Recommender:
                 for s in range(1, len(step_logits)):
                     scores[chosen == s] = step_logits[s][chosen == s]
             else:
-                scores = self.model.score(user)
+                scores = self.model.score(user) if choice is None else self._logits(user)
             seen = self._seen_mask(histories, scores.shape[1]).to(scores.device) if exclude_seen else None
             if seen is not None:
                 scores = scores.masked_fill(seen, float("-inf"))
@@ -515,6 +516,16 @@ class Recommender:
                 step_ids = torch.stack([t.indices for t in tops], dim=1) + 1
                 step_scores = torch.stack([t.values for t in tops], dim=1)
         return _with_choice(TopK(top.indices + 1, top.values, step_ids, step_scores), fitted, choice)
+
+    def _logits(self, users: torch.Tensor) -> torch.Tensor:
+        """:meth:`SeqRecModel.score <thinkrec.models.model.SeqRecModel.score>` with each row's scores the same
+        numbers whichever rows are scored with it (:func:`~thinkrec.blocking.block_scores`): a depth selector's
+        halting and full paths score different sets of rows."""
+        items = self.model.item_vectors()
+        users, items = self.model.scorer.prepare(users, items)
+        scores = block_scores(users, items)
+        t = float(self.model.scorer.temperature)
+        return scores if t == 1.0 else scores / t
 
     def _recommend_halting(
         self,
@@ -553,7 +564,7 @@ class Recommender:
         soft = ~np.all((rows.weights == 0) | (rows.weights == 1), axis=1)
         if soft.any():  # step weights: every step ran for these rows; score their weighted vectors
             at = torch.from_numpy(np.flatnonzero(soft)).to(self.device)
-            logits = self.model.score(Choice(rows.weights[soft], rows.steps_used[soft]).user_vectors(halted.states[at]))
+            logits = self._logits(Choice(rows.weights[soft], rows.steps_used[soft]).user_vectors(halted.states[at]))
             if seen is not None:
                 logits = logits.masked_fill(seen[at], float("-inf"))
             top = torch.topk(logits, k, dim=1)
@@ -575,7 +586,7 @@ class Recommender:
         lengths = np.asarray([len(h) for h in histories], dtype=np.int64)
         if not needs.signals:
             return fitted.selector.choose(signal_data({}, n_steps, lengths)), None
-        logits = [self.model.score(states[:, s]) for s in range(n_steps)]  # temperature applied
+        logits = [self._logits(states[:, s]) for s in range(n_steps)]  # temperature applied
         masked = self.config.eval.mask_history
         read = logits
         if masked:  # as evaluation scores them: the history window (the model's input) excluded
