@@ -349,3 +349,17 @@ def test_cli_evaluate_no_steps_halts(run: Path, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "depth: router-prefix" in out and "halting: reasoning steps computed for r_1:" in out
     assert "fixed r_2" not in out and "reasoning steps" in out
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_halting_under_bf16_autocast_ranks_as_the_per_step_evaluation(loaded: tuple[Any, Any, Any]) -> None:
+    """The halting callback runs inside the encoder's autocast region; its scores stay float32."""
+    cfg, model, split = loaded
+    eval_cfg = cfg.eval.model_copy(update={"autocast": "bf16"})
+    for name in ("entropy", "router-prefix"):
+        plan = DepthPlan(selector=run_selector("run", name, model, cfg, fit=False).selector)
+        full = evaluate(model, split, split.test, eval_cfg, depth=plan)
+        halted = evaluate(model, split, split.test, eval_cfg, per_step=False, depth=plan)
+        assert full.depth is not None and halted.depth is not None
+        assert np.array_equal(full.depth.ranks, halted.depth.ranks), name
+        assert np.array_equal(full.depth.steps_used, halted.depth.steps_used), name

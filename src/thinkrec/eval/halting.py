@@ -92,6 +92,10 @@ class HaltingRows:
         step 0, a fixed step or step weights at once), the choice of the rows still running is final: it is
         made then, and a later step is scored only for the rows that chose it (step weights: none; their
         weighted vector is scored after the last step)."""
+        with torch.autocast(states.device.type, enabled=False):  # scores in float32, as the per-step path
+            return self._step(step, rows, states.float())
+
+    def _step(self, step: int, rows: torch.Tensor, states: torch.Tensor) -> torch.Tensor | None:
         k1 = self.n_steps
         index = rows.cpu().numpy()
         last = step == k1 - 1
