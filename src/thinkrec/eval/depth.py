@@ -212,13 +212,8 @@ class SignalPass:
         if step >= self.last:
             return
         out = self.out
-        margin_only = self.n_top == 2 and "overlap" not in want  # the top-2 values: two max passes, no topk
-        best: tuple[torch.Tensor, torch.Tensor] | None = None
-        if margin_only:
-            values, where = s.max(dim=1, keepdim=True)
-            best = (values, where)
         if self.spread:
-            top1 = s.amax(dim=1, keepdim=True) if best is None else best[0]
+            top1 = s.amax(dim=1, keepdim=True)
             z = torch.add(top1 * -inv_t, s, alpha=inv_t)  # (s - max) / T: the largest is 0, exp cannot overflow
             if self.masked:
                 z.clamp_(min=MASKED)
@@ -235,13 +230,7 @@ class SignalPass:
                 kl = mean_z - _row_dot(e, z_before) / total - log_total + log_before
                 out["kl"][:, step - 1] = kl.clamp_min(0)
             self.before = (z, log_total) if "kl" in want else None
-        if best is not None:  # the largest score set aside for a moment: the next largest is the second
-            first, where = best
-            s.scatter_(1, where, float("-inf"))
-            second = s.amax(dim=1, keepdim=True)
-            s.scatter_(1, where, first)  # the caller's scores as they were
-            out["margin"][:, step] = ((first - second) * inv_t)[:, 0]
-        elif self.n_top:
+        if self.n_top:
             top = s.topk(self.n_top, dim=1)  # sorted, best first
             if "margin" in want:
                 out["margin"][:, step] = (top.values[:, 0] - top.values[:, min(1, self.n_top - 1)]) * inv_t
