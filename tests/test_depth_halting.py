@@ -4,6 +4,7 @@ the per-step evaluation, in evaluation and in serving, with the stopped rows not
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -363,3 +364,16 @@ def test_halting_under_bf16_autocast_ranks_as_the_per_step_evaluation(loaded: tu
         assert full.depth is not None and halted.depth is not None
         assert np.array_equal(full.depth.ranks, halted.depth.ranks), name
         assert np.array_equal(full.depth.steps_used, halted.depth.steps_used), name
+
+
+def test_paired_benchmark_without_the_table_compares_halting(run: Path, tmp_path: Path) -> None:
+    from benchmarks.speed import depth_paired
+
+    records = tmp_path / "paired.jsonl"
+    argv = [str(run / "run"), "--depth", "router-prefix", "--rounds", "2", "--threads", "1", "--no-steps"]
+    assert depth_paired.main([*argv, "--records", str(records)]) == 0
+    summary = [json.loads(line) for line in records.read_text().splitlines()][-1]
+    assert summary["kind"] == "summary" and summary["per_step_table"] is False
+    assert "halting" in summary["selector_side"] and "--no-steps" in summary["baseline"]
+    assert len(summary["rows_per_step"]) == 2 and summary["rows_per_step"][0] >= summary["rows_per_step"][1]
+    assert summary["fixed_k_metrics"] == summary["inference_mode_metrics"]
