@@ -5,8 +5,8 @@ still running get the next step.
 it scores the rows that reached it against the catalogue in cache-sized blocks, reads the signals the
 selector needs of step ``k`` from each block (:class:`~thinkrec.eval.depth.SignalPass`, carrying what step
 ``k + 1`` compares with per row), counts the target's rank (evaluation) or keeps the top-K (serving) from the
-same block, and asks the selector (:func:`~thinkrec.eval.depth.choose`) for the choice of those rows on the
-signals of steps ``0..k``. A row whose choice needs no step after ``k`` (``steps_used <= k``) stops: its choice
+same block, and asks the selector (its ``choose``) for the choice of those rows on the signals of steps
+``0..k`` (the later ones NaN). A row whose choice needs no step after ``k`` (``steps_used <= k``) stops: its choice
 is final, and the runner (:meth:`~thinkrec.inference.runner.Runner.encode_halting`) runs no further step for
 it. The choices equal those the selector makes on every step's signals (a choice that needed steps ``0..k``
 reads no signal after ``k``; tested), and the ranks are the same block-wise counts as the per-step
