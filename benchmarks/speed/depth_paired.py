@@ -9,12 +9,22 @@ round's ratio:
 - **selector**: ``thinkrec evaluate RUN --depth NAME``: the same, plus the signals the selector reads (from the
   same score blocks), its choice per sample and the ranks of that choice.
 
+With ``--no-steps`` (``thinkrec evaluate --no-steps``: what serving computes) neither side computes the
+per-step table:
+
+- **fixed K**: the run's inference mode only: every reasoning step for every sample (the inference mode
+  reads r_K), one scoring of the chosen user vector;
+- **selector**: a halting evaluation: after each step the selector decides which samples stop, only the
+  others get the next reasoning step, and each step a sample reached is scored once (its signals and its
+  rank from the same blocks).
+
 Both are :func:`thinkrec.runs.evaluation_report` (what ``thinkrec evaluate`` times as ``eval_seconds``), timed
 around the whole call. The selector is loaded from the run directory, or fit on the run's validation samples
 and saved there, once before the rounds (not timed). One untimed evaluation per side comes first.
 
     python -m benchmarks.speed.depth_paired RUN_DIR --depth router --rounds 60 --threads 2
     python -m benchmarks.speed.depth_paired RUN_DIR --depth entropy --split valid --rounds 30
+    python -m benchmarks.speed.depth_paired RUN_DIR --depth router-prefix --no-steps --rounds 30 --threads 1
 
 Writes one record per round and a summary record (``"kind": "summary"``; to stdout and ``benchmarks/out/speed/``):
 both sides' fastest and median times, the median of the per-round ratios (selector / fixed K) with a
@@ -49,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--rounds", type=int, default=60, help="paired rounds (one evaluation per side each)")
     parser.add_argument("--goal", type=float, default=1.05, help="the ratio the summary counts rounds at or under")
+    parser.add_argument(
+        "--no-steps",
+        action="store_true",
+        help="no per-step table on either side: fixed K scores the inference mode, the selector halts",
+    )
     harness.add_records_argument(parser)
     args = parser.parse_args(argv)
     if args.rounds < 1:
@@ -68,14 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"depth_paired: {exc}", file=sys.stderr)
         return 2
 
+    per_step = not args.no_steps
+
     def fixed() -> tuple[float, dict[str, Any]]:
         start = time.perf_counter()
-        report, _ = evaluation_report(model, split, cfg, args.split, cfg.eval)
+        report, _ = evaluation_report(model, split, cfg, args.split, cfg.eval, per_step=per_step)
         return time.perf_counter() - start, report
 
     def adaptive() -> tuple[float, dict[str, Any]]:
         start = time.perf_counter()
-        report, _ = evaluation_report(model, split, cfg, args.split, cfg.eval, depth=selector)
+        report, _ = evaluation_report(model, split, cfg, args.split, cfg.eval, depth=selector, per_step=per_step)
         return time.perf_counter() - start, report
 
     _, fixed_report = fixed()  # untimed: kernel setup on both sides
@@ -106,7 +123,17 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "rounds": args.rounds,
         "allocator_tuned": tuned,
-        "baseline": "thinkrec evaluate without --depth: the inference mode, every step's ranks and the mean of steps",
+        "per_step_table": per_step,
+        "baseline": (
+            "thinkrec evaluate without --depth: the inference mode, every step's ranks and the mean of steps"
+            if per_step
+            else "thinkrec evaluate --no-steps without --depth: every reasoning step, the inference mode's ranks"
+        ),
+        "selector_side": (
+            "the same, plus the selector's signals from the same score blocks, its choice and its ranks"
+            if per_step
+            else "halting: each sample's steps until the selector stops it, each reached step scored once"
+        ),
         "selector_ready_seconds": ready_seconds,
         "fit": depth["fit"],
         "fixed_k_fastest": min(fixed_times),
@@ -120,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         "rounds_at_or_under_goal": sum(x <= args.goal for x in ratios),
         "steps_used_mean": depth["steps_used"]["mean"],
         "steps_used_histogram": depth["steps_used"]["histogram"],
+        "rows_per_step": depth["steps_used"].get("rows_per_step"),
         "inference_mode_metrics": fixed_report["metrics"],
-        "fixed_k_metrics": depth["fixed_k"]["metrics"],
+        "fixed_k_metrics": depth["fixed_k"].get("metrics", fixed_report["metrics"]),
         "selector_metrics": depth["metrics"],
     }
     records.write(summary)

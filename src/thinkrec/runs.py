@@ -129,15 +129,27 @@ def evaluation_report(
     steps: int | None = None,
     samples: EvalSamples | None = None,
     depth: FittedSelector | None = None,
+    per_step: bool = True,
 ) -> tuple[dict[str, Any], EvalResult]:
     """Metrics of ``which`` (or of other ``samples`` of that window) with their protocol; reasoning models
     (``steps`` overrides K) also get the metrics of every step, of the mean of steps and of the oracle under
     ``"reasoning"``, and with a ``depth`` selector (:func:`run_selector`) its metrics next to fixed K, the
-    steps it used and its protocol under ``"depth"``."""
+    steps it used and its protocol under ``"depth"``. Without ``per_step`` only the inference mode is scored
+    (what serving computes): no per-step table, and with a ``depth`` selector the evaluation halts (samples
+    that stopped get no further reasoning step) and ``"metrics"`` are the selector's."""
     t0 = time.perf_counter()
     samples = split.samples(which) if samples is None else samples
     plan = DepthPlan(selector=depth.selector) if depth is not None else None
-    result = evaluate(model, split, samples, eval_cfg, steps=steps, progress=show_bars(cfg.progress), depth=plan)
+    result = evaluate(
+        model,
+        split,
+        samples,
+        eval_cfg,
+        steps=steps,
+        progress=show_bars(cfg.progress),
+        per_step=per_step,
+        depth=plan,
+    )
     seconds = time.perf_counter() - t0
     report: dict[str, Any] = {
         "split": which,
@@ -149,7 +161,7 @@ def evaluation_report(
     if model.reasoner is not None:
         k = result.step_ranks.shape[0] - 1
         report["protocol"]["reasoning"] = f"{cfg.reasoning.kind}, K={k} steps, user vector: {result.mode}"
-        if k > 0:
+        if k > 0 and per_step:
             report["reasoning"] = step_report(result, eval_cfg.ks)
     if depth is not None:
         report["depth"] = depth_report(result, eval_cfg.ks, depth)

@@ -184,7 +184,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     selector = None
     if depth is not None and depth != "none":  # loaded, or fit on the validation samples once and saved
         selector = run_selector(args.run_dir, depth, model, cfg, eval_cfg, args.checkpoint, args.steps, lambda: split)
-    report, _ = evaluation_report(model, split, cfg, args.split, eval_cfg, steps=args.steps, depth=selector)
+    per_step = getattr(args, "per_step", True)
+    report, _ = evaluation_report(
+        model, split, cfg, args.split, eval_cfg, steps=args.steps, depth=selector, per_step=per_step
+    )
     # the floor beside it: the most-popular list on the same samples, under the same protocol
     report["popularity"] = popularity_report(split, split.samples(args.split), eval_cfg, cfg.model.max_len)
     print(f"{args.split} ({report['n_samples']} samples, {report['eval_seconds']:.2f}s):")
@@ -347,7 +350,9 @@ def print_depth(report: dict[str, Any], ks: list[int]) -> None:
     depth = report["depth"]
     k = depth["fixed_k"]["step"]
     metrics = [f"{name}@{cut}" for name in ("NDCG", "HR") for cut in ks]
-    rows = [[f"fixed r_{k} (K={k})", *(depth["fixed_k"]["metrics"][m] for m in metrics), f"{k:.2f}"]]
+    rows = []
+    if "metrics" in depth["fixed_k"]:  # a halting evaluation (--no-steps) scores no fixed step
+        rows.append([f"fixed r_{k} (K={k})", *(depth["fixed_k"]["metrics"][m] for m in metrics), f"{k:.2f}"])
     if "mean_of_steps" in depth:
         rows.append(["mean of r_0..r_K", *(depth["mean_of_steps"]["metrics"][m] for m in metrics), f"{k:.2f}"])
     used = depth["steps_used"]
@@ -356,6 +361,9 @@ def print_depth(report: dict[str, Any], ks: list[int]) -> None:
     print(table(["user vector", *metrics, "steps used"], rows))
     shares = "/".join(f"{x:.2f}" for x in used["histogram"])
     print(f"steps used per sample: mean {used['mean']:.2f} (fixed K: {k}); share of samples with 0..{k}: {shares}")
+    if "rows_per_step" in used:
+        ran = ", ".join(f"r_{i + 1}: {n}" for i, n in enumerate(used["rows_per_step"]))
+        print(f"halting: reasoning steps computed for {ran} of {report['n_samples']} samples")
     if "scored_with_step" in depth:
         print("scored with r_0..r_K: " + "/".join(f"{x:.2f}" for x in depth["scored_with_step"]))
     fit = depth["fit"]
@@ -363,6 +371,9 @@ def print_depth(report: dict[str, Any], ks: list[int]) -> None:
         where = fit.get("loaded_from") or fit.get("saved_to")
         done = "loaded" if "loaded_from" in fit else f"fit in {fit.get('seconds', 0.0):.1f}s, saved"
         print(f"fit on {fit['split']} only ({fit['n_samples']} samples, gain {fit['metric']}); {done}: {where}")
+    if "rows_per_step" in used:
+        print(f"time: evaluation {report['eval_seconds']:.2f}s (halting: encoding, signals and choices interleave)")
+        return
     print(
         f"time: evaluation {report['eval_seconds']:.2f}s, of it signals and choices"
         f" {depth['selector_seconds']:.2f}s (summed over worker threads)"

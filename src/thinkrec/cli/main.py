@@ -118,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=DEPTH_HELP + "; its metrics are shown next to fixed K, with the steps it used",
     )
+    ev.add_argument(
+        "--no-steps",
+        dest="per_step",
+        action="store_false",
+        help=(
+            "score the inference mode only, as serving does: no per-step table; with --depth the evaluation halts "
+            "(a sample whose choice needs no further reasoning step gets none) and the metrics are the selector's"
+        ),
+    )
     ev.set_defaults(func=c.cmd_evaluate)
 
     rec = sub.add_parser("recommend", help="top-K items with titles for a history or a dataset user")

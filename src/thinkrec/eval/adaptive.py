@@ -28,7 +28,15 @@ DEPTH_NOTE = (
     "the selector chooses each sample's reasoning step (or step weights) from label-free signals of that "
     "sample's own per-step scores (entropy, top-k agreement, ...) and its history length; what it needed was fit "
     "on the validation window only. steps_used counts the reasoning steps the choice needed (a halting rule "
-    "that stops at step k needs none after k); this evaluation computes all K for every sample"
+    "that stops at step k needs none after k); this evaluation computes all K for every sample (it reports "
+    "every step's metrics)"
+)
+HALTING_NOTE = (
+    "the selector chooses each sample's reasoning step from label-free signals of that sample's own per-step "
+    "scores and its history length, after each step; what it needed was fit on the validation window only. "
+    "this evaluation halts: a sample whose choice needs no further step gets none (rows_per_step: the samples "
+    "each reasoning step was computed for; every sample on a runner without halting), and no per-step table "
+    "is computed"
 )
 
 
@@ -112,11 +120,14 @@ def depth_report(result: EvalResult, ks: list[int], fitted: FittedSelector) -> d
         raise ValueError("this evaluation ran without a depth selector")
     n_steps = result.step_ranks.shape[0]
     k = n_steps - 1
+    fixed: dict[str, Any] = {"step": k, "steps_used": k}
+    if not out.halting:  # a halting evaluation scores no fixed step
+        fixed["metrics"] = metrics_from_ranks(result.step_ranks[-1], ks)
     report: dict[str, Any] = {
         "selector": fitted.name,
         "description": fitted.description,
         "metrics": metrics_from_ranks(out.ranks, ks),
-        "fixed_k": {"step": k, "metrics": metrics_from_ranks(result.step_ranks[-1], ks), "steps_used": k},
+        "fixed_k": fixed,
         "steps_used": {
             "mean": float(out.steps_used.mean()) if len(out.steps_used) else 0.0,
             "histogram": steps_histogram(out.steps_used, n_steps),
@@ -124,9 +135,12 @@ def depth_report(result: EvalResult, ks: list[int], fitted: FittedSelector) -> d
         },
         "selector_seconds": float(sum(out.selector_seconds)),
         "fit": fitted.fit or "none (needs no fit)",
-        "note": DEPTH_NOTE,
+        "note": HALTING_NOTE if out.halting else DEPTH_NOTE,
     }
-    if result.mean_ranks is not None:
+    if out.halting:
+        steps_run = np.sum(out.step_rows, axis=0) if out.step_rows else np.zeros(k)
+        report["steps_used"]["rows_per_step"] = [int(r) for r in steps_run]
+    if result.mean_ranks is not None and not out.halting:
         report["mean_of_steps"] = {"metrics": metrics_from_ranks(result.mean_ranks, ks), "steps_used": k}
     hard = bool(np.all((out.weights == 0) | (out.weights == 1)))
     if hard:  # which step scored: share of samples per step

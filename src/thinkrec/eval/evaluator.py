@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from thinkrec.blocking import rows_per_block
+from thinkrec.blocking import block_scores, rows_per_block
 from thinkrec.data.batches import eval_histories, trim
 from thinkrec.data.split import EvalSamples, Split
 from thinkrec.errors import ThinkrecError
@@ -22,10 +22,11 @@ from thinkrec.eval.depth import (
     TOP_K,
     Needs,
     Selector,
-    block_signals,
+    SignalPass,
     needs_of,
     signal_data,
 )
+from thinkrec.eval.halting import HaltingRows, mask_items
 from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
 from thinkrec.eval.protocol import EvalConfig
 from thinkrec.inference.runner import Runner, model_device, runner_for
@@ -63,7 +64,11 @@ class DepthOutput:
     signals: dict[str, np.ndarray] = field(default_factory=dict)  # collected: name -> [n, K+1] or [n, K]
     states: torch.Tensor | None = None  # collected states [n, K+1, d]
     # per piece: seconds spent on the signals and the choice, on whichever worker thread ran the piece
+    # (halting: the whole piece, encoding included)
     selector_seconds: list[float] = field(default_factory=list)
+    # halting (no per-step table): per piece, the rows each reasoning step 1..K was computed for
+    step_rows: list[list[int]] = field(default_factory=list)
+    halting: bool = False  # whether the reasoning steps of samples that stopped were skipped
 
 
 @dataclass
@@ -147,19 +152,12 @@ def _ranks(
     users, items = model.scorer.prepare(users, items)  # e.g. cosine: normalised once, not per block
     for start in range(0, len(users), block):
         rows = slice(start, start + block)
-        scores = (users[rows] @ items.T).float()
+        scores = block_scores(users[rows], items).float()
         if history is not None:
             mask_items(scores, history[rows])
         ranks[rows] = target_ranks(scores, targets[rows], overwrite=True)
     result: np.ndarray = ranks.cpu().numpy()
     return result
-
-
-def mask_items(scores: torch.Tensor, history: torch.Tensor) -> None:
-    """Set each row's history items to -inf (history ids are 1-based item ids; padding, 0, is skipped)."""
-    index = torch.arange(len(history), device=history.device)[:, None].expand_as(history)
-    real = history > 0
-    scores[index[real], history[real] - 1] = float("-inf")
 
 
 def _step_ranks_and_signals(
@@ -173,7 +171,9 @@ def _step_ranks_and_signals(
 ) -> tuple[list[np.ndarray], dict[str, torch.Tensor], float]:
     """Every step's ranks (as :func:`_ranks` of ``states[:, k]`` computes them, block for block, so the ranks
     are the same numbers) and the signals ``needs`` names, read from the same score blocks before the rank
-    count overwrites them; and the seconds the signals took."""
+    count overwrites them: per row block, step by step, so each step's block is scored, read for the signals
+    (:class:`~thinkrec.eval.depth.SignalPass`) and counted while it is in cache, and no second pass over the
+    scores is made; and the seconds the signals took."""
     k1 = states.shape[1]
     prepared = [model.scorer.prepare(states[:, k], items) for k in range(k1)]
     ranks = torch.empty(k1, len(states), dtype=torch.long, device=states.device)
@@ -183,19 +183,27 @@ def _step_ranks_and_signals(
     temperature = float(model.scorer.temperature)
     for start in range(0, len(states), block):
         rows = slice(start, start + block)
-        scores = []
-        for users, step_items in prepared:
-            s = (users[rows] @ step_items.T).float()
+        signals: SignalPass | None = None
+        for k, (users, step_items) in enumerate(prepared):
+            s = block_scores(users[rows], step_items).float()
             if history is not None:
                 mask_items(s, history[rows])
-            scores.append(s)
-        t0 = time.perf_counter()
-        parts.append(block_signals(scores, states[rows], needs, top_k, temperature, masked=history is not None))
-        seconds += time.perf_counter() - t0
-        for k, s in enumerate(scores):
+            if signals is None:
+                b, n = s.shape
+                signals = SignalPass(k1, b, n, needs, top_k, temperature, history is not None, s.dtype, s.device)
+            if signals.reads:  # the signals of step k from its block while it is in cache, then the count
+                t0 = time.perf_counter()
+                signals.add(s)
+                seconds += time.perf_counter() - t0
+            else:
+                signals.step += 1
             ranks[k, rows] = target_ranks(s, targets[rows], overwrite=True)
-    signals = {name: torch.cat([p[name] for p in parts]) for name in parts[0]} if parts else {}
-    return list(ranks.cpu().numpy()), signals, seconds
+        assert signals is not None
+        t0 = time.perf_counter()
+        parts.append(signals.result(states[rows]))
+        seconds += time.perf_counter() - t0
+    found = {name: torch.cat([p[name] for p in parts]) for name in parts[0]} if parts else {}
+    return list(ranks.cpu().numpy()), found, seconds
 
 
 def encode_in_blocks(
@@ -315,9 +323,12 @@ class PieceRanker:
     def __call__(self, piece: Piece) -> None:
         sl, part, inputs, history = piece
         model, device, out = self.runner.model, self.items.device, self.result
-        states = encode_in_blocks(model, torch.from_numpy(inputs).to(device), self.steps, self.cfg, self.runner)
         targets = torch.from_numpy(part.targets - 1).to(device)
         hist = torch.from_numpy(history).to(device) if self.cfg.mask_history else None
+        if not self.per_step and self.depth is not None and self.depth.selector is not None:
+            self._halting(self.depth, sl, part, inputs, targets, hist)
+            return
+        states = encode_in_blocks(model, torch.from_numpy(inputs).to(device), self.steps, self.cfg, self.runner)
         if not self.per_step:
             out.ranks[sl] = _ranks(model, model.user_vector(states, self.mode, self.step), self.items, targets, hist)
             return
@@ -345,6 +356,46 @@ class PieceRanker:
             out.ranks[sl] = out.step_ranks[-1 if self.mode == "last" else self.step or 0, sl]
         if self.depth is not None:
             self._depth(self.depth, sl, part, states, targets, hist, signals, seconds)
+
+    def _halting(
+        self,
+        plan: DepthPlan,
+        sl: np.ndarray,
+        part: EvalSamples,
+        inputs: np.ndarray,
+        targets: torch.Tensor,
+        hist: torch.Tensor | None,
+    ) -> None:
+        """Without the per-step table: the selector decides after each step which samples stop, and only the
+        others get the next reasoning step (:meth:`~thinkrec.inference.runner.Runner.encode_halting`); each
+        reached step is scored once, for the signals and the target's rank from the same blocks."""
+        model, device, out = self.runner.model, self.items.device, self.result
+        assert plan.selector is not None and out.depth is not None
+        depth = out.depth
+        assert depth.ranks is not None and depth.weights is not None and depth.steps_used is not None
+        n_steps = out.step_ranks.shape[0]
+        rows = HaltingRows(
+            model, self.items, plan.selector, n_steps, part.positions, part.users, targets, hist, top_k=plan.top_k
+        )
+        t0 = time.perf_counter()
+        x = torch.from_numpy(inputs).to(device)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
+            halted = self.runner.encode_halting(x, pass_rows(inputs, self.cfg), rows, self.steps)
+        states = halted.states.float()
+        ranks = rows.ranks.cpu().numpy()
+        hard = np.all((rows.weights == 0) | (rows.weights == 1), axis=1)
+        chosen = rows.weights.argmax(axis=1)
+        result = ranks[chosen, np.arange(len(chosen))]
+        if not hard.all():  # step weights: the weighted user vectors of every step (all steps ran for them)
+            soft = np.flatnonzero(~hard)
+            w = torch.from_numpy(rows.weights[soft]).to(device=device, dtype=states.dtype)
+            users = (w[:, :, None] * states[torch.from_numpy(soft).to(device)]).sum(1)
+            hist_soft = None if hist is None else hist[soft]
+            result[soft] = _ranks(model, users, self.items, targets[soft], hist_soft)
+        depth.ranks[sl], depth.weights[sl], depth.steps_used[sl] = result, rows.weights, rows.steps_used
+        out.ranks[sl] = result
+        depth.step_rows.append(halted.step_rows)
+        depth.selector_seconds.append(time.perf_counter() - t0)
 
     def _depth(
         self,
@@ -399,9 +450,12 @@ def evaluate(
 
     With ``per_step`` (default) every reasoning step is also scored on its own (for step curves and the
     oracle analysis); without it only the configured inference mode is scored (what serving costs).
-    With ``depth`` (a reasoning model, ``per_step``) a selector also chooses each sample's steps from the
-    label-free signals of its per-step scores, and its choice is ranked (``result.depth``), and/or signals are
-    collected for fitting a selector.
+    With ``depth`` (a reasoning model) a selector also chooses each sample's steps from the label-free signals
+    of its per-step scores, and its choice is ranked (``result.depth``), and/or (``per_step``) signals are
+    collected for fitting a selector. With a selector and without ``per_step`` the evaluation halts: the
+    selector decides after each step which samples stop, the others alone get the next reasoning step (on the
+    folded runner; the plain runner computes every step), and ``result.ranks`` are the selector's ranks
+    (``step_ranks`` and ``mean_ranks`` are not computed: zeros).
     """
     model.eval()
     device = model_device(model)
@@ -411,9 +465,14 @@ def evaluate(
     mode, step = inference_mode(cfg, k_plus_1)
     result = EvalResult.empty(len(samples), k_plus_1, mode, step)
     if depth is not None:
-        if k_plus_1 < 2 or not per_step:
-            raise ThinkrecError("adaptive depth needs a reasoning model (K >= 1) and every step's scores")
+        if k_plus_1 < 2:
+            raise ThinkrecError("adaptive depth needs a reasoning model (K >= 1)")
+        if not per_step and (depth.selector is None or depth.collect.signals or depth.keep_states):
+            raise ThinkrecError("collecting signals or states for a fit needs every step's scores (per_step)")
         result.depth = _depth_output(depth, len(samples), k_plus_1, model, device)
+        result.depth.halting = not per_step
+        if not per_step:
+            result.mode = "depth"  # the ranks are the selector's
     ranker = PieceRanker(
         runner_for(model, device), model.item_vectors(), cfg, steps, per_step, mode, step, result, depth
     )

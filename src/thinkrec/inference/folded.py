@@ -213,3 +213,15 @@ def reasoning_cache(parts: Iterable[FoldedPass], rows: int, width: int, slots: i
     bias = torch.where(pad, torch.full((), float("-inf"), dtype=hidden.dtype, device=hidden.device), zero)
     bias = torch.cat([bias, bias.new_zeros(rows, slots)], dim=1)[:, None]
     return FoldedCache(hidden, rooms, pad, bias, slots)
+
+
+def compact(cache: FoldedCache, keep: torch.Tensor) -> FoldedCache:
+    """The rows ``keep`` (a bool mask) of a folded cache, copied out: later reasoning steps of those rows run
+    over them alone (halting: rows that stopped are not run further)."""
+    return FoldedCache(
+        cache.hidden[keep],
+        [room[keep] for room in cache.rooms],
+        cache.key_padding[keep],
+        cache.attn_bias[keep],
+        cache.slots,
+    )

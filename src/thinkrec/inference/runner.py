@@ -10,19 +10,60 @@ A :class:`Runner` is what evaluation (and any other batch inference) calls. :fun
 
 A backbone that implements only the plain contract gets evaluation and reasoning through the plain runner.
 Both runners give the same states up to rounding order (tested).
+
+Halting (:meth:`Runner.encode_halting`): a caller that decides per row, after each step, whether the row
+needs another reasoning step (an adaptive-depth selector, :mod:`thinkrec.eval.depth`) passes a :data:`Halt`
+callback; the folded runner then runs reasoning step ``k + 1`` only for the rows still running (its cache is
+compacted to them), so a row that stopped costs no further step. The plain runner computes every step for
+every row (the backbone's own ``extend`` has no per-row cut) and replays the decisions, so its callers see the
+same interface and the same decisions. Backbones and reasoners know nothing of halting: the folded runner
+does it in the step function it hands the reasoner.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from thinkrec.data.batches import position_ids
-from thinkrec.inference.folded import FoldedCache, FoldedEncoder, reasoning_cache
+from thinkrec.inference.folded import FoldedCache, FoldedEncoder, compact, reasoning_cache
 from thinkrec.models.model import SeqRecModel
 from thinkrec.models.sasrec import SASRec
 from thinkrec.reasoning.reasoner import LatentReasoner
+
+# halt(step, rows, states): the rows (indices into the batch) that reached reasoning step ``step`` (0 = the
+# backbone's state) and their states r_step [n, d]; returns a bool mask over ``rows`` of those that stop there
+# (need no further step), or None for none. Called for every step 0..K; after step K its answer is not read.
+Halt = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+
+
+@dataclass
+class Halted:
+    """The states of a halting encoding (:meth:`Runner.encode_halting`)."""
+
+    states: torch.Tensor  # [B, K+1, d]; row b's steps after reached[b] are NaN (never computed or not read)
+    reached: torch.Tensor  # int64 [B]: the last step each row reached (it stopped there, or K)
+    # rows each reasoning step 1..K was computed for (the folded runner: the rows still running; the plain
+    # runner: every row)
+    step_rows: list[int] = field(default_factory=list)
+
+
+def replay(states: torch.Tensor, halt: Halt) -> Halted:
+    """The decisions of ``halt`` over states ``[B, K+1, d]`` computed for every row (no step is saved)."""
+    b, k1 = states.shape[0], states.shape[1]
+    active = torch.arange(b, device=states.device)
+    reached = torch.full((b,), k1 - 1, dtype=torch.long, device=states.device)
+    out = states.clone()
+    for k in range(k1):
+        stop = halt(k, active, states[active, k]) if len(active) else None
+        if k < k1 - 1 and stop is not None and bool(stop.any()):
+            reached[active[stop]] = k
+            out[active[stop], k + 1 :] = float("nan")
+            active = active[~stop]
+    return Halted(out, reached, [b] * (k1 - 1))
 
 
 class Runner(Protocol):
@@ -39,6 +80,11 @@ class Runner(Protocol):
         """:meth:`encode` of many left-padded histories ``inputs [B, W]`` (positions of a ``max_len``-wide
         batch), in passes of ``rows`` rows, each trimmed to its longest row: the item pass streams
         ``rows x W`` activations, so small passes stay in cache."""
+        ...
+
+    def encode_halting(self, inputs: torch.Tensor, rows: int, halt: Halt, steps: int | None = None) -> Halted:
+        """:meth:`encode_passes` where ``halt`` decides after each step which rows stop: a row that stopped at
+        step k gets no step after k (on the folded runner; the plain one computes them and replays)."""
         ...
 
 
@@ -76,6 +122,9 @@ class PlainRunner:
             block = trimmed(inputs[start : start + rows])
             states.append(self.encode(block, position_ids(block.shape[1], max_len).to(block.device), steps))
         return torch.cat(states)
+
+    def encode_halting(self, inputs: torch.Tensor, rows: int, halt: Halt, steps: int | None = None) -> Halted:
+        return replay(self.encode_passes(inputs, rows, steps), halt)
 
 
 class FoldedRunner(PlainRunner):
@@ -122,6 +171,44 @@ class FoldedRunner(PlainRunner):
         parts = (self.encoder.encode(b, position_ids(b.shape[1], max_len).to(b.device)) for b in blocks)
         cache = reasoning_cache(parts, inputs.shape[0], self.encoder.width(inputs.shape[1]), k)
         return self._reason(cache, k)
+
+    def encode_halting(self, inputs: torch.Tensor, rows: int, halt: Halt, steps: int | None = None) -> Halted:
+        k = self.reasoner.resolve_steps(steps)
+        if k == 0:
+            return super().encode_halting(inputs, rows, halt, 0)
+        max_len = self.backbone.max_len
+        blocks = (trimmed(inputs[start : start + rows]) for start in range(0, inputs.shape[0], rows))
+        parts = (self.encoder.encode(b, position_ids(b.shape[1], max_len).to(b.device)) for b in blocks)
+        cache = reasoning_cache(parts, inputs.shape[0], self.encoder.width(inputs.shape[1]), k)
+        b = cache.hidden.shape[0]
+        device = cache.hidden.device
+        active = torch.arange(b, device=device)
+        reached = torch.full((b,), k, dtype=torch.long, device=device)
+        step_rows: list[int] = []
+        live = cache  # the cache of the active rows only
+
+        def decide(step: int, state: torch.Tensor) -> None:
+            """``halt`` on the active rows' states ``[n, d]`` at ``step``; drops the rows that stop."""
+            nonlocal active, live
+            stop = halt(step, active, state) if len(active) else None
+            if step < k and stop is not None and bool(stop.any()):
+                reached[active[stop]] = step
+                keep = ~stop
+                active = active[keep]
+                live = compact(live, keep)
+
+        def step(token: torch.Tensor, at: int) -> torch.Tensor:
+            out = torch.full_like(token, float("nan"))
+            step_rows.append(len(active))
+            if len(active):
+                state = self.encoder.extend_slot(token[active], live, at)
+                out[active] = state
+                decide(at, state[:, 0])
+            return out
+
+        decide(0, cache.hidden[:, 0])
+        states = self.reasoner.unroll(self.backbone, cache.hidden, step, k)
+        return Halted(states, reached, step_rows)
 
     def _reason(self, cache: FoldedCache, steps: int) -> torch.Tensor:
         """States ``[B, K+1, d]``: the cache's last-column states and ``steps`` reasoning steps over it."""

@@ -30,12 +30,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from thinkrec.blocking import block_scores
 from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import position_ids
 from thinkrec.errors import ThinkrecError
 from thinkrec.eval.adaptive import FittedSelector
 from thinkrec.eval.depth import TOP_K, Choice, block_signals, needs_of, parse_selector, signal_data
-from thinkrec.eval.evaluator import mask_items
+from thinkrec.eval.halting import HaltingRows, mask_items
 from thinkrec.inference.runner import model_device, runner_for
 from thinkrec.models.model import SeqRecModel
 from thinkrec.serve.ann import AnnIndex
@@ -190,6 +191,8 @@ class TopK:
     depth: str | None = None  # the depth selector that chose each row's step (None: the inference mode)
     steps_used: torch.Tensor | None = None  # [B] reasoning steps each row's choice needed (with ``depth``)
     step_weights: torch.Tensor | None = None  # [B, K+1] the chosen step weights (one-hot: a chosen step)
+    # halting (a depth selector without per-step lists): rows each reasoning step 1..K was computed for
+    halted_step_rows: list[int] | None = None
 
     def row(self, b: int) -> list[tuple[int, float]]:
         """``(internal id, score)`` pairs of row ``b``, best first, without excluded items."""
@@ -439,6 +442,8 @@ class Recommender:
             empty = torch.zeros(0, min(k, self.n_items))
             return TopK(empty.long(), empty)
         has_steps = parts[0].step_ids is not None
+        counts = [p.halted_step_rows for p in parts]
+        halted = None if any(c is None for c in counts) else [c for c in counts if c is not None]
 
         def joined(name: str) -> torch.Tensor | None:
             values = [getattr(p, name) for p in parts]
@@ -452,6 +457,7 @@ class Recommender:
             depth=None if fitted is None else fitted.name,
             steps_used=joined("steps_used"),
             step_weights=joined("step_weights"),
+            halted_step_rows=None if halted is None else [int(sum(r)) for r in zip(*halted, strict=True)],
         )
 
     def encode_batch(self, histories: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -476,6 +482,8 @@ class Recommender:
         mode, step = self.inference
         with self._lock, torch.inference_mode():
             inputs, positions = inputs.to(self.device), positions.to(self.device)
+            if fitted is not None and not per_step and self.ann is None:
+                return self._recommend_halting(histories, inputs, k, steps, exclude_seen, fitted)
             states = self.runner.encode(inputs, positions, steps if self.model.reasoner is not None else None)
             choice, step_logits = None, None
             if fitted is not None:
@@ -492,7 +500,7 @@ class Recommender:
                 for s in range(1, len(step_logits)):
                     scores[chosen == s] = step_logits[s][chosen == s]
             else:
-                scores = self.model.score(user)
+                scores = self.model.score(user) if choice is None else self._logits(user)
             seen = self._seen_mask(histories, scores.shape[1]).to(scores.device) if exclude_seen else None
             if seen is not None:
                 scores = scores.masked_fill(seen, float("-inf"))
@@ -509,6 +517,62 @@ class Recommender:
                 step_scores = torch.stack([t.values for t in tops], dim=1)
         return _with_choice(TopK(top.indices + 1, top.values, step_ids, step_scores), fitted, choice)
 
+    def _logits(self, users: torch.Tensor) -> torch.Tensor:
+        """:meth:`SeqRecModel.score <thinkrec.models.model.SeqRecModel.score>` with each row's scores the same
+        numbers whichever rows are scored with it (:func:`~thinkrec.blocking.block_scores`): a depth selector's
+        halting and full paths score different sets of rows."""
+        items = self.model.item_vectors()
+        users, items = self.model.scorer.prepare(users, items)
+        scores = block_scores(users, items)
+        t = float(self.model.scorer.temperature)
+        return scores if t == 1.0 else scores / t
+
+    def _recommend_halting(
+        self,
+        histories: Sequence[Sequence[int]],
+        inputs: torch.Tensor,
+        k: int,
+        steps: int,
+        exclude_seen: bool,
+        fitted: FittedSelector,
+    ) -> TopK:
+        """The selector's top-K without the per-step lists: after each reasoning step the selector decides
+        which histories stop, and only the others get the next step (:class:`~thinkrec.eval.halting.HaltingRows`
+        through the runner's :meth:`~thinkrec.inference.runner.Runner.encode_halting`). Each step a history
+        reached is scored once: its signals (as :meth:`_choose` reads them) and its top-K from the same
+        scores, so a chosen step's top-K is the one the full computation gives."""
+        n_steps = steps + 1
+        if n_steps != fitted.n_steps:
+            raise ValueError(f"depth selector {fitted.name!r} chooses among {fitted.n_steps} steps, not {n_steps}")
+        items = self.model.item_vectors()
+        seen = self._seen_mask(histories, self.n_items).to(self.device) if exclude_seen else None
+        rows = HaltingRows(
+            self.model,
+            items,
+            fitted.selector,
+            n_steps,
+            np.asarray([len(h) for h in histories], dtype=np.int64),
+            history=inputs if self.config.eval.mask_history else None,
+            keep=k,
+            exclude=seen,
+        )
+        halted = self.runner.encode_halting(inputs, len(inputs), rows, steps)
+        choice = Choice(rows.weights, rows.steps_used)
+        index = torch.arange(len(histories), device=self.device)
+        chosen = torch.from_numpy(rows.weights.argmax(axis=1)).to(self.device)
+        ids, scores = rows.top_ids[chosen, index], rows.top_scores[chosen, index]
+        soft = ~np.all((rows.weights == 0) | (rows.weights == 1), axis=1)
+        if soft.any():  # step weights: every step ran for these rows; score their weighted vectors
+            at = torch.from_numpy(np.flatnonzero(soft)).to(self.device)
+            logits = self._logits(Choice(rows.weights[soft], rows.steps_used[soft]).user_vectors(halted.states[at]))
+            if seen is not None:
+                logits = logits.masked_fill(seen[at], float("-inf"))
+            top = torch.topk(logits, k, dim=1)
+            ids[at], scores[at] = top.indices, top.values
+        out = TopK(ids + 1, scores)
+        out.halted_step_rows = halted.step_rows
+        return _with_choice(out, fitted, choice)
+
     def _choose(
         self, fitted: FittedSelector, states: torch.Tensor, inputs: torch.Tensor, histories: Sequence[Sequence[int]]
     ) -> tuple[Choice, list[torch.Tensor] | None]:
@@ -522,7 +586,7 @@ class Recommender:
         lengths = np.asarray([len(h) for h in histories], dtype=np.int64)
         if not needs.signals:
             return fitted.selector.choose(signal_data({}, n_steps, lengths)), None
-        logits = [self.model.score(states[:, s]) for s in range(n_steps)]  # temperature applied
+        logits = [self._logits(states[:, s]) for s in range(n_steps)]  # temperature applied
         masked = self.config.eval.mask_history
         read = logits
         if masked:  # as evaluation scores them: the history window (the model's input) excluded
