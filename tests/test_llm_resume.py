@@ -27,6 +27,7 @@ from test_llm_honest import distinct_model
 from test_llm_model import _setup
 from thinkrec.cli.main import main
 from thinkrec.errors import ThinkrecError
+from thinkrec.llm import run as llm_run
 from thinkrec.llm.config import load_llm_config
 from thinkrec.llm.resume import resume_point, state_path
 from thinkrec.llm.run import train_llm
@@ -206,6 +207,32 @@ def test_a_finished_run_says_so_and_another_config_is_refused(
     assert "resuming" in capsys.readouterr().out and len(rows(run)) == 3
     assert train(toy, run, "recpo.resume=false") == 0
     assert len(rows(run)) == 2 and not (run / "checkpoints" / "best.json").exists()
+
+
+def test_a_finished_run_given_more_steps_never_passes_off_its_old_results(
+    toy: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More steps for a finished run, killed in the new test evaluation: the rerun must test again, not
+    return the results of the fewer steps as if they were this run's."""
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(toy / "cache"))
+    run = toy / "more"
+    assert train(toy, run, "recpo.steps=2") == 0
+    assert json.loads((run / "results.json").read_text())["steps"] == 2
+    real = llm_run.evaluation
+
+    def killed_in_test(trainer: Any, split: Any, cfg: Any, which: Any, progress: bool) -> dict[str, Any]:
+        if which == "test":
+            raise KeyboardInterrupt
+        return real(trainer, split, cfg, which, progress)
+
+    monkeypatch.setattr(llm_run, "evaluation", killed_in_test)
+    assert train(toy, run, "recpo.steps=3") != 0
+    assert not (run / "results.json").exists()  # the 2-step results are gone with the new steps
+    monkeypatch.setattr(llm_run, "evaluation", real)
+    capsys.readouterr()
+    assert train(toy, run, "recpo.steps=3") == 0
+    assert "finished" not in capsys.readouterr().out
+    assert json.loads((run / "results.json").read_text())["steps"] == 3
 
 
 def test_a_damaged_state_is_a_message(

@@ -241,7 +241,7 @@ def _train_llm(
     # every process reads the saved state's header (the same answer everywhere), before anything is written
     saved = resume_point(cfg, out, replicas.world)
     if saved is not None and saved.step >= cfg.recpo.steps:
-        done = finished_results(out, evaluate_test)
+        done = finished_results(out, evaluate_test, saved.step)
         if done is not None:  # trained and tested: nothing to do (the test evaluation alone takes hours)
             if main:
                 print(
@@ -259,6 +259,8 @@ def _train_llm(
         if saved is None:  # starting over: nothing of a run before stays beside this one's files
             for name in RUN_OUTPUTS:
                 (out / name).unlink(missing_ok=True)
+        else:  # results of fewer steps (a finished run given more) must not pass for this run's
+            (out / "results.json").unlink(missing_ok=True)
         atomic_write_json(out / "config.json", json.loads(cfg.model_dump_json()))
     split = split or load_split(cfg)
     own_model = model is None
@@ -362,6 +364,7 @@ def _train_llm(
         "reward_second_half": float(np.mean([r["reward"] for r in log[len(log) // 2 :]])),
         "selection": selection.summary(),
     }
+    results["steps"] = cfg.recpo.steps  # what finished_results checks against the saved state
     if saved is not None:
         results["resumed_after_step"] = saved.step
     if evaluate_test:
@@ -382,16 +385,18 @@ def _say(line: str, progress: bool) -> None:
         print(line, flush=True)
 
 
-def finished_results(run_dir: Path, evaluate_test: bool) -> dict[str, Any] | None:
-    """The results of a run directory that has trained all its steps, or ``None`` when it has not written
-    them (killed during the test evaluation, say) or has not tested its weights and ``evaluate_test`` asks."""
+def finished_results(run_dir: Path, evaluate_test: bool, steps: int) -> dict[str, Any] | None:
+    """The results of a run directory that has trained all its ``steps``, or ``None`` when it has not written
+    them (killed during the test evaluation, say), when they are of another number of steps (a finished run
+    given more steps and killed before its new results), or when it has not tested its weights and
+    ``evaluate_test`` asks."""
     try:
         results = json.loads((run_dir / "results.json").read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(results, dict) or (evaluate_test and "test" not in results):
         return None
-    return results
+    return results if results.get("steps") == steps else None
 
 
 def save_training(
