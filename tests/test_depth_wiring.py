@@ -271,6 +271,11 @@ def test_http_returns_the_selectors_top_k(shop: Path) -> None:
         top = torch.topk(scores[step][0], 4)
         assert [it["item"] for it in got["items"]] == [vocab.external_id(int(i) + 1) for i in top.indices]
         assert [s["item"] for s in got["steps"][step]] == [it["item"] for it in got["items"]]
+    # the server's default selector was fit for K = 2: a request for other steps gets the inference mode
+    for steps in (0, 1):
+        response = client.post("/recommend", json={"history": history, "k": 4, "reasoning_steps": steps})
+        assert response.status_code == 200, response.text
+        assert response.json()["depth"] is None
     plain = client.post("/recommend", json={"history": history, "k": 4, "depth": "none"}).json()
     assert plain["depth"] is None and plain["steps_used"] is None
     assert [it["item"] for it in plain["items"]] == [it["item"] for it in plain["steps"][-1]]  # PRL: r_K

@@ -9,7 +9,7 @@ round's ratio:
 - **selector**: ``thinkrec evaluate RUN --depth NAME``: the same, plus the signals the selector reads (from the
   same score blocks), its choice per sample and the ranks of that choice.
 
-With ``--no-steps`` (``thinkrec evaluate --no-steps``: what serving computes) neither side computes the
+With ``--no-steps`` (``thinkrec evaluate --no-steps``: what batch recommendation computes) neither side computes the
 per-step table:
 
 - **fixed K**: the run's inference mode only: every reasoning step for every sample (the inference mode

@@ -135,8 +135,8 @@ def evaluation_report(
     (``steps`` overrides K) also get the metrics of every step, of the mean of steps and of the oracle under
     ``"reasoning"``, and with a ``depth`` selector (:func:`run_selector`) its metrics next to fixed K, the
     steps it used and its protocol under ``"depth"``. Without ``per_step`` only the inference mode is scored
-    (what serving computes): no per-step table, and with a ``depth`` selector the evaluation halts (samples
-    that stopped get no further reasoning step) and ``"metrics"`` are the selector's."""
+    (what batch recommendation computes): no per-step table, and with a ``depth`` selector the evaluation halts
+    (samples that stopped get no further reasoning step) and ``"metrics"`` are the selector's."""
     t0 = time.perf_counter()
     samples = split.samples(which) if samples is None else samples
     plan = DepthPlan(selector=depth.selector) if depth is not None else None

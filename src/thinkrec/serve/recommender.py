@@ -424,13 +424,17 @@ class Recommender:
         ``None``). ``exclude_seen``: never recommend an item of the (whole) history. ``per_step``: also the top-K
         of each reasoning state (reasoning models only; costs one catalogue scoring per state). ``times``: the
         histories' timestamps, for models that use them (sequence models do not). ``depth``: a depth selector
-        name (default :attr:`depth`; ``"none"``: the inference mode) that chooses each history's step; it must
-        be fit already (:meth:`set_depth`). Raises ``ValueError`` on an empty history, an id outside the
-        catalogue, ``k``/``steps`` out of range, or a depth selector that cannot be used.
+        name (default :attr:`depth` when ``steps`` is the model's K, else none; ``"none"``: the inference
+        mode) that chooses each history's step; it must be fit already (:meth:`set_depth`). Raises
+        ``ValueError`` on an empty history, an id outside the catalogue, ``k``/``steps`` out of range, or a
+        depth selector that cannot be used.
         """
         use = self._check(histories, k, steps)
+        # the server's default selector was fit for the model's K: a request for other steps (0 = the backbone
+        # alone) gets its inference mode unless it names a selector itself
+        name = depth if depth is not None else (self.depth if use == self.reasoning_steps else None)
         try:
-            fitted = self.selector(self.depth if depth is None else depth, use)
+            fitted = self.selector(name, use)
         except ThinkrecError as exc:
             raise ValueError(str(exc)) from None
         parts: list[TopK] = []
