@@ -121,3 +121,23 @@ def test_selection_table_chooses_on_validation(tmp_path: Path, capsys: pytest.Ca
     assert selection.main([str(tmp_path / "saved" / r) for r in "abc"]) == 0
     again = json.loads(capsys.readouterr().out.splitlines()[-1])["rows"]
     assert [row["valid"] for row in again] == [row["valid"] for row in rows]
+
+
+def test_per_user_means_average_seeds_then_each_users_samples() -> None:
+    """The per-user test weighs users equally: seeds first, then each user's samples (by hand: NDCG@20 of
+    rank r is 1 / log2(r + 2) below 20, else 0)."""
+    import numpy as np
+
+    from thinkrec.eval.evaluator import EvalResult
+
+    def run(ranks: list[int]) -> dict[str, object]:
+        result = EvalResult.empty(len(ranks), 1, "last", None)
+        result.ranks[:] = np.asarray(ranks)
+        return {"result": result}
+
+    users = np.array([7, 3, 7, 7])
+    runs = [run([0, 1, 30, 2]), run([2, 1, 0, 40])]
+    gain = {0: 1.0, 1: 1 / np.log2(3), 2: 0.5}  # rank 30 and 40: 0
+    sample = [(gain[0] + gain[2]) / 2, gain[1], (0 + gain[0]) / 2, (gain[2] + 0) / 2]
+    expected = [sample[1], (sample[0] + sample[2] + sample[3]) / 3]  # users in sorted order: 3, 7
+    np.testing.assert_allclose(repro.per_user(runs, users), expected)

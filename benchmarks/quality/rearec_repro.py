@@ -22,7 +22,8 @@ sasrec), so a long run that is stopped still leaves the table of the seeds it co
 
 - test N@10, N@20, R@10, R@20 (R = Recall = HR with one target): mean +- std over seeds, and the relative
   change of each reasoning variant vs the backbone;
-- a paired t-test of per-sample NDCG@20 (variant vs backbone, samples pooled across seeds);
+- a paired t-test of per-sample NDCG@20 (variant vs backbone, samples pooled across seeds) and a paired
+  bootstrap over users of each user's mean NDCG@20 (samples averaged over seeds first; users weigh equally);
 - per-step curves (every step r_0..r_K scored alone, the mean of steps, and the per-sample oracle, which
   is an analysis and not a method), and seconds per training epoch;
 - the evaluation protocol the numbers were measured under.
@@ -48,7 +49,7 @@ from thinkrec.config.loader import load_config
 from thinkrec.config.schema import RunConfig
 from thinkrec.eval.evaluator import EvalResult
 from thinkrec.eval.metrics import metrics_from_ranks, per_sample
-from thinkrec.eval.significance import paired_t_test
+from thinkrec.eval.significance import paired_bootstrap, paired_t_test
 from thinkrec.eval.steps import oracle_ranks
 from thinkrec.runs import (
     RANKS_FILES,
@@ -234,7 +235,23 @@ def step_curves(results: list[EvalResult], ks: list[int]) -> dict[str, Any]:
     return curves
 
 
-def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def test_users(args: argparse.Namespace) -> np.ndarray:
+    """The user of every test sample (the same for every variant and seed: the split does not depend on them)."""
+    cfg = load_config(f"{args.dataset}-{args.protocol}-{args.backbone}", [*args.overrides, *args.base])
+    _, split = load_data(cfg)
+    return np.asarray(split.test.users)
+
+
+def per_user(runs: list[dict[str, Any]], users: np.ndarray) -> np.ndarray:
+    """Each test user's mean per-sample metric, the samples first averaged over the seeds."""
+    samples = np.mean([per_sample(run["result"].ranks, TEST_METRIC) for run in runs], axis=0)
+    _, index = np.unique(users, return_inverse=True)
+    return np.bincount(index, weights=samples) / np.bincount(index)
+
+
+def summarise(
+    args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], users: np.ndarray | None = None
+) -> dict[str, Any]:
     base_name = args.backbone
     first = runs[base_name][0]["results"]["test"]
     ks = list(first["protocol"]["ks"])
@@ -282,6 +299,20 @@ def summarise(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -
                 "t": test.t,
                 "p_value": test.p_value,
             }
+            if users is not None and len(variant_runs) == len(runs[base_name]):
+                # users weigh equally, and the seeds' samples of one user are not counted as independent
+                base_users, variant_users = per_user(runs[base_name], users), per_user(variant_runs, users)
+                boot = paired_bootstrap(base_users, variant_users)
+                entry["per_user_bootstrap"] = {
+                    "metric": f"each user's mean per-sample {TEST_METRIC} (samples averaged over seeds)",
+                    "users": boot.n,
+                    "base_mean": float(base_users.mean()),
+                    "variant_mean": float(variant_users.mean()),
+                    "mean_diff": boot.mean_diff,
+                    "ci": [boot.ci_low, boot.ci_high],
+                    "p_value": boot.p_value,
+                    "resamples": boot.resamples,
+                }
             entry["step_curves"] = step_curves([run["result"] for run in variant_runs], ks)
         summary["variants"][variant] = entry
     return summary
@@ -300,8 +331,9 @@ def markdown(summary: dict[str, Any]) -> str:
             if any(summary.get("overrides", {}).values())
             else []
         ),
-        "| method | N@10 | N@20 | R@10 | R@20 | p (N@20, paired t) | s/epoch | best epochs |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | N@10 | N@20 | R@10 | R@20 | p (N@20, paired t) | N@20 per user (bootstrap p) | s/epoch |"
+        " best epochs |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for variant, entry in summary["variants"].items():
         cells = []
@@ -312,8 +344,17 @@ def markdown(summary: dict[str, Any]) -> str:
                 cell += f" ({entry['relative_change'][short]:+.1%})"
             cells.append(cell)
         p_value = f"{entry['paired_t_test']['p_value']:.3g}" if "paired_t_test" in entry else "-"
+        users = entry.get("per_user_bootstrap")
+        per_user_cell = (
+            f"{users['variant_mean']:.4f} vs {users['base_mean']:.4f} "
+            f"({users['variant_mean'] / users['base_mean'] - 1:+.1%}, p = {users['p_value']:.3g})"
+            if users
+            else "-"
+        )
         secs = f"{entry['seconds_per_epoch']:.1f}" if entry["seconds_per_epoch"] is not None else "-"
-        lines.append(f"| {variant} | {' | '.join(cells)} | {p_value} | {secs} | {entry['best_epochs']} |")
+        lines.append(
+            f"| {variant} | {' | '.join(cells)} | {p_value} | {per_user_cell} | {secs} | {entry['best_epochs']} |"
+        )
     lines += [
         "",
         f"Relative change vs {summary['backbone']} in brackets. R@K = Recall@K = HR@K (one target per sample).",
@@ -356,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         suffix += f"-{args.report_tag}"
     stem = args.out / f"rearec-{args.dataset}-{args.protocol}{suffix}"
     args.out.mkdir(parents=True, exist_ok=True)
+    users = test_users(args)
     for seed in range(1, args.seeds + 1):
         # another process's seed (below --first-seed) is reported only once all its runs are finished
         if seed < args.first_seed and not all(is_finished(args, variant, seed) for variant in variants):
@@ -364,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[variant].append(run_variant(args, variant, seed))
         if not runs[args.backbone]:
             continue
-        summary = summarise(args, runs)
+        summary = summarise(args, runs, users)
         atomic_write_text(stem.with_suffix(".json"), json.dumps(summary, indent=2))
         atomic_write_text(stem.with_suffix(".md"), markdown(summary) + "\n")
     if not runs[args.backbone]:
