@@ -14,8 +14,7 @@ number of rows of a product varies with the batch and the history length, so a s
 requests would build new primitives for ever, and the process grew by hundreds of megabytes per 10,000
 requests. So the oneDNN path pads the rows up to one of at most 16 sizes per power of two
 (:func:`bucket_rows`: a multiple of 8 up to 64 rows, at most 6.25% more rows above; the extra rows are
-dropped from the output): a long-running
-process sees a bounded set of shapes.
+dropped from the output): a long-running process sees a bounded set of shapes.
 
 Either fast path is used only when nothing needs gradients and the inputs are float32 outside autocast;
 everything else (training, bf16 autocast) takes the plain ops, so results are the same up to
