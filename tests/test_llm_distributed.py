@@ -87,6 +87,11 @@ def test_two_processes_train_one_model_on_the_whole_batch(toy: Path) -> None:
     # the 4 users that moves the mean NDCG by at most (1 - 1/log2(3)) / 4 = 0.09
     assert log_two[0]["softmax"] == pytest.approx(log_one[0]["softmax"], rel=1e-5)
     assert log_two[0]["ndcg"] == pytest.approx(log_one[0]["ndcg"], abs=0.1)
+    # recpo.micro_users chunks each process's share; the step is still the whole batch's
+    run_cli(toy, toy / "two-micro", 2, "recpo.variant=no_reasoning", "recpo.micro_users=1")
+    log_micro = [json.loads(x) for x in (toy / "two-micro" / "log.jsonl").read_text().splitlines()]
+    assert log_micro[0]["loss"] == pytest.approx(log_one[0]["loss"], rel=1e-5)
+    assert log_micro[0]["softmax"] == pytest.approx(log_one[0]["softmax"], rel=1e-5)
     weights = trainable(toy / "two")
     assert any("lora_B" in k and float(v.abs().sum()) > 0 for k, v in weights.items()), "adapters did not train"
     test_two = two["test"]

@@ -197,6 +197,16 @@ class RecPOSection(BaseModel):
     )
     group_size: int = Field(4, ge=1, description="rollouts per user (G)")
     users_per_step: int = Field(4, ge=1, description="users per step (B); the in-batch item loss has B-1 negatives")
+    micro_users: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "run a step's forward+backward in chunks of at most this many users (per process), accumulating"
+            " gradients before the one optimiser step: the same update up to float summation order, with one"
+            " chunk's activations in memory instead of the whole step's (null = all users at once)"
+        ),
+        json_schema_extra=OPERATIONAL,
+    )
     temperature: float = Field(1.0, gt=0, description="rollout sampling temperature (the code's 2.0; see decisions)")
     top_k: int = Field(50, ge=0, description="rollout top-k sampling (0 = off)")
     max_new_tokens: int = Field(64, ge=1, description="reasoning tokens per rollout at most (the code's 640)")

@@ -18,7 +18,8 @@ holds everything the steps after it depend on:
 Training the same config into the run directory again continues after the saved step as an uninterrupted
 run would (bit for bit on the same device with the same thread count). Like the engine's runs
 (:func:`thinkrec.runs.resumes`), a state saved under another config is refused, apart from the operational
-settings (``model.threads``, ``model.device``, ``recpo.save_every``, ``recpo.resume``, ``run_dir``) and a
+settings (``model.threads``, ``model.device``, ``recpo.micro_users``, ``recpo.save_every``, ``recpo.resume``,
+``run_dir``) and a
 larger ``recpo.steps``; ``recpo.resume = false`` starts over instead.
 """
 

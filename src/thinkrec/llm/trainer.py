@@ -14,8 +14,18 @@ A RecPO step on ``B`` users (r2ec.md §4.3, single process):
    (``recpo.reward_table = "before_refresh"``, the released code's order: every row the reward ranks was
    encoded by the same, older model). ``"after_refresh"`` writes them before step 3, so the target is the
    one fresh row among stale ones -- a reward that partly measures freshness.
-5. One backward over the sum of the group losses (what plain DDP / one GPU does: gradients of the ``B``
+5. The gradient of the sum of the group losses (what plain DDP / one GPU does: gradients of the ``B``
    mini-batches add up), gradient clipping, one AdamW step.
+
+Micro-batching (``recpo.micro_users``): steps 3 and 5 run in chunks of at most that many users -- each
+chunk's forward is followed at once by its backward, so only one chunk's activations are held -- and the
+gradients accumulate before the one optimiser step. Everything that spans the whole step is computed once
+for the whole step first: the rollouts, the target vectors (step 2; the chunks see a detached copy whose
+gradient is collected and back-propagated through the target encoding once, after the last chunk) and the
+cached table the rewards and the catalogue softmax rank against. Advantages are normalised within one user's
+group, and a chunk holds whole users, so they do not depend on the chunking; every loss is a per-user term
+(RecPO) or a sum over users divided by the whole step's ``B`` (no reasoning), so the accumulated gradient is
+the full step's up to float summation order.
 
 Data-parallel (``accelerate launch``, see :mod:`thinkrec.llm.distributed`): every replica encodes all ``B``
 targets (so in-batch negatives and the cached table are the same everywhere), runs steps 1 and 3 for its
@@ -117,9 +127,24 @@ class LLMTrainer:
             return self.step_no_reasoning(examples, step)
         return self.step_recpo(examples, step)
 
-    def _optimise(self, loss: torch.Tensor, log: StepLog) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+    def _chunk_size(self, n_users: int) -> int:
+        """Users per forward+backward chunk (``recpo.micro_users``; unset = all ``n_users`` at once)."""
+        micro = self.cfg.recpo.micro_users
+        return max(1, min(micro, n_users) if micro else n_users)
+
+    @staticmethod
+    def _detached_items(items: torch.Tensor) -> torch.Tensor:
+        """A leaf copy of the step's target vectors for the chunks' losses: their gradients collect in its
+        ``.grad`` and go through the target encoding once (:meth:`_backward_items`)."""
+        return items.detach().requires_grad_(True) if items.requires_grad else items
+
+    @staticmethod
+    def _backward_items(items: torch.Tensor, leaf: torch.Tensor) -> None:
+        if leaf is not items and leaf.grad is not None:
+            items.backward(leaf.grad)  # type: ignore[no-untyped-call]
+
+    def _optimise(self, log: StepLog) -> None:
+        """Sum the (already accumulated) gradients over replicas, clip, one AdamW step."""
         self.replicas.sum_grads(self.params)
         clip = self.cfg.recpo.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip else float("inf"))
@@ -199,9 +224,12 @@ class LLMTrainer:
         if r.reward_table == "after_refresh":
             self._refresh(examples, items)
         t = timer.add("targets", t)
+        self.optimizer.zero_grad(set_to_none=True)
+        leaf = self._detached_items(items)
+        size = self._chunk_size(len(own))
         rewards_all, adv_all, ndcg_all, soft_all = [], [], [], []
-        total = torch.zeros((), device=self.device)
-        tok_sum, item_sum = 0.0, 0.0
+        chunk = torch.zeros((), device=self.device)
+        total, tok_sum, item_sum = 0.0, 0.0, 0.0
         for u, (column, ex) in enumerate(own):
             completions = rollouts.ids[u * g : (u + 1) * g]
             out = model.encode_prefixed(prompts[u], completions)
@@ -215,19 +243,27 @@ class LLMTrainer:
             top = topk_mask(adv, g, r.relabel_topk)
             l_tok = token_policy_loss(logprobs, out.mask, adv, r.clip_low, r.clip_high, r.pairing)
             columns = torch.full((g,), column, dtype=torch.long, device=self.device)
-            p_own = self._target_logprobs(out.pooled, items, examples, columns, masked)
+            p_own = self._target_logprobs(out.pooled, leaf, examples, columns, masked)
             l_item = item_loss(p_own, adv, top, r.clip_low, r.clip_high, r.pairing)
-            total = total + l_tok + l_item
+            chunk = chunk + l_tok + l_item
             tok_sum += float(l_tok.detach())
             item_sum += float(l_item.detach())
             rewards_all.append(rewards.reward)
             adv_all.append(adv)
             ndcg_all.append(rewards.ndcg)
             soft_all.append(rewards.softmax)
+            del out, logprobs, l_tok, l_item, p_own
+            if (u + 1) % size == 0 or u + 1 == len(own):  # the chunk's backward frees its activations
+                t = timer.add("forward", t)
+                total += float(chunk.detach())
+                chunk.backward()  # type: ignore[no-untyped-call]
+                chunk = torch.zeros((), device=self.device)
+                t = timer.add("backward+step", t)
         if r.reward_table == "before_refresh":
             self._refresh(examples, items)
         t = timer.add("forward", t)
-        self._optimise(total, log)
+        self._backward_items(items, leaf)
+        self._optimise(log)
         timer.add("backward+step", t)
         local = {
             "reward": torch.cat(rewards_all).tolist() if rewards_all else [],
@@ -236,7 +272,7 @@ class LLMTrainer:
             "softmax": torch.cat(soft_all).tolist() if soft_all else [],
             "length": [len(c) for c in rollouts.ids],
             "marker": [float(h) for h in rollouts.hit_marker],
-            "loss": [float(total.detach()), tok_sum, item_sum],
+            "loss": [total, tok_sum, item_sum],
         }
         every = self.replicas.gather(local)
         pooled = {key: [v for part in every for v in part[key]] for key in local if key != "loss"}
@@ -261,25 +297,39 @@ class LLMTrainer:
         if self.cfg.recpo.reward_table == "after_refresh":
             self._refresh(examples, items)
         own = self.replicas.shard(list(enumerate(examples)))
-        users = model.encode([self.bank.builder.with_marker(self.bank.user_ids(ex)) for _, ex in own])
-        columns = torch.as_tensor([column for column, _ in own], dtype=torch.long, device=self.device)
-        masked = history_mask([ex.seen for _, ex in own], self.n_columns, device=self.device)
-        # the mean over the whole batch, as a sum of this replica's rows / B (replicas' gradients add up)
-        loss = contrastive_loss(self._target_logprobs(users, items, examples, columns, masked)) * (
-            len(own) / len(examples)
-        )
-        with torch.no_grad():
-            scores = model.score_all(users)
+        self.optimizer.zero_grad(set_to_none=True)
+        leaf = self._detached_items(items)
+        size = self._chunk_size(len(own))
+        vectors, total = [], 0.0
+        for start in range(0, len(own), size):
+            part = own[start : start + size]
+            users = model.encode([self.bank.builder.with_marker(self.bank.user_ids(ex)) for _, ex in part])
+            columns = torch.as_tensor([column for column, _ in part], dtype=torch.long, device=self.device)
+            masked = history_mask([ex.seen for _, ex in part], self.n_columns, device=self.device)
+            # the mean over the whole batch, as sums of this chunk's rows / B (chunks' and replicas' gradients
+            # add up)
+            loss = contrastive_loss(self._target_logprobs(users, leaf, examples, columns, masked)) * (
+                len(part) / len(examples)
+            )
+            vectors.append(users.detach())
+            total += float(loss.detach())
+            del users
+            t = timer.add("forward", t)
+            loss.backward()  # type: ignore[no-untyped-call]
+            t = timer.add("backward+step", t)
+        with torch.no_grad():  # the reward of the whole step's user vectors at once (as without chunks)
+            scores = model.score_all(torch.cat(vectors))
             targets = torch.as_tensor([ex.target for _, ex in own], device=self.device)
+            masked = history_mask([ex.seen for _, ex in own], self.n_columns, device=self.device)
             rewards = fused_reward(scores, targets, masked, 0.0, self.cutoff)
+            del scores
         if self.cfg.recpo.reward_table == "before_refresh":
             self._refresh(examples, items)
         t = timer.add("forward", t)
-        self._optimise(loss, log)
+        self._backward_items(items, leaf)
+        self._optimise(log)
         timer.add("backward+step", t)
-        every = self.replicas.gather(
-            (rewards.reward.tolist(), rewards.ndcg.tolist(), rewards.softmax.tolist(), float(loss.detach()))
-        )
+        every = self.replicas.gather((rewards.reward.tolist(), rewards.ndcg.tolist(), rewards.softmax.tolist(), total))
         log.reward = float(np.mean([v for part in every for v in part[0]]))
         log.ndcg = float(np.mean([v for part in every for v in part[1]]))
         log.softmax = float(np.mean([v for part in every for v in part[2]]))
