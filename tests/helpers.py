@@ -140,3 +140,20 @@ def write_walk_shop(
         f"\n[eval]\n{eval}"
     )
     return path
+
+
+def train_walk_prl_run(folder: Path, n_users: int = 80, n_items: int = 20, length: int = 10) -> None:
+    """A tiny PRL run (K = 2) in ``folder/run``, trained through the CLI on :func:`write_walk_shop`'s log
+    (the caller sets the working directory to ``folder`` and the cache directory)."""
+    from thinkrec.cli.main import main
+
+    write_walk_shop(
+        folder,
+        n_users=n_users,
+        n_items=n_items,
+        length=length,
+        model="temperature = 0.2\n",
+        train='epochs = 2\nvalid_metric = "NDCG@5"\n',
+        eval="ks = [5, 20]\n",
+    )
+    assert main(["train", "shop.toml", "reasoning.kind=prl", "reasoning.warmup_epochs=1", "--run-dir", "run"]) == 0

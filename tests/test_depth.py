@@ -309,22 +309,11 @@ def test_choose_steps_is_step_data_then_choose() -> None:
 @pytest.fixture()
 def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A tiny PRL run (K = 2) trained on a small CSV log where users walk the catalogue."""
-    from thinkrec.cli.main import main
-
-    from helpers import write_walk_shop
+    from helpers import train_walk_prl_run
 
     monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    write_walk_shop(
-        tmp_path,
-        n_users=80,
-        n_items=20,
-        length=10,
-        model="temperature = 0.2\n",
-        train='epochs = 2\nvalid_metric = "NDCG@5"\n',
-        eval="ks = [5, 20]\n",
-    )
-    assert main(["train", "shop.toml", "reasoning.kind=prl", "reasoning.warmup_epochs=1", "--run-dir", "run"]) == 0
+    train_walk_prl_run(tmp_path)
     return tmp_path
 
 

@@ -22,9 +22,8 @@ from thinkrec.inference.folded import FoldedEncoder
 from thinkrec.inference.runner import FoldedRunner, PlainRunner
 from thinkrec.runs import evaluation_report, load_data, load_run, run_selector
 
-from helpers import write_walk_shop
+from helpers import train_walk_prl_run
 
-OVERRIDES = ["reasoning.kind=prl", "reasoning.warmup_epochs=1"]
 SELECTORS = ["agree", "agree-kl", "entropy", "router", "router-prefix", "fixed:0", "fixed:1", "mean", "weights"]
 
 
@@ -35,16 +34,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("THINKREC_CACHE_DIR", str(root / "cache"))
         mp.chdir(root)
-        write_walk_shop(
-            root,
-            n_users=90,
-            n_items=60,
-            length=12,
-            model="temperature = 0.2\n",
-            train='epochs = 2\nvalid_metric = "NDCG@5"\n',
-            eval="ks = [5, 20]\n",
-        )
-        assert main(["train", "shop.toml", *OVERRIDES, "--run-dir", "run"]) == 0
+        train_walk_prl_run(root, n_users=90, n_items=60, length=12)
         cfg, model = load_run("run")
         _, split = load_data(cfg)
         for name in SELECTORS:
@@ -77,9 +67,7 @@ def _reference_signals(
     n_steps = len(scores)
     b, n_items = scores[0].shape
     want, last = needs.signals, needs.steps(n_steps)
-    out = {
-        name: torch.full((b, n_steps if name in depth.STEP_SIGNALS else n_steps - 1), math.nan) for name in want
-    }
+    out = {name: torch.full((b, n_steps if name in depth.STEP_SIGNALS else n_steps - 1), math.nan) for name in want}
     inv_t = 1.0 / temperature
     spread = "entropy" in want or "kl" in want
     k = min(top_k, n_items)
@@ -322,7 +310,8 @@ def test_evaluate_without_steps_reports_the_halting_selector(loaded: tuple[Any, 
     assert "reasoning" not in report and "metrics" not in found["fixed_k"] and "mean_of_steps" not in found
     assert found["metrics"] == pytest.approx(report["metrics"])
     assert found["steps_used"]["rows_per_step"] == [
-        int((result.depth.steps_used >= k).sum()) for k in (1, 2)  # type: ignore[union-attr]
+        int((result.depth.steps_used >= k).sum())
+        for k in (1, 2)  # type: ignore[union-attr]
     ]
     assert "halts" in found["note"]
 

@@ -21,7 +21,7 @@ from thinkrec.eval.evaluator import DepthPlan, EvalResult, evaluate
 from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
 from thinkrec.runs import load_data, load_run, run_selector, selector_path
 
-from helpers import write_walk_shop
+from helpers import train_walk_prl_run
 
 OVERRIDES = ["reasoning.kind=prl", "reasoning.warmup_epochs=1"]
 
@@ -33,16 +33,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("THINKREC_CACHE_DIR", str(root / "cache"))
         mp.chdir(root)
-        write_walk_shop(
-            root,
-            n_users=80,
-            n_items=20,
-            length=10,
-            model="temperature = 0.2\n",
-            train='epochs = 2\nvalid_metric = "NDCG@5"\n',
-            eval="ks = [5, 20]\n",
-        )
-        assert main(["train", "shop.toml", *OVERRIDES, "--run-dir", "run"]) == 0
+        train_walk_prl_run(root, n_users=80, n_items=20, length=10)
     yield root
 
 

@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from statistics import median
 from typing import Any, TypeVar
+from unittest import mock
 
 import torch
 
@@ -80,34 +81,17 @@ def environ(name: str, value: str | None) -> Iterator[None]:
             os.environ[name] = old
 
 
-@contextlib.contextmanager
-def plain_linear() -> Iterator[None]:
-    original = fused.fused_ok
-    fused.fused_ok = lambda x, weight: False
-    try:
-        yield
-    finally:
-        fused.fused_ok = original
+def plain_linear() -> contextlib.AbstractContextManager[object]:
+    return mock.patch.object(fused, "fused_ok", lambda x, weight: False)
 
 
-@contextlib.contextmanager
-def mkl_linear() -> Iterator[None]:
-    original = fused.ONEDNN
-    fused.ONEDNN = False
-    try:
-        yield
-    finally:
-        fused.ONEDNN = original
+def mkl_linear() -> contextlib.AbstractContextManager[object]:
+    return mock.patch.object(fused, "ONEDNN", False)
 
 
-@contextlib.contextmanager
-def plain_runner() -> Iterator[None]:
-    original = getattr(evaluator, "runner_for")  # noqa: B009 (the evaluator's own name for it is patched)
-    setattr(evaluator, "runner_for", lambda model, device=None: PlainRunner(model))  # noqa: B010
-    try:
-        yield
-    finally:
-        setattr(evaluator, "runner_for", original)  # noqa: B010
+def plain_runner() -> contextlib.AbstractContextManager[object]:
+    # the evaluator's own name for it is patched
+    return mock.patch.object(evaluator, "runner_for", lambda model, device=None: PlainRunner(model))
 
 
 def eval_seconds(model: SeqRecModel, split: Split, cfg: RunConfig, workers: int = 0) -> float:
@@ -238,7 +222,7 @@ def main() -> int:
     for name, switch in (("fused", plain_linear), ("onednn", mkl_linear), ("folded", plain_runner)):
         if name in chosen:
 
-            def off(switch: Callable[[], contextlib.AbstractContextManager[None]] = switch) -> float:
+            def off(switch: Callable[[], contextlib.AbstractContextManager[object]] = switch) -> float:
                 with switch():
                     return eval_seconds(model, split, cfg)
 
