@@ -113,3 +113,13 @@ def test_a_run_directory_is_trained_by_one_process_at_a_time(tmp_path: Path) -> 
         assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
     with exclusive_run_dir(run_dir):  # released on exit: the next run (a resume) may take it
         pass
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_betas_reach_the_optimiser_and_are_validated(tmp_path: Path, optimizer: str) -> None:
+    trainer = _trainer(tmp_path, random_dataset(), epochs=1, optimizer=optimizer, betas=(0.9, 0.98))
+    assert trainer.optimizer.param_groups[0]["betas"] == (0.9, 0.98)
+    default = _trainer(tmp_path / "default", random_dataset(), epochs=1, optimizer=optimizer)
+    assert default.optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+    with pytest.raises(ValueError, match="betas"):
+        TrainConfig(betas=(0.9, 1.0))

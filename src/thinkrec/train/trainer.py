@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -62,6 +62,10 @@ class TrainConfig(BaseModel):
     optimizer: Literal["adam", "adamw"] = Field("adam", description="optimiser")
     lr: float = Field(1e-3, description="learning rate [learning_rate]", gt=0)
     weight_decay: float = Field(0.0, description="weight decay (L2 for adam, decoupled for adamw)", ge=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999),
+        description="Adam's moment decay rates (beta1, beta2); RecTools' transformers use (0.9, 0.98)",
+    )
     grad_clip: float | None = Field(None, description="clip the gradient norm to this value (> 0; default: off)", gt=0)
     sample_mode: Literal["all", "last"] = Field(
         "all", description="'all': every position predicts its next item; 'last': one target per prefix"
@@ -201,7 +205,7 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.seeds = Seeds(cfg.seed)
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
         if cfg.autocast == "bf16":
             warn_slow_bf16("train.autocast")
         ranks.broadcast_params(list(model.parameters()))
