@@ -164,6 +164,9 @@ def child_train(job: dict[str, Any]) -> dict[str, Any]:
         "eval_samples": len(samples),
         "eval_seconds": eval_seconds,
         "eval_seconds_per_1k_samples": eval_seconds / max(1, len(samples)) * 1000,
+        # the two rates that should stay flat as the log and the catalogue grow
+        "train_seconds_per_1m_interactions": per_batch * n_batches / max(1, ds.n_interactions) * 1e6,
+        "eval_seconds_per_1e9_scores": eval_seconds / max(1, len(samples) * ds.n_items) * 1e9,
         "valid_metrics": result.metrics(cfg.eval.ks),
         "peak_rss_mib": peak_rss_mib(),
     }
@@ -182,14 +185,47 @@ def run_child(kind: str, job: dict[str, Any], threads: int) -> dict[str, Any]:
     return result
 
 
-# ---------------------------------------------------------------------------------------------- plot
+# ------------------------------------------------------------------------------------- table and plot
+def markdown(records: list[dict[str, Any]]) -> str:
+    """One table per sweep; the training table's last two columns are the rates that should stay flat."""
+    lines: list[str] = []
+    prepared = [r for r in records if r["sweep"] == "prepare"]
+    if prepared:
+        lines += ["| rows | mode | users / items kept | peak RSS (MiB) | seconds |", "|---|---|---|---|---|"]
+        for r in prepared:
+            if "error" in r:
+                lines.append(f"| {r['rows']:,} | {r['mode']} | error | - | - |")
+                continue
+            kept = f"{r['users']:,} / {r['items']:,}"
+            lines.append(f"| {r['rows']:,} | {r['mode']} | {kept} | {r['peak_rss_mib']:,.0f} | {r['seconds']:.1f} |")
+        lines.append("")
+    trained = [r for r in records if r["sweep"] == "train"]
+    if trained:
+        lines += [
+            "| rows | catalogue | loss | s / batch | epoch (s, est.) | s / 1M interactions | eval s / 10^9 scores"
+            " | peak RSS (MiB) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in trained:
+            if "error" in r:
+                lines.append(f"| {r['rows']:,} | {r['items']:,} | {r['loss']} | error | | | | |")
+                continue
+            lines.append(
+                f"| {r['interactions']:,} | {r['catalogue']:,} | {r['loss']} | {r['seconds_per_batch']:.3f} |"
+                f" {r['epoch_seconds_estimate']:.0f} | {r['train_seconds_per_1m_interactions']:.1f} |"
+                f" {r['eval_seconds_per_1e9_scores']:.2f} | {r['peak_rss_mib']:,.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def plot(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_prep, ax_mem, ax_train) = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 5, figsize=(25, 4))
+    ax_prep, ax_mem, ax_train, ax_rate, ax_eval = axes
     for mode in sorted({r["mode"] for r in records if r["sweep"] == "prepare"}):
         ok = [r for r in records if r["sweep"] == "prepare" and r["mode"] == mode and "error" not in r]
         rows = sorted(ok, key=lambda r: r["rows"])
@@ -215,6 +251,26 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     ax_train.set_ylabel("seconds per training batch")
     ax_train.set_title("training")
     ax_train.legend(fontsize=8)
+    for ax, key, title in (
+        (ax_rate, "train_seconds_per_1m_interactions", "training: seconds per 1M interactions"),
+        (ax_eval, "eval_seconds_per_1e9_scores", "evaluation: seconds per 10^9 scores"),
+    ):
+        for group in sorted({(r["rows"], r["loss"]) for r in records if r["sweep"] == "train"}):
+            ok = [r for r in records if r["sweep"] == "train" and (r["rows"], r["loss"]) == group and key in r]
+            rows = sorted(ok, key=lambda r: r["catalogue"])
+            if rows:
+                ax.plot(
+                    [r["catalogue"] for r in rows],
+                    [r[key] for r in rows],
+                    marker="o",
+                    label=f"{group[0]:,} rows, {group[1]}",
+                )
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("catalogue (items in the prepared log)")
+        ax.set_ylabel("seconds")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -254,6 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=harness.out_dir("scale", "data"))
     p.add_argument("--out", type=Path, default=harness.out_dir("scale"))
     harness.add_records_argument(p)
+    p.add_argument(
+        "--include",
+        type=Path,
+        action="append",
+        default=[],
+        help="JSONL records of an earlier sweep to show in the table and plot too (e.g. the prepare sweep's)",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides of the training runs (default SASRec, d=64)")
     args = p.parse_args(argv)
     records = harness.Records("scale", "scaling", args.records)
@@ -296,8 +359,13 @@ def main(argv: list[str] | None = None) -> int:
                     done.append(
                         records.write({"sweep": "train", "rows": rows, "items": items, "loss": loss, **job, **result})
                     )
+    for earlier in args.include:
+        done = [json.loads(line) for line in earlier.read_text().splitlines() if line.strip()] + done
     plot(done, args.out / "scaling.png")
-    print(f"plot: {args.out / 'scaling.png'}", file=sys.stderr)
+    text = markdown(done)
+    (args.out / "scaling.md").write_text(text)
+    print(text)
+    print(f"plot: {args.out / 'scaling.png'}; table: {args.out / 'scaling.md'}", file=sys.stderr)
     return 0
 
 
