@@ -212,3 +212,41 @@ def test_all_prefix_training_needs_a_causal_backbone() -> None:
     model.backbone.causal = False
     with pytest.raises(ThinkrecError, match="causal backbone"):
         _objective("prl")(model, TrainBatch(INPUTS, POSITIONS, TARGETS, "all"))
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"), [("erl", {"erl_lambda": 0.3}), ("prl", {"rcl_weight": 0.5, "noise_std": 0.2})]
+)
+def test_a_drawn_depth_trains_exactly_the_fixed_objective_of_that_depth(kind: str, options: dict[str, float]) -> None:
+    model = _model(steps=3).eval()  # no dropout: both objectives see the same states
+    batch = TrainBatch(INPUTS, POSITIONS, TARGETS, "all")
+    sampled = _objective(kind, steps=3, train_depth="uniform", **options)
+    drawn: list[int] = []
+    with torch.no_grad():
+        for depth in (1, 2, 3):
+            fixed = _objective(kind, steps=depth, **options)
+            sampled.draw_depth = lambda depth=depth: depth  # type: ignore[method-assign]
+            sampled.start_epoch(0)  # PRL: the same noise generator state in both
+            out, reference = sampled(model, batch), fixed(model, batch)
+            drawn.append(sampled.depth)
+            assert out.parts == pytest.approx(reference.parts, rel=1e-6), depth
+            assert float(out.total) == pytest.approx(float(reference.total), rel=1e-6), depth
+    assert drawn == [1, 2, 3]
+    # the depths change the loss: a test that could not fail otherwise
+    with torch.no_grad():
+        totals = {round(float(_objective(kind, steps=d, **options)(model, batch).total), 6) for d in (1, 2, 3)}
+    assert len(totals) == 3
+
+
+def test_depths_are_uniform_on_1_to_steps_seeded_per_epoch_and_fixed_by_default() -> None:
+    sampled = _objective("erl", steps=3, train_depth="uniform")
+    sampled.start_epoch(2)
+    first = [sampled.draw_depth() for _ in range(3000)]
+    sampled.start_epoch(2)
+    assert [sampled.draw_depth() for _ in range(3000)] == first  # a resumed epoch draws the same depths
+    sampled.start_epoch(3)
+    assert [sampled.draw_depth() for _ in range(50)] != first[:50]
+    counts = np.bincount(first, minlength=4)
+    assert counts[0] == 0 and all(abs(c / 3000 - 1 / 3) < 0.03 for c in counts[1:])
+    fixed = _objective("erl", steps=3)
+    assert {fixed.draw_depth() for _ in range(100)} == {3}

@@ -41,7 +41,6 @@ class ProgressiveReasoningLoss(ReasoningObjective):
     def __init__(self, cfg: PRLConfig, tau: float, seeds: Seeds) -> None:
         super().__init__(cfg, tau, seeds)
         self.cfg: PRLConfig = cfg
-        self.temperatures = progressive_temperatures(cfg.steps, tau, cfg.prl_alpha)
         self.generator = torch.Generator()
         self.start_epoch(0)
 
@@ -58,14 +57,15 @@ class ProgressiveReasoningLoss(ReasoningObjective):
         valid = prefixes.valid
         clean = self.states(model, prefixes)  # [B, T, K+1, d]
         users, items = self.prepared(model, clean[valid], model.item_vectors())
-        per_step = per_step_cross_entropy(users, items, prefixes.targets[valid], self.temperatures)
+        temperatures = progressive_temperatures(self.depth, self.tau, self.cfg.prl_alpha)
+        per_step = per_step_cross_entropy(users, items, prefixes.targets[valid], temperatures)
         early = per_step[:-1]
         ce_last, ce_steps = per_step[-1], early.mean() if self.cfg.step_ce == "mean" else early.sum()
         total = ce_last + ce_steps
         parts = {"ce_last": float(ce_last.detach()), "ce_steps": float(ce_steps.detach())}
         if self.cfg.rcl_weight > 0 and not self.warming_up:  # the noisy view waits for the warm-up's end
             noisy = self.noisy_states(model, prefixes, clean)
-            groups_valid = valid.T.repeat_interleave(self.cfg.steps, dim=0)  # [T*K, B], slot-major
+            groups_valid = valid.T.repeat_interleave(self.depth, dim=0)  # [T*K, B], slot-major
             anchors, candidates = self.by_step_slot(noisy[:, :, 1:]), self.by_step_slot(clean[:, :, 1:])
             rcl = info_nce(anchors, candidates, groups_valid, self.tau, self.cfg.rcl_similarity)
             total = total + self.cfg.rcl_weight * rcl

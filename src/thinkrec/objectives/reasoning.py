@@ -137,10 +137,22 @@ class ReasoningObjective(Objective):
         self.tau = tau
         self.seeds = seeds
         self.epoch = 0
+        self.depth = cfg.steps  # the depth the current batch reasons (train_depth = "uniform": drawn per batch)
+        self.depth_generator = torch.Generator()
+        self.depth_generator.manual_seed(seeds.torch_seed("reasoning-depth/0"))
 
     def start_epoch(self, epoch: int) -> None:
         """Called by the Trainer before each epoch (0-based)."""
         self.epoch = epoch
+        # re-derived per epoch (a resumed run draws the depths of an uninterrupted one); the same on every
+        # process of a data-parallel run, which all see every global batch
+        self.depth_generator.manual_seed(self.seeds.torch_seed(f"reasoning-depth/{epoch}"))
+
+    def draw_depth(self) -> int:
+        """The next batch's reasoning depth: ``steps``, or uniform on 1..steps with ``train_depth = "uniform"``."""
+        if self.cfg.train_depth == "fixed":
+            return self.cfg.steps
+        return int(torch.randint(1, self.cfg.steps + 1, (1,), generator=self.depth_generator))
 
     @property
     def warming_up(self) -> bool:
@@ -155,6 +167,7 @@ class ReasoningObjective(Objective):
         prefixes = prefix_batch(model, batch)
         if self.warming_up and self.cfg.warmup_trains == "backbone":
             return self.warmup_loss(model, prefixes)
+        self.depth = self.draw_depth()
         return self.reasoning_loss(model, prefixes)
 
     def warmup_loss(self, model: SeqRecModel, prefixes: PrefixBatch) -> LossOutput:
@@ -172,19 +185,19 @@ class ReasoningObjective(Objective):
         perturb: Perturb | None = None,
         feed: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Reasoning states ``[B, T, K+1, d]`` of every prefix slot (K = the trained steps); slots without a
-        trained prefix are zero when the rows reason in groups. ``perturb`` and ``feed`` (``[B, T, K, d]``) as
-        in :meth:`LatentReasoner.prefixes`."""
-        reasoner, backbone = reasoner_of(model), model.cached_backbone
+        """Reasoning states ``[B, T, K+1, d]`` of every prefix slot (K = :attr:`depth`, the batch's depth);
+        slots without a trained prefix are zero when the rows reason in groups. ``perturb`` and ``feed``
+        (``[B, T, K, d]``) as in :meth:`LatentReasoner.prefixes`."""
+        reasoner, backbone, k = reasoner_of(model), model.cached_backbone, self.depth
         if len(prefixes.groups) == 1:
-            return reasoner.prefixes(backbone, prefixes.encoded, prefixes.columns, None, perturb, feed)
+            return reasoner.prefixes(backbone, prefixes.encoded, prefixes.columns, k, perturb, feed)
         b, t = prefixes.columns.shape
-        out = prefixes.encoded.hidden.new_zeros(b, t, reasoner.steps + 1, prefixes.encoded.hidden.shape[-1])
+        out = prefixes.encoded.hidden.new_zeros(b, t, k + 1, prefixes.encoded.hidden.shape[-1])
         for group in prefixes.groups:
             width = group.columns.shape[1]
             rows = group.rows if group.rows is not None else slice(None)
             part = None if feed is None else feed[rows, :width]
-            out[rows, :width] = reasoner.prefixes(backbone, group.encoded, group.columns, None, perturb, part)
+            out[rows, :width] = reasoner.prefixes(backbone, group.encoded, group.columns, k, perturb, part)
         return out
 
     @staticmethod

@@ -92,6 +92,14 @@ class LatentReasoningConfig(BaseModel):
             " first epoch, only PRL's noisy view and contrastive term wait (the research code)"
         ),
     )
+    train_depth: Literal["fixed", "uniform"] = Field(
+        "fixed",
+        description=(
+            "reasoning depth in training: 'fixed' = every batch reasons 'steps' steps (the paper); 'uniform' ="
+            " each batch draws its depth uniformly from 1..steps (seeded per epoch), so that every step is"
+            " trained as an exit, as recurrent-depth models do; inference still uses 'steps' (or eval.depth)"
+        ),
+    )
     normalise_feedback: bool = Field(
         True,
         description=(
