@@ -50,6 +50,11 @@ def sizes(text: str) -> list[int]:
     return out
 
 
+def sizes_arg(text: str) -> int:
+    """One size (``1M``, ``10k``, ``0``) for argparse."""
+    return sizes(text)[0]
+
+
 def log_path(data_dir: Path, rows: int, items: int | None) -> Path:
     """The synthetic log of that size, generated on first use."""
     path = data_dir / f"log-{rows}{'' if items is None else f'-i{items}'}.parquet"
@@ -172,7 +177,61 @@ def child_train(job: dict[str, Any]) -> dict[str, Any]:
     }
     if device.type == "cuda":
         record["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if job.get("ann_users"):
+        model.train()
+        for i, batch in enumerate(batches):  # the rest of the generator: batches not yet trained on
+            if i >= job["ann_train_batches"]:
+                break
+            out = objective(model, batch.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            out.total.backward()
+            optimizer.step()
+        model.eval()
+        record["ann"] = ann_recall(model, split, job["ann_users"], job["threads"])
     return record
+
+
+def ann_recall(model: Any, split: Any, users: int, threads: int) -> list[dict[str, Any]]:
+    """Approximate top-K (FAISS HNSW, as ``thinkrec serve --ann``) against exact full-catalogue scoring on the
+    first ``users`` test samples: recall@K, milliseconds per single query for both, the index's build time."""
+    import numpy as np
+    import torch
+
+    from thinkrec.data.batches import eval_histories, position_ids, trim
+    from thinkrec.serve.ann import AnnIndex, recall_at_k
+
+    samples = split.test.subset(np.arange(min(users, len(split.test))))
+    (hist,) = trim(eval_histories(split, samples, model.backbone.max_len))
+    inputs = torch.from_numpy(hist)
+    with torch.no_grad():
+        states = model.encode(inputs, position_ids(inputs.shape[1], model.backbone.max_len))
+        queries, items = model.scorer.prepare(model.user_vector(states, "last", None), model.item_vectors())
+    start = time.perf_counter()
+    index = AnnIndex.for_model(model)
+    build_seconds = time.perf_counter() - start
+    out = []
+    for k in (10, 100):
+        start = time.perf_counter()
+        exact = torch.stack([torch.topk(q[None] @ items.T, k, dim=1).indices[0] + 1 for q in queries])
+        exact_ms = (time.perf_counter() - start) * 1000 / len(queries)
+        for ef in (128, 256):
+            index.index.hnsw.efSearch = ef
+            start = time.perf_counter()
+            found = torch.stack([index.search(q[None], k)[0][0] for q in queries])
+            out.append(
+                {
+                    "k": k,
+                    "ef_search": ef,
+                    "recall": recall_at_k(found, exact),
+                    "ann_ms_per_query": (time.perf_counter() - start) * 1000 / len(queries),
+                    "exact_ms_per_query": exact_ms,
+                    "index_build_seconds": build_seconds,
+                    "users": len(queries),
+                    "items": int(items.shape[0]),
+                    "threads": threads,
+                }
+            )
+    return out
 
 
 def run_child(kind: str, job: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -214,6 +273,18 @@ def markdown(records: list[dict[str, Any]]) -> str:
                 f"| {r['interactions']:,} | {r['catalogue']:,} | {r['loss']} | {r['seconds_per_batch']:.3f} |"
                 f" {r['epoch_seconds_estimate']:.0f} | {r['train_seconds_per_1m_interactions']:.1f} |"
                 f" {r['eval_seconds_per_1e9_scores']:.2f} | {r['peak_rss_mib']:,.0f} |"
+            )
+    ann = [a for r in trained if "error" not in r for a in r.get("ann", [])]
+    if ann:
+        lines += [
+            "",
+            "| catalogue | K | efSearch | recall@K vs exact | ANN ms / query | exact ms / query | index build (s) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for a in ann:
+            lines.append(
+                f"| {a['items']:,} | {a['k']} | {a['ef_search']} | {a['recall']:.3f} | {a['ann_ms_per_query']:.2f} |"
+                f" {a['exact_ms_per_query']:.2f} | {a['index_build_seconds']:.0f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -305,6 +376,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=20, help="timed training batches")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches before them")
     p.add_argument("--eval-users", type=int, default=5000, help="validation samples of the timed pass")
+    p.add_argument(
+        "--ann-at-items",
+        type=sizes_arg,
+        default=1_000_000,
+        help="measure approximate top-K (FAISS HNSW) against exact scoring for generated catalogues this big"
+        " or bigger (0: never; needs the ann extra)",
+    )
+    p.add_argument("--ann-users", type=int, default=1000, help="test samples (single queries) of that measurement")
+    p.add_argument(
+        "--ann-train-batches",
+        type=int,
+        default=300,
+        help="more training batches before it (untimed), so that the item table is a trained one",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--data-dir", type=Path, default=harness.out_dir("scale", "data"))
@@ -353,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                         "batches": args.batches,
                         "warmup": args.warmup,
                         "eval_users": args.eval_users,
+                        "ann_users": args.ann_users if args.ann_at_items and items >= args.ann_at_items else 0,
+                        "ann_train_batches": args.ann_train_batches,
                         "overrides": [*base, *LOSSES[loss], *args.overrides],
                     }
                     result = run_child("train", job, args.threads)
