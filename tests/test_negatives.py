@@ -188,3 +188,46 @@ def test_popularity_needs_counts() -> None:
     ctx = ObjectiveContext(None, NoReasoningConfig(), 1, 4, kwargs)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         build_objective("sampled", ctx)
+
+
+@pytest.mark.parametrize("with_q", [False, True])
+def test_per_target_negatives_against_the_reference_formula_row_by_row(with_q: bool) -> None:
+    gen = torch.Generator().manual_seed(4)
+    items = torch.randn(9, 3, generator=gen)
+    users = torch.randn(3, 3, generator=gen)
+    targets = [2, 5, 2]
+    per_row = [[0, 2, 7], [5, 5, 1], [3, 4, 8]]  # row 0 and row 1 hit their own target
+    counts = torch.arange(1, 10, dtype=torch.float64)
+    q = (counts / counts.sum()).tolist() if with_q else None
+    log_q = torch.log(torch.tensor(q)) if q is not None else None
+    got = corrected_sampled_loss(users, torch.tensor(targets), _model(items, 0.5), torch.tensor(per_row), log_q)
+    expected = (
+        sum(reference(users[i : i + 1], items, [targets[i]], per_row[i], q, temperature=0.5) for i in range(3)) / 3
+    )
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    # one shared set is the special case of identical rows
+    shared = corrected_sampled_loss(users, torch.tensor(targets), _model(items, 0.5), torch.tensor(per_row[2]), log_q)
+    same_rows = torch.tensor([per_row[2]] * 3)
+    assert float(shared) == pytest.approx(
+        float(corrected_sampled_loss(users, torch.tensor(targets), _model(items, 0.5), same_rows, log_q)), rel=1e-6
+    )
+
+
+def test_per_target_draws_one_set_per_target_and_is_checked_when_the_config_loads() -> None:
+    counts = np.array([0, 1, 2, 7])
+    targets = torch.tensor([1, 3, 3, 2, 0])
+    for mode in ("uniform", "popularity"):
+        objective = SampledSoftmax(6, torch.Generator().manual_seed(3), mode, False, counts, per="target")  # type: ignore[arg-type]
+        drawn = objective.draw(targets, 4)
+        assert drawn.shape == (5, 6) and not all(torch.equal(drawn[0], row) for row in drawn[1:])
+    big = SampledSoftmax(4000, torch.Generator().manual_seed(3), "popularity", False, counts, per="target")
+    share = np.bincount(big.draw(targets, 4).flatten().numpy(), minlength=4) / (5 * 4000)
+    assert share == pytest.approx(counts / counts.sum(), abs=0.01)
+    with pytest.raises(ConfigError, match="in-batch"):
+        SampledSoftmax(4, None, "in_batch", False, counts, per="target")
+    with pytest.raises(ConfigError, match="negatives_per"):
+        load_config(None, ["train.loss=sampled", "train.negatives=in_batch", "train.negatives_per=target"])
+    with pytest.raises(ConfigError, match="negatives_per"):
+        load_config(None, ["train.negatives_per=target"])  # the loss is ce
+    cfg = load_config("s3rec-beauty-sasrec-ss", [])
+    assert (cfg.train.loss, cfg.train.negatives, cfg.train.negatives_per) == ("sampled", "uniform", "target")

@@ -27,13 +27,15 @@ from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
 from thinkrec.runs import read_log, train
 
+# uniform and popularity negatives are drawn as the preset says (train.negatives_per); in-batch ones are the
+# batch's own
 VARIANTS: dict[str, list[str]] = {
-    "ce": ["train.loss=ce"],
+    "ce": ["train.loss=ce", "train.negatives_per=batch", "train.logq=false"],
     "uniform": ["train.loss=sampled", "train.negatives=uniform"],
     "popularity": ["train.loss=sampled", "train.negatives=popularity"],
     "popularity_logq": ["train.loss=sampled", "train.negatives=popularity", "train.logq=true"],
-    "in_batch": ["train.loss=sampled", "train.negatives=in_batch"],
-    "in_batch_logq": ["train.loss=sampled", "train.negatives=in_batch", "train.logq=true"],
+    "in_batch": ["train.loss=sampled", "train.negatives=in_batch", "train.negatives_per=batch"],
+    "in_batch_logq": ["train.loss=sampled", "train.negatives=in_batch", "train.logq=true", "train.negatives_per=batch"],
 }
 METRICS = ["NDCG@10", "HR@10", "NDCG@20", "HR@20"]
 

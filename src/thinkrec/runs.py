@@ -90,7 +90,11 @@ def build_objective(cfg: RunConfig, split: Split | None = None) -> Objective:
 
     Its context's options carry the sampled softmax's settings and, given the ``split``, every item's count
     in training (what popularity negatives and the log-Q correction draw on)."""
-    options: dict[str, Any] = {"negatives": cfg.train.negatives, "logq": cfg.train.logq}
+    options: dict[str, Any] = {
+        "negatives": cfg.train.negatives,
+        "logq": cfg.train.logq,
+        "negatives_per": cfg.train.negatives_per,
+    }
     if split is not None:
         options["item_counts"] = split.item_counts()
     ctx = ObjectiveContext(cfg.model, cfg.reasoning, cfg.train.seed, cfg.train.n_negatives, options)

@@ -1,4 +1,4 @@
-"""Sampled-softmax cross-entropy: the target against a few negatives shared by the batch.
+"""Sampled-softmax cross-entropy: the target against a few negatives, shared by the batch or drawn per target.
 
 Three ways to draw the negatives (``train.negatives``):
 
@@ -14,6 +14,11 @@ neural modeling", eq. 3, where ``Q`` of an in-batch item is its empirical freque
 popular items, drawn more often as negatives, are pushed down more than their share of the full softmax.
 For uniform negatives ``Q`` is the same for every item, so the correction changes nothing. A negative equal
 to a row's target (an accidental hit) is masked out in every mode.
+
+``train.negatives_per``: ``batch`` draws one set for the whole batch (one ``[M, k]`` product against ``k``
+item vectors: cheap); ``target`` draws ``n_negatives`` for every trained position (``[M, k]`` gathered item
+vectors), as RecTools' SASRec and the eSASRec benchmark do, so every batch pushes down most of the
+catalogue instead of ``k`` items. Uniform and popularity draws only; in-batch negatives are the batch's own.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from thinkrec.objectives.cross_entropy import next_item_states
 
 NegativeMode = Literal["uniform", "popularity", "in_batch"]
 NEGATIVE_MODES: tuple[str, ...] = get_args(NegativeMode)
+NegativesPer = Literal["batch", "target"]
 
 
 def corrected_sampled_loss(
@@ -41,18 +47,24 @@ def corrected_sampled_loss(
     negatives: torch.Tensor,
     log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy of each row's target against the shared ``negatives`` ``[k]`` (0-based item columns).
+    """Cross-entropy of each row's target against ``negatives`` (0-based item columns): ``[k]`` shared by
+    the rows, or ``[M, k]``, one set per row.
 
     ``log_q`` (``[n_items]``, log sampling probabilities) subtracts ``log_q[item]`` from every candidate's
     logit, the target's included. Negatives equal to a row's target get a logit of ``-inf``.
     """
     items = model.item_vectors()
     pos = model.scorer.rowwise(users, items[targets])[:, None]
-    neg = model.scorer(users, items[negatives])
+    if negatives.dim() == 1:
+        neg = model.scorer(users, items[negatives])
+        negatives = negatives[None, :]
+    else:
+        prepared, vectors = model.scorer.prepare(users, items[negatives])
+        neg = torch.einsum("md,mkd->mk", prepared, vectors) / model.scorer.temperature
     if log_q is not None:
         pos = pos - log_q[targets][:, None]
-        neg = neg - log_q[negatives][None, :]
-    neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+        neg = neg - log_q[negatives]
+    neg = neg.masked_fill(negatives == targets[:, None], float("-inf"))
     logits = torch.cat([pos, neg], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=logits.device))
 
@@ -69,9 +81,13 @@ class SampledSoftmax(Objective):
         negatives: NegativeMode = "uniform",
         logq: bool = False,
         item_counts: np.ndarray | None = None,
+        per: NegativesPer = "batch",
     ) -> None:
         if negatives not in NEGATIVE_MODES:
             raise ConfigError(f"train.negatives {negatives!r}: choose one of {', '.join(NEGATIVE_MODES)}")
+        if per == "target" and negatives == "in_batch":
+            raise ConfigError("train.negatives_per='target' draws per target; in-batch negatives are the batch's own")
+        self.per = per
         self.n_negatives = n_negatives
         self.generator = generator
         self.negatives = negatives
@@ -100,12 +116,15 @@ class SampledSoftmax(Objective):
         return table
 
     def draw(self, targets: torch.Tensor, n_items: int) -> torch.Tensor:
-        """The batch's shared negatives (0-based item columns, on the targets' device)."""
+        """The negatives (0-based item columns, on the targets' device): ``[k]`` shared by the batch, or
+        ``[M, k]`` for the ``M`` targets with ``per = "target"``."""
+        shape = (self.n_negatives,) if self.per == "batch" else (len(targets), self.n_negatives)
         if self.negatives == "uniform":
-            drawn = torch.randint(0, n_items, (self.n_negatives,), generator=self.generator)
+            drawn = torch.randint(0, n_items, shape, generator=self.generator)
         elif self.negatives == "popularity":
             assert self.probs is not None
-            drawn = torch.multinomial(self.probs, self.n_negatives, replacement=True, generator=self.generator)
+            total = int(np.prod(shape))
+            drawn = torch.multinomial(self.probs, total, replacement=True, generator=self.generator).view(shape)
         else:
             if len(targets) <= self.n_negatives:
                 return targets
@@ -122,12 +141,13 @@ class SampledSoftmax(Objective):
 
     @classmethod
     def from_context(cls, ctx: ObjectiveContext) -> SampledSoftmax:
-        """Reads ``ctx.options``: ``negatives`` (a :data:`NegativeMode`), ``logq`` (bool) and ``item_counts``
-        (the training split's count of every item, ``[n_items]``)."""
+        """Reads ``ctx.options``: ``negatives`` (a :data:`NegativeMode`), ``logq`` (bool), ``negatives_per``
+        (``batch`` or ``target``) and ``item_counts`` (the training split's count of every item, ``[n_items]``)."""
         return cls(
             ctx.n_negatives,
             ctx.seeds.torch_generator("negatives"),
             negatives=ctx.options.get("negatives", "uniform"),
             logq=bool(ctx.options.get("logq", False)),
             item_counts=ctx.options.get("item_counts"),
+            per=ctx.options.get("negatives_per", "batch"),
         )

@@ -30,7 +30,7 @@ from thinkrec.eval.steps import step_metrics
 from thinkrec.models.model import SeqRecModel
 from thinkrec.objectives import Objective, loss_names
 from thinkrec.objectives.registry import SELECTED_ELSEWHERE
-from thinkrec.objectives.sampled import NegativeMode
+from thinkrec.objectives.sampled import NegativeMode, NegativesPer
 from thinkrec.precision import warn_slow_bf16
 from thinkrec.seed import Seeds
 from thinkrec.storage import atomic_write_text
@@ -80,7 +80,16 @@ class TrainConfig(BaseModel):
             " or any objective registered with thinkrec.objectives.register_objective"
         ),
     )
-    n_negatives: int = Field(256, description="sampled softmax: negatives per batch", ge=1)
+    n_negatives: int = Field(
+        256, description="sampled softmax: negatives per batch, or per target with negatives_per='target'", ge=1
+    )
+    negatives_per: NegativesPer = Field(
+        "batch",
+        description=(
+            "sampled softmax: 'batch' = one set of negatives shared by the batch (cheap); 'target' = each trained"
+            " position draws its own (RecTools, eSASRec); uniform and popularity negatives only"
+        ),
+    )
     negatives: NegativeMode = Field(
         "uniform",
         description=(
@@ -134,9 +143,15 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sampled_options(self) -> TrainConfig:
-        if self.loss != "sampled" and (self.negatives != "uniform" or self.logq):
+        if self.loss != "sampled" and (self.negatives != "uniform" or self.logq or self.negatives_per != "batch"):
             raise ValueError(
-                f"train.negatives and train.logq apply to train.loss='sampled' (the loss is {self.loss!r})"
+                "train.negatives, train.negatives_per and train.logq apply to train.loss='sampled' (the loss is"
+                f" {self.loss!r})"
+            )
+        if self.negatives_per == "target" and self.negatives == "in_batch":
+            raise ValueError(
+                "train.negatives_per='target' draws negatives for each target; in-batch negatives are the batch's"
+                " own targets: use negatives_per='batch'"
             )
         return self
 
