@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         for processes in (1, args.processes):
             done.append(records.write(run_one(args.preset, processes, seed, args)))
     summary = summarise(done, args.metric, args.processes)
-    protocol = done[0]["protocol"] if done else None
+    # the protocol of every run but its seed (the seeds are in the table)
+    protocol = {k: v for k, v in done[0]["protocol"].items() if k != "seed"} if done and done[0]["protocol"] else None
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(args.preset, summary, protocol, args.overrides)
     (args.out / f"{args.preset}.md").write_text(text)
