@@ -58,7 +58,7 @@ def run_one(preset: str, processes: int, seed: int, args: argparse.Namespace) ->
     directory = run_dir(Path(args.runs_root), preset, processes, seed)
     command = train_command(preset, processes, seed, directory, args.overrides)
     if not (directory / "results.json").exists():
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        env = {"OMP_NUM_THREADS": "1", **os.environ}  # one thread per process unless the caller says otherwise
         subprocess.run(command, check=True, env=env)
     results = json.loads((directory / "results.json").read_text())
     metrics = results["test"]["metrics"]
