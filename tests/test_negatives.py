@@ -27,7 +27,7 @@ from helpers import random_dataset
 
 
 class _Table:
-    """The two things the loss reads from a model: the item vectors and the scorer."""
+    """What the loss reads from a model: item vectors (all, or some rows) and the scorer."""
 
     def __init__(self, items: torch.Tensor, temperature: float = 1.0) -> None:
         self.items = items
@@ -35,6 +35,9 @@ class _Table:
 
     def item_vectors(self) -> torch.Tensor:
         return self.items
+
+    def item_rows(self, columns: torch.Tensor) -> torch.Tensor:
+        return self.items[columns]
 
 
 def _model(items: torch.Tensor, temperature: float = 1.0) -> SeqRecModel:

@@ -115,6 +115,7 @@ def child_train(job: dict[str, Any]) -> dict[str, Any]:
     from thinkrec.data.batches import TrainSampler
     from thinkrec.eval.evaluator import evaluate
     from thinkrec.runs import build, build_objective, load_data
+    from thinkrec.train.optim import build_optimizer
 
     torch.set_num_threads(job["threads"])
     overrides = [
@@ -132,7 +133,8 @@ def child_train(job: dict[str, Any]) -> dict[str, Any]:
     model = build(cfg, ds.n_items).to(device)
     objective = build_objective(cfg, split)
     sampler = TrainSampler(split, cfg.model.max_len, cfg.train.sample_mode, cfg.train.stride)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    t = cfg.train
+    optimizer = build_optimizer(model, t.optimizer, t.lr, t.weight_decay, t.betas, t.item_updates)
     model.train()
     batches = sampler.batches(cfg.train.batch_size, np.random.default_rng(0))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -361,6 +363,8 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 
 LOSSES = {
     "sampled": ["train.loss=sampled", "train.n_negatives=256"],
+    # the same, with Adam updating only the item rows a batch touched (sparse item-table gradients)
+    "sampled_touched": ["train.loss=sampled", "train.n_negatives=256", "train.item_updates=touched"],
     "ce": ["train.loss=ce"],
 }
 

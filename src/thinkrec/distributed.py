@@ -75,7 +75,8 @@ class Ranks:
         if not self.distributed:
             return weight
         device = params[0].device
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        # a sparse gradient (train.item_updates='touched') travels dense: its untouched rows stay zero
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.to_dense() for p in params]
         has = torch.tensor([float(p.grad is not None) for p in params], device=device)
         flat = torch.cat([*(g.reshape(-1) * weight for g in grads), has, torch.tensor([weight], device=device)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)

@@ -6,6 +6,7 @@ from typing import Protocol
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from thinkrec.errors import ThinkrecError
 from thinkrec.models.base import Backbone, CachedBackbone, ComputedItems, Encoded, Scorer
@@ -35,6 +36,7 @@ class SeqRecModel(nn.Module):
         self.backbone: Backbone = backbone
         self.scorer = scorer
         self.reasoner: Reasoner | None = reasoner
+        self._sparse_items = False  # item_rows reads the id table through a sparse-gradient lookup
 
     @property
     def n_items(self) -> int:
@@ -62,6 +64,30 @@ class SeqRecModel(nn.Module):
             return untied
         weight: torch.Tensor = self.backbone.item_embedding.weight
         return weight[1:]
+
+    def item_rows(self, columns: torch.Tensor) -> torch.Tensor:
+        """Output vectors of the items at 0-based ``columns`` (any shape ``S``): ``[*S, d]``, equal to
+        ``item_vectors()[columns]``. After :meth:`sparse_item_gradients` an id table is read by a lookup
+        whose gradient is sparse (only these rows), instead of through the whole table."""
+        if self._sparse_items and not isinstance(self.backbone, ComputedItems):
+            output = getattr(self.backbone, "output_embedding", None)
+            table = output if isinstance(output, nn.Embedding) else self.backbone.item_embedding
+            return F.embedding(columns + 1, table.weight, sparse=True)
+        return self.item_vectors()[columns]
+
+    def sparse_item_gradients(self, enabled: bool = True) -> list[torch.Tensor]:
+        """Make the item-id tables (input, and output when untied) produce sparse gradients, so that an
+        optimiser can update only the rows a batch touched; returns those tables' weights (none when the
+        backbone has no trainable id table). A speed setting of training only: outputs are unchanged."""
+        tables = [
+            module
+            for module in (self.backbone.item_embedding, getattr(self.backbone, "output_embedding", None))
+            if isinstance(module, nn.Embedding) and module.weight.numel() and module.weight.requires_grad
+        ]
+        for module in tables:
+            module.sparse = enabled
+        self._sparse_items = enabled and bool(tables)
+        return [module.weight for module in tables]
 
     def encode(self, inputs: torch.Tensor, positions: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """User states ``[B, K+1, d]``: the last hidden state followed by ``K`` reasoning steps

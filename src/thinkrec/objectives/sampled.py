@@ -34,6 +34,7 @@ from thinkrec.errors import ConfigError
 from thinkrec.models.model import SeqRecModel
 from thinkrec.objectives.base import LossOutput, Objective, ObjectiveContext
 from thinkrec.objectives.cross_entropy import next_item_states
+from thinkrec.seed import Seeds
 
 NegativeMode = Literal["uniform", "popularity", "in_batch"]
 NEGATIVE_MODES: tuple[str, ...] = get_args(NegativeMode)
@@ -53,13 +54,15 @@ def corrected_sampled_loss(
     ``log_q`` (``[n_items]``, log sampling probabilities) subtracts ``log_q[item]`` from every candidate's
     logit, the target's included. Negatives equal to a row's target get a logit of ``-inf``.
     """
-    items = model.item_vectors()
-    pos = model.scorer.rowwise(users, items[targets])[:, None]
+    # one read of the rows the loss needs (a sparse-gradient lookup under train.item_updates='touched')
+    rows = model.item_rows(torch.cat([targets, negatives.reshape(-1)]))
+    pos = model.scorer.rowwise(users, rows[: len(targets)])[:, None]
+    drawn = rows[len(targets) :].view(*negatives.shape, -1)
     if negatives.dim() == 1:
-        neg = model.scorer(users, items[negatives])
+        neg = model.scorer(users, drawn)
         negatives = negatives[None, :]
     else:
-        prepared, vectors = model.scorer.prepare(users, items[negatives])
+        prepared, vectors = model.scorer.prepare(users, drawn)
         neg = torch.einsum("md,mkd->mk", prepared, vectors) / model.scorer.temperature
     if log_q is not None:
         pos = pos - log_q[targets][:, None]
@@ -82,6 +85,7 @@ class SampledSoftmax(Objective):
         logq: bool = False,
         item_counts: np.ndarray | None = None,
         per: NegativesPer = "batch",
+        seeds: Seeds | None = None,
     ) -> None:
         if negatives not in NEGATIVE_MODES:
             raise ConfigError(f"train.negatives {negatives!r}: choose one of {', '.join(NEGATIVE_MODES)}")
@@ -90,6 +94,9 @@ class SampledSoftmax(Objective):
         self.per = per
         self.n_negatives = n_negatives
         self.generator = generator
+        # with seeds, every epoch draws from its own stream (negatives/<epoch>): a resumed run draws what an
+        # uninterrupted one would have
+        self.seeds = seeds
         self.negatives = negatives
         self.logq = logq
         self.probs: torch.Tensor | None = None  # sampling probability of every item (CPU, float64)
@@ -114,6 +121,10 @@ class SampledSoftmax(Objective):
         if table.numel() != n_items:
             raise ConfigError(f"item counts cover {table.numel()} items, the model {n_items}")
         return table
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.seeds is not None:
+            self.generator = self.seeds.torch_generator(f"negatives/{epoch}")
 
     def draw(self, targets: torch.Tensor, n_items: int) -> torch.Tensor:
         """The negatives (0-based item columns, on the targets' device): ``[k]`` shared by the batch, or
@@ -150,4 +161,5 @@ class SampledSoftmax(Objective):
             logq=bool(ctx.options.get("logq", False)),
             item_counts=ctx.options.get("item_counts"),
             per=ctx.options.get("negatives_per", "batch"),
+            seeds=ctx.seeds,
         )

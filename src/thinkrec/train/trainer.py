@@ -35,6 +35,7 @@ from thinkrec.precision import warn_slow_bf16
 from thinkrec.seed import Seeds
 from thinkrec.storage import atomic_write_text
 from thinkrec.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from thinkrec.train.optim import ItemUpdates, build_optimizer, clip_gradients
 from thinkrec.train.trackers import NO_TRACKERS, Trackers, check_trackers
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,14 @@ class TrainConfig(BaseModel):
             " no effect with uniform negatives)"
         ),
     )
+    item_updates: ItemUpdates = Field(
+        "dense",
+        description=(
+            "'dense': Adam updates every item-table row each step; 'touched': only the rows the batch's inputs,"
+            " targets and negatives touched, with sparse gradients (lazy Adam; rows untouched keep their"
+            " momentum instead of drifting with it). With train.loss='sampled' only: pays with big catalogues"
+        ),
+    )
     valid_metric: str = Field(
         "NDCG@10", description="validation metric for early stopping, NAME@K with K in eval.ks [valid_metric]"
     )
@@ -147,6 +156,11 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 "train.negatives, train.negatives_per and train.logq apply to train.loss='sampled' (the loss is"
                 f" {self.loss!r})"
+            )
+        if self.item_updates == "touched" and self.loss != "sampled":
+            raise ValueError(
+                f"train.item_updates='touched' needs train.loss='sampled': {self.loss!r} scores the whole catalogue,"
+                " so every item-table row gets a gradient each step; use train.item_updates='dense'"
             )
         if self.negatives_per == "target" and self.negatives == "in_batch":
             raise ValueError(
@@ -219,8 +233,7 @@ class Trainer:
         self.progress = progress
         self.device = next(model.parameters()).device
         self.seeds = Seeds(cfg.seed)
-        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas, cfg.item_updates)
         if cfg.autocast == "bf16":
             warn_slow_bf16("train.autocast")
         ranks.broadcast_params(list(model.parameters()))
@@ -266,7 +279,7 @@ class Trainer:
             torch.autograd.backward(out.total)
             self.ranks.average_gradients(list(self.model.parameters()), float(batch.n_targets))
             if self.cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                clip_gradients(list(self.model.parameters()), self.cfg.grad_clip)
             self.optimizer.step()
             count += 1
             for key, value in {"loss": float(out.total.detach()), **out.parts}.items():
@@ -287,7 +300,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.ranks.average_gradients(list(self.model.parameters()), 0.0)
         if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            clip_gradients(list(self.model.parameters()), self.cfg.grad_clip)
         self.optimizer.step()
 
     # ------------------------------------------------------------------------------------------ fit
