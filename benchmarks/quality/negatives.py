@@ -32,6 +32,8 @@ from thinkrec.runs import read_log, train
 VARIANTS: dict[str, list[str]] = {
     "ce": ["train.loss=ce", "train.negatives_per=batch", "train.logq=false"],
     "uniform": ["train.loss=sampled", "train.negatives=uniform"],
+    # the same draws; Adam updates only the item rows each batch touched (lazy)
+    "uniform_touched": ["train.loss=sampled", "train.negatives=uniform", "train.item_updates=touched"],
     "popularity": ["train.loss=sampled", "train.negatives=popularity"],
     "popularity_logq": ["train.loss=sampled", "train.negatives=popularity", "train.logq=true"],
     "in_batch": ["train.loss=sampled", "train.negatives=in_batch", "train.negatives_per=batch"],
