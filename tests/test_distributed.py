@@ -248,8 +248,9 @@ def test_two_processes_train_one_run_and_resume(shop: Path) -> None:
         ["model.kind=bert4rec", "model.train_objective=cloze", "model.attn_dropout=0.0"],
         ["reasoning.kind=erl", "train.sample_mode=last", "reasoning.warmup_epochs=0"],
         ["train.loss=sampled", "train.negatives=in_batch", "train.logq=true", "train.n_negatives=16"],
+        ["train.item_updates=touched", "train.loss=sampled", "train.n_negatives=16"],  # sparse gradients
     ],
-    ids=["gru4rec", "bert4rec-cloze", "sasrec-erl", "sampled-in-batch"],
+    ids=["gru4rec", "bert4rec-cloze", "sasrec-erl", "sampled-in-batch", "sampled-touched"],
 )
 def test_every_backbone_and_objective_trains_on_two_processes(shop: Path, overrides: list[str]) -> None:
     run = shop / f"kind-{overrides[0].split('=')[1]}"
