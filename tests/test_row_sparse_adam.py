@@ -73,8 +73,9 @@ def _lazy_by_hand(value: float, grads: list[float | None], lr: float, b1: float,
 def test_untouched_rows_keep_value_and_moments(sparse: bool) -> None:
     table = torch.nn.Parameter(torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]))
     opt = RowSparseAdam([{"params": [table], "rows": True}], lr=0.1, betas=(0.9, 0.999), eps=1e-8)
-    # step 1 touches rows 0 and 2 (row 2 twice: its gradients add up); step 2 touches row 0 only
-    steps = [([0, 2, 2], [[0.5, -1.0], [1.0, 1.0], [2.0, -3.0]]), ([0], [[-0.25, 0.5]])]
+    # step 1 touches rows 0 and 2 (row 2 twice: its gradients add up); step 2 reads rows 0 and 2, but row 2's
+    # gradient is zero (as a masked negative's): it is left alone like an unread row
+    steps = [([0, 2, 2], [[0.5, -1.0], [1.0, 1.0], [2.0, -3.0]]), ([0, 2], [[-0.25, 0.5], [0.0, 0.0]])]
     for rows, values in steps:
         idx, val = torch.tensor(rows), torch.tensor(values)
         if sparse:
@@ -166,11 +167,13 @@ def test_sampled_training_resumes_exactly_and_touched_moves_only_touched_rows(tm
             item_updates=updates,
             grad_clip=1.0,
         )
-        objective = SampledSoftmax(3, seeds=Seeds(2))  # negatives reseeded per epoch
+        # as from_context builds it: one generator, reseeded per epoch
+        objective = SampledSoftmax(3, Seeds(2).torch_generator("negatives"), seeds=Seeds(2))
         sampler = TrainSampler(split, MODEL.max_len, cfg.sample_mode)
         return Trainer(model, objective, split, sampler, cfg, EvalConfig(ks=[10]), run_dir)
 
     first = trainer(tmp_path / "a", 1)
+    assert isinstance(first.optimizer, RowSparseAdam) == (updates == "touched")
     before = first.model.backbone.item_embedding.weight.detach().clone()
     first.fit()
     after = first.model.backbone.item_embedding.weight.detach()
@@ -185,8 +188,9 @@ def test_sampled_training_resumes_exactly_and_touched_moves_only_touched_rows(tm
 
 
 def test_touched_updates_are_checked_when_the_config_loads() -> None:
-    with pytest.raises(ConfigError, match=r"train\.loss='sampled'"):
-        load_config(None, ["data.name=ml-100k", "train.item_updates=touched"])
+    for wrong in (["train.loss=ce"], ["train.loss=sampled", "model.kind=bert4rec", "model.train_objective=cloze"]):
+        with pytest.raises(ConfigError, match="needs the sampled-softmax objective"):
+            load_config(None, ["data.name=ml-100k", "train.item_updates=touched", *wrong])
     cfg = load_config(None, ["data.name=ml-100k", "train.loss=sampled", "train.item_updates=touched"])
     assert cfg.train.item_updates == "touched"
 

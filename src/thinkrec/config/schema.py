@@ -110,6 +110,12 @@ class RunConfig(BaseModel):
                 "reasoning objectives score every item (ERL's KL needs whole distributions); "
                 "use train.loss=ce with reasoning.kind=" + self.reasoning.kind
             )
+        if self.train.item_updates == "touched" and self.objective != "sampled":
+            raise ValueError(
+                f"train.item_updates='touched' needs the sampled-softmax objective; this run trains"
+                f" {self.objective!r}, which scores the whole catalogue, so every item row gets a gradient each"
+                " step: use train.item_updates='dense'"
+            )
         if self.reasoning.enabled and self.train.epochs <= self.reasoning.warmup_epochs:
             raise ValueError(
                 f"train.epochs ({self.train.epochs}) must exceed reasoning.warmup_epochs"

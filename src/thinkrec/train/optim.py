@@ -7,7 +7,9 @@ and 64 factors that is most of a training step (``docs/benchmarks/scale.md``). W
 and :class:`RowSparseAdam` updates only the rows whose gradient is non-zero, and only their moments: the
 "lazy" Adam of TensorFlow Addons' ``LazyAdam`` and torch's ``SparseAdam``. A row no batch touched keeps its
 value *and* its moments, where dense Adam would keep moving it by its decaying momentum; every other
-parameter gets plain Adam (or AdamW). Weight decay, too, applies to touched rows only.
+parameter gets plain Adam (or AdamW). Weight decay, too, applies to touched rows only. A backbone whose
+item vectors are computed from the id table as a whole (UniSRec's id part) gets the same lazy update from a
+dense gradient, without the speed.
 """
 
 from __future__ import annotations
@@ -90,9 +92,10 @@ class RowSparseAdam(torch.optim.Optimizer):
 def _touched(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows a gradient touches and their gradient rows ``([r], [r, d])``: a sparse gradient's stored rows
     (duplicates summed), or a dense gradient's rows with any non-zero entry."""
-    if grad.is_sparse:
-        grad = grad.coalesce()
-        return grad.indices()[0], grad.values()
+    if grad.is_sparse:  # a looked-up row may still have a zero gradient (e.g. a masked negative): skipped too,
+        grad = grad.coalesce()  # as when the same gradient arrives dense (data-parallel runs)
+        keep = grad.values().ne(0).any(dim=1)
+        return grad.indices()[0][keep], grad.values()[keep]
     rows = grad.ne(0).any(dim=1).nonzero().squeeze(1)
     return rows, grad.index_select(0, rows)
 

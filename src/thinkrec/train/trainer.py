@@ -157,11 +157,6 @@ class TrainConfig(BaseModel):
                 "train.negatives, train.negatives_per and train.logq apply to train.loss='sampled' (the loss is"
                 f" {self.loss!r})"
             )
-        if self.item_updates == "touched" and self.loss != "sampled":
-            raise ValueError(
-                f"train.item_updates='touched' needs train.loss='sampled': {self.loss!r} scores the whole catalogue,"
-                " so every item-table row gets a gradient each step; use train.item_updates='dense'"
-            )
         if self.negatives_per == "target" and self.negatives == "in_batch":
             raise ValueError(
                 "train.negatives_per='target' draws negatives for each target; in-batch negatives are the batch's"
