@@ -481,3 +481,22 @@ def test_selector_names_parse_build_and_fail_with_the_valid_names() -> None:
         frozenset({"kl", "norm"})
     )
     assert depth.NO_SIGNALS | depth.Needs(frozenset({"norm"}), 1) == depth.Needs(frozenset({"norm"}), 1)
+
+
+def test_compare_runs_reads_the_saved_ranks(shop: Path) -> None:
+    """The two-sided comparison: a run against itself differs by nothing; its numbers are the run's own."""
+    import json
+
+    from benchmarks.quality import compare_runs
+
+    run = shop / "run"
+    assert compare_runs.main(["--a", str(run), "--b", str(run), "--names", "one,same", "--out", str(shop / "c")]) == 0
+    summary = json.loads((shop / "c.json").read_text())
+    saved = json.loads((run / "results.json").read_text())["test"]["metrics"]
+    assert summary["a"]["metrics"]["NDCG@20"]["mean"] == pytest.approx(saved["NDCG@20"])
+    assert summary["b_minus_a"]["samples_pooled"]["mean_diff"] == 0.0
+    steps = summary["a"]["steps"]
+    assert set(steps) >= {"r_0", "r_1", "r_2", "oracle (analysis)"}
+    assert steps["oracle (analysis)"] >= max(steps[f"r_{k}"] for k in range(3))
+    assert steps["r_2"] == pytest.approx(saved["NDCG@20"])  # PRL scores with its last step
+    assert "one" in (shop / "c.md").read_text()
