@@ -68,11 +68,14 @@ class SeqRecModel(nn.Module):
     def item_rows(self, columns: torch.Tensor) -> torch.Tensor:
         """Output vectors of the items at 0-based ``columns`` (any shape ``S``): ``[*S, d]``, equal to
         ``item_vectors()[columns]``. After :meth:`sparse_item_gradients` an id table is read by a lookup
-        whose gradient is sparse (only these rows), instead of through the whole table."""
+        whose gradient is sparse (only these rows), instead of through the whole table, unless the lookup
+        reads more rows than the table holds (per-target negatives on a small catalogue): a sparse gradient
+        of that many rows costs more than the dense one (either way the optimiser updates only non-zero rows)."""
         if self._sparse_items and not isinstance(self.backbone, ComputedItems):
             output = getattr(self.backbone, "output_embedding", None)
             table = output if isinstance(output, nn.Embedding) else self.backbone.item_embedding
-            return F.embedding(columns + 1, table.weight, sparse=True)
+            if columns.numel() < table.num_embeddings:
+                return F.embedding(columns + 1, table.weight, sparse=True)
         return self.item_vectors()[columns]
 
     def sparse_item_gradients(self, enabled: bool = True) -> list[torch.Tensor]:
