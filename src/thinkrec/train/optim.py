@@ -43,8 +43,7 @@ class RowSparseAdam(torch.optim.Optimizer):
         decoupled: bool = False,
     ) -> None:
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "decoupled": decoupled}
-        defaults["rows"] = False
-        super().__init__(params, defaults)
+        super().__init__(params, {**defaults, "rows": False})  # a group is dense unless it says rows=True
         for group in self.param_groups:
             if group["rows"] and any(p.dim() != 2 for p in group["params"]):
                 raise ValueError("row-sparse groups hold 2-D tables (rows x factors)")
