@@ -169,8 +169,7 @@ def test_sampled_training_resumes_exactly_and_touched_moves_only_touched_rows(tm
             item_updates=updates,
             grad_clip=1.0,
         )
-        # as from_context builds it: one generator, reseeded per epoch
-        objective = SampledSoftmax(3, Seeds(2).torch_generator("negatives"), seeds=Seeds(2))
+        objective = SampledSoftmax(3, seeds=Seeds(2))  # as from_context builds it: a generator reseeded per epoch
         sampler = TrainSampler(split, MODEL.max_len, cfg.sample_mode)
         return Trainer(model, objective, split, sampler, cfg, EvalConfig(ks=[10]), run_dir)
 

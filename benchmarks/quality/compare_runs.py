@@ -22,63 +22,49 @@ from typing import Any
 import numpy as np
 
 from benchmarks import harness
+from benchmarks.quality.depth import user_means
+from benchmarks.quality.rearec_repro import mean_std, step_curves
+from thinkrec.data.split import Split
 from thinkrec.eval.metrics import metrics_from_ranks, per_sample
 from thinkrec.eval.significance import paired_bootstrap, paired_t_test
-from thinkrec.eval.steps import oracle_ranks
 from thinkrec.runs import load_data, saved_config, saved_ranks
 
 METRIC = "NDCG@20"
 SHOWN = ("NDCG@10", "NDCG@20", "HR@20")
 
 
-def side(runs: list[Path]) -> dict[str, Any]:
-    """Test ranks and metrics of one side's runs, and the user of every test sample."""
-    cfg = saved_config(runs[0])
-    _, split = load_data(cfg)
+def side(runs: list[Path], split: Split) -> dict[str, Any]:
+    """Test ranks and metrics of one side's runs on ``split``'s test samples."""
     results = [saved_ranks(run, "test", split.test, saved_config(run), split) for run in runs]
-    ks = sorted({10, 20, *cfg.eval.ks})  # the ranks give any K
-    per_run = [metrics_from_ranks(r.ranks, ks) for r in results]
+    per_run = [metrics_from_ranks(r.ranks, [10, 20]) for r in results]
     out: dict[str, Any] = {
         "runs": [str(run) for run in runs],
-        "users": np.asarray(split.test.users),
         "samples": [per_sample(r.ranks, METRIC) for r in results],
-        "metrics": {
-            m: {"mean": float(np.mean([p[m] for p in per_run])), "std": sample_std([p[m] for p in per_run])}
-            for m in SHOWN
-        },
+        "metrics": {m: mean_std([p[m] for p in per_run]) for m in SHOWN},
     }
     if results[0].step_ranks is not None:
-        steps = {f"r_{k}": [r.step_ranks[k] for r in results] for k in range(results[0].step_ranks.shape[0])}
-        if all(r.mean_ranks is not None for r in results):
-            steps["mean of steps"] = [r.mean_ranks for r in results]
-        steps["oracle (analysis)"] = [oracle_ranks(r.step_ranks) for r in results]
-        out["steps"] = {
-            name: float(np.mean([metrics_from_ranks(ranks, [20])[METRIC] for ranks in rows]))
-            for name, rows in steps.items()
-        }
+        curves = step_curves(results, [20])
+        steps = {f"r_{k}": step[METRIC] for k, step in enumerate(curves["steps"])}
+        if "mean" in curves:
+            steps["mean of steps"] = curves["mean"][METRIC]
+        out["steps"] = {**steps, "oracle (analysis)": curves["oracle"][METRIC]}
     return out
-
-
-def sample_std(values: list[float]) -> float:
-    """Standard deviation over seeds (n − 1), 0 for one run."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def per_user(samples: list[np.ndarray], users: np.ndarray) -> np.ndarray:
-    _, index = np.unique(users, return_inverse=True)
-    mean = np.mean(samples, axis=0)
-    return np.bincount(index, weights=mean) / np.bincount(index)
 
 
 def compare(a: list[Path], b: list[Path], names: tuple[str, str]) -> dict[str, Any]:
     if len(a) != len(b):
         raise SystemExit(f"--a has {len(a)} runs and --b {len(b)}: pair one run per seed")
-    left, right = side(a), side(b)
-    if not np.array_equal(left["users"], right["users"]):
-        raise SystemExit("the two sides were not evaluated on the same test samples (different splits?)")
+    cfg = saved_config(a[0])
+    if any(saved_config(run).data != cfg.data for run in [*a, *b]):
+        raise SystemExit("the runs were not all trained on the same data and split; compare runs of one split")
+    _, split = load_data(cfg)  # one split for both sides
+    left, right = side(a, split), side(b, split)
     t = paired_t_test(np.concatenate(left["samples"]), np.concatenate(right["samples"]))
-    boot = paired_bootstrap(per_user(left["samples"], left["users"]), per_user(right["samples"], right["users"]))
-    strip = ("users", "samples")
+    users = np.asarray(split.test.users)
+    boot = paired_bootstrap(
+        user_means(np.mean(left["samples"], axis=0), users), user_means(np.mean(right["samples"], axis=0), users)
+    )
+    strip = ("samples",)
     return {
         "names": list(names),
         "a": {k: v for k, v in left.items() if k not in strip},

@@ -36,7 +36,6 @@ class SeqRecModel(nn.Module):
         self.backbone: Backbone = backbone
         self.scorer = scorer
         self.reasoner: Reasoner | None = reasoner
-        self._sparse_items = False  # item_rows reads the id table through a sparse-gradient lookup
 
     @property
     def n_items(self) -> int:
@@ -71,10 +70,10 @@ class SeqRecModel(nn.Module):
         whose gradient is sparse (only these rows), instead of through the whole table, unless the lookup
         reads more rows than the table holds (per-target negatives on a small catalogue): a sparse gradient
         of that many rows costs more than the dense one (either way the optimiser updates only non-zero rows)."""
-        if self._sparse_items and not isinstance(self.backbone, ComputedItems):
+        if not isinstance(self.backbone, ComputedItems):
             output = getattr(self.backbone, "output_embedding", None)
             table = output if isinstance(output, nn.Embedding) else self.backbone.item_embedding
-            if columns.numel() < table.num_embeddings:
+            if table.sparse and columns.numel() < table.num_embeddings:
                 return F.embedding(columns + 1, table.weight, sparse=True)
         return self.item_vectors()[columns]
 
@@ -88,8 +87,7 @@ class SeqRecModel(nn.Module):
             if isinstance(module, nn.Embedding) and module.weight.numel() and module.weight.requires_grad
         ]
         for module in tables:
-            module.sparse = enabled
-        self._sparse_items = enabled and bool(tables)
+            module.sparse = enabled  # item_rows reads the flag too
         return [module.weight for module in tables]
 
     def encode(self, inputs: torch.Tensor, positions: torch.Tensor, steps: int | None = None) -> torch.Tensor:

@@ -93,10 +93,10 @@ class SampledSoftmax(Objective):
             raise ConfigError("train.negatives_per='target' draws per target; in-batch negatives are the batch's own")
         self.per = per
         self.n_negatives = n_negatives
-        self.generator = generator
-        # with seeds, every epoch draws from its own stream (negatives/<epoch>): a resumed run draws what an
-        # uninterrupted one would have
+        # with seeds, every epoch draws from its own stream (negatives/<epoch>, set by start_epoch): a resumed
+        # run draws what an uninterrupted one would have
         self.seeds = seeds
+        self.generator = generator if seeds is None else seeds.torch_generator("negatives/0")
         self.negatives = negatives
         self.logq = logq
         self.probs: torch.Tensor | None = None  # sampling probability of every item (CPU, float64)
@@ -156,7 +156,6 @@ class SampledSoftmax(Objective):
         (``batch`` or ``target``) and ``item_counts`` (the training split's count of every item, ``[n_items]``)."""
         return cls(
             ctx.n_negatives,
-            ctx.seeds.torch_generator("negatives"),
             negatives=ctx.options.get("negatives", "uniform"),
             logq=bool(ctx.options.get("logq", False)),
             item_counts=ctx.options.get("item_counts"),
