@@ -141,3 +141,24 @@ def test_per_user_means_average_seeds_then_each_users_samples() -> None:
     sample = [(gain[0] + gain[2]) / 2, gain[1], (0 + gain[0]) / 2, (gain[2] + 0) / 2]
     expected = [sample[1], (sample[0] + sample[2] + sample[3]) / 3]  # users in sorted order: 3, 7
     np.testing.assert_allclose(repro.per_user(runs, users), expected)
+
+
+def test_released_setup_trains_its_own_presets_into_their_own_folders(
+    real_dataset: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_dataset("ml-100k")
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    tiny = ["model.hidden=8", "model.ffn=16", "model.layers=1"]
+    argv = ["--dataset", "ml100k", "--setup", "released", "--seeds", "1", "--variants", "base", "--epochs", "1"]
+    assert repro.main([*argv, "--out", str(out), *tiny]) == 0
+    table = json.loads((out / "rearec-ml100k-time-released.json").read_text())
+    assert (
+        table["setup"] == "released" and "research code's setup" in (out / "rearec-ml100k-time-released.md").read_text()
+    )
+    assert not (out / "records" / "ml100k-time").exists()
+    config = json.loads((out / "records" / "ml100k-time-released" / "sasrec-s1" / "config.json").read_text())
+    assert config["model"]["norm"] == "post" and config["model"]["positions"] == "from_start"  # setups/released
+    assert config["train"]["sample_mode"] == "last" and config["train"]["batch_size"] == 2048
+    with pytest.raises(SystemExit, match="only sasrec"):
+        repro.main([*argv, "--backbone", "gru4rec", "--out", str(out)])

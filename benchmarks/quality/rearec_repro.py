@@ -4,7 +4,9 @@
     python -m benchmarks.quality.rearec_repro --dataset beauty --protocol time --backbone morec --seeds 3
 
 For every seed, trains (or resumes) the presets ``<dataset>-<protocol>-<backbone>``, ``-<backbone>-erl``
-and ``-<backbone>-prl`` (backbone: sasrec, bert4rec, gru4rec, unisrec, morec; default sasrec) with the
+and ``-<backbone>-prl`` (backbone: sasrec, bert4rec, gru4rec, unisrec, morec; default sasrec; with
+``--setup released`` the presets ``…-released`` of the ReaRec research code's setup, kept apart in folders
+and tables named ``<dataset>-<protocol>-released``) with the
 same epochs cap, early stopping and seed through :func:`thinkrec.runs.train`, takes the per-sample test
 ranks of every reasoning step that training saved (re-scoring the best checkpoint once for runs trained
 before runs saved them), and keeps them with the run's config, results and epoch log in
@@ -74,6 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=["ml100k", "beauty", "game"], required=True)
     parser.add_argument("--protocol", choices=["time", "loo"], default="time", help="default time (the paper's)")
     parser.add_argument("--backbone", choices=BACKBONES, default="sasrec", help="default sasrec")
+    parser.add_argument(
+        "--setup",
+        choices=("default", "released"),
+        default="default",
+        help="default: thinkrec's presets; released: the ReaRec research code's setup and method options "
+        "(presets <dataset>-<protocol>-<variant>-released; sasrec only)",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds 1..N (default 3)")
     parser.add_argument(
         "--first-seed",
@@ -120,13 +129,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def setup_suffix(args: argparse.Namespace) -> str:
+    """``-released`` for the research code's setup (presets ``…-released``), empty for thinkrec's presets."""
+    return "" if getattr(args, "setup", "default") == "default" else f"-{args.setup}"
+
+
+def preset_of(args: argparse.Namespace, variant: str) -> str:
+    return f"{args.dataset}-{args.protocol}-{variant}{setup_suffix(args)}"
+
+
 def run_dir_of(args: argparse.Namespace, variant: str, seed: int) -> Path:
-    path: Path = args.out / "runs" / f"{args.dataset}-{args.protocol}" / f"{variant}-s{seed}"
+    path: Path = args.out / "runs" / f"{args.dataset}-{args.protocol}{setup_suffix(args)}" / f"{variant}-s{seed}"
     return path
 
 
 def record_dir_of(args: argparse.Namespace, variant: str, seed: int) -> Path:
-    path: Path = args.out / "records" / f"{args.dataset}-{args.protocol}" / f"{variant}-s{seed}"
+    path: Path = args.out / "records" / f"{args.dataset}-{args.protocol}{setup_suffix(args)}" / f"{variant}-s{seed}"
     return path
 
 
@@ -179,7 +197,7 @@ def run_variant(args: argparse.Namespace, variant: str, seed: int) -> dict[str, 
     checkpoints), else from its run directory, whose record is written then.
     No lock on a finished run (another process may be reading it too).
     """
-    preset = f"{args.dataset}-{args.protocol}-{variant}"
+    preset = preset_of(args, variant)
     overrides = [f"train.seed={seed}", f"train.threads={args.threads}", "progress=never", *args.overrides]
     overrides += variant_overrides(args, variant)
     if args.epochs is not None:
@@ -237,7 +255,7 @@ def step_curves(results: list[EvalResult], ks: list[int]) -> dict[str, Any]:
 
 def test_users(args: argparse.Namespace) -> np.ndarray:
     """The user of every test sample (the same for every variant and seed: the split does not depend on them)."""
-    cfg = load_config(f"{args.dataset}-{args.protocol}-{args.backbone}", [*args.overrides, *args.base])
+    cfg = load_config(preset_of(args, args.backbone), [*args.overrides, *args.base])
     _, split = load_data(cfg)
     return np.asarray(split.test.users)
 
@@ -258,6 +276,7 @@ def summarise(
     summary: dict[str, Any] = {
         "dataset": args.dataset,
         "protocol_name": args.protocol,
+        "setup": args.setup,
         "backbone": base_name,
         "seeds": [run["seed"] for run in runs[base_name]],
         "epochs_cap": args.epochs,
@@ -321,7 +340,8 @@ def summarise(
 def markdown(summary: dict[str, Any]) -> str:
     p = summary["protocol"]
     lines = [
-        f"## ReaRec reproduction: {summary['dataset']} ({summary['protocol_name']})",
+        f"## ReaRec reproduction: {summary['dataset']} ({summary['protocol_name']})"
+        + (" in the research code's setup" if summary.get("setup", "default") == "released" else ""),
         "",
         f"Protocol: {p.get('split')}, {p.get('candidates')}, {p.get('history_masking')}, ks {p.get('ks')}; "
         f"{summary['n_test']} test samples; seeds {summary['seeds']}; epochs cap {summary['epochs_cap']}.",
@@ -385,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tune_allocator()  # as the CLI does
     set_threads(args.threads)
+    if args.setup != "default" and args.backbone != "sasrec":
+        raise SystemExit(f"--setup {args.setup}: only sasrec has presets of that setup, not {args.backbone}")
     names = {"base": args.backbone, "erl": f"{args.backbone}-erl", "prl": f"{args.backbone}-prl"}
     chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(chosen) - names.keys())
@@ -392,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--variants: {args.variants!r} must list base and any of erl, prl (unknown: {unknown})")
     variants = tuple(names[v] for v in ("base", "erl", "prl") if v in chosen)
     runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
-    suffix = "" if args.backbone == "sasrec" else f"-{args.backbone}"
+    suffix = ("" if args.backbone == "sasrec" else f"-{args.backbone}") + setup_suffix(args)
     if args.report_tag:
         suffix += f"-{args.report_tag}"
     stem = args.out / f"rearec-{args.dataset}-{args.protocol}{suffix}"
@@ -415,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     line = {
         "dataset": args.dataset,
         "protocol": args.protocol,
+        "setup": args.setup,
         "backbone": args.backbone,
         "seeds": summary["seeds"],
         "epochs_cap": args.epochs,
