@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from thinkrec.models import fused
 from thinkrec.models.fused import fused_ok, linear
-from thinkrec.models.transformer import Block, attend, formed_attention
+from thinkrec.models.transformer import Activation, Block, Norm, attend, formed_attention
 
 needs_onednn = pytest.mark.skipif(fused._POINTWISE is None, reason="this torch build has no oneDNN linear")
 
@@ -91,12 +91,12 @@ def test_bf16_inference_attention_matches_the_fused_kernel() -> None:
     assert torch.equal(attend(q, k, v, mask, 0.5, False), reference)
 
 
-@pytest.mark.parametrize("post_norm", [False, True])
-def test_block_inference_path_equals_the_training_ops(post_norm: bool) -> None:
+@pytest.mark.parametrize(("norm", "activation"), [("pre", "gelu"), ("post", "gelu"), ("query", "relu")])
+def test_block_inference_path_equals_the_training_ops(norm: Norm, activation: Activation) -> None:
     """An eval-mode block under ``no_grad`` (fused linears, key/value-only final projection) gives the
     same outputs and keys/values as with autograd on (the plain ops)."""
     torch.manual_seed(0)
-    block = Block(16, 2, 32, 0.3, 0.3, post_norm=post_norm).eval()
+    block = Block(16, 2, 32, 0.3, 0.3, norm=norm, activation=activation).eval()
     x = torch.randn(3, 7, 16)
     mask = torch.ones(7, 7, dtype=torch.bool).tril()[None, None]
     plain, (k_plain, v_plain) = block(x, mask)

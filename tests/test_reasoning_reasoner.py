@@ -24,11 +24,17 @@ INPUTS = torch.tensor(
     ]
 )
 POSITIONS = torch.arange(3, 10)  # the last 7 positions of max_len = 10
+# block layouts: "query" is the original SASRec code's (RecTools'): query-only LayerNorm, ReLU, no input LayerNorm
+LAYOUTS: dict[str, dict[str, object]] = {
+    "pre": {},
+    "post": {"norm": "post"},
+    "query": {"norm": "query", "activation": "relu", "input_norm": False},
+}
 
 
 def _model(steps: int = 3, normalise: bool = True, seed: int = 0, norm: str = "pre") -> SeqRecModel:
     torch.manual_seed(seed)
-    cfg = SASRecConfig(hidden=HIDDEN, layers=2, heads=2, max_len=10, norm=norm)  # type: ignore[arg-type]
+    cfg = SASRecConfig(hidden=HIDDEN, layers=2, heads=2, max_len=10, **LAYOUTS[norm])  # type: ignore[arg-type]
     model = build_model(cfg, n_items=15)
     with torch.no_grad():  # weights large enough that every sub-layer and every RPE row matters
         for name, p in model.named_parameters():
@@ -64,7 +70,7 @@ def _recompute(model: SeqRecModel, inputs: torch.Tensor, positions: torch.Tensor
     return torch.stack(states, dim=1)
 
 
-@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("norm", list(LAYOUTS))
 @pytest.mark.parametrize("normalise", [True, False])
 @pytest.mark.parametrize("steps", [1, 2, 3])
 def test_cached_reasoning_equals_recomputing_the_extended_sequence(steps: int, normalise: bool, norm: str) -> None:
@@ -118,7 +124,7 @@ def test_the_reasoning_position_embeddings_are_the_only_new_parameters() -> None
     assert wide.rpe.shape == (4, HIDDEN) and wide.steps == 2
 
 
-@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("norm", list(LAYOUTS))
 @pytest.mark.parametrize("normalise", [True, False])
 def test_all_prefix_reasoning_equals_one_prefix_per_row(normalise: bool, norm: str) -> None:
     """Every prefix of every row in one pass == the 'last' path (model.encode) on each prefix alone,

@@ -8,6 +8,7 @@ import torch
 from thinkrec.data.batches import position_ids
 from thinkrec.inference.folded import FoldedBlock, FoldedEncoder
 from thinkrec.models.sasrec import SASRec, SASRecConfig
+from thinkrec.models.transformer import Norm
 
 
 def _model(positions: str) -> SASRec:
@@ -57,8 +58,8 @@ def test_last_only_equals_the_last_column_of_the_full_pass(positions: str) -> No
     assert [h.shape for h in folded.inputs] == [(2, 6, 8)] * 2 and folded.width == 6
 
 
-@pytest.mark.parametrize("post_norm", [False, True])
-def test_last_column_with_folded_key_value_projections_equals_projecting_every_column(post_norm: bool) -> None:
+@pytest.mark.parametrize("norm", ["pre", "post", "query"])
+def test_last_column_with_folded_key_value_projections_equals_projecting_every_column(norm: Norm) -> None:
     """``forward_last_folded`` folds W_k into the query and W_v after the weighted sum. Random biases (the
     model's init zeroes them) so a mishandled bias shows; padding in one row, causal and bidirectional
     masks; outputs and parameter gradients both. Then one reasoning step on a folded cache with room
@@ -66,7 +67,7 @@ def test_last_column_with_folded_key_value_projections_equals_projecting_every_c
     from thinkrec.models.transformer import Block
 
     torch.manual_seed(0)
-    block = Block(8, 2, 16, 0.0, 0.0, post_norm=post_norm)
+    block = Block(8, 2, 16, 0.0, 0.0, norm=norm)
     with torch.no_grad():
         for parameter in block.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.5)
@@ -107,7 +108,7 @@ def test_post_norm_block_is_layernorm_after_each_residual_sum() -> None:
     from thinkrec.models.transformer import Block
 
     torch.manual_seed(0)
-    block = Block(8, 2, 16, 0.0, 0.0, post_norm=True).eval()
+    block = Block(8, 2, 16, 0.0, 0.0, norm="post").eval()
     x = torch.randn(2, 5, 8)
     mask = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
     q, k, v = block.qkv(x).view(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
@@ -120,6 +121,86 @@ def test_post_norm_block_is_layernorm_after_each_residual_sum() -> None:
     assert not torch.allclose(pre(x, mask)[0], expected)  # the two placements really differ
     model = SASRec(20, SASRecConfig(hidden=8, layers=1, heads=2, max_len=6, norm="post"))
     assert isinstance(model.final_norm, torch.nn.Identity)
+
+
+def test_query_norm_block_is_the_original_sasrec_layer() -> None:
+    """The query-LN block against the original SASRec code's layer written out (RecTools' too): the queries
+    are LN1(x), keys and values x itself, h = LN1(x) + Attn; then f + FFN(f) with f = LN2(h), ReLU inside."""
+    from torch.nn import functional as F
+
+    from thinkrec.models.transformer import Block
+
+    torch.manual_seed(0)
+    block = Block(8, 2, 16, 0.0, 0.0, norm="query", activation="relu").eval()
+    with torch.no_grad():  # LayerNorm weights and biases away from 1 / 0, so a misplaced norm shows
+        for parameter in block.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    x = torch.randn(2, 5, 8)
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    w_q, w_k, w_v = block.qkv.weight.split(8)
+    b_q, b_k, b_v = block.qkv.bias.split(8)
+    normed = block.ln_attn(x)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(2, 5, 2, 4).transpose(1, 2)
+
+    q, k, v = heads(normed @ w_q.T + b_q), heads(x @ w_k.T + b_k), heads(x @ w_v.T + b_v)
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(2, 5, 8)
+    f = block.ln_ffn(normed + block.out(attn))
+    first, second = block.ffn[0], block.ffn[3]
+    expected = f + second(torch.relu(first(f)))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, mask)[0], expected)  # the inference path
+    torch.testing.assert_close(block(x, mask)[0], expected)  # the training ops
+    for other in ("pre", "post"):  # the layouts really differ
+        layout = Block(8, 2, 16, 0.0, 0.0, norm=other, activation="relu").eval()
+        layout.load_state_dict(block.state_dict())
+        assert not torch.allclose(layout(x, mask)[0], expected)
+    gelu = Block(8, 2, 16, 0.0, 0.0, norm="query").eval()
+    gelu.load_state_dict(block.state_dict())
+    assert not torch.allclose(gelu(x, mask)[0], expected)  # and so do the activations
+    # in training, dropout falls on the attention weights and the feed-forward output, not on the attention
+    # output: with attention dropout off and a zero feed-forward, a training pass is deterministic and exact
+    train = Block(8, 2, 16, 0.5, 0.0, norm="query", activation="relu").train()
+    train.load_state_dict(block.state_dict())
+    with torch.no_grad():
+        train.ffn[3].weight.zero_()
+        train.ffn[3].bias.zero_()
+    torch.testing.assert_close(train(x, mask)[0], f)
+    with pytest.raises(ValueError, match="pre, post or query"):
+        Block(8, 2, 16, 0.0, 0.0, norm="sandwich")  # type: ignore[arg-type]
+
+
+def test_initialisations_and_input_norm() -> None:
+    """'normal': N(0, 0.02) everywhere; 'xavier': Xavier-normal per weight matrix (std sqrt(2 / (fan_in +
+    fan_out))), embeddings included; biases zero and the padding row zero either way. Without the input
+    LayerNorm the input tokens are the embeddings themselves (before dropout)."""
+    n_items, d = 3000, 64
+    for init, expected_std in (
+        ("normal", lambda rows, cols: 0.02),
+        ("xavier", lambda rows, cols: (2 / (rows + cols)) ** 0.5),
+    ):
+        torch.manual_seed(0)
+        model = SASRec(n_items, SASRecConfig(hidden=d, layers=1, heads=1, ffn=256, init=init))  # type: ignore[arg-type]
+        block = model.blocks[0]
+        for weight in (block.qkv.weight, block.ffn[0].weight, model.item_embedding.weight[1:]):
+            rows, cols = weight.shape
+            if weight is model.item_embedding.weight[1:]:
+                rows += 1  # the table's fan includes the padding row
+            assert float(weight.detach().std()) == pytest.approx(expected_std(rows, cols), rel=0.05)
+        assert not block.qkv.bias.any() and not block.ffn[0].bias.any()
+        assert not model.item_embedding.weight[0].any()
+    # xavier's embedding std (~0.026 here) and its 64 x 192 projection's (~0.088) differ from 0.02 both ways
+    assert (2 / (n_items + 1 + d)) ** 0.5 > 0.02 * 1.2 and (2 / (3 * d + d)) ** 0.5 > 0.02 * 4
+
+    model = SASRec(20, SASRecConfig(hidden=8, layers=1, heads=2, max_len=6, input_norm=False)).eval()
+    vectors = torch.randn(2, 3, 8) * 5
+    assert isinstance(model.input_norm, torch.nn.Identity)
+    assert torch.equal(model.input_tokens(vectors), vectors)
+    normed = SASRec(20, SASRecConfig(hidden=8, layers=1, heads=2, max_len=6)).eval()
+    torch.testing.assert_close(
+        normed.input_tokens(vectors).std(-1, unbiased=False), torch.ones(2, 3), atol=1e-3, rtol=0
+    )
 
 
 def test_untied_output_embeddings_score_items() -> None:

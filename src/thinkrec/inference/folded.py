@@ -70,8 +70,7 @@ class FoldedBlock:
         """The block's forward pass without a cache, returning the attention inputs ``[B, T, d]`` (what a
         folded cache keeps) in place of the keys/values."""
         block = self.block
-        h = block._attn_input(x)
-        q, k, v = block._project(h, slice(None))
+        q, k, v, h = block._qkv_inputs(x)
         return block._finish(x, attend(q, k, v, mask, block.attn_dropout, block.training)), h
 
     def forward_last(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +102,7 @@ class FoldedBlock:
         inputs[:, column] = h[:, 0]
         seen = inputs[:, : column + 1]
         query, query_bias, mix, mix_bias = self.weights()
-        folded = linear(h[:, 0], query, query_bias).view(b, heads, d)
+        folded = linear(block._query_input(x, h)[:, 0], query, query_bias).view(b, heads, d)
         scores = torch.baddbmm(bias, folded, seen.transpose(1, 2))  # [B, heads, column + 1]
         probs = torch.softmax(scores, dim=-1)
         if block.training and block.attn_dropout > 0.0:

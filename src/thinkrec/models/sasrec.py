@@ -1,8 +1,9 @@
 """SASRec (Kang & McAuley, ICDM 2018): a causal Transformer over the item sequence.
 
-Item + learned position embeddings, a stack of pre-LN blocks with causal self-attention, a final
-LayerNorm; the output embeddings are tied to the item table. Padding keys are masked; every position may
-attend to itself so padded rows stay finite.
+Item + learned position embeddings, a stack of blocks with causal self-attention (pre-LN with a final
+LayerNorm by default; post-LN, or the original code's query-only LayerNorm, by ``model.norm``); the output
+embeddings are tied to the item table. Padding keys are masked; every position may attend to itself so padded
+rows stay finite.
 """
 
 from __future__ import annotations
@@ -63,11 +64,31 @@ class SASRecConfig(BaseModel):
             "'from_start' = the oldest item of the window has position 0 (RecBole)"
         ),
     )
-    norm: Literal["pre", "post"] = Field(
+    norm: Literal["pre", "post", "query"] = Field(
         "pre",
         description=(
             "LayerNorm placement: 'pre' = before each sub-layer plus a final LayerNorm; "
-            "'post' = after each residual sum, no final LayerNorm (original Transformer, RecBole)"
+            "'post' = after each residual sum, no final LayerNorm (original Transformer, RecBole); "
+            "'query' = on the attention's queries only, the residual added to them, and before the "
+            "feed-forward sub-layer, whose residual is added to its normalised input, plus a final LayerNorm "
+            "(the original SASRec code, RecTools)"
+        ),
+    )
+    activation: Literal["gelu", "relu"] = Field(
+        "gelu", description="feed-forward activation (RecBole: gelu; the original SASRec, RecTools: relu)"
+    )
+    input_norm: bool = Field(
+        True,
+        description=(
+            "LayerNorm on the input tokens (item + position embeddings, fed-back reasoning tokens) before "
+            "their dropout (RecBole); false: none (the original SASRec, RecTools)"
+        ),
+    )
+    init: Literal["normal", "xavier"] = Field(
+        "normal",
+        description=(
+            "weight initialisation: 'normal' = N(0, 0.02) for every linear map and embedding (RecBole); "
+            "'xavier' = Xavier-normal for every weight matrix and embedding table (RecTools); biases zero"
         ),
     )
     tie_embeddings: bool = Field(
@@ -102,7 +123,7 @@ class SASRec(nn.Module):
         self.max_len = cfg.max_len
         self.item_embedding = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
         self.position_embedding = nn.Embedding(cfg.max_len, cfg.hidden)
-        self.input_norm = nn.LayerNorm(cfg.hidden)
+        self.input_norm: nn.Module = nn.LayerNorm(cfg.hidden) if cfg.input_norm else nn.Identity()
         self.input_dropout = Dropout(cfg.dropout if cfg.input_dropout is None else cfg.input_dropout)
         self.blocks = nn.ModuleList(
             Block(
@@ -111,12 +132,13 @@ class SASRec(nn.Module):
                 cfg.ffn or 4 * cfg.hidden,
                 cfg.dropout,
                 cfg.attn_dropout,
-                cfg.norm == "post",
+                cfg.norm,
                 ffn_dropout=cfg.ffn_dropout,
+                activation=cfg.activation,
             )
             for _ in range(cfg.layers)
         )
-        self.final_norm: nn.Module = nn.LayerNorm(cfg.hidden) if cfg.norm == "pre" else nn.Identity()
+        self.final_norm: nn.Module = nn.Identity() if cfg.norm == "post" else nn.LayerNorm(cfg.hidden)
         self.output_embedding: nn.Embedding | None = (
             None if cfg.tie_embeddings else nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
         )
@@ -124,12 +146,19 @@ class SASRec(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        def weight_init(weight: torch.Tensor) -> None:
+            if self.cfg.init == "xavier":
+                nn.init.xavier_normal_(weight)
+            else:
+                nn.init.normal_(weight, std=0.02)
+
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+                weight_init(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
+                weight_init(module.weight)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
             if self.output_embedding is not None:

@@ -1,8 +1,8 @@
-"""A Transformer block (pre- or post-LayerNorm) whose attention can reuse a key/value cache."""
+"""A Transformer block (pre-, post- or query-LayerNorm) whose attention can reuse a key/value cache."""
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -53,10 +53,22 @@ def formed_attention(
     return out.transpose(1, 2)
 
 
+Norm = Literal["pre", "post", "query"]
+Activation = Literal["gelu", "relu"]
+
+
 class Block(nn.Module):
-    """Pre-LN ``x + Attn(LN(x))`` then ``+ FFN(LN(.))`` (default), or post-LN ``LN(x + Attn(x))`` then
-    ``LN(. + FFN(.))`` (the original Transformer, RecBole's SASRec); returns the new hidden states and this
-    pass's keys/values."""
+    """A Transformer block with one of three LayerNorm placements (``norm``):
+
+    - ``pre`` (default): ``x + Attn(LN(x))`` then ``+ FFN(LN(.))``;
+    - ``post``: ``LN(x + Attn(x))`` then ``LN(. + FFN(.))`` (the original Transformer, RecBole's SASRec);
+    - ``query``: the original SASRec's (Kang & McAuley's code, RecTools): the LayerNorm feeds the attention's
+      queries only (keys and values read ``x``), the residual is added to the normalised queries,
+      ``h = LN(x) + Attn(LN(x), x, x)`` (the attention output not dropped, only its weights); then
+      ``f + FFN(f)`` with ``f = LN(h)``.
+
+    Returns the new hidden states and this pass's keys/values. The keys'/values' input of a pass
+    (:meth:`_attn_input`) is what a folded inference cache keeps."""
 
     def __init__(
         self,
@@ -65,11 +77,14 @@ class Block(nn.Module):
         ffn: int,
         dropout: float,
         attn_dropout: float,
-        post_norm: bool = False,
+        norm: Norm = "pre",
         ffn_dropout: bool = True,
+        activation: Activation = "gelu",
     ) -> None:
         super().__init__()
-        self.post_norm = post_norm
+        if norm not in ("pre", "post", "query"):
+            raise ValueError(f"unknown LayerNorm placement {norm!r}: pre, post or query")
+        self.norm = norm
         if hidden % heads:
             raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
         self.heads = heads
@@ -80,13 +95,18 @@ class Block(nn.Module):
         self.ln_ffn = nn.LayerNorm(hidden)
         # ffn_dropout off keeps a p = 0 module in place (an identity), so the parameter names do not change
         inner = Dropout(dropout if ffn_dropout else 0.0)
-        self.ffn = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), inner, nn.Linear(ffn, hidden))
+        act: nn.Module = {"gelu": nn.GELU, "relu": nn.ReLU}[activation]()
+        self.ffn = nn.Sequential(nn.Linear(hidden, ffn), act, inner, nn.Linear(ffn, hidden))
         self.dropout = Dropout(dropout)
         self.attn_dropout = attn_dropout
 
     def _attn_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What the attention projects: ``x`` itself (post-LN) or ``LN(x)`` (pre-LN)."""
-        return x if self.post_norm else self.ln_attn(x)
+        """What the keys and values are projected from: ``LN(x)`` (pre) or ``x`` itself (post, query)."""
+        return self.ln_attn(x) if self.norm == "pre" else x
+
+    def _query_input(self, x: torch.Tensor, kv_input: torch.Tensor) -> torch.Tensor:
+        """What the queries of ``x`` are projected from, given its keys'/values' input ``kv_input``."""
+        return self.ln_attn(x) if self.norm == "query" else kv_input
 
     def _project(self, h: torch.Tensor, rows: slice) -> torch.Tensor:
         """Rows ``rows`` of the query/key/value projection (rows: queries, keys, values, ``d`` each) of
@@ -95,20 +115,36 @@ class Block(nn.Module):
         out = linear(h, self.qkv.weight[rows], self.qkv.bias[rows])
         return out.view(b, t, -1, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
+    def _qkv_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values ``[B, h, T, hd]`` of new tokens ``x [B, T, d]``, and the keys'/values'
+        input ``[B, T, d]``."""
+        h = self._attn_input(x)
+        if self.norm != "query":
+            q, k, v = self._project(h, slice(None))
+            return q, k, v, h
+        d = x.shape[-1]
+        (q,) = self._project(self._query_input(x, h), slice(0, d))
+        k, v = self._project(h, slice(d, None))
+        return q, k, v, h
+
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values ``[B, h, T, hd]`` of new tokens ``x [B, T, d]``."""
-        q, k, v = self._project(self._attn_input(x), slice(None))
+        q, k, v, _ = self._qkv_inputs(x)
         return q, k, v
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        """``self.ffn(x)`` (Linear, GELU, Dropout, Linear), with the bias and GELU fused at inference."""
+        """``self.ffn(x)`` (Linear, activation, Dropout, Linear), with the bias and GELU fused at inference."""
         first, act, drop, second = (
             cast(nn.Linear, self.ffn[0]),
-            cast(nn.GELU, self.ffn[1]),
+            self.ffn[1],
             self.ffn[2],
             cast(nn.Linear, self.ffn[3]),
         )
-        return linear(drop(linear(x, first.weight, first.bias, act.approximate)), second.weight, second.bias)
+        if isinstance(act, nn.GELU):
+            inner = linear(x, first.weight, first.bias, act.approximate)
+        else:
+            inner = act(linear(x, first.weight, first.bias))
+        return linear(drop(inner), second.weight, second.bias)
 
     def _finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Output projection of the attention ``[B, h, T, hd]`` + residual, then the feed-forward sub-layer."""
@@ -116,12 +152,18 @@ class Block(nn.Module):
         return self._residual(x, linear(attn.transpose(1, 2).reshape(b, t, d), self.out.weight, self.out.bias))
 
     def _residual(self, x: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
-        """``x`` + the projected attention output, then the feed-forward sub-layer (norms as configured)."""
-        x = x + self.dropout(projected)
-        if self.post_norm:
-            x = self.ln_attn(x)
+        """``x`` (``LN(x)`` with query norm) + the projected attention output, then the feed-forward sub-layer
+        (norms as configured)."""
+        if self.norm == "post":
+            x = self.ln_attn(x + self.dropout(projected))
             post: torch.Tensor = self.ln_ffn(x + self.dropout(self._ffn(x)))
             return post
+        if self.norm == "query":
+            # no dropout on the attention output here: the original code drops the attention weights only
+            f: torch.Tensor = self.ln_ffn(self.ln_attn(x) + projected)
+            query: torch.Tensor = f + self.dropout(self._ffn(f))
+            return query
+        x = x + self.dropout(projected)
         out: torch.Tensor = x + self.dropout(self._ffn(self.ln_ffn(x)))
         return out
 
@@ -150,7 +192,7 @@ class Block(nn.Module):
         d = x.shape[-1]
         h = self._attn_input(x)
         k, v = self._project(h, slice(d, None))
-        (q,) = self._project(h[:, -1:], slice(0, d))
+        (q,) = self._project(self._query_input(x[:, -1:], h[:, -1:]), slice(0, d))
         attn = attend(q, k, v, mask[..., -1:, :], self.attn_dropout, self.training)
         return self._finish(x[:, -1:], attn), (k, v)
 
@@ -162,7 +204,7 @@ class Block(nn.Module):
         attention inputs ``[B, W, d]`` (what the inference runner's folded cache keeps in place of keys/values,
         :mod:`thinkrec.inference.folded`)."""
         h = self._attn_input(x)
-        (q,) = self._project(h[:, -1:], slice(0, x.shape[-1]))  # [B, heads, 1, hd]
+        (q,) = self._project(self._query_input(x[:, -1:], h[:, -1:]), slice(0, x.shape[-1]))  # [B, heads, 1, hd]
         scores = self.folded_scores(q, h).masked_fill_(~mask[..., -1:, :], float("-inf"))
         probs = dropout(torch.softmax(scores, dim=-1), self.attn_dropout, self.training)
         return self._finish(x[:, -1:], self.folded_mix(probs, h)), h
