@@ -3,6 +3,7 @@ router's cross-fitting and that no selector reads labels at inference."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -444,10 +445,35 @@ def _only(data: depth.StepData, needs: depth.Needs) -> depth.StepData:
     return depth.StepData(**{**data.__dict__, **kept})
 
 
+def test_best_fixed_chooses_the_best_single_read_out_on_validation() -> None:
+    """Among every step alone and the mean of steps, the highest mean validation gain; a tie goes to a single
+    step before the mean and to the earlier step. Only gains are read, never test samples."""
+
+    def fit(gains: list[list[float]], mean: list[float] | None) -> depth.Fixed:
+        data = _made(overlap=[[0.0, 0.0]] * len(gains), gains=np.asarray(gains, dtype=np.float64))
+        given = _fit_input(data)
+        if mean is not None:
+            given = dataclasses.replace(given, mean_gains=np.asarray(mean, dtype=np.float64))
+        chosen = depth.fit_best_fixed(given)
+        assert isinstance(chosen, depth.Fixed)
+        return chosen
+
+    gains = [[0.0, 1.0, 0.5], [0.5, 0.0, 0.5]]  # step means 0.25, 0.5, 0.5
+    assert fit(gains, [0.6, 0.6]) == depth.Fixed(weights=(1 / 3,) * 3, label="best fixed on validation: mean of steps")
+    chosen = fit(gains, [0.5, 0.4])  # the mean (0.45) loses to r_1 (0.5), which ties r_2 and is earlier
+    assert (chosen.step, chosen.weights, chosen.name) == (1, None, "best fixed on validation: fixed r_1")
+    assert fit(gains, [0.5, 0.5]).step == 1  # a step ties the mean: the single step (cheaper) wins
+    assert fit(gains, None).step == 1  # no mean gains given: steps only
+    choice = chosen.choose(_made(overlap=[[0.0, 0.0]] * 2))
+    assert choice.hard and list(choice.step) == [1, 1] and list(choice.steps_used) == [1, 1]
+    assert depth.selector_from_json(depth.selector_to_json(chosen)) == chosen
+
+
 def test_selector_names_parse_build_and_fail_with_the_valid_names() -> None:
     assert depth.selector_names() == [
         "fixed[:k]",
         "mean",
+        "best-fixed",
         "weights",
         "agree",
         "agree-kl",
@@ -461,7 +487,7 @@ def test_selector_names_parse_build_and_fail_with_the_valid_names() -> None:
     kind, argument = depth.parse_selector(" router ")
     assert kind.name == "router" and argument is None and kind.fitted
     for bad, says in [
-        ("bogus", "unknown depth selector 'bogus'; choose one of: fixed[:k], mean, weights"),
+        ("bogus", "unknown depth selector 'bogus'; choose one of: fixed[:k], mean, best-fixed, weights"),
         ("mean:1", "takes no argument"),
         ("fixed:x", "whole number"),
         ("fixed:-1", "whole number"),
@@ -500,3 +526,15 @@ def test_compare_runs_reads_the_saved_ranks(shop: Path) -> None:
     assert steps["oracle (analysis)"] >= max(steps[f"r_{k}"] for k in range(3))
     assert steps["r_2"] == pytest.approx(saved["NDCG@20"])  # PRL scores with its last step
     assert "one" in (shop / "c.md").read_text()
+
+    # a read-out per side: B scored with the mean of steps (then with r_0) against A as the run scores
+    assert compare_runs.main(["--a", str(run), "--b", str(run), "--b-readout", "mean", "--out", str(shop / "m")]) == 0
+    mean = json.loads((shop / "m.json").read_text())
+    assert mean["b"]["readout"] == "mean" and mean["a"]["readout"] == "inference"
+    assert mean["b"]["metrics"]["NDCG@20"]["mean"] == pytest.approx(steps["mean of steps"])
+    diff = mean["b_minus_a"]["samples_pooled"]["mean_diff"]
+    assert diff == pytest.approx(steps["mean of steps"] - saved["NDCG@20"]) and diff != 0.0
+    assert "B (mean)" in (shop / "m.md").read_text()
+    assert compare_runs.main(["--a", str(run), "--b", str(run), "--b-readout", "r_0"]) == 0
+    with pytest.raises(SystemExit, match="no read-out 'r_3'"):
+        compare_runs.main(["--a", str(run), "--b", str(run), "--a-readout", "r_3"])

@@ -24,7 +24,18 @@ from thinkrec.runs import evaluation_report, load_data, load_run, run_selector
 
 from helpers import train_walk_prl_run
 
-SELECTORS = ["agree", "agree-kl", "entropy", "router", "router-prefix", "fixed:0", "fixed:1", "mean", "weights"]
+SELECTORS = [
+    "agree",
+    "agree-kl",
+    "entropy",
+    "router",
+    "router-prefix",
+    "fixed:0",
+    "fixed:1",
+    "mean",
+    "weights",
+    "best-fixed",
+]
 
 
 @pytest.fixture(scope="module")

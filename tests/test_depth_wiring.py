@@ -138,7 +138,7 @@ class _Sealed:
         raise AssertionError("a test sample was read")
 
 
-@pytest.mark.parametrize("name", ["router", "router-prefix", "weights", "agree"])
+@pytest.mark.parametrize("name", ["router", "router-prefix", "weights", "agree", "best-fixed"])
 def test_fitting_reads_no_test_sample(shop: Path, name: str) -> None:
     """The fit behind ``--depth`` reads the validation window only: with the split's test samples sealed (any
     access raises) the fit succeeds, and gives the selector that the real split gives."""
@@ -179,7 +179,7 @@ def test_evaluate_with_scrambled_test_targets_fits_the_same_router(shop: Path, m
 
 
 def test_bad_depth_names_and_models_are_clear_errors(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    valid = "choose one of: fixed[:k], mean, weights, agree, agree-kl, entropy, router, router-prefix"
+    valid = "choose one of: fixed[:k], mean, best-fixed, weights, agree, agree-kl, entropy, router, router-prefix"
     for argv in (
         ["evaluate", "run", "--depth", "routr"],
         ["recommend", "run", "--history", "3,4", "--depth", "routr"],

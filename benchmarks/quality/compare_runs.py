@@ -25,6 +25,7 @@ from benchmarks import harness
 from benchmarks.quality.depth import user_means
 from benchmarks.quality.rearec_repro import mean_std, step_curves
 from thinkrec.data.split import Split
+from thinkrec.eval.evaluator import EvalResult
 from thinkrec.eval.metrics import metrics_from_ranks, per_sample
 from thinkrec.eval.significance import paired_bootstrap, paired_t_test
 from thinkrec.runs import load_data, saved_config, saved_ranks
@@ -33,13 +34,29 @@ METRIC = "NDCG@20"
 SHOWN = ("NDCG@10", "NDCG@20", "HR@20")
 
 
-def side(runs: list[Path], split: Split) -> dict[str, Any]:
-    """Test ranks and metrics of one side's runs on ``split``'s test samples."""
+def readout_ranks(result: EvalResult, readout: str, run: Path) -> np.ndarray:
+    """The per-sample ranks of one read-out of a run: ``inference`` (what the run scores with), ``mean`` (the
+    mean of the reasoning steps) or ``r_k`` (step k alone)."""
+    if readout == "inference":
+        return np.asarray(result.ranks)
+    if readout == "mean" and result.mean_ranks is not None:
+        return np.asarray(result.mean_ranks)
+    if readout.startswith("r_") and readout[2:].isdigit() and result.step_ranks is not None:
+        k = int(readout[2:])
+        if k < result.step_ranks.shape[0]:
+            return np.asarray(result.step_ranks[k])
+    raise SystemExit(f"{run} has no read-out {readout!r} (inference, mean, or r_k for one of its reasoning steps)")
+
+
+def side(runs: list[Path], split: Split, readout: str = "inference") -> dict[str, Any]:
+    """Test ranks and metrics of one side's runs on ``split``'s test samples, scored with ``readout``."""
     results = [saved_ranks(run, "test", split.test, saved_config(run), split) for run in runs]
-    per_run = [metrics_from_ranks(r.ranks, [10, 20]) for r in results]
+    ranks = [readout_ranks(r, readout, run) for r, run in zip(results, runs, strict=True)]
+    per_run = [metrics_from_ranks(r, [10, 20]) for r in ranks]
     out: dict[str, Any] = {
         "runs": [str(run) for run in runs],
-        "samples": [per_sample(r.ranks, METRIC) for r in results],
+        "readout": readout,
+        "samples": [per_sample(r, METRIC) for r in ranks],
         "metrics": {m: mean_std([p[m] for p in per_run]) for m in SHOWN},
     }
     if results[0].step_ranks is not None:
@@ -51,14 +68,16 @@ def side(runs: list[Path], split: Split) -> dict[str, Any]:
     return out
 
 
-def compare(a: list[Path], b: list[Path], names: tuple[str, str]) -> dict[str, Any]:
+def compare(
+    a: list[Path], b: list[Path], names: tuple[str, str], readouts: tuple[str, str] = ("inference", "inference")
+) -> dict[str, Any]:
     if len(a) != len(b):
         raise SystemExit(f"--a has {len(a)} runs and --b {len(b)}: pair one run per seed")
     cfg = saved_config(a[0])
     if any(saved_config(run).data != cfg.data for run in [*a, *b]):
         raise SystemExit("the runs were not all trained on the same data and split; compare runs of one split")
     _, split = load_data(cfg)  # one split for both sides
-    left, right = side(a, split), side(b, split)
+    left, right = side(a, split, readouts[0]), side(b, split, readouts[1])
     t = paired_t_test(np.concatenate(left["samples"]), np.concatenate(right["samples"]))
     users = np.asarray(split.test.users)
     boot = paired_bootstrap(
@@ -86,7 +105,10 @@ def compare(a: list[Path], b: list[Path], names: tuple[str, str]) -> dict[str, A
 def markdown(summary: dict[str, Any]) -> str:
     a_name, b_name = summary["names"]
     a, b = summary["a"], summary["b"]
-    lines = [f"| | {a_name} | {b_name} |", "|---|---|---|"]
+    labels = [
+        name if x["readout"] == "inference" else f"{name} ({x['readout']})" for name, x in ((a_name, a), (b_name, b))
+    ]
+    lines = [f"| | {labels[0]} | {labels[1]} |", "|---|---|---|"]
     for m in SHOWN:
         cells = [f"{x['metrics'][m]['mean']:.4f} ± {x['metrics'][m]['std']:.4f}" for x in (a, b)]
         lines.append(f"| {m} | {cells[0]} | {cells[1]} |")
@@ -110,9 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--b", nargs="+", type=Path, required=True, help="run directories of side B, in the same seed order")
     p.add_argument("--names", default="A,B", help="two comma-separated labels")
     p.add_argument("--out", type=Path, help="write STEM.md and STEM.json")
+    for name in ("a", "b"):
+        p.add_argument(
+            f"--{name}-readout",
+            default="inference",
+            help=f"what side {name.upper()}'s metrics score with: inference (default: what the run scores with),"
+            " mean (the mean of its reasoning steps) or r_k (step k alone); a choice to be made on validation"
+            " (benchmarks.quality.depth), never on these test numbers",
+        )
     args = p.parse_args(argv)
     first, second = args.names.split(",", 1)
-    summary = {**compare(args.a, args.b, (first, second)), "provenance": harness.provenance()}
+    compared = compare(args.a, args.b, (first, second), (args.a_readout, args.b_readout))
+    summary = {**compared, "provenance": harness.provenance()}
     text = markdown(summary)
     print(text)
     if args.out:

@@ -18,9 +18,10 @@ CONFIG_HELP = "a config file (.toml/.yaml) or the name of a bundled preset (list
 DEMO_EPOCHS = 8
 OVERRIDE_HELP = "dotted overrides applied after the config, e.g. train.lr=0.002 model.hidden=128 eval.ks=[10,20]"
 DEPTH_HELP = (
-    "reasoning models: choose each user's reasoning step with this depth selector: fixed[:k], mean, weights, agree,"
-    " agree-kl, entropy, router, router-prefix, or none (default: the run's eval.depth). Selectors with thresholds"
-    " or weights are fit once on the run's validation samples (never test) and saved in the run directory"
+    "reasoning models: choose each user's reasoning step with this depth selector: fixed[:k], mean, best-fixed,"
+    " weights, agree, agree-kl, entropy, router, router-prefix, or none (default: the run's eval.depth)."
+    " Selectors with thresholds or weights are fit once on the run's validation samples (never test) and saved"
+    " in the run directory"
 )
 
 

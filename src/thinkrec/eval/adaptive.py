@@ -79,8 +79,13 @@ def fit_selector(
     data = depth.signal_data(result.depth.signals, n_steps, samples.positions, samples.users).with_gains(gains)
     items = model.item_vectors().detach()
     states = result.depth.states if result.depth.states is not None else torch.zeros(len(samples), n_steps, 0)
+    mean_gains = per_sample(result.mean_ranks, metric) if result.mean_ranks is not None else None
     given = depth.FitData(
-        data, states, torch.from_numpy(samples.targets - 1).to(items.device), lambda users: model.scorer(users, items)
+        data,
+        states,
+        torch.from_numpy(samples.targets - 1).to(items.device),
+        lambda users: model.scorer(users, items),
+        mean_gains,
     )
     torch.manual_seed(seed)
     selector = kind.fit(given)

@@ -23,7 +23,7 @@ At inference :func:`choose_steps` maps a block's per-step scores, states and his
 
 Each selector says which signals it reads (:class:`Needs`), so evaluation and serving compute only those
 (:func:`block_signals`, one implementation for the float32 inference path and the float64 analysis path).
-Selectors have names in a registry (:data:`SELECTORS`: ``fixed``, ``fixed:<k>``, ``mean``, ``weights``,
+Selectors have names in a registry (:data:`SELECTORS`: ``fixed``, ``fixed:<k>``, ``mean``, ``best-fixed``, ``weights``,
 ``agree``, ``agree-kl``, ``entropy``, ``router``, ``router-prefix``); :func:`parse_selector` reads a name,
 :func:`register_selector` adds one. What needs fitting is fit by its registered ``fit`` on labelled
 validation samples (:class:`FitData`).
@@ -831,6 +831,7 @@ class FitData:
     states: torch.Tensor  # [n, K+1, d] (only for fits that read states: ``SelectorKind.fit_states``)
     targets: torch.Tensor  # [n] 0-based target items (idem)
     score: Callable[[torch.Tensor], torch.Tensor]  # user vectors [B, d] -> logits [B, N], differentiable
+    mean_gains: Floats | None = None  # [n] the per-sample metric of the mean of steps, scored as the steps were
 
 
 @dataclass(frozen=True)
@@ -874,6 +875,23 @@ def _fit_weights(given: FitData) -> Selector:
     return Fixed(weights=weights, label="learned step weights " + ",".join(f"{w:.2f}" for w in weights))
 
 
+def fit_best_fixed(given: FitData) -> Selector:
+    """The fixed read-out with the highest mean validation gain among every step alone and the mean of steps
+    (ties: a single step before the mean, an earlier step before a later one: the cheaper choice)."""
+    gains = _labelled(given.data)
+    n_steps = given.data.n_steps
+    candidates: list[tuple[float, Fixed]] = [
+        (float(gains[:, k].mean()) if len(gains) else 0.0, Fixed(k)) for k in range(n_steps)
+    ]
+    if given.mean_gains is not None and n_steps > 1:
+        mean = float(np.mean(given.mean_gains)) if len(given.mean_gains) else 0.0
+        candidates.append((mean, mean_of_steps(n_steps)))
+    best = max(range(len(candidates)), key=lambda i: (candidates[i][0], -i))
+    chosen = candidates[best][1]
+    label = f"best fixed on validation: {chosen.name}"
+    return Fixed(step=chosen.step, weights=chosen.weights, label=label)
+
+
 def _router(which: Features) -> Callable[[FitData], Selector]:
     def fit(given: FitData) -> Selector:
         return fit_router(given.data, which).router
@@ -898,6 +916,11 @@ def register_selector(kind: SelectorKind, *, replace: bool = False) -> None:
 for _kind in (
     SelectorKind("fixed", "one step for every user: r_K, or r_k with fixed:k", build=_fixed, argument="k"),
     SelectorKind("mean", "the mean of the step states r_0..r_K", build=lambda n, _: mean_of_steps(n)),
+    SelectorKind(
+        "best-fixed",
+        "the one read-out (a step r_k alone, or the mean of steps) with the best validation metric",
+        fit=fit_best_fixed,
+    ),
     SelectorKind("weights", "step weights fit by cross-entropy on validation", fit=_fit_weights, fit_states=True),
     SelectorKind(
         "agree",

@@ -66,9 +66,10 @@ class EvalConfig(BaseModel):
         None,
         description=(
             "reasoning models: choose each user's reasoning step at inference with this named selector, in"
-            " evaluation (reported next to fixed K), recommend, batch and serving: fixed[:k], mean, weights, agree,"
-            " agree-kl, entropy, router, router-prefix (thinkrec.eval.depth). Selectors with thresholds or weights"
-            " are fit once on the run's validation samples (never test) and saved in the run directory;"
+            " evaluation (reported next to fixed K), recommend, batch and serving: fixed[:k], mean, best-fixed,"
+            " weights, agree, agree-kl, entropy, router, router-prefix (thinkrec.eval.depth). Selectors with"
+            " thresholds or weights are fit once on the run's validation samples (never test) and saved in the run"
+            " directory;"
             " none = the inference mode alone"
         ),
         json_schema_extra={"operational": True},

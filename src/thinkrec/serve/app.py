@@ -80,8 +80,8 @@ class RecommendRequest(BaseModel):
         max_length=64,
         description=(
             "reasoning models: a depth selector that chooses this history's reasoning step (fixed[:k], mean,"
-            " weights, agree, agree-kl, entropy, router, router-prefix; 'none' = the inference mode; default: the"
-            " server's --depth). Selectors that need fitting must have been fit for the run already"
+            " best-fixed, weights, agree, agree-kl, entropy, router, router-prefix; 'none' = the inference mode;"
+            " default: the server's --depth). Selectors that need fitting must have been fit for the run already"
         ),
     )
 
