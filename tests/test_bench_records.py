@@ -162,3 +162,5 @@ def test_released_setup_trains_its_own_presets_into_their_own_folders(
     assert config["train"]["sample_mode"] == "last" and config["train"]["batch_size"] == 2048
     with pytest.raises(SystemExit, match="only sasrec"):
         repro.main([*argv, "--backbone", "gru4rec", "--out", str(out)])
+    with pytest.raises(SystemExit, match="time protocol only"):
+        repro.main([*argv, "--protocol", "loo", "--out", str(out)])

@@ -535,6 +535,9 @@ def test_compare_runs_reads_the_saved_ranks(shop: Path) -> None:
     diff = mean["b_minus_a"]["samples_pooled"]["mean_diff"]
     assert diff == pytest.approx(steps["mean of steps"] - saved["NDCG@20"]) and diff != 0.0
     assert "B (mean)" in (shop / "m.md").read_text()
-    assert compare_runs.main(["--a", str(run), "--b", str(run), "--b-readout", "r_0"]) == 0
+    assert compare_runs.main(["--a", str(run), "--b", str(run), "--b-readout", "r_0", "--out", str(shop / "r0")]) == 0
+    first = json.loads((shop / "r0.json").read_text())["b"]
+    assert first["readout"] == "r_0" and first["metrics"]["NDCG@20"]["mean"] == pytest.approx(steps["r_0"])
+    assert steps["r_0"] != pytest.approx(saved["NDCG@20"])  # r_0 is not the inference read-out here
     with pytest.raises(SystemExit, match="no read-out 'r_3'"):
         compare_runs.main(["--a", str(run), "--b", str(run), "--a-readout", "r_3"])

@@ -167,6 +167,16 @@ def test_query_norm_block_is_the_original_sasrec_layer() -> None:
         train.ffn[3].weight.zero_()
         train.ffn[3].bias.zero_()
     torch.testing.assert_close(train(x, mask)[0], f)
+    # ... and with the feed-forward back (no dropout inside it), its output is dropped: every element of
+    # out - f is 0 or FFN(f) / (1 - p), both occurring
+    outer = Block(8, 2, 16, 0.5, 0.0, norm="query", ffn_dropout=False, activation="relu").train()
+    outer.load_state_dict(block.state_dict())
+    with torch.no_grad():
+        added = outer(x, mask)[0] - f
+        full = 2.0 * second(torch.relu(first(f)))
+    kept = torch.isclose(added, full, atol=1e-5)
+    zero = added.abs() < 1e-6
+    assert bool((kept | zero).all()) and kept.any() and (zero & (full.abs() > 1e-3)).any()
     with pytest.raises(ValueError, match="pre, post or query"):
         Block(8, 2, 16, 0.0, 0.0, norm="sandwich")  # type: ignore[arg-type]
 
@@ -183,10 +193,12 @@ def test_initialisations_and_input_norm() -> None:
         torch.manual_seed(0)
         model = SASRec(n_items, SASRecConfig(hidden=d, layers=1, heads=1, ffn=256, init=init))  # type: ignore[arg-type]
         block = model.blocks[0]
-        for weight in (block.qkv.weight, block.ffn[0].weight, model.item_embedding.weight[1:]):
-            rows, cols = weight.shape
-            if weight is model.item_embedding.weight[1:]:
-                rows += 1  # the table's fan includes the padding row
+        table = model.item_embedding.weight
+        for weight, (rows, cols) in (
+            (block.qkv.weight, block.qkv.weight.shape),
+            (block.ffn[0].weight, block.ffn[0].weight.shape),
+            (table[1:], table.shape),  # the table's fans include the padding row
+        ):
             assert float(weight.detach().std()) == pytest.approx(expected_std(rows, cols), rel=0.05)
         assert not block.qkv.bias.any() and not block.ffn[0].bias.any()
         assert not model.item_embedding.weight[0].any()

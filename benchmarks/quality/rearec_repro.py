@@ -407,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     if args.setup != "default" and args.backbone != "sasrec":
         raise SystemExit(f"--setup {args.setup}: only sasrec has presets of that setup, not {args.backbone}")
+    if args.setup != "default" and args.protocol != "time":
+        raise SystemExit(f"--setup {args.setup}: its presets follow ReaRec's time protocol only, not {args.protocol}")
     names = {"base": args.backbone, "erl": f"{args.backbone}-erl", "prl": f"{args.backbone}-prl"}
     chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(chosen) - names.keys())

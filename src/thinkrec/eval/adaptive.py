@@ -95,6 +95,8 @@ def fit_selector(
     }
     if choice.hard:  # the chosen steps' metric on the samples it was fit on (optimistic: in-sample)
         in_sample[metric] = float(choice.gains(data).mean()) if len(data) else 0.0
+    elif mean_gains is not None and bool(np.all(choice.weights == 1.0 / n_steps)):  # the mean of steps
+        in_sample[metric] = float(mean_gains.mean()) if len(mean_gains) else 0.0
     info = {
         "split": "valid",
         "n_samples": len(samples),

@@ -883,6 +883,8 @@ def fit_best_fixed(given: FitData) -> Selector:
     candidates: list[tuple[float, Fixed]] = [
         (float(gains[:, k].mean()) if len(gains) else 0.0, Fixed(k)) for k in range(n_steps)
     ]
+    if given.mean_gains is not None and len(given.mean_gains) != len(gains):
+        raise ValueError(f"{len(given.mean_gains)} mean-of-steps gains for {len(gains)} samples")
     if given.mean_gains is not None and n_steps > 1:
         mean = float(np.mean(given.mean_gains)) if len(given.mean_gains) else 0.0
         candidates.append((mean, mean_of_steps(n_steps)))

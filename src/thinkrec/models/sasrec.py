@@ -81,14 +81,17 @@ class SASRecConfig(BaseModel):
         True,
         description=(
             "LayerNorm on the input tokens (item + position embeddings, fed-back reasoning tokens) before "
-            "their dropout (RecBole); false: none (the original SASRec, RecTools)"
+            "their dropout (RecBole); false: none (the original SASRec, RecTools), so reasoning."
+            "normalise_feedback then only drops the fed-back tokens out"
         ),
     )
     init: Literal["normal", "xavier"] = Field(
         "normal",
         description=(
             "weight initialisation: 'normal' = N(0, 0.02) for every linear map and embedding (RecBole); "
-            "'xavier' = Xavier-normal for every weight matrix and embedding table (RecTools); biases zero"
+            "'xavier' = Xavier-normal for every weight matrix and embedding table of the SASRec backbone (RecTools);"
+            " biases zero. Parameters a subclass adds (BERT4Rec's mask token, the text adapters) and the reasoning"
+            " position embeddings keep their own initialisation"
         ),
     )
     tie_embeddings: bool = Field(

@@ -104,7 +104,8 @@ class LatentReasoningConfig(BaseModel):
         True,
         description=(
             "pass each fed-back input z_k = r_(k-1) + RPE[k] through the backbone's input LayerNorm +"
-            " dropout, like an item token (the research code's choice); false feeds z_k raw"
+            " dropout, like an item token (the research code's choice; with model.input_norm = false there is"
+            " no LayerNorm, only the dropout); false feeds z_k raw"
         ),
     )
     feedback_dropout: float | None = Field(
