@@ -13,12 +13,15 @@ from benchmarks.quality import cold_items, selection_table
 from benchmarks.quality import rearec_repro as repro
 
 
-def test_table_is_rebuilt_from_records_without_run_directories(
-    real_dataset: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def out(real_dataset: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """ML-100K in place, a private cache, and the benchmark's output folder."""
     real_dataset("ml-100k")
     monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
-    out = tmp_path / "out"
+    return tmp_path / "out"
+
+
+def test_table_is_rebuilt_from_records_without_run_directories(out: Path) -> None:
     tiny = ["model.hidden=8", "model.layers=1", "train.batch_size=512"]
     argv = ["--dataset", "ml100k", "--seeds", "1", "--variants", "base,erl", "--epochs", "3", "--out", str(out), *tiny]
     assert repro.main(argv) == 0
@@ -143,12 +146,7 @@ def test_per_user_means_average_seeds_then_each_users_samples() -> None:
     np.testing.assert_allclose(repro.per_user(runs, users), expected)
 
 
-def test_released_setup_trains_its_own_presets_into_their_own_folders(
-    real_dataset: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_dataset("ml-100k")
-    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
-    out = tmp_path / "out"
+def test_released_setup_trains_its_own_presets_into_their_own_folders(out: Path) -> None:
     tiny = ["model.hidden=8", "model.ffn=16", "model.layers=1"]
     argv = ["--dataset", "ml100k", "--setup", "released", "--seeds", "1", "--variants", "base", "--epochs", "1"]
     assert repro.main([*argv, "--out", str(out), *tiny]) == 0

@@ -880,18 +880,14 @@ def fit_best_fixed(given: FitData) -> Selector:
     (ties: a single step before the mean, an earlier step before a later one: the cheaper choice)."""
     gains = _labelled(given.data)
     n_steps = given.data.n_steps
-    candidates: list[tuple[float, Fixed]] = [
-        (float(gains[:, k].mean()) if len(gains) else 0.0, Fixed(k)) for k in range(n_steps)
-    ]
     if given.mean_gains is not None and len(given.mean_gains) != len(gains):
         raise ValueError(f"{len(given.mean_gains)} mean-of-steps gains for {len(gains)} samples")
-    if given.mean_gains is not None and n_steps > 1:
-        mean = float(np.mean(given.mean_gains)) if len(given.mean_gains) else 0.0
-        candidates.append((mean, mean_of_steps(n_steps)))
-    best = max(range(len(candidates)), key=lambda i: (candidates[i][0], -i))
-    chosen = candidates[best][1]
-    label = f"best fixed on validation: {chosen.name}"
-    return Fixed(step=chosen.step, weights=chosen.weights, label=label)
+    step = best_fixed_step(given.data) if len(gains) else 0
+    chosen = Fixed(step)
+    mean = given.mean_gains
+    if mean is not None and n_steps > 1 and len(gains) and float(mean.mean()) > float(gains[:, step].mean()):
+        chosen = mean_of_steps(n_steps)
+    return Fixed(step=chosen.step, weights=chosen.weights, label=f"best fixed on validation: {chosen.name}")
 
 
 def _router(which: Features) -> Callable[[FitData], Selector]:
