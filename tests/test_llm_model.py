@@ -17,13 +17,14 @@ pytest.importorskip("peft", reason="the llm extra is not installed: pip install 
 
 from test_llm_prompts import toy_dataset
 from thinkrec.data.split import SplitConfig, make_split
+from thinkrec.errors import ConfigError, ThinkrecError
 from thinkrec.llm.config import LLMRunConfig, ModelSection, load_llm_config
 from thinkrec.llm.data import PromptBank, train_examples
 from thinkrec.llm.hf import wrap
 from thinkrec.llm.model import DualHeadLM, common_prefix
 from thinkrec.llm.prompts import PromptBuilder
 from thinkrec.llm.recpo import completion_span
-from thinkrec.llm.run import load_llm_checkpoint, save_llm_checkpoint, train_llm
+from thinkrec.llm.run import initial_item_table, load_llm_checkpoint, save_llm_checkpoint, train_llm
 from thinkrec.llm.tiny import tiny_llama, tiny_tokenizer
 from thinkrec.llm.trainer import LLMTrainer
 
@@ -43,9 +44,9 @@ FAST = [
 ]
 
 
-def tiny_model(finetune: str = "lora", seed: int = 0) -> DualHeadLM:
+def tiny_model(finetune: str = "lora", seed: int = 0, **section: Any) -> DualHeadLM:
     tok = tiny_tokenizer()
-    return wrap(tiny_llama(len(tok), seed=seed), tok, ModelSection(finetune=finetune, lora_r=2))  # type: ignore[arg-type]
+    return wrap(tiny_llama(len(tok), seed=seed), tok, ModelSection(finetune=finetune, lora_r=2, **section))  # type: ignore[arg-type]
 
 
 def test_tiny_tokenizer_and_prompt_builder() -> None:
@@ -281,3 +282,55 @@ def test_fresh_table_steps_are_the_first_after_each_rebuild(tmp_path: Path) -> N
     log = [{"step": s, "reward": 0.1 * (s % 3)} for s in range(1, 8)]
     plot_rewards(log, tmp_path / "reward.png", refresh_every=3)
     assert (tmp_path / "reward.png").stat().st_size > 1000
+
+
+def test_bf16_autocast_runs_the_decoder_in_bf16_and_hands_back_float32() -> None:
+    plain, mixed = tiny_model("full"), tiny_model("full", autocast="bf16")
+    seqs = [[1, 40, 41, 42, 5, 50], [1, 40, 60]]
+    a, b = plain.encode(seqs), mixed.encode(seqs)
+    assert b.dtype == torch.float32
+    assert not torch.equal(a, b)  # the flag reaches the decoder
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.99
+    out = mixed.encode_prefixed([1, 40, 41], [[50, 51], [60]])
+    assert out.hidden.dtype == torch.float32 and mixed.continuation_logprobs(out).dtype == torch.float32
+    out.pooled.pow(2).sum().backward()  # gradients reach the float32 weights through the bf16 layers
+    grads = [p.grad for p in mixed.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+
+
+def test_lora_layers_puts_adapters_in_the_top_layers_only() -> None:
+    model = tiny_model(lora_layers=1)  # the tiny Llama has 2 decoder layers
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, _ in model.lm.named_parameters() if "lora_A" in n}
+    assert adapted == {"1"}
+    assert len([n for n, _ in tiny_model().lm.named_parameters() if "lora_A" in n]) == 2 * len(
+        [n for n, _ in model.lm.named_parameters() if "lora_A" in n]
+    )
+    with pytest.raises(ThinkrecError, match="2 decoder layers"):
+        tiny_model(lora_layers=3)
+
+
+def test_model_autocast_and_lora_layers_are_checked_when_the_config_loads() -> None:
+    with pytest.raises(ConfigError, match=r"model\.autocast"):
+        load_llm_config(None, ["model.autocast=fp16"])
+    with pytest.raises(ConfigError, match=r"model\.lora_layers"):
+        load_llm_config(None, ["model.lora_layers=0"])
+    assert load_llm_config(None, ["model.autocast=bf16", "model.lora_layers=8"]).model.lora_layers == 8
+
+
+def test_cached_base_item_table_is_kept_per_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = tmp_path / "model"  # what the cache key reads of a model directory: its path and weight files
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "model.safetensors").write_bytes(b"0")
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tmp_path / "cache"))
+    tables = {}
+    for precision in ("none", "bf16", "none"):
+        cfg, split, _ = _setup([f"model.path={model_dir}", f"model.autocast={precision}"])
+        model = tiny_model("full", autocast=precision)
+        bank = PromptBank(split.dataset, cfg, PromptBuilder(model.tokenizer, system_prompt="s", max_item_tokens=16))
+        initial_item_table(model, bank, cfg, cache=True)
+        tables.setdefault(precision, []).append(model.item_table)
+    assert len(list((tmp_path / "cache" / "llm-item-tables").glob("*.safetensors"))) == 2
+    assert torch.equal(tables["none"][0], tables["none"][1])  # the second float32 run read the cached one
+    assert not torch.equal(tables["none"][0], tables["bf16"][0])

@@ -143,6 +143,17 @@ def load_dual_head(section: ModelSection, path: Path | None = None) -> DualHeadL
     return wrap(lm, tokenizer, section)
 
 
+def lora_layer_indices(n_layers: int, top: int | None) -> list[int] | None:
+    """The decoder layers that get adapters: the top ``top`` of ``n_layers`` (``None``: all of them)."""
+    if top is None:
+        return None
+    if top > n_layers:
+        raise ThinkrecError(
+            f"model.lora_layers = {top}, but the model has {n_layers} decoder layers; use <= {n_layers}"
+        )
+    return list(range(n_layers - top, n_layers))
+
+
 def wrap(lm: Any, tokenizer: Any, section: ModelSection) -> DualHeadLM:
     """Disable dropout, add LoRA (or unfreeze everything) and build the :class:`DualHeadLM`."""
     import torch
@@ -155,6 +166,8 @@ def wrap(lm: Any, tokenizer: Any, section: ModelSection) -> DualHeadLM:
     if section.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
+        layers = lora_layer_indices(int(lm.config.num_hidden_layers), section.lora_layers)
+
         # peft injects the adapters into ``lm`` in place (and freezes the rest); the wrapper is not needed
         get_peft_model(
             lm,
@@ -164,6 +177,7 @@ def wrap(lm: Any, tokenizer: Any, section: ModelSection) -> DualHeadLM:
                 lora_dropout=0.0,
                 bias="none",
                 target_modules=list(section.lora_targets),
+                layers_to_transform=layers,
                 task_type="CAUSAL_LM",
             ),
         )
@@ -175,4 +189,16 @@ def wrap(lm: Any, tokenizer: Any, section: ModelSection) -> DualHeadLM:
     from thinkrec.device import resolve_device
 
     lm.to(resolve_device(section.device))
-    return DualHeadLM(lm, tokenizer, section.tau, int(tokenizer.pad_token_id), eos, center_items=section.center_items)
+    if section.autocast == "bf16" and resolve_device(section.device).type == "cpu":
+        from thinkrec.precision import warn_slow_bf16
+
+        warn_slow_bf16("model.autocast")
+    return DualHeadLM(
+        lm,
+        tokenizer,
+        section.tau,
+        int(tokenizer.pad_token_id),
+        eos,
+        center_items=section.center_items,
+        autocast=section.autocast == "bf16",
+    )

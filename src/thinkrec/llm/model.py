@@ -19,6 +19,9 @@ Efficiency (what the 4x4 step profile showed matters on CPU):
 - :meth:`DualHeadLM.generate` prefills each prompt once, repeats its cache G times and decodes all rollouts
   together, computing the LM head on the last position only, with stop-string detection on the text.
 - The LM head is applied only to the positions whose log-probabilities are needed.
+- With ``autocast`` the decoder's layers run in bfloat16 (about 2.5x faster on a CPU with AVX512-BF16, on
+  SmolLM2-135M); the hidden states leave :meth:`DualHeadLM.hidden_states` in float32, so user and item
+  vectors, scores and the LM head's log-probabilities (PPO ratios) are computed in float32 either way.
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ class DualHeadLM(nn.Module):
         pad_id: int,
         eos_ids: list[int],
         center_items: bool = False,
+        autocast: bool = False,
     ) -> None:
         super().__init__()
         self.lm = causal_lm  # the causal LM module; peft injects LoRA layers into it in place
@@ -125,6 +129,7 @@ class DualHeadLM(nn.Module):
         self.pad_id = pad_id
         self.eos_ids = set(eos_ids)
         self.center_items = center_items
+        self.autocast = autocast  # the decoder's layers in bfloat16 (model.autocast = "bf16")
         self.item_table: torch.Tensor | None = None  # [N + 1, d], row = item id (row 0: the pad item)
 
     @property
@@ -164,17 +169,19 @@ class DualHeadLM(nn.Module):
         past: Any = None,
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, Any]:
-        """Final-layer hidden states (after the final norm) and the key/value cache."""
+        """Final-layer hidden states (after the final norm, float32 also under ``autocast``) and the key/value
+        cache."""
         decoder = self.decoder()
         keyword = cache_keyword(decoder)
-        out = decoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=use_cache,
-            **{keyword: past},
-        )
-        return out.last_hidden_state, getattr(out, keyword)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = decoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=use_cache,
+                **{keyword: past},
+            )
+        return out.last_hidden_state.float(), getattr(out, keyword)
 
     def encode(self, seqs: list[list[int]]) -> torch.Tensor:
         """Pooled last-token vectors of whole sequences (right-padded batch, no shared prefix)."""

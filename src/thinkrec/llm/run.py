@@ -143,7 +143,8 @@ def initial_item_table(
     """The item table of the untrained model (fresh LoRA adapters are zero, so it is the base model's).
 
     With ``cache`` it is kept under ``$THINKREC_CACHE_DIR/llm-item-tables``, keyed by the model directory,
-    its weights' size and mtime, and the item token ids, so runs on the same data do not rebuild it.
+    its weights' size and mtime, the item token ids and the precision (``model.autocast``), so runs on the
+    same data do not rebuild it.
     """
     if not cache:
         model.build_item_table(bank.item_ids, cfg.eval.item_batch_size, progress)
@@ -155,7 +156,10 @@ def initial_item_table(
 
     model_dir = resolve_model_path(cfg.model)
     stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(model_dir.glob("*.safetensors"))]
-    key = hashlib.sha256(json.dumps([str(model_dir.resolve()), stamp, bank.item_ids]).encode()).hexdigest()[:20]
+    parts: list[Any] = [str(model_dir.resolve()), stamp, bank.item_ids]
+    if cfg.model.autocast != "none":  # float32 tables keep the key they had before the setting existed
+        parts.append(cfg.model.autocast)
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
     path = paths.cache_dir() / "llm-item-tables" / f"{key}.safetensors"
     if path.exists():
         model.item_table = load_file(str(path))["item_table"].to(model.device)
