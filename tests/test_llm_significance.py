@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from thinkrec.eval.metrics import metrics_from_ranks
 from thinkrec.eval.significance import mcnemar, paired_bootstrap
 
 
@@ -52,3 +53,24 @@ def test_paired_bootstrap_matches_a_hand_resampling() -> None:
     assert r.p_value == pytest.approx(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean())))
     with pytest.raises(ValueError):
         paired_bootstrap([1.0], [1.0, 2.0])
+
+
+def test_llm_compare_table_tests_every_row_against_the_reference() -> None:
+    from benchmarks.llm.llm_compare import markdown, paired_columns
+
+    samples = [[u, 3] for u in range(6)]
+    reports = {
+        "ref": {"ranks": [0, 0, 50, 50, 50, 50], "samples": samples},
+        "better": {"ranks": [0, 0, 0, 0, 50, 50], "samples": samples},
+        "worse": {"ranks": [50, 50, 50, 50, 50, 50], "samples": samples},
+    }
+    tests = paired_columns(reports, "ref", k=20)
+    assert set(tests) == {"better", "worse"}
+    assert (tests["better"]["HR@20"]["only_a"], tests["better"]["HR@20"]["only_b"]) == (0, 2)
+    assert (tests["worse"]["HR@20"]["only_a"], tests["worse"]["HR@20"]["only_b"]) == (2, 0)
+    assert tests["worse"]["NDCG@20"]["mean_diff"] == pytest.approx(-2 / 6)
+    rows = {name: {**metrics_from_ranks(np.asarray(r["ranks"]), [5, 10, 20]), "n": 6} for name, r in reports.items()}
+    table = markdown(rows, tests, "ref", k=20)
+    assert "| ref (reference) | 6 |" in table and table.count("| – | – |") == 1
+    with pytest.raises(ValueError, match="different samples"):
+        paired_columns({**reports, "other": {"ranks": [0] * 6, "samples": [[9, 9]] * 6}}, "ref", k=20)

@@ -6,7 +6,10 @@ Each LLM run directory is one written by ``thinkrec llm train`` (its ``results.j
 test samples). SASRec is trained with the engine (preset ``ml100k-time-sasrec``, same data + split) when
 ``--sasrec-run`` does not hold a run yet, then ranks the *same* test samples as the LLM runs (drawn with the
 LLM config's ``sample.seed``) over the full catalogue with the user's whole history masked. The comparison
-goes to ``--out`` (default ``benchmarks/out/llm/compare.json``) as ``{"models": ..., "provenance": ...}``.
+goes to ``--out`` (default ``benchmarks/out/llm/compare.json``, and the table beside it as ``.md``): one row per
+model -- most popular (training counts, from the first run's report), each LLM run, SASRec -- on the same
+samples, each with its paired tests against the first ``--llm`` run (paired bootstrap on NDCG@k, McNemar on
+HR@k; the samples' ``(user, position)`` lists must match).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from thinkrec.data.batches import gather_histories, position_ids, trim
 from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
 from thinkrec.llm.config import LLMRunConfig
 from thinkrec.llm.data import eval_examples
+from thinkrec.llm.evaluation import compare_reports
 from thinkrec.llm.recpo import history_mask, mask_scores
 from thinkrec.llm.run import load_split
 from thinkrec.runs import load_run, train
@@ -61,49 +65,97 @@ def sasrec_ranks(run_dir: Path, cfg: LLMRunConfig, epochs: int) -> tuple[np.ndar
     return ranks, {"sasrec_run": str(run_dir), "max_len": max_len}
 
 
+def llm_name(run_cfg: LLMRunConfig) -> str:
+    name = f"R2ec-{run_cfg.recpo.variant}" + (f"-{run_cfg.recpo.pairing}" if run_cfg.recpo.variant == "recpo" else "")
+    return name + (
+        f" (lr {run_cfg.recpo.lr:g}, {run_cfg.recpo.steps} steps x {run_cfg.recpo.users_per_step} users,"
+        f" {run_cfg.recpo.negatives} negatives)"
+    )
+
+
+def paired_columns(reports: dict[str, dict[str, Any]], reference: str, k: int) -> dict[str, dict[str, Any]]:
+    """Each row's paired tests against ``reference`` (row - reference): bootstrap on NDCG@k, McNemar on HR@k."""
+    out = {}
+    for name, report in reports.items():
+        if name != reference:
+            out[name] = compare_reports(reports[reference], report, k=k)
+    return out
+
+
+def markdown(rows: dict[str, dict[str, Any]], tests: dict[str, dict[str, Any]], reference: str, k: int) -> str:
+    head = ["model", "n"] + [f"{m}@{c}" for c in KS for m in ("HR", "NDCG")]
+    head += [f"NDCG@{k} − ref. [95% CI], p (bootstrap)", f"HR@{k} only ref. / only row, p (McNemar)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in rows.items():
+        cells = [name + (" (reference)" if name == reference else ""), str(row["n"])]
+        cells += [f"{row[f'{m}@{c}']:.4f}" for c in KS for m in ("HR", "NDCG")]
+        t = tests.get(name)
+        if t is None:
+            cells += ["–", "–"]
+        else:
+            nd, hr = t[f"NDCG@{k}"], t[f"HR@{k}"]
+            cells.append(f"{nd['mean_diff']:+.4f} [{nd['ci_low']:+.4f}, {nd['ci_high']:+.4f}], p {nd['p_value']:.3g}")
+            cells.append(f"{hr['only_a']} / {hr['only_b']}, p {hr['p_value']:.3g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm", action="append", default=[], help="an LLM run directory (repeatable)")
     parser.add_argument("--sasrec-run", required=True, help="SASRec run directory (trained if empty)")
     parser.add_argument("--sasrec-epochs", type=int, default=200, help="SASRec max epochs (early stopping)")
+    parser.add_argument("--k", type=int, default=20, help="the cut-off of the paired tests")
     parser.add_argument(
         "--out", type=Path, default=harness.out_dir("llm", "compare.json"), help="the comparison JSON (%(default)s)"
     )
     args = parser.parse_args()
     tune_allocator()  # as the CLI does
-    rows: dict[str, dict[str, Any]] = {}
+    reports: dict[str, dict[str, Any]] = {}
+    extra: dict[str, dict[str, Any]] = {}
     cfg: LLMRunConfig | None = None
     for run in args.llm:
         path = Path(run)
         run_cfg = LLMRunConfig.model_validate_json((path / "config.json").read_text())
         results = json.loads((path / "results.json").read_text())
-        name = f"R2ec-{run_cfg.recpo.variant}" + (
-            f"-{run_cfg.recpo.pairing}" if run_cfg.recpo.variant == "recpo" else ""
-        )
-        name += (
-            f" (lr {run_cfg.recpo.lr:g}, {run_cfg.recpo.steps} steps x {run_cfg.recpo.users_per_step} users,"
-            f" {run_cfg.recpo.negatives} negatives)"
-        )
-        rows[name] = {
-            **metrics_from_ranks(results["test"]["ranks"], KS),
-            "n": results["test"]["n_samples"],
-            "steps": run_cfg.recpo.steps,
-            "reward_first_half": results["reward_first_half"],
-            "reward_second_half": results["reward_second_half"],
-        }
         if cfg is not None and (cfg.sample != run_cfg.sample or cfg.data != run_cfg.data):
             raise SystemExit(f"{run}: different data or sample settings than the first run")
-        cfg = run_cfg
+        if cfg is None and "popularity" in results["test"]:  # the same samples and masking as every run's
+            reports["most popular (training counts)"] = {
+                "ranks": results["test"]["popularity"]["ranks"],
+                "samples": results["test"]["samples"],
+            }
+        name = llm_name(run_cfg)
+        reports[name] = results["test"]
+        extra[name] = {
+            "run": str(path),
+            "steps": run_cfg.recpo.steps,
+            "reward_first_half": results.get("reward_first_half"),
+            "reward_second_half": results.get("reward_second_half"),
+            "protocol": results["test"].get("protocol"),
+        }
+        cfg = cfg or run_cfg
     if cfg is None:
         raise SystemExit("give at least one --llm run")
     ranks, info = sasrec_ranks(Path(args.sasrec_run), cfg, args.sasrec_epochs)
-    rows["SASRec"] = {**metrics_from_ranks(ranks, KS), "n": len(ranks), **info}
-    head = ["model", "n"] + [f"{m}@{k}" for k in KS for m in ("HR", "NDCG")]
-    print(" | ".join(head))
-    for name, row in rows.items():
-        print(" | ".join([name, str(row["n"])] + [f"{row[f'{m}@{k}']:.4f}" for k in KS for m in ("HR", "NDCG")]))
+    examples = eval_examples(load_split(cfg), cfg, "test")
+    reports["SASRec (all training data)"] = {
+        "ranks": ranks.tolist(),
+        "samples": [[ex.user, ex.position] for ex in examples],
+    }
+    extra["SASRec (all training data)"] = info
+    reference = llm_name(LLMRunConfig.model_validate_json((Path(args.llm[0]) / "config.json").read_text()))
+    tests = paired_columns(reports, reference, args.k)
+    rows = {
+        name: {**metrics_from_ranks(np.asarray(r["ranks"]), KS), "n": len(r["ranks"]), **extra.get(name, {})}
+        for name, r in reports.items()
+    }
+    table = markdown(rows, tests, reference, args.k)
+    print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(harness.stamp({"models": rows}), indent=2, default=str))
+    record = {"models": rows, "paired_tests_against": reference, "paired_tests": tests, "table": table}
+    args.out.write_text(json.dumps(harness.stamp(record), indent=2, default=str))
+    args.out.with_suffix(".md").write_text(table)
 
 
 if __name__ == "__main__":
