@@ -541,3 +541,12 @@ def test_compare_runs_reads_the_saved_ranks(shop: Path) -> None:
     assert steps["r_0"] != pytest.approx(saved["NDCG@20"])  # r_0 is not the inference read-out here
     with pytest.raises(SystemExit, match="no read-out 'r_3'"):
         compare_runs.main(["--a", str(run), "--b", str(run), "--a-readout", "r_3"])
+
+
+def test_depth_benchmark_names_runs_apart_when_their_folders_share_a_name() -> None:
+    from benchmarks.quality.depth import run_labels
+
+    assert run_labels([Path("out/erl/t=2/s1")]) == ["s1"]
+    assert run_labels([Path("out/erl/t=2/s1"), Path("out/prl/t=2/s1")]) == ["erl-t=2-s1", "prl-t=2-s1"]
+    assert run_labels([Path("a/x/s1"), Path("a/y/s1"), Path("a/y/s2")]) == ["x-s1", "y-s1", "y-s2"]
+    assert run_labels([Path("a/s1"), Path("a/s1")]) == ["0-s1", "1-s1"]

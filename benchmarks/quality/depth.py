@@ -138,7 +138,19 @@ def train_counts(split: Split) -> np.ndarray:
     return np.bincount(ds.items[in_train], minlength=ds.n_items + 1)
 
 
-def analyse(run_dir: Path, metric: str, out: Path, control: list[Path] | None = None) -> dict[str, Any]:
+def run_labels(runs: list[Path]) -> list[str]:
+    """A name per run for its output files and table: the folder's name, with as many parent folders
+    (joined by ``-``) as it takes to tell the runs apart (``erl/.../s1`` and ``prl/.../s1`` are not both ``s1``)."""
+    for depth_ in range(1, max((len(r.parts) for r in runs), default=1) + 1):
+        labels = ["-".join(r.parts[-depth_:]) for r in runs]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{i}-{r.name}" for i, r in enumerate(runs)]  # the same folder given twice
+
+
+def analyse(
+    run_dir: Path, metric: str, out: Path, control: list[Path] | None = None, name: str | None = None
+) -> dict[str, Any]:
     torch.manual_seed(0)
     cfg, model = load_run(run_dir, device="cpu")
     _, split = load_data(cfg)
@@ -254,7 +266,7 @@ def analyse(run_dir: Path, metric: str, out: Path, control: list[Path] | None = 
             "oracle_with_best_fixed": metrics_from_ranks(np.minimum(best_fixed_ranks, other_ranks), ks),
         }
 
-    name = run_dir.name
+    name = name or run_dir.name
     # the selectors chosen on validation, for inference to load (depth.selector_from_json)
     saved = {key: depth.selector_to_json(sel) for key, sel in fitted.items()}
     atomic_write_text(out / f"depth-{name}-selectors.json", json.dumps(saved, indent=1))
@@ -270,6 +282,7 @@ def analyse(run_dir: Path, metric: str, out: Path, control: list[Path] | None = 
     )
     record = {
         "run_dir": str(run_dir),
+        "name": name,
         "metric": metric,
         "reasoning": cfg.reasoning.kind,
         "steps": k1 - 1,
@@ -344,7 +357,7 @@ def table(record: dict[str, Any]) -> str:
     m = record["metric"]
     o = record["oracle"]
     lines = [
-        f"### {Path(record['run_dir']).name} ({record['reasoning']}, K={record['steps']}; "
+        f"### {record.get('name', Path(record['run_dir']).name)} ({record['reasoning']}, K={record['steps']}; "
         f"{record['n_valid']} valid / {record['n_test']} test samples of {record['users']['valid']} / "
         f"{record['users']['test']} users)",
         "",
@@ -403,8 +416,8 @@ def main(argv: list[str] | None = None) -> None:
     records = harness.Records("quality", "depth", args.records or args.out / "depth.jsonl")
     when = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     text = []
-    for run in args.runs:
-        record = analyse(run, args.metric, args.out, args.control)
+    for run, name in zip(args.runs, run_labels(args.runs), strict=True):
+        record = analyse(run, args.metric, args.out, args.control, name)
         records.write(record)
         text.append(table(record))
         atomic_write_text(args.out / f"depth-{when}.md", "\n".join(text))
