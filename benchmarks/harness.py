@@ -158,3 +158,14 @@ def add_records_argument(parser: Any) -> None:
     parser.add_argument(
         "--records", type=Path, default=None, help="JSONL file for the records (default: a new one in benchmarks/out/)"
     )
+
+
+def run_labels(runs: list[Path]) -> list[str]:
+    """A name per run for its output files and table: the folder's name, with as many parent folders
+    (joined by ``-``) as it takes to tell the runs apart (``erl/.../s1`` and ``prl/.../s1`` are not both ``s1``)."""
+    parts = [r.parts[1:] if r.anchor else r.parts for r in runs]  # never the root ("/") in a file name
+    for depth_ in range(1, max((len(p) for p in parts), default=1) + 1):
+        labels = ["-".join(p[-depth_:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{i}-{r.name}" for i, r in enumerate(runs)]  # the same folder given twice

@@ -544,9 +544,11 @@ def test_compare_runs_reads_the_saved_ranks(shop: Path) -> None:
 
 
 def test_depth_benchmark_names_runs_apart_when_their_folders_share_a_name() -> None:
-    from benchmarks.quality.depth import run_labels
+    from benchmarks.harness import run_labels
 
     assert run_labels([Path("out/erl/t=2/s1")]) == ["s1"]
     assert run_labels([Path("out/erl/t=2/s1"), Path("out/prl/t=2/s1")]) == ["erl-t=2-s1", "prl-t=2-s1"]
     assert run_labels([Path("a/x/s1"), Path("a/y/s1"), Path("a/y/s2")]) == ["x-s1", "y-s1", "y-s2"]
     assert run_labels([Path("a/s1"), Path("a/s1")]) == ["0-s1", "1-s1"]
+    assert run_labels([Path("/work/r/s1"), Path("q/s1")]) == ["r-s1", "q-s1"]
+    assert run_labels([Path("/s1"), Path("x/s1")]) == ["s1", "x-s1"]  # never "/" (the root) in a label

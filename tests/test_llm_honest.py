@@ -262,6 +262,10 @@ def test_init_from_starts_from_another_runs_weights(tmp_path: Any) -> None:
     other = cfg2.model_copy(update={"model": cfg.model.model_copy(update={"lora_r": 8})})
     with pytest.raises(ThinkrecError, match="lora_r"):
         initialise_from(tiny_model(), other)
+    for key, value in (("lora_layers", 1), ("autocast", "bf16")):  # adapters of other layers / precision
+        other = cfg2.model_copy(update={"model": cfg.model.model_copy(update={key: value})})
+        with pytest.raises(ThinkrecError, match=key):
+            initialise_from(tiny_model(), other)
 
 
 def test_validation_also_runs_after_the_last_step(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

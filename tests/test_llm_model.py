@@ -315,7 +315,38 @@ def test_model_autocast_and_lora_layers_are_checked_when_the_config_loads() -> N
         load_llm_config(None, ["model.autocast=fp16"])
     with pytest.raises(ConfigError, match=r"model\.lora_layers"):
         load_llm_config(None, ["model.lora_layers=0"])
+    with pytest.raises(ConfigError, match=r"model\.finetune='lora'"):
+        load_llm_config(None, ["model.finetune=full", "model.lora_layers=3"])
     assert load_llm_config(None, ["model.autocast=bf16", "model.lora_layers=8"]).model.lora_layers == 8
+
+
+def test_hidden_states_leave_in_float32_whatever_the_decoder_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    model = tiny_model(autocast="bf16")
+
+    class Bf16Decoder(torch.nn.Module):  # a decoder whose last hidden states come out in bfloat16
+        def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, use_cache: Any, **kw: Any) -> Any:
+            hidden = torch.ones(*input_ids.shape, 4, dtype=torch.bfloat16)
+            return SimpleNamespace(last_hidden_state=hidden, past_key_values=None)
+
+    monkeypatch.setattr(model, "decoder", lambda: Bf16Decoder())
+    ids = torch.tensor([[1, 2, 3]])
+    hidden, _ = model.hidden_states(ids, torch.ones_like(ids))
+    assert hidden.dtype == torch.float32
+
+
+def test_bf16_lora_model_generates_and_scores_like_the_float32_one() -> None:
+    plain, mixed = tiny_model(), tiny_model(autocast="bf16")
+    builder = PromptBuilder(plain.tokenizer, system_prompt="s")
+    prompts = [builder.user_ids("a"), builder.user_ids("bb")]
+    args: dict[str, Any] = {"max_new_tokens": 4, "marker": "<answer>", "marker_ids": builder.marker_ids}
+    a, b = plain.generate(prompts, 2, greedy=True, **args), mixed.generate(prompts, 2, greedy=True, **args)
+    assert all(ids[-len(builder.marker_ids) :] == builder.marker_ids for ids in b.ids)
+    # a random tiny LM's greedy tokens may flip under bf16; the vectors of the same sequences stay close
+    seqs = [p + builder.marker_ids for p in prompts]
+    cos = torch.nn.functional.cosine_similarity(plain.encode(seqs), mixed.encode(seqs))
+    assert len(a.ids) == len(b.ids) == 4 and cos.min() > 0.99
 
 
 def test_cached_base_item_table_is_kept_per_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -74,3 +74,16 @@ def test_llm_compare_table_tests_every_row_against_the_reference() -> None:
     assert "| ref (reference) | 6 |" in table and table.count("| – | – |") == 1
     with pytest.raises(ValueError, match="different samples"):
         paired_columns({**reports, "other": {"ranks": [0] * 6, "samples": [[9, 9]] * 6}}, "ref", k=20)
+
+
+def test_llm_compare_rows_of_runs_with_the_same_settings_get_their_folders() -> None:
+    from pathlib import Path
+
+    from benchmarks.llm.llm_compare import row_names
+    from thinkrec.llm.config import load_llm_config
+
+    a, b = load_llm_config(None, []), load_llm_config(None, ["recpo.seed=7"])  # seed: not in the name
+    names = row_names([Path("runs/x/s1"), Path("runs/y/s1")], [a, b])
+    assert len(set(names)) == 2 and names[0].endswith("[x-s1]") and names[1].endswith("[y-s1]")
+    c = load_llm_config(None, ["recpo.lr=0.5"])
+    assert "[" not in "".join(row_names([Path("runs/x/s1"), Path("runs/y/s1")], [a, c]))

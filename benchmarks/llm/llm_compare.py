@@ -73,6 +73,14 @@ def llm_name(run_cfg: LLMRunConfig) -> str:
     )
 
 
+def row_names(paths: list[Path], configs: list[LLMRunConfig]) -> list[str]:
+    """A distinct row name per LLM run: its settings, and its folder when two runs' settings read the same."""
+    names = [llm_name(run_cfg) for run_cfg in configs]
+    if len(set(names)) < len(names):  # runs that differ in what the name leaves out (seed, precision, ...)
+        names = [f"{name} [{label}]" for name, label in zip(names, harness.run_labels(paths), strict=True)]
+    return names
+
+
 def paired_columns(reports: dict[str, dict[str, Any]], reference: str, k: int) -> dict[str, dict[str, Any]]:
     """Each row's paired tests against ``reference`` (row - reference): bootstrap on NDCG@k, McNemar on HR@k."""
     out = {}
@@ -114,18 +122,18 @@ def main() -> None:
     reports: dict[str, dict[str, Any]] = {}
     extra: dict[str, dict[str, Any]] = {}
     cfg: LLMRunConfig | None = None
-    for run in args.llm:
-        path = Path(run)
-        run_cfg = LLMRunConfig.model_validate_json((path / "config.json").read_text())
+    paths = [Path(run) for run in args.llm]
+    configs = [LLMRunConfig.model_validate_json((path / "config.json").read_text()) for path in paths]
+    names = row_names(paths, configs)
+    for path, run_cfg, name in zip(paths, configs, names, strict=True):
         results = json.loads((path / "results.json").read_text())
         if cfg is not None and (cfg.sample != run_cfg.sample or cfg.data != run_cfg.data):
-            raise SystemExit(f"{run}: different data or sample settings than the first run")
+            raise SystemExit(f"{path}: different data or sample settings than the first run")
         if cfg is None and "popularity" in results["test"]:  # the same samples and masking as every run's
             reports["most popular (training counts)"] = {
                 "ranks": results["test"]["popularity"]["ranks"],
                 "samples": results["test"]["samples"],
             }
-        name = llm_name(run_cfg)
         reports[name] = results["test"]
         extra[name] = {
             "run": str(path),
@@ -144,7 +152,7 @@ def main() -> None:
         "samples": [[ex.user, ex.position] for ex in examples],
     }
     extra["SASRec (all training data)"] = info
-    reference = llm_name(LLMRunConfig.model_validate_json((Path(args.llm[0]) / "config.json").read_text()))
+    reference = names[0]
     tests = paired_columns(reports, reference, args.k)
     rows = {
         name: {**metrics_from_ranks(np.asarray(r["ranks"]), KS), "n": len(r["ranks"]), **extra.get(name, {})}

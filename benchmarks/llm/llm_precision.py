@@ -5,9 +5,11 @@
         --arm "model.autocast=bf16 model.lora_layers=10"
 
 Each arm loads the model with its overrides on top of ``config`` (default: the ML-100K cold start, no
-reasoning) and trains ``--steps`` steps of ``--users`` users on the same examples; the first step is a warm-up
-and is reported apart. The item table is random (a step's cost does not depend on its values), so nothing is
-built or cached. One JSONL record per arm, with machine, torch version and commit.
+reasoning) and trains ``--steps`` steps of ``--users`` users on the same examples; the first step of each arm
+is a warm-up and is reported apart. ``--rounds`` repeats the whole sequence of arms (each round loads every arm
+again), so that no arm always runs in the warmest process state. The item table is random (a step's cost does
+not depend on its values), so nothing is built or cached. One JSONL record per arm and round, with machine,
+torch version and commit.
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ def main() -> None:
     parser.add_argument("--base", default="model.autocast=none model.lora_layers=null", help="overrides of every arm")
     parser.add_argument("--users", type=int, default=4, help="users per step")
     parser.add_argument("--steps", type=int, default=3, help="steps per arm, the first a warm-up")
+    parser.add_argument("--rounds", type=int, default=1, help="times the whole sequence of arms runs")
     parser.add_argument("--threads", type=int, default=1)
     harness.add_records_argument(parser)
     args = parser.parse_args()
     tune_allocator()
     torch.set_num_threads(args.threads)
     records = harness.Records("llm", "precision", args.records)
-    for arm in args.arm or DEFAULT_ARMS:
+    arms = [(r, arm) for r in range(args.rounds) for arm in (args.arm or DEFAULT_ARMS)]
+    for round_, arm in arms:
         overrides = [*shlex.split(args.base), *shlex.split(arm), f"recpo.users_per_step={args.users}"]
         cfg = load_llm_config(args.config, overrides)
         split = load_split(cfg)
@@ -53,6 +57,8 @@ def main() -> None:
         trainer = LLMTrainer(model, bank, cfg)
         model.item_table = torch.randn(split.dataset.n_items + 1, model.hidden_size, device=model.device)
         examples = train_examples(split, cfg)
+        if len(examples) < args.steps * args.users:
+            raise SystemExit(f"{len(examples)} training examples: fewer than --steps x --users")
         seconds = []
         for step in range(args.steps):
             batch = examples[step * args.users : (step + 1) * args.users]
@@ -65,6 +71,7 @@ def main() -> None:
                 "benchmark": "llm_precision",
                 "config": args.config,
                 "arm": arm or "(base)",
+                "round": round_,
                 "overrides": overrides,
                 "variant": cfg.recpo.variant,
                 "users_per_step": args.users,

@@ -138,16 +138,6 @@ def train_counts(split: Split) -> np.ndarray:
     return np.bincount(ds.items[in_train], minlength=ds.n_items + 1)
 
 
-def run_labels(runs: list[Path]) -> list[str]:
-    """A name per run for its output files and table: the folder's name, with as many parent folders
-    (joined by ``-``) as it takes to tell the runs apart (``erl/.../s1`` and ``prl/.../s1`` are not both ``s1``)."""
-    for depth_ in range(1, max((len(r.parts) for r in runs), default=1) + 1):
-        labels = ["-".join(r.parts[-depth_:]) for r in runs]
-        if len(set(labels)) == len(labels):
-            return labels
-    return [f"{i}-{r.name}" for i, r in enumerate(runs)]  # the same folder given twice
-
-
 def analyse(
     run_dir: Path, metric: str, out: Path, control: list[Path] | None = None, name: str | None = None
 ) -> dict[str, Any]:
@@ -416,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     records = harness.Records("quality", "depth", args.records or args.out / "depth.jsonl")
     when = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     text = []
-    for run, name in zip(args.runs, run_labels(args.runs), strict=True):
+    for run, name in zip(args.runs, harness.run_labels(args.runs), strict=True):
         record = analyse(run, args.metric, args.out, args.control, name)
         records.write(record)
         text.append(table(record))

@@ -316,6 +316,8 @@ class LLMRunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> LLMRunConfig:
+        if self.model.lora_layers is not None and self.model.finetune != "lora":
+            raise ValueError("model.lora_layers places LoRA adapters: it needs model.finetune='lora' (or null)")
         if self.recpo.item_side == "fixed" and self.recpo.refresh_every:
             raise ValueError("recpo.item_side='fixed' keeps the item table: recpo.refresh_every must be 0")
         if self.recpo.select_metric not in {f"{m}@{k}" for m in ("NDCG", "HR") for k in self.eval.ks}:

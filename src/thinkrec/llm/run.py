@@ -473,7 +473,9 @@ def initialise_from(model: DualHeadLM, cfg: LLMRunConfig) -> dict[str, Any]:
     if not (source / "config.json").exists():
         raise ThinkrecError(f"init_from={source}: not an LLM run directory (no config.json)")
     other = saved_llm_config(source)
-    keys = ("path", "finetune", "lora_r", "lora_alpha", "lora_targets")
+    # lora_layers: adapters of other layers would load partly (the rest fresh) or not at all; autocast: the
+    # weights were fit against hidden states (and a fixed item table) of that precision
+    keys = ("path", "finetune", "lora_r", "lora_alpha", "lora_targets", "lora_layers", "autocast")
     differ = [k for k in keys if getattr(other.model, k) != getattr(cfg.model, k)]
     if differ:
         raise ThinkrecError(f"init_from={source}: its model.{differ[0]} differs from this run's")
