@@ -87,3 +87,17 @@ def test_llm_compare_rows_of_runs_with_the_same_settings_get_their_folders() -> 
     assert len(set(names)) == 2 and names[0].endswith("[x-s1]") and names[1].endswith("[y-s1]")
     c = load_llm_config(None, ["recpo.lr=0.5"])
     assert "[" not in "".join(row_names([Path("runs/x/s1"), Path("runs/y/s1")], [a, c]))
+
+
+def test_llm_compare_trains_and_accepts_sasrec_only_on_the_llm_split() -> None:
+    from pathlib import Path
+
+    from benchmarks.llm.llm_compare import check_same_data, split_overrides
+    from thinkrec.config.loader import load_config
+    from thinkrec.llm.config import load_llm_config
+
+    llm = load_llm_config("benchmarks/llm/llm_ml100k_coldstart.toml")
+    engine = load_config("ml100k-time-sasrec")  # 80/10/10 by interactions; the LLM configs cut the time span
+    with pytest.raises(SystemExit, match="another source or split"):
+        check_same_data(engine, llm, Path("runs/x"))
+    check_same_data(load_config("ml100k-time-sasrec", split_overrides(llm)), llm, Path("runs/x"))

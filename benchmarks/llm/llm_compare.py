@@ -25,6 +25,7 @@ import torch
 from benchmarks import harness
 from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
+from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import gather_histories, position_ids, trim
 from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
 from thinkrec.llm.config import LLMRunConfig
@@ -37,16 +38,36 @@ from thinkrec.runs import load_run, train
 KS = [5, 10, 20]
 
 
+def split_overrides(cfg: LLMRunConfig) -> list[str]:
+    """Dotted overrides that give an engine config the LLM config's split (JSON values parse as YAML)."""
+    return [f"data.split.{key}={json.dumps(value)}" for key, value in cfg.data.split.model_dump().items()]
+
+
+def check_same_data(engine_cfg: RunConfig, cfg: LLMRunConfig, run_dir: Path) -> None:
+    """Refuse a SASRec run on another source or split: its training data may hold the LLM's test period."""
+    if engine_cfg.data.split != cfg.data.split or engine_cfg.data.source != cfg.data.source:
+        raise SystemExit(
+            f"{run_dir}: SASRec was trained on another source or split ({engine_cfg.data.split}) than the LLM runs"
+            f" ({cfg.data.split}); give an empty --sasrec-run folder to train one on the LLM's split"
+        )
+
+
 def sasrec_ranks(run_dir: Path, cfg: LLMRunConfig, epochs: int) -> tuple[np.ndarray, dict[str, Any]]:
     if not (run_dir / "results.json").exists():
         engine_cfg = load_config(
             "ml100k-time-sasrec",
-            [f"train.epochs={epochs}", "train.threads=1", "progress=never", "eval.ks=[5,10,20]"],
+            [
+                f"train.epochs={epochs}",
+                "train.threads=1",
+                "progress=never",
+                "eval.ks=[5,10,20]",
+                *split_overrides(cfg),
+            ],
         )
-        if engine_cfg.data.split != cfg.data.split or engine_cfg.data.source != cfg.data.source:
-            raise SystemExit("the SASRec preset's data/split differs from the LLM config's")
+        check_same_data(engine_cfg, cfg, run_dir)
         train(engine_cfg, run_dir)
     engine_cfg, model = load_run(run_dir, "best")
+    check_same_data(engine_cfg, cfg, run_dir)
     split = load_split(cfg)
     examples = eval_examples(split, cfg, "test")
     model.eval()
