@@ -139,7 +139,7 @@ def train_counts(split: Split) -> np.ndarray:
 
 
 def analyse(
-    run_dir: Path, metric: str, out: Path, control: list[Path] | None = None, name: str | None = None
+    run_dir: Path, metric: str, out: Path, control: list[Path] | None = None, run_label: str | None = None
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     cfg, model = load_run(run_dir, device="cpu")
@@ -256,7 +256,7 @@ def analyse(
             "oracle_with_best_fixed": metrics_from_ranks(np.minimum(best_fixed_ranks, other_ranks), ks),
         }
 
-    name = name or run_dir.name
+    name = run_label or run_dir.name
     # the selectors chosen on validation, for inference to load (depth.selector_from_json)
     saved = {key: depth.selector_to_json(sel) for key, sel in fitted.items()}
     atomic_write_text(out / f"depth-{name}-selectors.json", json.dumps(saved, indent=1))
