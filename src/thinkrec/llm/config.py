@@ -107,7 +107,7 @@ class ModelSection(BaseModel):
     autocast: Literal["none", "bf16"] = Field(
         "none",
         description=(
-            "mixed precision of the decoder's layers: bf16 runs them in bfloat16 (about 2.5x faster on a CPU"
+            "mixed precision of the decoder's layers: bf16 runs them in bfloat16 (about 2x faster on a CPU"
             " with AVX512-BF16 or AMX, and on GPUs; several times slower on other CPUs); hidden states, scores"
             " and log-probabilities stay float32"
         ),
