@@ -19,8 +19,8 @@ Efficiency (what the 4x4 step profile showed matters on CPU):
 - :meth:`DualHeadLM.generate` prefills each prompt once, repeats its cache G times and decodes all rollouts
   together, computing the LM head on the last position only, with stop-string detection on the text.
 - The LM head is applied only to the positions whose log-probabilities are needed.
-- With ``autocast`` the decoder's layers run in bfloat16 (about 2.2x faster per training step on a CPU with AVX512-BF16, on
-  SmolLM2-135M); the hidden states leave :meth:`DualHeadLM.hidden_states` in float32, so user and item
+- With ``autocast`` the decoder's layers run in bfloat16 (a training step about 2.2x faster on a CPU with
+  AVX512-BF16, SmolLM2-135M); the hidden states leave :meth:`DualHeadLM.hidden_states` in float32, so user and item
   vectors, scores and the LM head's log-probabilities (PPO ratios) are computed in float32 either way.
 """
 
