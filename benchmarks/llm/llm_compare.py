@@ -27,9 +27,10 @@ from thinkrec.allocator import tune_allocator
 from thinkrec.config.loader import load_config
 from thinkrec.config.schema import RunConfig
 from thinkrec.data.batches import gather_histories, position_ids, trim
+from thinkrec.data.split import Split
 from thinkrec.eval.metrics import metrics_from_ranks, target_ranks
 from thinkrec.llm.config import LLMRunConfig
-from thinkrec.llm.data import eval_examples
+from thinkrec.llm.data import Example, eval_examples
 from thinkrec.llm.evaluation import compare_reports
 from thinkrec.llm.recpo import history_mask, mask_scores
 from thinkrec.llm.run import load_split
@@ -52,7 +53,10 @@ def check_same_data(engine_cfg: RunConfig, cfg: LLMRunConfig, run_dir: Path) -> 
         )
 
 
-def sasrec_ranks(run_dir: Path, cfg: LLMRunConfig, epochs: int) -> tuple[np.ndarray, dict[str, Any]]:
+def sasrec_ranks(
+    run_dir: Path, cfg: LLMRunConfig, split: Split, examples: list[Example], epochs: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """SASRec's ranks of ``examples`` (the LLM runs' test samples of ``split``), trained first if needed."""
     if not (run_dir / "results.json").exists():
         engine_cfg = load_config(
             "ml100k-time-sasrec",
@@ -68,8 +72,6 @@ def sasrec_ranks(run_dir: Path, cfg: LLMRunConfig, epochs: int) -> tuple[np.ndar
         train(engine_cfg, run_dir)
     engine_cfg, model = load_run(run_dir, "best")
     check_same_data(engine_cfg, cfg, run_dir)
-    split = load_split(cfg)
-    examples = eval_examples(split, cfg, "test")
     model.eval()
     max_len = model.backbone.max_len
     users = np.array([ex.user for ex in examples])
@@ -140,17 +142,19 @@ def main() -> None:
     )
     args = parser.parse_args()
     tune_allocator()  # as the CLI does
-    reports: dict[str, dict[str, Any]] = {}
-    extra: dict[str, dict[str, Any]] = {}
-    cfg: LLMRunConfig | None = None
+    if not args.llm:
+        raise SystemExit("give at least one --llm run")
     paths = [Path(run) for run in args.llm]
     configs = [LLMRunConfig.model_validate_json((path / "config.json").read_text()) for path in paths]
+    cfg = configs[0]  # every run must share its data and samples
     names = row_names(paths, configs)
+    reports: dict[str, dict[str, Any]] = {}
+    extra: dict[str, dict[str, Any]] = {}
     for path, run_cfg, name in zip(paths, configs, names, strict=True):
-        results = json.loads((path / "results.json").read_text())
-        if cfg is not None and (cfg.sample != run_cfg.sample or cfg.data != run_cfg.data):
+        if cfg.sample != run_cfg.sample or cfg.data != run_cfg.data:
             raise SystemExit(f"{path}: different data or sample settings than the first run")
-        if cfg is None and "popularity" in results["test"]:  # the same samples and masking as every run's
+        results = json.loads((path / "results.json").read_text())
+        if not reports and "popularity" in results["test"]:  # the same samples and masking as every run's
             reports["most popular (training counts)"] = {
                 "ranks": results["test"]["popularity"]["ranks"],
                 "samples": results["test"]["samples"],
@@ -163,11 +167,9 @@ def main() -> None:
             "reward_second_half": results.get("reward_second_half"),
             "protocol": results["test"].get("protocol"),
         }
-        cfg = cfg or run_cfg
-    if cfg is None:
-        raise SystemExit("give at least one --llm run")
-    ranks, info = sasrec_ranks(Path(args.sasrec_run), cfg, args.sasrec_epochs)
-    examples = eval_examples(load_split(cfg), cfg, "test")
+    split = load_split(cfg)
+    examples = eval_examples(split, cfg, "test")
+    ranks, info = sasrec_ranks(Path(args.sasrec_run), cfg, split, examples, args.sasrec_epochs)
     reports["SASRec (all training data)"] = {
         "ranks": ranks.tolist(),
         "samples": [[ex.user, ex.position] for ex in examples],

@@ -23,6 +23,7 @@ import torch
 
 from benchmarks import harness
 from thinkrec.allocator import tune_allocator
+from thinkrec.data.split import Split
 from thinkrec.llm.config import load_llm_config
 from thinkrec.llm.data import PromptBank, train_examples
 from thinkrec.llm.run import build_model, load_split, make_builder
@@ -48,10 +49,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     records = harness.Records("llm", "precision", args.records)
     arms = [(r, arm) for r in range(args.rounds) for arm in (args.arm or DEFAULT_ARMS)]
+    splits: dict[str, Split] = {}  # one load per data setting, not per arm and round
     for round_, arm in arms:
         overrides = [*shlex.split(args.base), *shlex.split(arm), f"recpo.users_per_step={args.users}"]
         cfg = load_llm_config(args.config, overrides)
-        split = load_split(cfg)
+        key = cfg.data.model_dump_json()
+        if key not in splits:
+            splits[key] = load_split(cfg)
+        split = splits[key]
         model = build_model(cfg)
         bank = PromptBank(split.dataset, cfg, make_builder(model, cfg))
         trainer = LLMTrainer(model, bank, cfg)

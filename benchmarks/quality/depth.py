@@ -347,7 +347,7 @@ def table(record: dict[str, Any]) -> str:
     m = record["metric"]
     o = record["oracle"]
     lines = [
-        f"### {record.get('name', Path(record['run_dir']).name)} ({record['reasoning']}, K={record['steps']}; "
+        f"### {record['name']} ({record['reasoning']}, K={record['steps']}; "
         f"{record['n_valid']} valid / {record['n_test']} test samples of {record['users']['valid']} / "
         f"{record['users']['test']} users)",
         "",

@@ -188,8 +188,9 @@ def wrap(lm: Any, tokenizer: Any, section: ModelSection) -> DualHeadLM:
     eos = [i for i in eos if i != tokenizer.unk_token_id]
     from thinkrec.device import resolve_device
 
-    lm.to(resolve_device(section.device))
-    if section.autocast == "bf16" and resolve_device(section.device).type == "cpu":
+    device = resolve_device(section.device)
+    lm.to(device)
+    if section.autocast == "bf16" and device.type == "cpu":
         from thinkrec.precision import warn_slow_bf16
 
         warn_slow_bf16("model.autocast")
