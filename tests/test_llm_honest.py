@@ -268,6 +268,52 @@ def test_init_from_starts_from_another_runs_weights(tmp_path: Any) -> None:
             initialise_from(tiny_model(), other)
 
 
+def test_the_log_popularity_prior_is_the_training_counts_and_travels_with_the_checkpoint(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from thinkrec.errors import ThinkrecError
+    from thinkrec.llm import run
+    from thinkrec.llm.evaluation import training_counts
+    from thinkrec.llm.run import initialise_from, load_llm_run, train_llm
+
+    over = ["recpo.variant=no_reasoning", "recpo.negatives=catalogue", "model.item_prior=log_popularity"]
+    cfg, split, model = _setup(over)
+    train_llm(cfg, tmp_path / "run", model=model, split=split, progress=False, evaluate_test=False)
+    want = torch.log1p(torch.as_tensor(training_counts(split), dtype=torch.float32))
+    assert model.item_prior is not None and torch.equal(model.item_prior, want)
+    assert want[1:].max() > 0 and want[0] == 0  # counts of the training prefixes; the pad item has none
+    # the scores add the prior to the cosines: a zero user vector scores the prior alone
+    assert model.item_table is not None
+    assert torch.allclose(model.score_all(torch.zeros(1, model.item_table.shape[1])), want[None])
+    # the training loss scores with it too (catalogue negatives)
+    from thinkrec.llm.recpo import catalogue_target_logprobs, history_mask
+
+    bank = PromptBank(split.dataset, cfg, PromptBuilder(model.tokenizer, system_prompt="s", max_item_tokens=16))
+    trainer, batch = LLMTrainer(model, bank, cfg), train_examples(split, cfg)[:2]
+    users, items = torch.randn(2, model.item_table.shape[1]), model.item_table[[ex.target for ex in batch]]
+    columns, masked = torch.tensor([0, 1]), history_mask([ex.seen for ex in batch], trainer.n_columns)
+    got = trainer._target_logprobs(users, items, batch, columns, masked)
+    ids = torch.tensor([ex.target for ex in batch])
+    table, c_users, c_items = (model.centred(x) for x in (model.item_table, users, items))
+    want_lp = catalogue_target_logprobs(c_users, table, c_items, ids, ids, masked, model.tau, want)
+    assert torch.allclose(got, want_lp, atol=1e-6)
+    assert not torch.allclose(got, catalogue_target_logprobs(c_users, table, c_items, ids, ids, masked, model.tau))
+    # evaluate / serve load it from the checkpoint, without the split
+    monkeypatch.setattr(run, "build_model", lambda cfg: tiny_model())
+    _, loaded = load_llm_run(tmp_path / "run")
+    assert loaded.item_prior is not None and torch.equal(loaded.item_prior, want)
+    # a RecPO run must start from a cold start fit with the same prior
+    plain, _, _ = _setup(["recpo.variant=no_reasoning"])
+    other = plain.model_copy(update={"init_from": str(tmp_path / "run")})
+    with pytest.raises(ThinkrecError, match="item_prior"):
+        initialise_from(tiny_model(), other)
+    # a checkpoint and a config that disagree are refused
+    config = tmp_path / "run" / "config.json"
+    config.write_text(config.read_text().replace('"log_popularity"', '"none"'))
+    with pytest.raises(ThinkrecError, match="item prior"):
+        load_llm_run(tmp_path / "run")
+
+
 def test_validation_also_runs_after_the_last_step(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from thinkrec.llm.run import train_llm
 

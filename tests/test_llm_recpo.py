@@ -229,6 +229,28 @@ def test_catalogue_logprobs_use_fresh_targets_cached_others_and_mask_history() -
     assert fresh.grad[0].abs().max().item() > 0.0 and fresh.grad[2].abs().max().item() > 0.0
 
 
+def test_an_item_prior_adds_to_every_logit_in_both_negative_sets() -> None:
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    items = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    prior = torch.tensor([math.log(3.0), 0.0])  # per column
+    lp = inbatch_target_logprobs(users, items, torch.tensor([0, 1]), tau=1.0, prior=prior)
+    # row 0: logits (1 + log 3, 0); row 1: (0 + log 3, 1)
+    want0 = math.log(3 * math.e / (3 * math.e + 1.0))
+    want1 = math.log(math.e / (3.0 + math.e))
+    assert lp.tolist() == pytest.approx([want0, want1], abs=1e-6)
+    # the catalogue form: columns = item ids 0..2 (0 = pad, masked); the prior of the target's column counts too
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    fresh = torch.tensor([[1.0, 0.0]])  # the step's one target, item 1, fresh
+    masked = torch.tensor([[True, False, False]])
+    cat_prior = torch.tensor([0.0, 0.5, 2.0])
+    one = torch.tensor([1])
+    lp = catalogue_target_logprobs(users[:1], table, fresh, one, one, masked, 1.0, cat_prior)
+    # u = e1: item 1 -> 1 + 0.5, item 2 -> 0 + 2
+    assert lp.item() == pytest.approx(1.5 - math.log(math.exp(1.5) + math.exp(2.0)), abs=1e-6)
+    plain = catalogue_target_logprobs(users[:1], table, fresh, one, one, masked, 1.0)
+    assert plain.item() == pytest.approx(1.0 - math.log(math.e + 1.0), abs=1e-6)
+
+
 def test_group_advantages_float32_noise_sums_to_zero_and_floor() -> None:
     r = torch.tensor([0.29153406620025635, 0.29153403639793396, 0.29153406620025635, 0.29153406620025635])
     adv = group_advantages(r, 4)

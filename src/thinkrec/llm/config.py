@@ -112,6 +112,15 @@ class ModelSection(BaseModel):
             " and log-probabilities stay float32"
         ),
     )
+    item_prior: Literal["none", "log_popularity"] = Field(
+        "none",
+        description=(
+            "log_popularity adds log(1 + the item's training-period interaction count) to every item's logit"
+            " (cos / tau + prior), in losses, rewards, evaluation and serving alike, so the LM learns how a user"
+            " departs from popularity (a departure from the paper, whose score is the cosine alone); none = the"
+            " paper's score"
+        ),
+    )
     center_items: bool = Field(
         False,
         description=(

@@ -3,10 +3,12 @@
 - **User vector**: the final-layer hidden state (after the final norm, before the LM head) of the last real
   token of ``prompt + reasoning + <answer>``, located with the attention mask (never with a pad id).
 - **Item vector**: the same for the item sequence (item prompt, assistant turn pre-filled with the marker).
-- **Score**: ``cos(h_u, h_v) / tau``. No new parameters. With ``center_items`` both sides are shifted by the
-  mean item vector first (``cos(h_u - m, h_v - m)``, ``m`` = the mean of the table's item rows, no
-  gradient): a small LM's last hidden states are nearly parallel (mean pairwise cosine ~0.96 on ML-100K),
-  so raw cosines differ in the third decimal; the shift keeps what tells items apart.
+- **Score**: ``cos(h_u, h_v) / tau``, plus ``item_prior[v]`` when the model carries one (``model.item_prior =
+  "log_popularity"``: ``log(1 + training count)``, fixed, saved with the checkpoint). No new parameters.
+  With ``center_items`` both sides are shifted by the mean item vector first (``cos(h_u - m, h_v - m)``,
+  ``m`` = the mean of the table's item rows, no gradient): a small LM's last hidden states are nearly
+  parallel (mean pairwise cosine ~0.96 on ML-100K), so raw cosines differ in the third decimal; the shift
+  keeps what tells items apart.
 - **Device**: the model and every tensor it makes live on ``self.device`` (the LM's parameters'); the cached
   item table too. Results that leave the model (ranks, texts) are moved to the CPU by their callers.
 
@@ -131,6 +133,7 @@ class DualHeadLM(nn.Module):
         self.center_items = center_items
         self.autocast = autocast  # the decoder's layers in bfloat16 (model.autocast = "bf16")
         self.item_table: torch.Tensor | None = None  # [N + 1, d], row = item id (row 0: the pad item)
+        self.item_prior: torch.Tensor | None = None  # [N + 1] added to each item's logit (model.item_prior)
 
     @property
     def device(self) -> torch.device:
@@ -317,11 +320,12 @@ class DualHeadLM(nn.Module):
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         """``[R, N + 1]`` cosine / tau against the cached item table (column = item id), both sides centred
-        when ``center_items``."""
+        when ``center_items``, plus the item prior when the model has one."""
         if self.item_table is None:
             raise RuntimeError("the item table has not been built; call build_item_table first")
         table = self.item_table
-        return cosine_scores(self.centred(users.detach().float().to(table.device)), self.centred(table), self.tau)
+        scores = cosine_scores(self.centred(users.detach().float().to(table.device)), self.centred(table), self.tau)
+        return scores if self.item_prior is None else scores + self.item_prior.to(scores.device)
 
     # ------------------------------------------------------------------------------------ generation
     def _pick(

@@ -242,11 +242,13 @@ def token_policy_loss(
 
 
 def inbatch_target_logprobs(
-    users: torch.Tensor, items: torch.Tensor, columns: torch.Tensor, tau: float
+    users: torch.Tensor, items: torch.Tensor, columns: torch.Tensor, tau: float, prior: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``log softmax_j(cos(u_r, v_j) / tau)`` at column ``columns[r]``: each rollout's own target among the
-    batch's target items (``[R, d]``, ``[B, d]``, ``[R]`` -> ``[R]``)."""
+    """``log softmax_j(cos(u_r, v_j) / tau + prior_j)`` at column ``columns[r]``: each rollout's own target
+    among the batch's target items (``[R, d]``, ``[B, d]``, ``[R]`` -> ``[R]``; ``prior [B]``, none = 0)."""
     logits = cosine_scores(users, items, tau)
+    if prior is not None:
+        logits = logits + prior
     return torch.log_softmax(logits, dim=1).gather(1, columns[:, None]).squeeze(1)
 
 
@@ -258,8 +260,10 @@ def catalogue_target_logprobs(
     targets: torch.Tensor,
     masked: torch.Tensor,
     tau: float,
+    prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``log softmax`` over the whole catalogue at each row's target (``[R]``).
+    """``log softmax`` over the whole catalogue at each row's target (``[R]``), of ``cos / tau`` plus
+    ``prior [N]`` (one value per column; none = 0).
 
     Every column scores against the cached item ``table`` (``[N, d]``, column = item id, no gradient) except
     the step's targets ``item_ids [B]``, which score against their fresh vectors ``items [B, d]`` (with
@@ -272,6 +276,8 @@ def catalogue_target_logprobs(
     first = torch.full((len(ids),), len(item_ids), dtype=torch.long, device=device)
     first = first.scatter_reduce(0, inverse, torch.arange(len(item_ids), device=device), reduce="amin")
     logits = logits.index_copy(1, ids, cosine_scores(users, items[first], tau))
+    if prior is not None:
+        logits = logits + prior
     keep = torch.zeros_like(masked)
     keep[torch.arange(len(targets), device=device), targets] = True
     logits = mask_scores(logits, masked & ~keep)

@@ -36,7 +36,7 @@ from thinkrec.errors import ThinkrecError
 from thinkrec.llm.config import LLMRunConfig
 from thinkrec.llm.data import PromptBank, eval_examples, train_examples
 from thinkrec.llm.distributed import Replicas
-from thinkrec.llm.evaluation import popularity_report
+from thinkrec.llm.evaluation import popularity_report, training_counts
 from thinkrec.llm.model import DualHeadLM
 from thinkrec.llm.prompts import PromptBuilder
 from thinkrec.llm.resume import (
@@ -91,11 +91,24 @@ def build_model(cfg: LLMRunConfig) -> DualHeadLM:
     return load_dual_head(cfg.model)
 
 
+def item_prior(cfg: LLMRunConfig, split: Split) -> torch.Tensor | None:
+    """The per-item logit prior of ``model.item_prior`` (``[N + 1]``): ``log(1 + count)`` of each item's
+    interactions in the split's training prefixes (never later ones), or ``None``."""
+    if cfg.model.item_prior == "none":
+        return None
+    return torch.log1p(torch.as_tensor(training_counts(split), dtype=torch.float32))
+
+
+STATE_TENSORS = ("item_table", "item_prior")  # saved beside the trainable tensors
+
+
 def trainable_state(model: DualHeadLM) -> dict[str, torch.Tensor]:
-    """Copies of the trainable tensors (and the cached item table), on the CPU."""
+    """Copies of the trainable tensors (and the cached item table and item prior), on the CPU."""
     tensors = {f"trainable.{n}": p.detach().cpu().clone() for n, p in model.lm.named_parameters() if p.requires_grad}
-    if model.item_table is not None:
-        tensors["item_table"] = model.item_table.detach().cpu().clone()
+    for name in STATE_TENSORS:
+        value = getattr(model, name)
+        if value is not None:
+            tensors[name] = value.detach().cpu().clone()
     return tensors
 
 
@@ -106,8 +119,9 @@ def restore_state(model: DualHeadLM, tensors: dict[str, torch.Tensor]) -> None:
     if missing:
         raise ThinkrecError(f"checkpoint tensors do not fit the model: {sorted(missing)[:3]} ...")
     model.lm.load_state_dict(state, strict=False)
-    if "item_table" in tensors:
-        model.item_table = tensors["item_table"].to(model.device)
+    for name in STATE_TENSORS:
+        if name in tensors:
+            setattr(model, name, tensors[name].to(model.device))
 
 
 def save_llm_checkpoint(
@@ -271,6 +285,8 @@ def _train_llm(
     model = model or build_model(cfg)
     # a resumed run's weights come from its state (the run it started from may be gone by now)
     init = initialise_from(model, cfg) if cfg.init_from and saved is None else None
+    prior = item_prior(cfg, split)  # this run's split and setting, never the source run's
+    model.item_prior = None if prior is None else prior.to(model.device)
     bank = PromptBank(split.dataset, cfg, make_builder(model, cfg))
     trainer = LLMTrainer(model, bank, cfg, replicas)
     examples = train_examples(split, cfg)
@@ -441,7 +457,7 @@ def restore_training(
     if wanted != held:
         raise state_does_not_fit(out, f"trainable tensors differ: {sorted(wanted ^ held)[:3]}")
     try:
-        restore_state(model, {k: v for k, v in tensors.items() if k.startswith("trainable.") or k == "item_table"})
+        restore_state(model, {k: v for k, v in tensors.items() if k.startswith("trainable.") or k in STATE_TENSORS})
         if model.item_table is not None:  # training writes into it: never the file's memory
             model.item_table = model.item_table.clone()
         restore_optimizer(trainer.optimizer, tensors, info)
@@ -474,8 +490,9 @@ def initialise_from(model: DualHeadLM, cfg: LLMRunConfig) -> dict[str, Any]:
         raise ThinkrecError(f"init_from={source}: not an LLM run directory (no config.json)")
     other = saved_llm_config(source)
     # lora_layers: adapters of other layers would load partly (the rest fresh) or not at all; autocast: the
-    # weights were fit against hidden states (and a fixed item table) of that precision
-    keys = ("path", "finetune", "lora_r", "lora_alpha", "lora_targets", "lora_layers", "autocast")
+    # weights were fit against hidden states (and a fixed item table) of that precision; item_prior: the user
+    # vectors were fit to what the prior leaves unexplained
+    keys = ("path", "finetune", "lora_r", "lora_alpha", "lora_targets", "lora_layers", "autocast", "item_prior")
     differ = [k for k in keys if getattr(other.model, k) != getattr(cfg.model, k)]
     if differ:
         raise ThinkrecError(f"init_from={source}: its model.{differ[0]} differs from this run's")
@@ -610,4 +627,9 @@ def load_llm_run(run_dir: str | Path) -> tuple[LLMRunConfig, DualHeadLM]:
     info = load_llm_checkpoint(path / "checkpoints", model)
     if not info.get("item_table_fresh", False) and cfg.recpo.item_side == "trained":
         model.item_table = None  # stale rows: rebuilt on first use (a fixed item side keeps its table)
+    if (model.item_prior is not None) != (cfg.model.item_prior != "none"):
+        raise ThinkrecError(
+            f"{path}: the checkpoint {'holds' if model.item_prior is not None else 'lacks'} an item prior but the"
+            f" run's config says model.item_prior={cfg.model.item_prior!r}; the files do not belong together"
+        )
     return cfg, model

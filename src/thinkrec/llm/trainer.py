@@ -193,12 +193,13 @@ class LLMTrainer:
         tau = model.tau
         # centred on the mean of the table as the reward saw it (a no-op without model.center_items)
         users, items = model.centred(users), model.centred(items)
-        if self.cfg.recpo.negatives == "in_batch":
-            return inbatch_target_logprobs(users, items, columns, tau)
-        assert model.item_table is not None  # built by _targets
         ids = torch.as_tensor([ex.target for ex in examples], dtype=torch.long, device=users.device)
+        prior = None if model.item_prior is None else model.item_prior.to(users.device)
+        if self.cfg.recpo.negatives == "in_batch":
+            return inbatch_target_logprobs(users, items, columns, tau, None if prior is None else prior[ids])
+        assert model.item_table is not None  # built by _targets
         table = model.centred(model.item_table)
-        return catalogue_target_logprobs(users, table, items, ids, ids[columns], masked, tau)
+        return catalogue_target_logprobs(users, table, items, ids, ids[columns], masked, tau, prior)
 
     def step_recpo(self, examples: list[Example], step: int) -> StepLog:
         r = self.cfg.recpo

@@ -110,7 +110,8 @@ class LLMRecommender:
             "reasoning_steps": 0,
             "max_reasoning_steps": 0,
             "reasoning": f"text, greedy, <= {cfg.recpo.max_new_tokens} tokens" if reasons else "none",
-            "scorer": f"cosine / {cfg.model.tau}",
+            "scorer": f"cosine / {cfg.model.tau}"
+            + (" + log(1 + training count)" if cfg.model.item_prior == "log_popularity" else ""),
             "top_k": "exact (full catalogue)",
             "dataset": self.dataset,
         }
