@@ -314,6 +314,36 @@ def test_the_log_popularity_prior_is_the_training_counts_and_travels_with_the_ch
         load_llm_run(tmp_path / "run")
 
 
+def test_the_item_head_starts_as_identity_trains_and_travels_with_the_checkpoint(tmp_path: Any) -> None:
+    from thinkrec.errors import ThinkrecError
+    from thinkrec.llm.run import load_llm_checkpoint, train_llm
+
+    over = ["recpo.variant=no_reasoning", "recpo.negatives=catalogue", "recpo.item_side=fixed"]
+    over += ["recpo.refresh_every=0", "model.item_head=linear", "model.center_items=true"]
+    cfg, split, _ = _setup(over)
+    model, plain = tiny_model(item_head="linear", center_items=True), tiny_model(center_items=True)
+    assert model.item_head is not None and plain.item_head is None
+    eye = torch.eye(model.item_head.weight.shape[0])
+    assert torch.equal(model.item_head.weight, eye)
+    bank = PromptBank(split.dataset, cfg, PromptBuilder(model.tokenizer, system_prompt="s", max_item_tokens=16))
+    LLMTrainer(model, bank, cfg).ensure_item_table()
+    LLMTrainer(plain, bank, cfg).ensure_item_table()
+    users = torch.randn(3, eye.shape[0])
+    assert torch.allclose(model.score_all(users), plain.score_all(users), atol=1e-6)  # identity: the same scores
+    train_llm(cfg, tmp_path / "run", model=model, split=split, progress=False, evaluate_test=False)
+    assert not torch.equal(model.item_head.weight, eye)  # trained (the item side itself is fixed)
+    with torch.no_grad():  # the scores compare centred users with the centred, then mapped rows
+        mean = model.item_table[1:].mean(0)
+        mapped = torch.nn.functional.normalize(model.item_head(model.item_table - mean), dim=-1)
+    want = torch.nn.functional.normalize(users - mean, dim=-1) @ mapped.T / model.tau
+    assert torch.allclose(model.score_all(users), want, atol=1e-5)
+    fresh = tiny_model(item_head="linear", center_items=True)
+    load_llm_checkpoint(tmp_path / "run" / "checkpoints", fresh)
+    assert fresh.item_head is not None and torch.equal(fresh.item_head.weight, model.item_head.weight)
+    with pytest.raises(ThinkrecError, match="item head"):
+        load_llm_checkpoint(tmp_path / "run" / "checkpoints", tiny_model(center_items=True))
+
+
 def test_validation_also_runs_after_the_last_step(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from thinkrec.llm.run import train_llm
 

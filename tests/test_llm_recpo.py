@@ -251,6 +251,19 @@ def test_an_item_prior_adds_to_every_logit_in_both_negative_sets() -> None:
     assert plain.item() == pytest.approx(1.0 - math.log(math.e + 1.0), abs=1e-6)
 
 
+def test_catalogue_logprobs_pass_a_gradient_into_table_rows_that_carry_one() -> None:
+    # an item head maps the whole table each step: its rows are current and their gradient trains the head
+    table = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [-1.0, 0.5]], requires_grad=True)
+    users = torch.tensor([[1.0, 0.0]])
+    fresh = torch.tensor([[0.0, 1.0]])  # the target, item 2
+    masked = torch.tensor([[True, False, False, False]])
+    two = torch.tensor([2])
+    catalogue_target_logprobs(users, table, fresh, two, two, masked, 1.0).sum().backward()
+    assert table.grad is not None
+    assert table.grad[1].abs().sum() > 0 and table.grad[3].abs().sum() > 0  # the negatives' rows
+    assert table.grad[2].abs().sum() == 0 and table.grad[0].abs().sum() == 0  # the fresh target's, the pad's
+
+
 def test_group_advantages_float32_noise_sums_to_zero_and_floor() -> None:
     r = torch.tensor([0.29153406620025635, 0.29153403639793396, 0.29153406620025635, 0.29153406620025635])
     adv = group_advantages(r, 4)

@@ -121,6 +121,14 @@ class ModelSection(BaseModel):
             " paper's score"
         ),
     )
+    item_head: Literal["none", "linear"] = Field(
+        "none",
+        description=(
+            "linear: a d x d map (identity at the start, no bias) applied to every item vector before the cosine,"
+            " trained with the adapters; with item_side = fixed it lets the item side learn while every row of"
+            " the table stays current (a departure from the paper); none = the paper's item vectors"
+        ),
+    )
     center_items: bool = Field(
         False,
         description=(

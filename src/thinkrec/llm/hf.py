@@ -202,4 +202,5 @@ def wrap(lm: Any, tokenizer: Any, section: ModelSection) -> DualHeadLM:
         eos,
         center_items=section.center_items,
         autocast=section.autocast == "bf16",
+        item_head=section.item_head == "linear",
     )

@@ -8,7 +8,8 @@
   With ``center_items`` both sides are shifted by the mean item vector first (``cos(h_u - m, h_v - m)``,
   ``m`` = the mean of the table's item rows, no gradient): a small LM's last hidden states are nearly
   parallel (mean pairwise cosine ~0.96 on ML-100K), so raw cosines differ in the third decimal; the shift
-  keeps what tells items apart.
+  keeps what tells items apart. With an item head (``model.item_head = "linear"``: a trained ``d x d`` map,
+  identity at the start) item vectors are centred, then mapped: ``cos(h_u - m, W (h_v - m))``.
 - **Device**: the model and every tensor it makes live on ``self.device`` (the LM's parameters'); the cached
   item table too. Results that leave the model (ranks, texts) are moved to the CPU by their callers.
 
@@ -123,6 +124,7 @@ class DualHeadLM(nn.Module):
         eos_ids: list[int],
         center_items: bool = False,
         autocast: bool = False,
+        item_head: bool = False,
     ) -> None:
         super().__init__()
         self.lm = causal_lm  # the causal LM module; peft injects LoRA layers into it in place
@@ -134,6 +136,13 @@ class DualHeadLM(nn.Module):
         self.autocast = autocast  # the decoder's layers in bfloat16 (model.autocast = "bf16")
         self.item_table: torch.Tensor | None = None  # [N + 1, d], row = item id (row 0: the pad item)
         self.item_prior: torch.Tensor | None = None  # [N + 1] added to each item's logit (model.item_prior)
+        self.item_head: nn.Linear | None = None  # model.item_head = "linear": W applied to item vectors
+        if item_head:
+            d = int(causal_lm.config.hidden_size)
+            head = nn.Linear(d, d, bias=False, device=next(causal_lm.parameters()).device)
+            with torch.no_grad():
+                head.weight.copy_(torch.eye(d))
+            self.item_head = head
 
     @property
     def device(self) -> torch.device:
@@ -152,6 +161,12 @@ class DualHeadLM(nn.Module):
         """``vectors - item_mean()`` (unchanged when not centring); gradients flow through ``vectors``."""
         mean = self.item_mean()
         return vectors if mean is None else vectors - mean.to(vectors.dtype)
+
+    def item_space(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Item vectors as the scorer compares them: centred (``center_items``), then through the item head
+        (when there is one); gradients flow through ``vectors`` and the head."""
+        centred = self.centred(vectors)
+        return centred if self.item_head is None else self.item_head(centred)
 
     # ---------------------------------------------------------------------------------------- forwards
     @property
@@ -324,7 +339,9 @@ class DualHeadLM(nn.Module):
         if self.item_table is None:
             raise RuntimeError("the item table has not been built; call build_item_table first")
         table = self.item_table
-        scores = cosine_scores(self.centred(users.detach().float().to(table.device)), self.centred(table), self.tau)
+        with torch.no_grad():  # rewards and rankings: never differentiated
+            items = self.item_space(table)
+        scores = cosine_scores(self.centred(users.detach().float().to(table.device)), items, self.tau)
         return scores if self.item_prior is None else scores + self.item_prior.to(scores.device)
 
     # ------------------------------------------------------------------------------------ generation

@@ -265,13 +265,14 @@ def catalogue_target_logprobs(
     """``log softmax`` over the whole catalogue at each row's target (``[R]``), of ``cos / tau`` plus
     ``prior [N]`` (one value per column; none = 0).
 
-    Every column scores against the cached item ``table`` (``[N, d]``, column = item id, no gradient) except
+    Every column scores against the cached item ``table`` (``[N, d]``, column = item id; its rows carry a
+    gradient only where the caller made them, as through an item head) except
     the step's targets ``item_ids [B]``, which score against their fresh vectors ``items [B, d]`` (with
     gradients; a repeated id keeps its first vector). ``masked [R, N]`` columns (history, pad) are removed;
     the row's own ``targets [R]`` column never is.
     """
     device = users.device
-    logits = cosine_scores(users, table.detach(), tau)
+    logits = cosine_scores(users, table, tau)
     ids, inverse = torch.unique(item_ids, return_inverse=True)
     first = torch.full((len(ids),), len(item_ids), dtype=torch.long, device=device)
     first = first.scatter_reduce(0, inverse, torch.arange(len(item_ids), device=device), reduce="amin")

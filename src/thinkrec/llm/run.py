@@ -109,6 +109,8 @@ def trainable_state(model: DualHeadLM) -> dict[str, torch.Tensor]:
         value = getattr(model, name)
         if value is not None:
             tensors[name] = value.detach().cpu().clone()
+    if model.item_head is not None:
+        tensors.update({f"item_head.{n}": p.detach().cpu().clone() for n, p in model.item_head.named_parameters()})
     return tensors
 
 
@@ -119,6 +121,12 @@ def restore_state(model: DualHeadLM, tensors: dict[str, torch.Tensor]) -> None:
     if missing:
         raise ThinkrecError(f"checkpoint tensors do not fit the model: {sorted(missing)[:3]} ...")
     model.lm.load_state_dict(state, strict=False)
+    head = {k.removeprefix("item_head."): v for k, v in tensors.items() if k.startswith("item_head.")}
+    if bool(head) != (model.item_head is not None):
+        has = "holds an item head, the model has none" if head else "holds no item head, the model has one"
+        raise ThinkrecError(f"the checkpoint {has}: check model.item_head")
+    if model.item_head is not None:
+        model.item_head.load_state_dict(head)
     for name in STATE_TENSORS:
         if name in tensors:
             setattr(model, name, tensors[name].to(model.device))
@@ -146,7 +154,10 @@ def load_llm_checkpoint(directory: Path, model: DualHeadLM, name: str | None = N
     missing = set(state) - {n for n, _ in model.lm.named_parameters()}
     if missing:
         raise ThinkrecError(f"{directory}: checkpoint tensors do not fit the model: {sorted(missing)[:3]} ...")
-    restore_state(model, tensors)
+    try:
+        restore_state(model, tensors)
+    except ThinkrecError as exc:
+        raise ThinkrecError(f"{directory}: {exc}") from None
     info: dict[str, Any] = json.loads((directory / f"{name}.json").read_text())
     return {**info, "checkpoint": name}
 
@@ -457,7 +468,8 @@ def restore_training(
     if wanted != held:
         raise state_does_not_fit(out, f"trainable tensors differ: {sorted(wanted ^ held)[:3]}")
     try:
-        restore_state(model, {k: v for k, v in tensors.items() if k.startswith("trainable.") or k in STATE_TENSORS})
+        kept = {k: v for k, v in tensors.items() if k.startswith(("trainable.", "item_head.")) or k in STATE_TENSORS}
+        restore_state(model, kept)
         if model.item_table is not None:  # training writes into it: never the file's memory
             model.item_table = model.item_table.clone()
         restore_optimizer(trainer.optimizer, tensors, info)
@@ -491,8 +503,9 @@ def initialise_from(model: DualHeadLM, cfg: LLMRunConfig) -> dict[str, Any]:
     other = saved_llm_config(source)
     # lora_layers: adapters of other layers would load partly (the rest fresh) or not at all; autocast: the
     # weights were fit against hidden states (and a fixed item table) of that precision; item_prior: the user
-    # vectors were fit to what the prior leaves unexplained
-    keys = ("path", "finetune", "lora_r", "lora_alpha", "lora_targets", "lora_layers", "autocast", "item_prior")
+    # vectors were fit to what the prior leaves unexplained; item_head: and to the mapped item vectors
+    keys = ["path", "finetune", "lora_r", "lora_alpha", "lora_targets", "lora_layers", "autocast"]
+    keys += ["item_prior", "item_head"]
     differ = [k for k in keys if getattr(other.model, k) != getattr(cfg.model, k)]
     if differ:
         raise ThinkrecError(f"init_from={source}: its model.{differ[0]} differs from this run's")

@@ -191,14 +191,15 @@ class LLMTrainer:
         ``items``), over the step's targets or over the whole catalogue (``recpo.negatives``)."""
         model = self.model
         tau = model.tau
-        # centred on the mean of the table as the reward saw it (a no-op without model.center_items)
-        users, items = model.centred(users), model.centred(items)
+        # centred on the mean of the table as the reward saw it (a no-op without model.center_items); items
+        # then through the item head (with its gradient, every row of the table too)
+        users, items = model.centred(users), model.item_space(items)
         ids = torch.as_tensor([ex.target for ex in examples], dtype=torch.long, device=users.device)
         prior = None if model.item_prior is None else model.item_prior.to(users.device)
         if self.cfg.recpo.negatives == "in_batch":
             return inbatch_target_logprobs(users, items, columns, tau, None if prior is None else prior[ids])
         assert model.item_table is not None  # built by _targets
-        table = model.centred(model.item_table)
+        table = model.item_space(model.item_table)
         return catalogue_target_logprobs(users, table, items, ids, ids[columns], masked, tau, prior)
 
     def step_recpo(self, examples: list[Example], step: int) -> StepLog:

@@ -166,8 +166,11 @@ class LLMRecommender:
         return self.vocabulary.search(query, limit)
 
     def item_vectors(self) -> torch.Tensor:
-        """The cached item table ``[n_items, d]`` (row ``i`` = internal id ``i + 1``; the pad row dropped)."""
-        table = self.trainer.model.item_table
-        if table is None:
+        """The item vectors as the scorer compares them (``[n_items, d]``: the cached table, centred and through
+        the item head where the run has them; row ``i`` = internal id ``i + 1``, the pad row dropped)."""
+        model = self.trainer.model
+        if model.item_table is None:
             raise ValueError("this run has no item table yet")
-        return torch.as_tensor(table[1:]).detach().clone()
+        with torch.no_grad():
+            vectors: torch.Tensor = model.item_space(model.item_table)[1:].detach().clone()
+        return vectors
