@@ -19,15 +19,15 @@ from thinkrec.llm.recpo import cosine_scores, format_bonus, fused_reward
 from thinkrec.llm.trainer import LLMTrainer
 
 
-def distinct_model() -> Any:
+def distinct_model(**section: Any) -> Any:
     """A tiny LoRA model whose item vectors differ (the default init makes them equal in float32, and
-    the in-batch loss then has no gradient)."""
+    the in-batch loss then has no gradient); ``section``: more model settings."""
     from thinkrec.llm.config import ModelSection
     from thinkrec.llm.hf import wrap
     from thinkrec.llm.tiny import tiny_llama, tiny_tokenizer
 
     tok = tiny_tokenizer()
-    return wrap(tiny_llama(len(tok), init_std=0.5), tok, ModelSection(lora_r=2))
+    return wrap(tiny_llama(len(tok), init_std=0.5), tok, ModelSection(lora_r=2, **section))
 
 
 def _perturb_adapters(model: Any) -> None:
@@ -298,6 +298,14 @@ def test_the_log_popularity_prior_is_the_training_counts_and_travels_with_the_ch
     want_lp = catalogue_target_logprobs(c_users, table, c_items, ids, ids, masked, model.tau, want)
     assert torch.allclose(got, want_lp, atol=1e-6)
     assert not torch.allclose(got, catalogue_target_logprobs(c_users, table, c_items, ids, ids, masked, model.tau))
+    # and with in-batch negatives, each column gets its own item's prior
+    from thinkrec.llm.recpo import inbatch_target_logprobs
+
+    trainer.cfg = cfg.model_copy(update={"recpo": cfg.recpo.model_copy(update={"negatives": "in_batch"})})
+    got = trainer._target_logprobs(users, items, batch, columns, masked)
+    want_lp = inbatch_target_logprobs(c_users, c_items, columns, model.tau, want[ids])
+    assert torch.allclose(got, want_lp, atol=1e-6)
+    assert not torch.allclose(got, inbatch_target_logprobs(c_users, c_items, columns, model.tau))
     # evaluate / serve load it from the checkpoint, without the split
     monkeypatch.setattr(run, "build_model", lambda cfg: tiny_model())
     _, loaded = load_llm_run(tmp_path / "run")
@@ -327,7 +335,10 @@ def test_the_item_head_starts_as_identity_trains_and_travels_with_the_checkpoint
     assert torch.equal(model.item_head.weight, eye)
     bank = PromptBank(split.dataset, cfg, PromptBuilder(model.tokenizer, system_prompt="s", max_item_tokens=16))
     LLMTrainer(model, bank, cfg).ensure_item_table()
-    LLMTrainer(plain, bank, cfg).ensure_item_table()
+    with pytest.raises(ValueError, match="item_head"):  # a trainer refuses a model built without the config's head
+        LLMTrainer(plain, bank, cfg)
+    no_head = cfg.model_copy(update={"model": cfg.model.model_copy(update={"item_head": "none"})})
+    LLMTrainer(plain, bank, no_head).ensure_item_table()
     users = torch.randn(3, eye.shape[0])
     assert torch.allclose(model.score_all(users), plain.score_all(users), atol=1e-6)  # identity: the same scores
     train_llm(cfg, tmp_path / "run", model=model, split=split, progress=False, evaluate_test=False)

@@ -91,6 +91,15 @@ CASES = {
     "recpo": ["recpo.refresh_every=2"],
     # the cold start's catalogue InfoNCE (its rows of the cached table go stale between steps)
     "no_reasoning": ["recpo.variant=no_reasoning", "recpo.negatives=catalogue"],
+    # a fixed item side through a trained item head, with the popularity prior (both travel with the state)
+    "prior_head": [
+        "recpo.variant=no_reasoning",
+        "recpo.negatives=catalogue",
+        "recpo.item_side=fixed",
+        "recpo.refresh_every=0",
+        "model.item_prior=log_popularity",
+        "model.item_head=linear",
+    ],
 }
 
 
@@ -108,19 +117,25 @@ def test_a_run_stopped_after_a_save_resumes_as_if_never_stopped(
     else:
         overrides = [*common, *CASES[case]]
     cfg, split, _ = _setup(overrides)
-    straight = train_llm(cfg, tmp_path / "straight", model=distinct_model(), split=split, progress=False)
+
+    def fresh() -> Any:
+        return distinct_model(item_head=cfg.model.item_head)
+
+    straight = train_llm(cfg, tmp_path / "straight", model=fresh(), split=split, progress=False)
 
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
         kill_during_step(patch, at=6)
         with pytest.raises(_Killed):
-            train_llm(cfg, run, model=distinct_model(), split=split, progress=False)
+            train_llm(cfg, run, model=fresh(), split=split, progress=False)
     assert checkpoint_info(run / "checkpoints", "resume")["llm_state"]["step"] == 4
     assert len(rows(run)) == 5 and not (run / "results.json").exists()
+    if case == "prior_head":  # both are part of the state
+        assert {"item_prior", "item_head.weight"} <= set(tensors(run, "resume"))
     if case == "init_from":  # a resumed run takes its weights from its state: the run it started from may be gone
         (tmp_path / "cold").rename(tmp_path / "cold-moved")
 
-    resumed = train_llm(cfg, run, model=distinct_model(), split=split, progress=False)
+    resumed = train_llm(cfg, run, model=fresh(), split=split, progress=False)
     assert resumed["resumed_after_step"] == 4
     assert rows(run) == rows(tmp_path / "straight")  # cut back to step 4, then steps 5-7 again: no duplicate
     for name in ("last", "best", "resume"):  # the state too: weights, moments, table, best, random streams

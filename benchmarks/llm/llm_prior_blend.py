@@ -49,9 +49,10 @@ def main() -> None:
     examples = eval_examples(split, cfg, "valid")
     model.eval()
     trainer.ensure_item_table()
+    bs = cfg.eval.batch_size
     with torch.no_grad():
-        users, _ = trainer.user_vectors(examples, reasoning=False)
-        scores = model.score_all(users).float()
+        parts = [trainer.user_vectors(examples[i : i + bs], reasoning=False)[0] for i in range(0, len(examples), bs)]
+        scores = model.score_all(torch.cat(parts)).float()
     masked = history_mask([ex.seen for ex in examples], scores.shape[1], device=scores.device)
     targets = torch.as_tensor([ex.target for ex in examples], device=scores.device)
     prior = torch.log1p(torch.as_tensor(training_counts(split), dtype=torch.float32)).to(scores.device)

@@ -4,7 +4,8 @@
   token of ``prompt + reasoning + <answer>``, located with the attention mask (never with a pad id).
 - **Item vector**: the same for the item sequence (item prompt, assistant turn pre-filled with the marker).
 - **Score**: ``cos(h_u, h_v) / tau``, plus ``item_prior[v]`` when the model carries one (``model.item_prior =
-  "log_popularity"``: ``log(1 + training count)``, fixed, saved with the checkpoint). No new parameters.
+  "log_popularity"``: ``log(1 + training count)``, fixed, saved with the checkpoint). No parameters beyond
+  the LM's, unless the item head below.
   With ``center_items`` both sides are shifted by the mean item vector first (``cos(h_u - m, h_v - m)``,
   ``m`` = the mean of the table's item rows, no gradient): a small LM's last hidden states are nearly
   parallel (mean pairwise cosine ~0.96 on ML-100K), so raw cosines differ in the third decimal; the shift

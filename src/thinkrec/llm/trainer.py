@@ -105,6 +105,14 @@ class LLMTrainer:
         self.replicas = replicas or Replicas()
         self.bank = bank
         self.cfg = cfg
+        if (model.item_prior is None) != (cfg.model.item_prior == "none"):
+            has = "has a prior" if model.item_prior is not None else "has none"
+            raise ValueError(
+                f"model.item_prior={cfg.model.item_prior!r} but the model {has}"
+                " (thinkrec.llm.run.item_prior builds it from the split)"
+            )
+        if (model.item_head is None) != (cfg.model.item_head == "none"):
+            raise ValueError(f"model.item_head={cfg.model.item_head!r} but the model was built otherwise")
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
@@ -199,7 +207,7 @@ class LLMTrainer:
         if self.cfg.recpo.negatives == "in_batch":
             return inbatch_target_logprobs(users, items, columns, tau, None if prior is None else prior[ids])
         assert model.item_table is not None  # built by _targets
-        table = model.item_space(model.item_table)
+        table = model.item_space(model.item_table.detach())  # a gradient reaches the head only, never the table
         return catalogue_target_logprobs(users, table, items, ids, ids[columns], masked, tau, prior)
 
     def step_recpo(self, examples: list[Example], step: int) -> StepLog:

@@ -110,8 +110,11 @@ class LLMRecommender:
             "reasoning_steps": 0,
             "max_reasoning_steps": 0,
             "reasoning": f"text, greedy, <= {cfg.recpo.max_new_tokens} tokens" if reasons else "none",
-            "scorer": f"cosine / {cfg.model.tau}"
-            + (" + log(1 + training count)" if cfg.model.item_prior == "log_popularity" else ""),
+            "scorer": (
+                f"cosine{' of centred vectors' if cfg.model.center_items else ''} / {cfg.model.tau}"
+                + (", items through a trained linear map" if cfg.model.item_head == "linear" else "")
+                + (" + log(1 + training count)" if cfg.model.item_prior == "log_popularity" else "")
+            ),
             "top_k": "exact (full catalogue)",
             "dataset": self.dataset,
         }
@@ -166,11 +169,12 @@ class LLMRecommender:
         return self.vocabulary.search(query, limit)
 
     def item_vectors(self) -> torch.Tensor:
-        """The item vectors as the scorer compares them (``[n_items, d]``: the cached table, centred and through
-        the item head where the run has them; row ``i`` = internal id ``i + 1``, the pad row dropped)."""
+        """The item vectors as the scorer compares them (``[n_items, d]``, on the CPU: the cached table, centred
+        and through the item head where the run has them; row ``i`` = internal id ``i + 1``, the pad row
+        dropped). A run with ``model.item_prior`` adds each item's prior to the cosine: not in these vectors."""
         model = self.trainer.model
         if model.item_table is None:
             raise ValueError("this run has no item table yet")
         with torch.no_grad():
-            vectors: torch.Tensor = model.item_space(model.item_table)[1:].detach().clone()
+            vectors: torch.Tensor = model.item_space(model.item_table)[1:].detach().cpu().clone()
         return vectors
