@@ -87,6 +87,9 @@ def test_llm_compare_rows_of_runs_with_the_same_settings_get_their_folders() -> 
     assert len(set(names)) == 2 and names[0].endswith("[x-s1]") and names[1].endswith("[y-s1]")
     c = load_llm_config(None, ["recpo.lr=0.5"])
     assert "[" not in "".join(row_names([Path("runs/x/s1"), Path("runs/y/s1")], [a, c]))
+    # the row says which step's weights were tested (best validation), not only how long the run trained
+    named = row_names([Path("runs/x/s1"), Path("runs/y/s1")], [a, c], [0, None])
+    assert "weights of step 0" in named[0] and "weights of step" not in named[1]
 
 
 def test_llm_compare_trains_and_accepts_sasrec_only_on_the_llm_split() -> None:

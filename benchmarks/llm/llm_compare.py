@@ -88,17 +88,21 @@ def sasrec_ranks(
     return ranks, {"sasrec_run": str(run_dir), "max_len": max_len}
 
 
-def llm_name(run_cfg: LLMRunConfig) -> str:
+def llm_name(run_cfg: LLMRunConfig, best_step: int | None = None) -> str:
+    """The run's settings; ``best_step``: the step whose weights were tested (best validation), when selected."""
     name = f"R2ec-{run_cfg.recpo.variant}" + (f"-{run_cfg.recpo.pairing}" if run_cfg.recpo.variant == "recpo" else "")
+    tested = f", weights of step {best_step}" if best_step is not None else ""
     return name + (
-        f" (lr {run_cfg.recpo.lr:g}, {run_cfg.recpo.steps} steps x {run_cfg.recpo.users_per_step} users,"
+        f" (lr {run_cfg.recpo.lr:g}, {run_cfg.recpo.steps} steps x {run_cfg.recpo.users_per_step} users{tested},"
         f" {run_cfg.recpo.negatives} negatives)"
     )
 
 
-def row_names(paths: list[Path], configs: list[LLMRunConfig]) -> list[str]:
+def row_names(paths: list[Path], configs: list[LLMRunConfig], best_steps: list[int | None] | None = None) -> list[str]:
     """A distinct row name per LLM run: its settings, and its folder when two runs' settings read the same."""
-    names = [llm_name(run_cfg) for run_cfg in configs]
+    names = [
+        llm_name(run_cfg, best) for run_cfg, best in zip(configs, best_steps or [None] * len(configs), strict=True)
+    ]
     if len(set(names)) < len(names):  # runs that differ in what the name leaves out (seed, precision, ...)
         names = [f"{name} [{label}]" for name, label in zip(names, harness.run_labels(paths), strict=True)]
     return names
@@ -147,13 +151,13 @@ def main() -> None:
     paths = [Path(run) for run in args.llm]
     configs = [LLMRunConfig.model_validate_json((path / "config.json").read_text()) for path in paths]
     cfg = configs[0]  # every run must share its data and samples
-    names = row_names(paths, configs)
+    every_results = [json.loads((path / "results.json").read_text()) for path in paths]
+    names = row_names(paths, configs, [r.get("selection", {}).get("best_step") for r in every_results])
     reports: dict[str, dict[str, Any]] = {}
     extra: dict[str, dict[str, Any]] = {}
-    for path, run_cfg, name in zip(paths, configs, names, strict=True):
+    for path, run_cfg, name, results in zip(paths, configs, names, every_results, strict=True):
         if cfg.sample != run_cfg.sample or cfg.data != run_cfg.data:
             raise SystemExit(f"{path}: different data or sample settings than the first run")
-        results = json.loads((path / "results.json").read_text())
         if not reports and "popularity" in results["test"]:  # the same samples and masking as every run's
             reports["most popular (training counts)"] = {
                 "ranks": results["test"]["popularity"]["ranks"],
