@@ -19,18 +19,14 @@ import numpy as np
 import torch
 
 from benchmarks import harness
-from thinkrec.eval.metrics import target_ranks
+from thinkrec.eval.metrics import per_sample, target_ranks
 from thinkrec.llm.data import PromptBank, eval_examples
-from thinkrec.llm.evaluation import training_counts
+from thinkrec.llm.evaluation import popularity_ranks, training_counts
 from thinkrec.llm.recpo import history_mask, mask_scores
-from thinkrec.llm.run import load_llm_run, load_split, make_builder
+from thinkrec.llm.run import load_llm_run, load_split, log_popularity, make_builder
 from thinkrec.llm.trainer import LLMTrainer
 
 DEFAULT_BETAS = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
-
-
-def ndcg20(ranks: np.ndarray) -> np.ndarray:
-    return np.where(ranks < 20, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
 def main() -> None:
@@ -55,13 +51,13 @@ def main() -> None:
         scores = model.score_all(torch.cat(parts)).float()
     masked = history_mask([ex.seen for ex in examples], scores.shape[1], device=scores.device)
     targets = torch.as_tensor([ex.target for ex in examples], device=scores.device)
-    prior = torch.log1p(torch.as_tensor(training_counts(split), dtype=torch.float32)).to(scores.device)
+    prior = log_popularity(split).to(scores.device)
 
-    def per_sample(ranked: torch.Tensor) -> np.ndarray:
-        return ndcg20(target_ranks(mask_scores(ranked, masked), targets).cpu().numpy())
+    def ndcg20(ranked: torch.Tensor) -> np.ndarray:
+        return per_sample(target_ranks(mask_scores(ranked, masked), targets).cpu().numpy(), "NDCG@20")
 
-    rows = {beta: per_sample(scores + beta * prior) for beta in betas}
-    popular = per_sample(prior.expand_as(scores).clone())
+    rows = {beta: ndcg20(scores + beta * prior) for beta in betas}
+    popular = per_sample(popularity_ranks(training_counts(split), examples, mask_history=True), "NDCG@20")
     halves = {"even": np.arange(0, len(examples), 2), "odd": np.arange(1, len(examples), 2)}
     held_out = {}
     for chosen_on, other in (("even", "odd"), ("odd", "even")):

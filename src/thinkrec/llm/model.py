@@ -141,8 +141,7 @@ class DualHeadLM(nn.Module):
         if item_head:
             d = int(causal_lm.config.hidden_size)
             head = nn.Linear(d, d, bias=False, device=next(causal_lm.parameters()).device)
-            with torch.no_grad():
-                head.weight.copy_(torch.eye(d))
+            nn.init.eye_(head.weight)
             self.item_head = head
 
     @property

@@ -91,12 +91,15 @@ def build_model(cfg: LLMRunConfig) -> DualHeadLM:
     return load_dual_head(cfg.model)
 
 
-def item_prior(cfg: LLMRunConfig, split: Split) -> torch.Tensor | None:
-    """The per-item logit prior of ``model.item_prior`` (``[N + 1]``): ``log(1 + count)`` of each item's
-    interactions in the split's training prefixes (never later ones), or ``None``."""
-    if cfg.model.item_prior == "none":
-        return None
+def log_popularity(split: Split) -> torch.Tensor:
+    """``log(1 + count)`` of each item's interactions in the split's training prefixes (never later ones),
+    ``[N + 1]`` (the pad item 0)."""
     return torch.log1p(torch.as_tensor(training_counts(split), dtype=torch.float32))
+
+
+def item_prior(cfg: LLMRunConfig, split: Split) -> torch.Tensor | None:
+    """The per-item logit prior of ``model.item_prior``: :func:`log_popularity`, or ``None``."""
+    return None if cfg.model.item_prior == "none" else log_popularity(split)
 
 
 STATE_TENSORS = ("item_table", "item_prior")  # saved beside the trainable tensors
@@ -150,11 +153,7 @@ def load_llm_checkpoint(directory: Path, model: DualHeadLM, name: str | None = N
     if not (directory / f"{name}.json").exists():
         raise ThinkrecError(f"{directory}: no checkpoint ({name}.json); train first with thinkrec llm train")
     tensors = load_file(str(directory / f"{name}.safetensors"))
-    state = {k.removeprefix("trainable."): v for k, v in tensors.items() if k.startswith("trainable.")}
-    missing = set(state) - {n for n, _ in model.lm.named_parameters()}
-    if missing:
-        raise ThinkrecError(f"{directory}: checkpoint tensors do not fit the model: {sorted(missing)[:3]} ...")
-    try:
+    try:  # restore_state checks that the tensors fit the model; its errors get the folder's name
         restore_state(model, tensors)
     except ThinkrecError as exc:
         raise ThinkrecError(f"{directory}: {exc}") from None
@@ -468,8 +467,7 @@ def restore_training(
     if wanted != held:
         raise state_does_not_fit(out, f"trainable tensors differ: {sorted(wanted ^ held)[:3]}")
     try:
-        kept = {k: v for k, v in tensors.items() if k.startswith(("trainable.", "item_head.")) or k in STATE_TENSORS}
-        restore_state(model, kept)
+        restore_state(model, tensors)  # it reads only its own keys (not best.*, optimizer or random state)
         if model.item_table is not None:  # training writes into it: never the file's memory
             model.item_table = model.item_table.clone()
         restore_optimizer(trainer.optimizer, tensors, info)
@@ -504,8 +502,10 @@ def initialise_from(model: DualHeadLM, cfg: LLMRunConfig) -> dict[str, Any]:
     # lora_layers: adapters of other layers would load partly (the rest fresh) or not at all; autocast: the
     # weights were fit against hidden states (and a fixed item table) of that precision; item_prior: the user
     # vectors were fit to what the prior leaves unexplained; item_head: and to the mapped item vectors
-    keys = ["path", "finetune", "lora_r", "lora_alpha", "lora_targets", "lora_layers", "autocast"]
-    keys += ["item_prior", "item_head"]
+    keys = [
+        *("path", "finetune", "lora_r", "lora_alpha", "lora_targets", "lora_layers", "autocast"),
+        *("item_prior", "item_head"),
+    ]
     differ = [k for k in keys if getattr(other.model, k) != getattr(cfg.model, k)]
     if differ:
         raise ThinkrecError(f"init_from={source}: its model.{differ[0]} differs from this run's")
