@@ -267,9 +267,7 @@ def block_signals(
     ``scores`` holds each step's logits ``[B, N]`` (step 0 first) before division by ``temperature``,
     ``states`` the states ``[B, K+1, d]``."""
     b, n_items = scores[0].shape
-    signals = SignalPass(
-        len(scores), b, n_items, needs, top_k, temperature, masked, scores[0].dtype, scores[0].device
-    )
+    signals = SignalPass(len(scores), b, n_items, needs, top_k, temperature, masked, scores[0].dtype, scores[0].device)
     for s in scores:
         if not signals.reads:
             break

@@ -160,9 +160,7 @@ class HaltingRows:
             read = s.clone() if self.keep and masked else s  # serving: the kept top-K is not history-masked
             if self.history is not None:
                 mask_items(read, self.history[at])
-            signals = SignalPass(
-                k1, len(at), s.shape[1], self.needs, self.top_k, scale, masked, s.dtype, s.device
-            )
+            signals = SignalPass(k1, len(at), s.shape[1], self.needs, self.top_k, scale, masked, s.dtype, s.device)
             if signals.step_reads(step):
                 signals.step = step
                 if before is not None:
