@@ -214,6 +214,26 @@ def test_evaluation_report_has_cost_popularity_and_samples() -> None:
     assert "most_popular" in report["protocol"] and report["protocol"]["history_masking"].startswith("the user")
 
 
+def test_evaluation_counts_the_texts_that_ended_with_the_model_s_own_marker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from thinkrec.llm.run import evaluation
+
+    trainer, split, _ = _trainer([])
+    generate = trainer.model.generate
+    calls = iter(range(1000))
+
+    def every_third_ends(*args: Any, **kwargs: Any) -> Any:  # the tiny model never writes the marker by itself
+        rollouts = generate(*args, **kwargs)
+        return replace(rollouts, hit_marker=[next(calls) % 3 == 0 for _ in rollouts.hit_marker])
+
+    monkeypatch.setattr(trainer.model, "generate", every_third_ends)
+    report = evaluation(trainer, split, trainer.cfg, "test", progress=False)
+    assert report["n_samples"] == 4 and report["marker_rate"] == pytest.approx(2 / 4)  # texts 0 and 3 of 4
+    no_reasoning, split, _ = _trainer(["recpo.variant=no_reasoning"])
+    assert evaluation(no_reasoning, split, no_reasoning.cfg, "test", progress=False)["marker_rate"] == 0.0
+
+
 def test_best_validation_weights_are_selected_and_used_for_the_test(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

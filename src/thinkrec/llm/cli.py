@@ -114,6 +114,11 @@ def _print_report(report: dict[str, Any], which: str) -> None:
             f" scoring {cost['scoring_seconds_per_user']:.3f}), {cost['tokens_per_second']:.1f} tokens/s,"
             f" peak memory {cost['peak_memory_mb']:.0f} MB ({cost['peak_memory_kind']}) on {cost['device']}"
         )
+    if report.get("reasoning_len"):
+        print(
+            f"  reasoning: {report['reasoning_len']:.1f} tokens on average; the model wrote the answer marker itself"
+            f" in {report.get('marker_rate', 0.0):.1%} of the texts (the others were cut at recpo.max_new_tokens)"
+        )
     for key, value in report.get("protocol", {}).items():
         print(f"  {key}: {value}")
 

@@ -349,12 +349,15 @@ class LLMTrainer:
 
     # -------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def user_vectors(self, examples: list[Example], reasoning: bool) -> tuple[torch.Tensor, list[str]]:
-        """User vectors (greedy reasoning first when ``reasoning``) and the reasoning texts."""
+    def user_vectors(self, examples: list[Example], reasoning: bool) -> tuple[torch.Tensor, list[str], list[bool]]:
+        """User vectors (greedy reasoning first when ``reasoning``), the reasoning texts, and per text whether
+        the model wrote the answer marker itself (False where the length limit cut it and the marker was
+        appended, and without reasoning)."""
         model = self.model
         prompts = [self.bank.user_ids(ex) for ex in examples]
         if not reasoning:
-            return model.encode([self.bank.builder.with_marker(p) for p in prompts]), [""] * len(examples)
+            vectors = model.encode([self.bank.builder.with_marker(p) for p in prompts])
+            return vectors, [""] * len(examples), [False] * len(examples)
         rollouts = model.generate(
             prompts,
             1,
@@ -363,7 +366,8 @@ class LLMTrainer:
             marker_ids=self.bank.builder.marker_ids,
             greedy=True,
         )
-        return model.encode([p + c for p, c in zip(prompts, rollouts.ids, strict=True)]), rollouts.texts
+        vectors = model.encode([p + c for p, c in zip(prompts, rollouts.ids, strict=True)])
+        return vectors, rollouts.texts, rollouts.hit_marker
 
     @torch.no_grad()
     def evaluate(self, examples: list[Example], progress: bool = False, rebuild: bool = True) -> dict[str, Any]:
@@ -383,6 +387,7 @@ class LLMTrainer:
         ranks: list[np.ndarray] = []
         lengths: list[int] = []
         texts: list[str] = []
+        ended: list[bool] = []
         t_reason, t_score = 0.0, 0.0
         bs = self.cfg.eval.batch_size
         starts: Iterable[int] = range(0, len(examples), bs)
@@ -393,11 +398,12 @@ class LLMTrainer:
         for start in starts:
             part = examples[start : start + bs]
             t = time.perf_counter()
-            users, part_texts = self.user_vectors(part, reasoning)
+            users, part_texts, part_ended = self.user_vectors(part, reasoning)
             self._sync()
             t_reason += time.perf_counter() - t
             t = time.perf_counter()
             texts.extend(part_texts)
+            ended.extend(part_ended)
             lengths.extend(len(self.model.tokenizer.encode(x, add_special_tokens=False)) for x in part_texts)
             scores = model.score_all(users)
             seen = [ex.seen if self.cfg.eval.mask_history else [] for ex in part]
@@ -406,10 +412,11 @@ class LLMTrainer:
             ranks.append(target_ranks(scores, targets).cpu().numpy())
             t_score += time.perf_counter() - t
         own_ranks = np.concatenate(ranks).tolist() if ranks else []
-        every = self.replicas.gather((own_ranks, texts, lengths, t_reason, t_score))
+        every = self.replicas.gather((own_ranks, texts, lengths, t_reason, t_score, ended))
         all_ranks = np.asarray(self.replicas.unshard([part[0] for part in every]), dtype=np.int64)
         texts = self.replicas.unshard([part[1] for part in every])
         lengths = self.replicas.unshard([part[2] for part in every])
+        ended = self.replicas.unshard([part[5] for part in every])
         model.train()
         n = max(1, len(all_ranks))
         reason_s, score_s = sum(part[3] for part in every), sum(part[4] for part in every)
@@ -419,6 +426,7 @@ class LLMTrainer:
             "n_samples": len(all_ranks),
             "ranks": all_ranks.tolist(),
             "reasoning_len": float(np.mean(lengths)) if reasoning and lengths else 0.0,
+            "marker_rate": float(np.mean(ended)) if reasoning and ended else 0.0,
             "examples": texts[:5],
             "seconds": {"item_table": t_items, "total": time.perf_counter() - t0},
             "cost": {

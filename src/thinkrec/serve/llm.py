@@ -153,7 +153,7 @@ class LLMRecommender:
         reasons = self.trainer.cfg.recpo.variant == "recpo"
         trainer = self.timed_trainer if times is not None else self.trainer
         with self._lock, torch.inference_mode():
-            users, texts = trainer.user_vectors(examples, reasons)
+            users, texts, _ = trainer.user_vectors(examples, reasons)
             scores = self.trainer.model.score_all(users)[:, 1:]  # column 0 is the pad item
         if exclude_seen:
             seen = history_mask(
