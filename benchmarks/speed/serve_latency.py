@@ -44,7 +44,8 @@ import pyarrow.parquet as pq
 from benchmarks import harness
 from thinkrec.allocator import tune_allocator
 from thinkrec.serve.batch import recommend_file
-from thinkrec.serve.recommender import Recommender
+from thinkrec.serve.recommender import Recommends
+from thinkrec.serve.service import load_recommender
 
 
 def free_port() -> int:
@@ -153,8 +154,8 @@ def load(
     return {**out, "latencies": latencies} if keep else out
 
 
-def random_histories(rec: Recommender, n: int, rng: random.Random) -> list[list[int]]:
-    return [[rng.randint(1, rec.n_items) for _ in range(rng.randint(1, rec.max_len))] for _ in range(n)]
+def random_histories(rec: Recommends, n: int, rng: random.Random) -> list[list[int]]:
+    return [[rng.randint(1, rec.vocabulary.n_items) for _ in range(rng.randint(1, rec.max_len))] for _ in range(n)]
 
 
 def dataset_histories(run_dir: str) -> tuple[list[str], list[list[int]]]:
@@ -167,7 +168,7 @@ def dataset_histories(run_dir: str) -> tuple[list[str], list[list[int]]]:
     return users, [[int(ds.item_ids[i - 1]) for i in ds.sequence(u)] for u in range(ds.n_users)]
 
 
-def batch(rec: Recommender, args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
+def batch(rec: Recommends, args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
     if args.batch_source == "dataset":
         users, histories = dataset_histories(args.run_dir)
         items: list[list[Any]] = histories
@@ -198,6 +199,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8", help="comma-separated client thread counts")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, seconds")
     parser.add_argument("--startup-timeout", type=float, default=120.0)
+    parser.add_argument("--warmup", type=int, default=20, help="untimed requests before the timed ones (default 20)")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--batch-source", choices=["dataset", "random", "none"], default="dataset")
     parser.add_argument("--batch-users", type=int, default=10_000, help="with --batch-source random")
@@ -224,7 +226,7 @@ def main() -> None:
     if counts and (counts != sorted(set(counts)) or counts[0] < 1):
         parser.error("--soak takes increasing positive request counts, e.g. 10000,50000")
     rng = random.Random(args.seed)
-    rec = Recommender.from_run(args.run_dir)
+    rec = load_recommender(args.run_dir, depth="none")  # a sequence-model or an R²ec run; only its catalogue is used
     bodies = [
         {"history": [rec.vocabulary.external_id(i) for i in h], "k": args.k}
         for h in random_histories(rec, counts[-1] if counts else args.requests, rng)
@@ -234,7 +236,8 @@ def main() -> None:
     server = start_server(args.run_dir, port, args.startup_timeout)
     try:
         url = f"http://127.0.0.1:{port}/recommend"
-        load(url, bodies[: min(20, len(bodies))], 1, args.timeout)  # warm-up
+        if args.warmup:
+            load(url, bodies[: min(args.warmup, len(bodies))], 1, args.timeout)
         levels = [int(c) for c in args.concurrency.split(",")]
         if counts:
             out["soak"] = soak(url, bodies, counts, levels[0], args.timeout, server.pid)
