@@ -45,6 +45,24 @@ def test_llm_train_evaluate_recommend(
     assert "top-2:" in capsys.readouterr().out
 
 
+def test_llm_examples_rank_as_the_test_report(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks.llm.llm_examples import main as examples
+
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tiny_dir / "cache"))
+    run = tiny_dir / "run-examples"
+    assert main(["llm", "train", str(tiny_dir / "llm.toml"), "--run-dir", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    examples([str(run), "--users", "3", "-k", "2", "--md", str(tmp_path / "examples.md")])
+    record = json.loads(capsys.readouterr().out)
+    test = json.loads((run / "results.json").read_text())["test"]
+    # one user at a time, the same samples, weights and masking as the test report's batches
+    assert [ex["target_rank"] for ex in record["examples"]] == test["ranks"][:3]
+    assert [len(ex["top"]) for ex in record["examples"]] == [2, 2, 2] and record["cost"]["tokens_mean"] > 0
+    assert (tmp_path / "examples.md").read_text().count("true next item") == 3
+
+
 def test_llm_cold_start_then_recpo_then_compare(
     tiny_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
