@@ -14,6 +14,7 @@ whether the answer marker ended the text. Prints one JSON record with machine, t
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ def markdown(record: dict[str, Any]) -> str:
             f"**User {ex['user']}** (test sample {i}; last {len(ex['history'])} of {ex['history_len']} history items:"
             f" {'; '.join(ex['history'])})",
             "",
-            "> " + (ex["reasoning"].strip().replace("\n", " ") or "(no reasoning)"),
+            "> " + (html.escape(ex["reasoning"].strip().replace("\n", " ")) or "(no reasoning)"),  # <answer> shows
             "",
             f"Top {len(ex['top'])}: " + "; ".join(f"{j}. {t}" for j, t in enumerate(ex["top"], 1)),
             f" · true next item: {ex['target']} (rank {ex['target_rank'] + 1} of {record['n_items']})",
