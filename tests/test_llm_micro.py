@@ -81,10 +81,12 @@ def test_micro_users_give_the_whole_steps_update_and_log(case: str) -> None:
         assert set(grads) == set(full_grads)
         for n in full:
             # the accumulated (clipped) gradient is the whole step's up to float summation order
-            torch.testing.assert_close(grads[n], full_grads[n], rtol=1e-4, atol=5e-5 * top, msg=f"{micro}: grad {n}")
-            # AdamW's first update is lr * g / (|g| + eps): the same wherever the gradient is above float noise;
-            # an entry whose gradient is float noise around 0 may move by up to lr either way in either run
-            clear = full_grads[n].abs() > 1e-5 * top
+            noise = 5e-5 * top
+            torch.testing.assert_close(grads[n], full_grads[n], rtol=1e-4, atol=noise, msg=f"{micro}: grad {n}")
+            # AdamW's first update is lr * g / (|g| + eps): the same wherever the gradient's sign is certain; an
+            # entry whose gradient lies within the tolerance above of 0 may flip sign between summation orders
+            # (one thread or several) and move by up to lr either way in either run
+            clear = full_grads[n].abs() > 2 * noise
             torch.testing.assert_close(after[n][clear], full[n][clear], rtol=1e-5, atol=1e-6, msg=f"{micro}: {n}")
             assert float((after[n] - full[n]).abs().max()) <= 2 * LR + 1e-6
         _same_log(log, full_log)
