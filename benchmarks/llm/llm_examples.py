@@ -111,12 +111,13 @@ def main(argv: list[str] | None = None) -> None:
                     "target_rank": rank,
                 }
             )
+    described = rec.describe()
     record = harness.stamp(
         {
             "benchmark": "llm_examples",
             "run": str(args.run),
-            "scorer": rec.describe()["scorer"],
-            "reasoning": rec.describe()["reasoning"],
+            "scorer": described["scorer"],
+            "reasoning": described["reasoning"],
             "n_items": rec.n_items,
             "threads": args.threads,
             "protocol": (

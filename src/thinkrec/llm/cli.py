@@ -115,10 +115,13 @@ def _print_report(report: dict[str, Any], which: str) -> None:
             f" peak memory {cost['peak_memory_mb']:.0f} MB ({cost['peak_memory_kind']}) on {cost['device']}"
         )
     if report.get("reasoning_len"):
-        print(
-            f"  reasoning: {report['reasoning_len']:.1f} tokens on average; the model wrote the answer marker itself"
-            f" in {report.get('marker_rate', 0.0):.1%} of the texts (the others were cut at recpo.max_new_tokens)"
+        ended = (  # reports written before the rate was counted do not have it
+            f"; the model wrote the answer marker itself in {report['marker_rate']:.1%} of the texts (the others"
+            " were cut at recpo.max_new_tokens)"
+            if "marker_rate" in report
+            else ""
         )
+        print(f"  reasoning: {report['reasoning_len']:.1f} tokens on average{ended}")
     for key, value in report.get("protocol", {}).items():
         print(f"  {key}: {value}")
 
