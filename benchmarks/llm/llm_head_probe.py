@@ -1,0 +1,230 @@
+"""A cold start with the decoder frozen: fit R²ec's recommendation head on cached user vectors.
+
+    python -m benchmarks.llm.llm_head_probe extract RUN OUT --train 1200 --shard 0/2 --threads 1
+    python -m benchmarks.llm.llm_head_probe extract RUN OUT --train 1200 --shard 1/2 --threads 1
+    python -m benchmarks.llm.llm_head_probe fit RUN OUT
+
+Does what SmolLM2 makes of a prompt carry anything a most-popular list does not, once the recommendation head
+is fitted on thousands of prefixes? The LoRA cold start (``llm_ml100k_coldstart.toml``) asks the same, but
+every step runs the decoder forward and backward, which one CPU thread affords a few hundred times. With the
+decoder frozen the user vector of a prompt (prompt + answer marker, no reasoning: the no-reasoning twin's
+vector) never changes, so it is computed once and the head trains on the cached vectors in seconds.
+
+``extract`` encodes, with the weights RUN selected (an untrained run: the base model), ``--valid-users``
+validation and ``--test-users`` test samples drawn as RUN's config draws them (``sample.seed``) and the first
+``--train`` of its training prefixes in a seeded shuffle; ``--shard i/n`` takes every n-th one so that n
+one-thread processes share the work. Vectors go to OUT in chunks of ``--chunk`` (a killed extraction resumes
+after its last chunk).
+
+``fit`` scores ``cos(u - m, W (v - m)) / tau + log(1 + count_v)`` as the model does (``m`` the mean item
+vector, ``tau`` and the popularity prior as RUN has them; ``W`` starts at the identity, as
+``model.item_head = "linear"``), trains ``W`` with AdamW on full-catalogue InfoNCE (the user's history
+masked, the training loss of the cold start), checks validation NDCG@20 after every epoch and keeps the best
+epoch, then ranks the test samples once: paired bootstrap (NDCG@20) and McNemar (HR@20) against most popular
+and against the untrained head (W = I, which is RUN's own no-reasoning ranking) on the same samples. Test
+labels are read only for that last report. Writes ``OUT/probe.json`` (with provenance) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from benchmarks import harness
+from thinkrec.eval.metrics import metrics_from_ranks, per_sample, target_ranks
+from thinkrec.llm.data import Example, PromptBank, eval_examples, train_examples
+from thinkrec.llm.evaluation import compare_reports, popularity_ranks, training_counts
+from thinkrec.llm.recpo import catalogue_target_logprobs, cosine_scores, history_mask, mask_scores
+from thinkrec.llm.run import load_llm_run, load_split, make_builder
+from thinkrec.llm.trainer import LLMTrainer
+
+PARTS = ("valid", "test", "train")
+KS = [5, 10, 20]
+
+
+def load_parts(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, list[Example]]]:
+    """RUN's config (with ``--valid-users`` / ``--test-users``), model, split and the samples of each part
+    (train: the first ``--train`` prefixes of a seeded shuffle)."""
+    cfg, model = load_llm_run(args.run)
+    sizes = {"valid_users": args.valid_users, "eval_users": args.test_users}
+    cfg = cfg.model_copy(update={"sample": cfg.sample.model_copy(update=sizes)})
+    split = load_split(cfg)
+    train = train_examples(split, cfg)
+    random.Random(cfg.sample.seed).shuffle(train)
+    parts = {
+        "valid": eval_examples(split, cfg, "valid"),
+        "test": eval_examples(split, cfg, "test"),
+        "train": train[: args.train],
+    }
+    return cfg, model, split, parts
+
+
+def extract(args: argparse.Namespace) -> None:
+    cfg, model, split, parts = load_parts(args)
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    trainer = LLMTrainer(model, PromptBank(split.dataset, cfg, make_builder(model, cfg)), cfg)
+    model.eval()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for part in PARTS:
+        mine = list(range(len(parts[part])))[shard::shards]
+        for c, start in enumerate(range(0, len(mine), args.chunk)):
+            path = args.out / f"{part}-{shard}of{shards}-{c:04d}.safetensors"
+            if path.exists():
+                continue
+            idx = mine[start : start + args.chunk]
+            with torch.no_grad():
+                vecs = torch.cat([trainer.user_vectors([parts[part][i]], reasoning=False)[0] for i in idx])
+            tmp = path.with_name(f".{path.name}.tmp")
+            save_file({"index": torch.as_tensor(idx), "vectors": vecs.float().cpu()}, str(tmp))
+            tmp.replace(path)
+            print(f"{part} shard {shard}/{shards}: {start + len(idx)}/{len(mine)}", flush=True)
+
+
+def cached(out: Path, part: str, n: int) -> torch.Tensor:
+    """The vectors of ``part`` in sample order (every shard's chunks); an error when some are missing."""
+    rows: dict[int, torch.Tensor] = {}
+    for path in sorted(out.glob(f"{part}-*.safetensors")):
+        chunk = load_file(str(path))
+        rows.update(zip(chunk["index"].tolist(), chunk["vectors"], strict=True))
+    missing = n - len(rows)
+    if missing:
+        raise SystemExit(f"{out}: {missing} of {n} {part} vectors not extracted yet (run extract)")
+    return torch.stack([rows[i] for i in range(n)])
+
+
+def fit(args: argparse.Namespace) -> None:
+    torch.manual_seed(args.seed)
+    cfg, model, split, parts = load_parts(args)
+    assert model.item_table is not None, "RUN's checkpoint holds no item table"
+    tau = model.tau
+    table = model.item_table.float()
+    mean = table[1:].mean(dim=0) if model.center_items else torch.zeros(table.shape[1])
+    items = table - mean
+    prior = model.item_prior.float() if model.item_prior is not None else torch.zeros(len(table))
+    users = {part: cached(args.out, part, len(parts[part])) - mean for part in PARTS}
+    targets = {part: torch.as_tensor([ex.target for ex in parts[part]]) for part in PARTS}
+    masks = {part: history_mask([ex.seen for ex in parts[part]], len(table)) for part in PARTS}
+    head = torch.nn.Linear(items.shape[1], items.shape[1], bias=False)
+    torch.nn.init.eye_(head.weight)
+    opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0.0)
+
+    def ranks(part: str) -> np.ndarray:
+        with torch.no_grad():
+            scores = cosine_scores(users[part], head(items), tau) + prior
+            return target_ranks(mask_scores(scores, masks[part]), targets[part]).numpy()
+
+    def ndcg(part: str) -> float:
+        return float(per_sample(ranks(part), "NDCG@20").mean())
+
+    untrained = {part: ranks(part) for part in ("valid", "test")}
+    n = len(parts["train"])
+    best = (ndcg("valid"), 0, head.weight.detach().clone())
+    history = [{"epoch": 0, "valid_NDCG@20": best[0]}]
+    for epoch in range(1, args.epochs + 1):
+        order = torch.randperm(n)
+        total = 0.0
+        for start in range(0, n, args.batch):
+            idx = order[start : start + args.batch]
+            ids = targets["train"][idx]
+            mapped = head(items)
+            logp = catalogue_target_logprobs(
+                users["train"][idx], mapped, mapped[ids], ids, ids, masks["train"][idx], tau, prior
+            )
+            loss = -logp.mean()
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        score = ndcg("valid")
+        history.append({"epoch": epoch, "train_loss": total / n, "valid_NDCG@20": score})
+        print(json.dumps(history[-1]), flush=True)
+        if score > best[0]:
+            best = (score, epoch, head.weight.detach().clone())
+        elif epoch - best[1] >= args.patience:
+            break
+    with torch.no_grad():
+        head.weight.copy_(best[2])
+    test = ranks("test")  # the only read of test labels
+    popular = popularity_ranks(training_counts(split), parts["test"], mask_history=True)
+    reports = {
+        "head fitted (W, best validation epoch)": {"ranks": test},
+        "head untrained (W = I: the run's own no-reasoning ranking)": {"ranks": untrained["test"]},
+        "most popular (training counts)": {"ranks": popular},
+    }
+    fitted = reports["head fitted (W, best validation epoch)"]
+    record = harness.stamp(
+        {
+            "benchmark": "llm_head_probe",
+            "run": str(args.run),
+            "protocol": (
+                f"{cfg.data.name}, split {cfg.data.split.model_dump()}, full catalogue ({len(table) - 1} items),"
+                " pad and the user's whole history masked, pessimistic ties, no reasoning (prompt + marker);"
+                f" {n} training prefixes (seeded shuffle, sample.seed={cfg.sample.seed}),"
+                f" {len(parts['valid'])} validation and {len(parts['test'])} test samples as RUN's config draws them"
+            ),
+            "model": {
+                "path": str(cfg.model.path),
+                "tau": tau,
+                "item_prior": cfg.model.item_prior,
+                "center_items": model.center_items,
+            },
+            "fit": {
+                "lr": args.lr,
+                "batch": args.batch,
+                "epochs_max": args.epochs,
+                "patience": args.patience,
+                "seed": args.seed,
+                "best_epoch": best[1],
+                "best_valid_NDCG@20": best[0],
+                "valid_NDCG@20_untrained": float(per_sample(untrained["valid"], "NDCG@20").mean()),
+                "valid_NDCG@20_most_popular": float(
+                    per_sample(
+                        popularity_ranks(training_counts(split), parts["valid"], mask_history=True), "NDCG@20"
+                    ).mean()
+                ),
+                "history": history,
+            },
+            "test": {name: metrics_from_ranks(np.asarray(r["ranks"]), KS) for name, r in reports.items()},
+            "tests_vs_fitted": {name: compare_reports(fitted, r) for name, r in reports.items() if r is not fitted},
+        }
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "probe.json").write_text(json.dumps(record, indent=2, default=float))
+    save_file({"item_head.weight": best[2]}, str(args.out / "item_head.safetensors"))
+    print(json.dumps(record, indent=2, default=float))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("extract", "fit"):
+        p = sub.add_parser(name)
+        p.add_argument("run", type=Path, help="an LLM run directory (thinkrec llm train)")
+        p.add_argument("out", type=Path, help="where the cached vectors (and probe.json) go")
+        p.add_argument("--train", type=int, default=1200, help="training prefixes (default 1200)")
+        p.add_argument("--valid-users", type=int, default=300, help="validation samples (default 300)")
+        p.add_argument("--test-users", type=int, default=1000, help="test samples (default 1000)")
+        p.add_argument("--threads", type=int, default=1)
+    ex = sub.choices["extract"]
+    ex.add_argument("--shard", default="0/1", help="i/n: every n-th sample from the i-th (default 0/1)")
+    ex.add_argument("--chunk", type=int, default=25)
+    fi = sub.choices["fit"]
+    fi.add_argument("--lr", type=float, default=1e-3)
+    fi.add_argument("--batch", type=int, default=64)
+    fi.add_argument("--epochs", type=int, default=200)
+    fi.add_argument("--patience", type=int, default=20)
+    fi.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    (extract if args.command == "extract" else fit)(args)
+
+
+if __name__ == "__main__":
+    main()
