@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,3 +196,49 @@ def test_the_plain_recommend_verbs_serve_an_llm_run_too(
     assert [line.split(",")[2].strip('"') for line in out_csv.read_text().splitlines()[1:]] == llm_items
     assert main(["llm", "recommend", str(run), "-k", "0", "--user", "u1"]) == 2
     assert "-k must be" in capsys.readouterr().err
+
+
+def test_llm_head_probe_starts_at_the_run_and_fits_without_test_labels(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    import benchmarks.llm.llm_head_probe as probe
+
+    monkeypatch.setenv("THINKREC_CACHE_DIR", str(tiny_dir / "cache"))
+    run = tiny_dir / "run-probe"
+    train = ["llm", "train", str(tiny_dir / "llm.toml"), "recpo.variant=no_reasoning", "--run-dir", str(run)]
+    assert main([*train, "--no-progress"]) == 0
+    sizes = ["--train", "5"]
+    out = tmp_path / "probe"
+    for shard in ("0/2", "1/2"):  # two shards, chunks of 2: the fit finds every vector in sample order
+        probe.main(["extract", str(run), str(out), *sizes, "--shard", shard, "--chunk", "2"])
+    capsys.readouterr()
+
+    def fitted(epochs: int) -> dict[str, Any]:
+        probe.main(["fit", str(run), str(out), *sizes, "--epochs", str(epochs), "--patience", "9", "--lr", "0.05"])
+        record: dict[str, Any] = json.loads(capsys.readouterr().out)
+        return record
+
+    test = json.loads((run / "results.json").read_text())["test"]
+    record = fitted(0)
+    # W = I is the run's own no-reasoning ranking of the same test samples
+    assert record["test_ranks"]["head untrained (W = I: the run's own no-reasoning ranking)"] == test["ranks"]
+    assert record["test_ranks"]["head fitted (W, best validation epoch)"] == test["ranks"]
+    before = fitted(3)
+    from thinkrec.llm.data import eval_examples
+
+    def other_targets(split: Any, cfg: Any, which: Any) -> list[Any]:
+        examples = eval_examples(split, cfg, which)
+        if which != "test":
+            return examples
+        return [dataclasses.replace(ex, target=1 + ex.target % (split.dataset.n_items - 1)) for ex in examples]
+
+    monkeypatch.setattr("benchmarks.llm.llm_head_probe.eval_examples", other_targets)
+    after = fitted(3)
+    # other test labels change the test report, never the fit (its curve and its chosen epoch)
+    assert (
+        after["fit"]["history"] == before["fit"]["history"]
+        and after["fit"]["best_epoch"] == before["fit"]["best_epoch"]
+    )
+    assert after["test_ranks"] != before["test_ranks"]

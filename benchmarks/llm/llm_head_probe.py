@@ -1,8 +1,10 @@
 """A cold start with the decoder frozen: fit R²ec's recommendation head on cached user vectors.
 
-    python -m benchmarks.llm.llm_head_probe extract RUN OUT --train 1200 --shard 0/2 --threads 1
-    python -m benchmarks.llm.llm_head_probe extract RUN OUT --train 1200 --shard 1/2 --threads 1
-    python -m benchmarks.llm.llm_head_probe fit RUN OUT
+    python -m benchmarks.llm.llm_head_probe extract RUN OUT --train 1200 --shard 0/2 --threads 1 [SIZES]
+    python -m benchmarks.llm.llm_head_probe extract RUN OUT --train 1200 --shard 1/2 --threads 1 [SIZES]
+    python -m benchmarks.llm.llm_head_probe fit RUN OUT --train 1200 [SIZES]
+
+(SIZES: ``--valid-users 300 --test-users 1000``, the same for every command.)
 
 Does what SmolLM2 makes of a prompt carry anything a most-popular list does not, once the recommendation head
 is fitted on thousands of prefixes? The LoRA cold start (``llm_ml100k_coldstart.toml``) asks the same, but
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,7 @@ def load_parts(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, list[
     (train: the first ``--train`` prefixes of a seeded shuffle)."""
     cfg, model = load_llm_run(args.run)
     sizes = {"valid_users": args.valid_users, "eval_users": args.test_users}
+    sizes = {key: value for key, value in sizes.items() if value is not None}
     cfg = cfg.model_copy(update={"sample": cfg.sample.model_copy(update=sizes)})
     split = load_split(cfg)
     train = train_examples(split, cfg)
@@ -84,7 +88,7 @@ def extract(args: argparse.Namespace) -> None:
             tmp = path.with_name(f".{path.name}.tmp")
             save_file({"index": torch.as_tensor(idx), "vectors": vecs.float().cpu()}, str(tmp))
             tmp.replace(path)
-            print(f"{part} shard {shard}/{shards}: {start + len(idx)}/{len(mine)}", flush=True)
+            print(f"{part} shard {shard}/{shards}: {start + len(idx)}/{len(mine)}", file=sys.stderr, flush=True)
 
 
 def cached(out: Path, part: str, n: int) -> torch.Tensor:
@@ -102,7 +106,9 @@ def cached(out: Path, part: str, n: int) -> torch.Tensor:
 def fit(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     cfg, model, split, parts = load_parts(args)
-    assert model.item_table is not None, "RUN's checkpoint holds no item table"
+    with torch.no_grad():  # RUN's item table: from its checkpoint, else built as its evaluation builds it
+        LLMTrainer(model, PromptBank(split.dataset, cfg, make_builder(model, cfg)), cfg).ensure_item_table()
+    assert model.item_table is not None
     tau = model.tau
     table = model.item_table.float()
     mean = table[1:].mean(dim=0) if model.center_items else torch.zeros(table.shape[1])
@@ -144,7 +150,7 @@ def fit(args: argparse.Namespace) -> None:
             total += float(loss.detach()) * len(idx)
         score = ndcg("valid")
         history.append({"epoch": epoch, "train_loss": total / n, "valid_NDCG@20": score})
-        print(json.dumps(history[-1]), flush=True)
+        print(json.dumps(history[-1]), file=sys.stderr, flush=True)
         if score > best[0]:
             best = (score, epoch, head.weight.detach().clone())
         elif epoch - best[1] >= args.patience:
@@ -192,6 +198,7 @@ def fit(args: argparse.Namespace) -> None:
                 "history": history,
             },
             "test": {name: metrics_from_ranks(np.asarray(r["ranks"]), KS) for name, r in reports.items()},
+            "test_ranks": {name: [int(r) for r in rep["ranks"]] for name, rep in reports.items()},
             "tests_vs_fitted": {name: compare_reports(fitted, r) for name, r in reports.items() if r is not fitted},
         }
     )
@@ -201,7 +208,7 @@ def fit(args: argparse.Namespace) -> None:
     print(json.dumps(record, indent=2, default=float))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("extract", "fit"):
@@ -209,8 +216,8 @@ def main() -> None:
         p.add_argument("run", type=Path, help="an LLM run directory (thinkrec llm train)")
         p.add_argument("out", type=Path, help="where the cached vectors (and probe.json) go")
         p.add_argument("--train", type=int, default=1200, help="training prefixes (default 1200)")
-        p.add_argument("--valid-users", type=int, default=300, help="validation samples (default 300)")
-        p.add_argument("--test-users", type=int, default=1000, help="test samples (default 1000)")
+        p.add_argument("--valid-users", type=int, help="validation samples (default: RUN's sample.valid_users)")
+        p.add_argument("--test-users", type=int, help="test samples (default: RUN's sample.eval_users)")
         p.add_argument("--threads", type=int, default=1)
     ex = sub.choices["extract"]
     ex.add_argument("--shard", default="0/1", help="i/n: every n-th sample from the i-th (default 0/1)")
@@ -221,7 +228,7 @@ def main() -> None:
     fi.add_argument("--epochs", type=int, default=200)
     fi.add_argument("--patience", type=int, default=20)
     fi.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     (extract if args.command == "extract" else fit)(args)
 
