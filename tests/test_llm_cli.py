@@ -213,6 +213,8 @@ def test_llm_head_probe_starts_at_the_run_and_fits_without_test_labels(
     out = tmp_path / "probe"
     for shard in ("0/2", "1/2"):  # two shards, chunks of 2: the fit finds every vector in sample order
         probe.main(["extract", str(run), str(out), *sizes, "--shard", shard, "--chunk", "2"])
+    with pytest.raises(SystemExit, match="samples differ"):  # vectors of other samples are never mixed in
+        probe.main(["extract", str(run), str(out), "--train", "6", "--valid-users", "1"])
     capsys.readouterr()
 
     def fitted(epochs: int) -> dict[str, Any]:

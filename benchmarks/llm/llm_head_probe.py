@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -76,6 +77,7 @@ def extract(args: argparse.Namespace) -> None:
     trainer = LLMTrainer(model, PromptBank(split.dataset, cfg, make_builder(model, cfg)), cfg)
     model.eval()
     args.out.mkdir(parents=True, exist_ok=True)
+    check_samples(args.out, parts, write=True)
     for part in PARTS:
         mine = list(range(len(parts[part])))[shard::shards]
         for c, start in enumerate(range(0, len(mine), args.chunk)):
@@ -91,13 +93,36 @@ def extract(args: argparse.Namespace) -> None:
             print(f"{part} shard {shard}/{shards}: {start + len(idx)}/{len(mine)}", file=sys.stderr, flush=True)
 
 
+def check_samples(out: Path, parts: dict[str, list[Example]], write: bool) -> None:
+    """Refuse an OUT whose vectors belong to other samples: ``OUT/samples.json`` lists each part's
+    ``(user, position)`` pairs as extracted (written by the first ``extract``); every part asked for now must
+    be a prefix of them (so ``fit --train`` may take fewer training prefixes than were extracted)."""
+    file = out / "samples.json"
+    now = {part: [[ex.user, ex.position] for ex in examples] for part, examples in parts.items()}
+    if not file.exists():
+        if not write:
+            raise SystemExit(f"{out}: no samples.json; run extract first")
+        tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(now))
+        tmp.replace(file)
+        return
+    saved = json.loads(file.read_text())
+    for part, pairs in now.items():
+        if saved.get(part, [])[: len(pairs)] != pairs:
+            raise SystemExit(
+                f"{file}: the {part} samples differ from those asked for now (other sizes, seed or run); "
+                "give the same --train / --valid-users / --test-users, or another OUT"
+            )
+
+
 def cached(out: Path, part: str, n: int) -> torch.Tensor:
-    """The vectors of ``part`` in sample order (every shard's chunks); an error when some are missing."""
+    """The first ``n`` vectors of ``part`` in sample order (every shard's chunks); an error when any is
+    missing."""
     rows: dict[int, torch.Tensor] = {}
     for path in sorted(out.glob(f"{part}-*.safetensors")):
         chunk = load_file(str(path))
         rows.update(zip(chunk["index"].tolist(), chunk["vectors"], strict=True))
-    missing = n - len(rows)
+    missing = sum(i not in rows for i in range(n))
     if missing:
         raise SystemExit(f"{out}: {missing} of {n} {part} vectors not extracted yet (run extract)")
     return torch.stack([rows[i] for i in range(n)])
@@ -106,6 +131,7 @@ def cached(out: Path, part: str, n: int) -> torch.Tensor:
 def fit(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     cfg, model, split, parts = load_parts(args)
+    check_samples(args.out, parts, write=False)
     with torch.no_grad():  # RUN's item table: from its checkpoint, else built as its evaluation builds it
         LLMTrainer(model, PromptBank(split.dataset, cfg, make_builder(model, cfg)), cfg).ensure_item_table()
     assert model.item_table is not None
