@@ -217,8 +217,9 @@ def test_llm_head_probe_starts_at_the_run_and_fits_without_test_labels(
         probe.main(["extract", str(run), str(out), "--train", "6", "--valid-users", "1"])
     capsys.readouterr()
 
-    def fitted(epochs: int) -> dict[str, Any]:
-        probe.main(["fit", str(run), str(out), *sizes, "--epochs", str(epochs), "--patience", "9", "--lr", "0.05"])
+    def fitted(epochs: int, seed: int = 0) -> dict[str, Any]:
+        fit = ["--epochs", str(epochs), "--patience", "9", "--lr", "0.05", "--batch", "2", "--seed", str(seed)]
+        probe.main(["fit", str(run), str(out), *sizes, *fit])
         record: dict[str, Any] = json.loads(capsys.readouterr().out)
         return record
 
@@ -228,6 +229,7 @@ def test_llm_head_probe_starts_at_the_run_and_fits_without_test_labels(
     assert record["test_ranks"]["head untrained (W = I: the run's own no-reasoning ranking)"] == test["ranks"]
     assert record["test_ranks"]["head fitted (W, best validation epoch)"] == test["ranks"]
     before = fitted(3)
+    assert fitted(3, seed=1)["fit"]["history"] != before["fit"]["history"]  # the seed orders the batches
     from thinkrec.llm.data import eval_examples
 
     def other_targets(split: Any, cfg: Any, which: Any) -> list[Any]:

@@ -129,7 +129,6 @@ def cached(out: Path, part: str, n: int) -> torch.Tensor:
 
 
 def fit(args: argparse.Namespace) -> None:
-    torch.manual_seed(args.seed)
     cfg, model, split, parts = load_parts(args)
     check_samples(args.out, parts, write=False)
     with torch.no_grad():  # RUN's item table: from its checkpoint, else built as its evaluation builds it
@@ -145,6 +144,7 @@ def fit(args: argparse.Namespace) -> None:
     masks = {part: history_mask([ex.seen for ex in parts[part]], len(table)) for part in PARTS}
     head = torch.nn.Linear(items.shape[1], items.shape[1], bias=False)
     torch.nn.init.eye_(head.weight)
+    shuffle = torch.Generator().manual_seed(args.seed)  # the batches' order (loading the run reseeds torch)
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0.0)
 
     def ranks(part: str) -> np.ndarray:
@@ -160,7 +160,7 @@ def fit(args: argparse.Namespace) -> None:
     best = (ndcg("valid"), 0, head.weight.detach().clone())
     history = [{"epoch": 0, "valid_NDCG@20": best[0]}]
     for epoch in range(1, args.epochs + 1):
-        order = torch.randperm(n)
+        order = torch.randperm(n, generator=shuffle)
         total = 0.0
         for start in range(0, n, args.batch):
             idx = order[start : start + args.batch]
