@@ -203,6 +203,9 @@ def test_llm_head_probe_starts_at_the_run_and_fits_without_test_labels(
 ) -> None:
     import dataclasses
 
+    import torch
+    from safetensors.torch import load_file
+
     import benchmarks.llm.llm_head_probe as probe
 
     monkeypatch.setenv("THINKREC_CACHE_DIR", str(tiny_dir / "cache"))
@@ -217,9 +220,9 @@ def test_llm_head_probe_starts_at_the_run_and_fits_without_test_labels(
         probe.main(["extract", str(run), str(out), "--train", "6", "--valid-users", "1"])
     capsys.readouterr()
 
-    def fitted(epochs: int, seed: int = 0) -> dict[str, Any]:
+    def fitted(epochs: int, seed: int = 0, *more: str) -> dict[str, Any]:
         fit = ["--epochs", str(epochs), "--patience", "9", "--lr", "0.05", "--batch", "2", "--seed", str(seed)]
-        probe.main(["fit", str(run), str(out), *sizes, *fit])
+        probe.main(["fit", str(run), str(out), *sizes, *fit, *more])
         record: dict[str, Any] = json.loads(capsys.readouterr().out)
         return record
 
@@ -228,7 +231,16 @@ def test_llm_head_probe_starts_at_the_run_and_fits_without_test_labels(
     # W = I is the run's own no-reasoning ranking of the same test samples
     assert record["test_ranks"]["head untrained (W = I: the run's own no-reasoning ranking)"] == test["ranks"]
     assert record["test_ranks"]["head fitted (W, best validation epoch)"] == test["ranks"]
-    before = fitted(3)
+    before = fitted(3, 0, "--run-dir", str(tmp_path / "head-run"))
+    # the fitted head as an R²ec run (model.item_head = "linear", the fitted W): thinkrec llm evaluate loads it
+    # and ranks the test samples as the fit did (the tiny model's item vectors are all parallel, so no W moves
+    # its ranks: the scoring path is what this checks)
+    assert main(["llm", "evaluate", str(tmp_path / "head-run"), "--output", str(tmp_path / "head.json")]) == 0
+    head = before["test_ranks"]["head fitted (W, best validation epoch)"]
+    assert json.loads((tmp_path / "head.json").read_text())["ranks"] == head
+    saved = load_file(str(tmp_path / "head-run" / "checkpoints" / "best.safetensors"))["item_head.weight"]
+    assert torch.equal(saved, load_file(str(out / "item_head.safetensors"))["item_head.weight"])
+    capsys.readouterr()
     assert fitted(3, seed=1)["fit"]["history"] != before["fit"]["history"]  # the seed orders the batches
     from thinkrec.llm.data import eval_examples
 

@@ -24,7 +24,9 @@ vector, ``tau`` and the popularity prior as RUN has them; ``W`` starts at the id
 masked, the training loss of the cold start), checks validation NDCG@20 after every epoch and keeps the best
 epoch, then ranks the test samples once: paired bootstrap (NDCG@20) and McNemar (HR@20) against most popular
 and against the untrained head (W = I, which is RUN's own no-reasoning ranking) on the same samples. Test
-labels are read only for that last report. Writes ``OUT/probe.json`` (with provenance) and prints it.
+labels are read only for that last report. Writes ``OUT/probe.json`` (with provenance) and prints it;
+``--run-dir DIR`` also writes DIR as an R²ec run with the fitted head (``model.item_head = "linear"``), which
+``thinkrec llm evaluate`` and ``recommend`` read and ``thinkrec llm train --init-from DIR`` starts from.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ from thinkrec.eval.metrics import metrics_from_ranks, per_sample, target_ranks
 from thinkrec.llm.data import Example, PromptBank, eval_examples, train_examples
 from thinkrec.llm.evaluation import compare_reports, popularity_ranks, training_counts
 from thinkrec.llm.recpo import catalogue_target_logprobs, cosine_scores, history_mask, mask_scores
-from thinkrec.llm.run import load_llm_run, load_split, make_builder
+from thinkrec.llm.run import load_llm_run, load_split, make_builder, save_llm_checkpoint, trainable_state
 from thinkrec.llm.trainer import LLMTrainer
+from thinkrec.storage import atomic_write_json
 
 PARTS = ("valid", "test", "train")
 KS = [5, 10, 20]
@@ -126,6 +129,17 @@ def cached(out: Path, part: str, n: int) -> torch.Tensor:
     if missing:
         raise SystemExit(f"{out}: {missing} of {n} {part} vectors not extracted yet (run extract)")
     return torch.stack([rows[i] for i in range(n)])
+
+
+def write_run(directory: Path, cfg: Any, model: Any, weight: torch.Tensor, info: dict[str, Any]) -> None:
+    """An R²ec run directory: RUN's config with ``model.item_head = "linear"``, and as its best checkpoint
+    RUN's weights, item table and prior with the fitted ``W`` -- for ``thinkrec llm evaluate``, ``recommend``,
+    serving, or ``thinkrec llm train ... model.item_head=linear --init-from DIRECTORY``."""
+    head_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"item_head": "linear"})})
+    (directory / "checkpoints").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(directory / "config.json", json.loads(head_cfg.model_dump_json()))
+    tensors = {**trainable_state(model), "item_head.weight": weight}
+    save_llm_checkpoint(directory / "checkpoints", model, info, name="best", tensors=tensors)
 
 
 def fit(args: argparse.Namespace) -> None:
@@ -231,6 +245,9 @@ def fit(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "probe.json").write_text(json.dumps(record, indent=2, default=float))
     save_file({"item_head.weight": best[2]}, str(args.out / "item_head.safetensors"))
+    if args.run_dir is not None:
+        info = {"step": 0, "source": "llm_head_probe", "run": str(args.run), "best_epoch": best[1]}
+        write_run(args.run_dir, cfg, model, best[2], {**info, "valid_NDCG@20": best[0]})
     print(json.dumps(record, indent=2, default=float))
 
 
@@ -254,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     fi.add_argument("--epochs", type=int, default=200)
     fi.add_argument("--patience", type=int, default=20)
     fi.add_argument("--seed", type=int, default=0)
+    fi.add_argument("--run-dir", type=Path, help="also write an R²ec run directory with the fitted head")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     (extract if args.command == "extract" else fit)(args)
