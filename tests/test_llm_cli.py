@@ -240,6 +240,10 @@ def test_llm_head_probe_starts_at_the_run_and_fits_without_test_labels(
     assert json.loads((tmp_path / "head.json").read_text())["ranks"] == head
     saved = load_file(str(tmp_path / "head-run" / "checkpoints" / "best.safetensors"))["item_head.weight"]
     assert torch.equal(saved, load_file(str(out / "item_head.safetensors"))["item_head.weight"])
+    again = [*train[:3], "model.item_head=linear", "--init-from", str(tmp_path / "head-run")]
+    assert main([*again, "--run-dir", str(tmp_path / "from-head"), "--no-progress"]) == 0  # a run starts from it
+    assert json.loads((tmp_path / "from-head" / "results.json").read_text())["init_from"] == str(tmp_path / "head-run")
+    capsys.readouterr()
     capsys.readouterr()
     assert fitted(3, seed=1)["fit"]["history"] != before["fit"]["history"]  # the seed orders the batches
     from thinkrec.llm.data import eval_examples
