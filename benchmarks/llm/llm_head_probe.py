@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from benchmarks import harness
 from thinkrec.eval.metrics import metrics_from_ranks, per_sample, target_ranks
@@ -50,7 +49,7 @@ from thinkrec.llm.evaluation import compare_reports, popularity_ranks, training_
 from thinkrec.llm.recpo import catalogue_target_logprobs, cosine_scores, history_mask, mask_scores
 from thinkrec.llm.run import load_llm_run, load_split, make_builder, save_llm_checkpoint, trainable_state
 from thinkrec.llm.trainer import LLMTrainer
-from thinkrec.storage import atomic_write_json
+from thinkrec.storage import atomic_save_tensors, atomic_write_json, atomic_write_text
 
 PARTS = ("valid", "test", "train")
 KS = [5, 10, 20]
@@ -90,9 +89,7 @@ def extract(args: argparse.Namespace) -> None:
             idx = mine[start : start + args.chunk]
             with torch.no_grad():
                 vecs = torch.cat([trainer.user_vectors([parts[part][i]], reasoning=False)[0] for i in idx])
-            tmp = path.with_name(f".{path.name}.tmp")
-            save_file({"index": torch.as_tensor(idx), "vectors": vecs.float().cpu()}, str(tmp))
-            tmp.replace(path)
+            atomic_save_tensors(path, {"index": torch.as_tensor(idx), "vectors": vecs.float()})
             print(f"{part} shard {shard}/{shards}: {start + len(idx)}/{len(mine)}", file=sys.stderr, flush=True)
 
 
@@ -105,9 +102,7 @@ def check_samples(out: Path, parts: dict[str, list[Example]], write: bool) -> No
     if not file.exists():
         if not write:
             raise SystemExit(f"{out}: no samples.json; run extract first")
-        tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(now))
-        tmp.replace(file)
+        atomic_write_json(file, now)
         return
     saved = json.loads(file.read_text())
     for part, pairs in now.items():
@@ -239,12 +234,13 @@ def fit(args: argparse.Namespace) -> None:
             },
             "test": {name: metrics_from_ranks(np.asarray(r["ranks"]), KS) for name, r in reports.items()},
             "test_ranks": {name: [int(r) for r in rep["ranks"]] for name, rep in reports.items()},
+            # a = the fitted head, b = the named row: mean_diff = b - a; only_a = the head's hits alone
             "tests_vs_fitted": {name: compare_reports(fitted, r) for name, r in reports.items() if r is not fitted},
         }
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "probe.json").write_text(json.dumps(record, indent=2, default=float))
-    save_file({"item_head.weight": best[2]}, str(args.out / "item_head.safetensors"))
+    atomic_write_text(args.out / "probe.json", json.dumps(record, indent=2, default=float))
+    atomic_save_tensors(args.out / "item_head.safetensors", {"item_head.weight": best[2]})
     if args.run_dir is not None:
         info = {"step": 0, "source": "llm_head_probe", "run": str(args.run), "best_epoch": best[1]}
         write_run(args.run_dir, cfg, model, best[2], {**info, "valid_NDCG@20": best[0]})
