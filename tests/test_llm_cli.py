@@ -244,7 +244,6 @@ def test_llm_head_probe_starts_at_the_run_and_fits_without_test_labels(
     assert main([*again, "--run-dir", str(tmp_path / "from-head"), "--no-progress"]) == 0  # a run starts from it
     assert json.loads((tmp_path / "from-head" / "results.json").read_text())["init_from"] == str(tmp_path / "head-run")
     capsys.readouterr()
-    capsys.readouterr()
     assert fitted(3, seed=1)["fit"]["history"] != before["fit"]["history"]  # the seed orders the batches
     from thinkrec.llm.data import eval_examples
 
