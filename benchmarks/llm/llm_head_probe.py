@@ -46,8 +46,8 @@ from benchmarks import harness
 from thinkrec.eval.metrics import metrics_from_ranks, per_sample, target_ranks
 from thinkrec.llm.data import Example, PromptBank, eval_examples, train_examples
 from thinkrec.llm.evaluation import compare_reports, popularity_ranks, training_counts
-from thinkrec.llm.recpo import catalogue_target_logprobs, cosine_scores, history_mask, mask_scores
-from thinkrec.llm.run import load_llm_run, load_split, make_builder, save_llm_checkpoint, trainable_state
+from thinkrec.llm.recpo import catalogue_target_logprobs, history_mask, mask_scores
+from thinkrec.llm.run import load_llm_run, load_split, make_builder, save_llm_checkpoint
 from thinkrec.llm.trainer import LLMTrainer
 from thinkrec.storage import atomic_save_tensors, atomic_write_json, atomic_write_text
 
@@ -55,9 +55,9 @@ PARTS = ("valid", "test", "train")
 KS = [5, 10, 20]
 
 
-def load_parts(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, list[Example]]]:
-    """RUN's config (with ``--valid-users`` / ``--test-users``), model, split and the samples of each part
-    (train: the first ``--train`` prefixes of a seeded shuffle)."""
+def load_parts(args: argparse.Namespace) -> tuple[Any, LLMTrainer, Any, dict[str, list[Example]]]:
+    """RUN's config (with ``--valid-users`` / ``--test-users``), a trainer over its model and prompts, the split
+    and the samples of each part (train: the first ``--train`` prefixes of a seeded shuffle)."""
     cfg, model = load_llm_run(args.run)
     sizes = {"valid_users": args.valid_users, "eval_users": args.test_users}
     sizes = {key: value for key, value in sizes.items() if value is not None}
@@ -70,14 +70,13 @@ def load_parts(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, list[
         "test": eval_examples(split, cfg, "test"),
         "train": train[: args.train],
     }
-    return cfg, model, split, parts
+    return cfg, LLMTrainer(model, PromptBank(split.dataset, cfg, make_builder(model, cfg)), cfg), split, parts
 
 
 def extract(args: argparse.Namespace) -> None:
-    cfg, model, split, parts = load_parts(args)
+    _, trainer, _, parts = load_parts(args)
     shard, shards = (int(x) for x in args.shard.split("/"))
-    trainer = LLMTrainer(model, PromptBank(split.dataset, cfg, make_builder(model, cfg)), cfg)
-    model.eval()
+    trainer.model.eval()
     args.out.mkdir(parents=True, exist_ok=True)
     check_samples(args.out, parts, write=True)
     for part in PARTS:
@@ -87,7 +86,7 @@ def extract(args: argparse.Namespace) -> None:
             if path.exists():
                 continue
             idx = mine[start : start + args.chunk]
-            with torch.no_grad():
+            with torch.no_grad():  # one prompt at a time: no padding (batches of 8 were slower on a CPU)
                 vecs = torch.cat([trainer.user_vectors([parts[part][i]], reasoning=False)[0] for i in idx])
             atomic_save_tensors(path, {"index": torch.as_tensor(idx), "vectors": vecs.float()})
             print(f"{part} shard {shard}/{shards}: {start + len(idx)}/{len(mine)}", file=sys.stderr, flush=True)
@@ -126,64 +125,71 @@ def cached(out: Path, part: str, n: int) -> torch.Tensor:
     return torch.stack([rows[i] for i in range(n)])
 
 
-def write_run(directory: Path, cfg: Any, model: Any, weight: torch.Tensor, info: dict[str, Any]) -> None:
+def write_run(directory: Path, cfg: Any, model: Any, info: dict[str, Any]) -> None:
     """An R²ec run directory: RUN's config with ``model.item_head = "linear"``, and as its best checkpoint
-    RUN's weights, item table and prior with the fitted ``W`` -- for ``thinkrec llm evaluate``, ``recommend``,
-    serving, or ``thinkrec llm train ... model.item_head=linear --init-from DIRECTORY``."""
+    ``model``'s state (RUN's weights, item table and prior, and the fitted head ``W``) -- for ``thinkrec llm
+    evaluate``, ``recommend``, serving, or ``thinkrec llm train ... model.item_head=linear --init-from
+    DIRECTORY``."""
     head_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"item_head": "linear"})})
     (directory / "checkpoints").mkdir(parents=True, exist_ok=True)
     atomic_write_json(directory / "config.json", json.loads(head_cfg.model_dump_json()))
-    tensors = {**trainable_state(model), "item_head.weight": weight}
-    save_llm_checkpoint(directory / "checkpoints", model, info, name="best", tensors=tensors)
+    save_llm_checkpoint(directory / "checkpoints", model, info, name="best")
 
 
 def fit(args: argparse.Namespace) -> None:
-    cfg, model, split, parts = load_parts(args)
+    cfg, trainer, split, parts = load_parts(args)
     check_samples(args.out, parts, write=False)
+    model = trainer.model
     with torch.no_grad():  # RUN's item table: from its checkpoint, else built as its evaluation builds it
-        LLMTrainer(model, PromptBank(split.dataset, cfg, make_builder(model, cfg)), cfg).ensure_item_table()
+        trainer.ensure_item_table()
     assert model.item_table is not None
-    tau = model.tau
-    table = model.item_table.float()
-    mean = table[1:].mean(dim=0) if model.center_items else torch.zeros(table.shape[1])
-    items = table - mean
-    prior = model.item_prior.float() if model.item_prior is not None else torch.zeros(len(table))
-    users = {part: cached(args.out, part, len(parts[part])) - mean for part in PARTS}
+    # the model's own score with a fresh item head W = I (model.item_head = "linear"): score_all ranks, and
+    # training scores as the cold start does (centred users, the table through the head, the prior)
+    d = model.hidden_size
+    model.item_head = torch.nn.Linear(d, d, bias=False)
+    torch.nn.init.eye_(model.item_head.weight)
+    head = model.item_head
+    users = {part: cached(args.out, part, len(parts[part])) for part in PARTS}
     targets = {part: torch.as_tensor([ex.target for ex in parts[part]]) for part in PARTS}
-    masks = {part: history_mask([ex.seen for ex in parts[part]], len(table)) for part in PARTS}
-    head = torch.nn.Linear(items.shape[1], items.shape[1], bias=False)
-    torch.nn.init.eye_(head.weight)
+    masks = {part: history_mask([ex.seen for ex in parts[part]], len(model.item_table)) for part in PARTS}
     shuffle = torch.Generator().manual_seed(args.seed)  # the batches' order (loading the run reseeds torch)
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0.0)
 
     def ranks(part: str) -> np.ndarray:
-        with torch.no_grad():
-            scores = cosine_scores(users[part], head(items), tau) + prior
-            return target_ranks(mask_scores(scores, masks[part]), targets[part]).numpy()
+        scores = model.score_all(users[part])
+        return target_ranks(mask_scores(scores, masks[part]), targets[part]).numpy()
 
-    def ndcg(part: str) -> float:
-        return float(per_sample(ranks(part), "NDCG@20").mean())
+    def ndcg(ranked: np.ndarray) -> float:
+        return float(per_sample(ranked, "NDCG@20").mean())
 
+    # W = I: RUN's own no-reasoning ranking (its test ranks are reported, never used by the fit)
     untrained = {part: ranks(part) for part in ("valid", "test")}
     n = len(parts["train"])
-    best = (ndcg("valid"), 0, head.weight.detach().clone())
-    history = [{"epoch": 0, "valid_NDCG@20": best[0]}]
+    best = (ndcg(untrained["valid"]), 0, head.weight.detach().clone())
+    history: list[dict[str, Any]] = [{"epoch": 0, "valid_NDCG@20": best[0]}]
     for epoch in range(1, args.epochs + 1):
         order = torch.randperm(n, generator=shuffle)
         total = 0.0
         for start in range(0, n, args.batch):
             idx = order[start : start + args.batch]
             ids = targets["train"][idx]
-            mapped = head(items)
+            mapped = model.item_space(model.item_table)
             logp = catalogue_target_logprobs(
-                users["train"][idx], mapped, mapped[ids], ids, ids, masks["train"][idx], tau, prior
+                model.centred(users["train"][idx]),
+                mapped,
+                mapped[ids],
+                ids,
+                ids,
+                masks["train"][idx],
+                model.tau,
+                model.item_prior,
             )
             loss = -logp.mean()
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             total += float(loss.detach()) * len(idx)
-        score = ndcg("valid")
+        score = ndcg(ranks("valid"))
         history.append({"epoch": epoch, "train_loss": total / n, "valid_NDCG@20": score})
         print(json.dumps(history[-1]), file=sys.stderr, flush=True)
         if score > best[0]:
@@ -192,12 +198,11 @@ def fit(args: argparse.Namespace) -> None:
             break
     with torch.no_grad():
         head.weight.copy_(best[2])
-    test = ranks("test")  # the only read of test labels
-    popular = popularity_ranks(training_counts(split), parts["test"], mask_history=True)
+    counts = training_counts(split)
     reports = {
-        "head fitted (W, best validation epoch)": {"ranks": test},
+        "head fitted (W, best validation epoch)": {"ranks": ranks("test")},
         "head untrained (W = I: the run's own no-reasoning ranking)": {"ranks": untrained["test"]},
-        "most popular (training counts)": {"ranks": popular},
+        "most popular (training counts)": {"ranks": popularity_ranks(counts, parts["test"], mask_history=True)},
     }
     fitted = reports["head fitted (W, best validation epoch)"]
     record = harness.stamp(
@@ -205,14 +210,15 @@ def fit(args: argparse.Namespace) -> None:
             "benchmark": "llm_head_probe",
             "run": str(args.run),
             "protocol": (
-                f"{cfg.data.name}, split {cfg.data.split.model_dump()}, full catalogue ({len(table) - 1} items),"
+                f"{cfg.data.name}, split {cfg.data.split.model_dump()},"
+                f" full catalogue ({len(model.item_table) - 1} items),"
                 " pad and the user's whole history masked, pessimistic ties, no reasoning (prompt + marker);"
                 f" {n} training prefixes (seeded shuffle, sample.seed={cfg.sample.seed}),"
                 f" {len(parts['valid'])} validation and {len(parts['test'])} test samples as RUN's config draws them"
             ),
             "model": {
                 "path": str(cfg.model.path),
-                "tau": tau,
+                "tau": model.tau,
                 "item_prior": cfg.model.item_prior,
                 "center_items": model.center_items,
             },
@@ -224,12 +230,8 @@ def fit(args: argparse.Namespace) -> None:
                 "seed": args.seed,
                 "best_epoch": best[1],
                 "best_valid_NDCG@20": best[0],
-                "valid_NDCG@20_untrained": float(per_sample(untrained["valid"], "NDCG@20").mean()),
-                "valid_NDCG@20_most_popular": float(
-                    per_sample(
-                        popularity_ranks(training_counts(split), parts["valid"], mask_history=True), "NDCG@20"
-                    ).mean()
-                ),
+                "valid_NDCG@20_untrained": ndcg(untrained["valid"]),
+                "valid_NDCG@20_most_popular": ndcg(popularity_ranks(counts, parts["valid"], mask_history=True)),
                 "history": history,
             },
             "test": {name: metrics_from_ranks(np.asarray(r["ranks"]), KS) for name, r in reports.items()},
@@ -243,7 +245,7 @@ def fit(args: argparse.Namespace) -> None:
     atomic_save_tensors(args.out / "item_head.safetensors", {"item_head.weight": best[2]})
     if args.run_dir is not None:
         info = {"step": 0, "source": "llm_head_probe", "run": str(args.run), "best_epoch": best[1]}
-        write_run(args.run_dir, cfg, model, best[2], {**info, "valid_NDCG@20": best[0]})
+        write_run(args.run_dir, cfg, model, {**info, "valid_NDCG@20": best[0]})
     print(json.dumps(record, indent=2, default=float))
 
 
